@@ -1,0 +1,279 @@
+"""Actors: a Trio task that owns a bounded mailbox and handles one message at a time.
+
+An actor is a subclass of :class:`Actor`. It runs as one Trio task, started with :func:`run_actor` (normally by a
+:class:`cumulus.supervisor.Supervisor`), and is reached only through its :class:`ActorRef`:
+
+* ``await ref.call(msg)`` sends ``msg`` with a reply channel of its own and waits for the answer;
+* ``await ref.cast(msg)`` sends ``msg`` and returns as soon as it is in the mailbox.
+
+The promise: **no call ever hangs on a dead actor.** When an actor stops for any reason - its handler crashed, it
+was cancelled, it stopped itself - every call it had not answered, every message still in its mailbox and every
+later ``call``/``cast`` fails with :class:`~cumulus.errors.ActorDied`.
+
+Errors: a handler that raises :class:`~cumulus.errors.RequestRejected` (or a subclass) answers the caller with it and
+the actor keeps running. Any other exception is handed to the caller *and* crashes the actor; what happens next
+is the supervisor's policy (restart or not).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from cumulus.actors.ownership import ResourceOwner
+from cumulus.errors import ActorDied, RequestRejected
+
+log = logging.getLogger(__name__)
+
+_NO_REPLY = object()
+
+
+@dataclass(slots=True)
+class _Envelope:
+    message: Any
+    reply: trio.MemorySendChannel | None  # None for a cast
+
+
+@dataclass(slots=True)
+class _Failure:
+    """A handler's exception, carried back to the caller through its reply channel."""
+
+    error: BaseException
+
+
+class _Life:
+    """What every ref of one actor incarnation shares: whether it still runs and why it stopped."""
+
+    __slots__ = ("alive", "reason", "stopped")
+
+    def __init__(self) -> None:
+        self.alive = True
+        self.reason: BaseException | None = None
+        self.stopped = trio.Event()
+
+
+class ActorRef:
+    """The address of one actor incarnation. Cheap to copy; safe to use from any task.
+
+    A ref never outlives its actor silently: once the actor stops, ``call`` and ``cast`` raise ``ActorDied``.
+    A restarted actor is a new incarnation with a new ref (ask its supervisor: ``supervisor.whereis(name)``).
+    """
+
+    __slots__ = ("name", "_mailbox", "_life")
+
+    def __init__(self, name: str, mailbox: trio.MemorySendChannel, life: _Life) -> None:
+        self.name = name
+        self._mailbox = mailbox
+        self._life = life
+
+    def __repr__(self) -> str:
+        return f"<ActorRef {self.name} {'alive' if self._life.alive else 'dead'}>"
+
+    @property
+    def alive(self) -> bool:
+        return self._life.alive
+
+    async def call(self, message: Any) -> Any:
+        """Send ``message`` and return the handler's answer.
+
+        Raises whatever the handler raised, or ``ActorDied`` if the actor stops before answering (or had already
+        stopped). Waits while the mailbox is full (backpressure).
+
+        Cancellation: if the caller is cancelled, the call is abandoned; a message already delivered may still be
+        handled, and its answer is dropped.
+        """
+        reply_send, reply_receive = trio.open_memory_channel[Any](1)
+        with reply_receive:
+            await self._deliver(_Envelope(message, reply_send))
+            try:
+                answer = await reply_receive.receive()
+            except trio.EndOfChannel:
+                raise ActorDied(self.name, self._life.reason) from None
+        if isinstance(answer, _Failure):
+            raise answer.error
+        return answer
+
+    async def cast(self, message: Any) -> None:
+        """Put ``message`` in the mailbox and return; no answer comes back.
+
+        Raises ``ActorDied`` if the actor has stopped. Waits while the mailbox is full. A cast that is still in the
+        mailbox when the actor stops is dropped. Cancellation: the message is either delivered or not sent at all.
+        """
+        await self._deliver(_Envelope(message, None))
+
+    def cast_nowait(self, message: Any) -> None:
+        """Like :meth:`cast` but never waits; raises ``trio.WouldBlock`` when the mailbox is full."""
+        try:
+            self._mailbox.send_nowait(_Envelope(message, None))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ActorDied(self.name, self._life.reason) from None
+
+    async def wait_stopped(self) -> BaseException | None:
+        """Wait until the actor has stopped; return the exception that ended it (``None`` for a normal stop)."""
+        await self._life.stopped.wait()
+        return self._life.reason
+
+    async def _deliver(self, envelope: _Envelope) -> None:
+        try:
+            await self._mailbox.send(envelope)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ActorDied(self.name, self._life.reason) from None
+
+
+class Actor:
+    """Base class for actors. Override :meth:`handle`, and :meth:`on_start` to acquire what the actor owns.
+
+    Inside an actor:
+
+    * ``self.owner`` is its :class:`ResourceOwner`: ``await self.owner.own(cm)`` enters an async context manager
+      that is released (shielded, time-bounded, failures recorded in ``self.owner.leaks``) when the actor stops,
+      in reverse order of acquisition;
+    * ``self.start_soon(fn, *args)`` runs a background task that lives no longer than the actor; if it raises,
+      the actor crashes;
+    * ``self.stop()`` ends the actor normally once the current message is handled.
+    """
+
+    mailbox_size: int = 64
+    """Bounded: a full mailbox makes senders wait (backpressure)."""
+
+    name: str = "actor"
+
+    def __init__(self, name: str | None = None) -> None:
+        if name is not None:
+            self.name = name
+        self.owner = ResourceOwner(self.name)
+        self.ref: ActorRef | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stop_scope: trio.CancelScope | None = None
+        self._stopping = False
+        self._handling = False
+
+    async def on_start(self) -> None:
+        """Acquire owned resources. Runs before the actor is reported started; if it raises, the start fails
+        (and what was already owned is released)."""
+
+    async def handle(self, message: Any) -> Any:
+        """Handle one message; the return value is the answer to a ``call`` (ignored for a ``cast``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement handle()")
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` as a task owned by this actor; it is cancelled when the actor stops."""
+        if self._nursery is None:
+            raise RuntimeError("start_soon() needs a running actor (call it from on_start or handle)")
+        self._nursery.start_soon(fn, *args)
+
+    def stop(self) -> None:
+        """Stop this actor normally after the message being handled (at once if it is idle).
+
+        Messages still in the mailbox are not handled; their callers get ``ActorDied``. Owned resources are then
+        released. Safe to call from the actor's handler or from its background tasks, and more than once.
+        """
+        self._stopping = True
+        if not self._handling and self._stop_scope is not None:
+            self._stop_scope.cancel()
+
+
+async def run_actor(actor: Actor, *, task_status: trio.TaskStatus[ActorRef] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run ``actor`` until it stops; report its :class:`ActorRef` through ``task_status`` once started.
+
+    Returns normally when the actor stopped itself. Raises the handler's exception when it crashed.
+    Cancellation: the actor stops, owned resources are released (each under a shielded, bounded scope), and
+    ``Cancelled`` propagates. In every case every unanswered caller gets ``ActorDied``.
+    """
+    mailbox_send, mailbox_receive = trio.open_memory_channel[_Envelope](actor.mailbox_size)
+    life = _Life()
+    ref = ActorRef(actor.name, mailbox_send, life)
+    actor.ref = ref
+    current: list[_Envelope] = []
+    try:
+        async with actor.owner:
+            try:
+                async with trio.open_nursery() as nursery:
+                    actor._nursery = nursery
+                    await actor.on_start()
+                    task_status.started(ref)
+                    with trio.CancelScope() as stop_scope:
+                        actor._stop_scope = stop_scope
+                        await _serve(actor, mailbox_receive, current)
+                    nursery.cancel_scope.cancel()
+            except Exception as crash:
+                # A crash, not a cancellation: remember why (for ActorDied) and re-raise it unwrapped from the
+                # single-exception group that Trio's nursery put around it.
+                crash = _unwrap(crash)
+                life.reason = crash
+                raise crash
+            finally:
+                # Callers learn at once, before the (bounded) release of what the actor owns.
+                _retire(life, mailbox_receive, mailbox_send, current)
+                actor._nursery = None
+    finally:
+        life.stopped.set()
+
+
+async def _serve(actor: Actor, mailbox: trio.MemoryReceiveChannel, current: list[_Envelope]) -> None:
+    while not actor._stopping:
+        envelope = await mailbox.receive()
+        current.append(envelope)
+        actor._handling = True
+        try:
+            answer = await actor.handle(envelope.message)
+        except RequestRejected as rejection:
+            answer = _Failure(rejection)
+        except Exception as crash:
+            _answer(envelope, _Failure(crash))
+            current.clear()
+            raise
+        finally:
+            actor._handling = False
+        _answer(envelope, answer)
+        current.clear()
+
+
+def _answer(envelope: _Envelope, answer: Any) -> None:
+    if envelope.reply is None:
+        return
+    with envelope.reply:
+        try:
+            envelope.reply.send_nowait(answer)
+        except trio.BrokenResourceError:
+            pass  # the caller gave up (was cancelled); nobody is waiting for this answer
+
+
+def _retire(
+    life: _Life,
+    mailbox: trio.MemoryReceiveChannel,
+    mailbox_send: trio.MemorySendChannel,
+    current: list[_Envelope],
+) -> None:
+    """Mark the actor dead and close every reply channel it will never answer, then the mailbox itself.
+
+    Runs without a checkpoint, so no sender can slip a message in between the drain and the close: senders
+    waiting on a full mailbox are handed over by ``receive_nowait`` and failed here; later ones see the close.
+    """
+    life.alive = False
+    for envelope in current:
+        if envelope.reply is not None:
+            envelope.reply.close()
+    current.clear()
+    while True:
+        try:
+            envelope = mailbox.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            break
+        if envelope.reply is not None:
+            envelope.reply.close()
+    mailbox.close()
+    mailbox_send.close()
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """Reduce single-exception groups (from Trio's strict nurseries) to the exception inside."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+__all__ = ["Actor", "ActorRef", "run_actor"]

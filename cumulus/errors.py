@@ -1,0 +1,87 @@
+"""The one error tree of Cumulus.
+
+Everything Cumulus raises on purpose derives from :class:`CumulusError`. The split that matters to callers:
+
+* :class:`RequestRejected` - the request itself is wrong or cannot be satisfied (bad input, nothing could ever fit).
+  Fixing the request fixes it; an actor that raises one of these replies with it and keeps running.
+* :class:`ActorDied` - the actor you were talking to is gone; your request may or may not have been handled.
+* :class:`SupervisorGaveUp` - a supervisor exceeded its restart intensity and stopped its children.
+* :class:`ConfigError` - a settings file or environment variable is invalid; the message names the key.
+* :class:`RemoteError` - a job's own code raised an exception whose type cannot be imported locally.
+"""
+
+from __future__ import annotations
+
+
+class CumulusError(Exception):
+    """Base class of every error Cumulus raises on purpose."""
+
+
+class RequestRejected(CumulusError):
+    """The request cannot be served as asked; the message says what to change.
+
+    Actors treat this as an answer, not a crash: the caller gets it and the actor keeps running.
+    """
+
+
+class InvalidRequest(RequestRejected):
+    """A field of the request is malformed (gRPC ``INVALID_ARGUMENT``)."""
+
+
+class NotFound(RequestRejected):
+    """The named job, worker or actor does not exist (gRPC ``NOT_FOUND``)."""
+
+
+class Unsatisfiable(RequestRejected):
+    """No worker of the cluster could ever run this request (gRPC ``FAILED_PRECONDITION``)."""
+
+
+class CapacityExhausted(RequestRejected):
+    """Nothing is free right now and the request may not wait (gRPC ``RESOURCE_EXHAUSTED``)."""
+
+
+class ActorDied(CumulusError):
+    """The actor stopped (crashed, was cancelled, or exited) before it answered.
+
+    ``reason`` is the exception that ended the actor, or ``None`` if it stopped normally or was cancelled.
+    """
+
+    def __init__(self, actor: str, reason: BaseException | None = None) -> None:
+        self.actor = actor
+        self.reason = reason
+        why = f": {type(reason).__name__}: {reason}" if reason is not None else ""
+        super().__init__(f"actor {actor!r} is not running{why}")
+
+
+class SupervisorGaveUp(CumulusError):
+    """A supervisor saw more than ``max_restarts`` restarts within ``max_seconds`` and stopped all its children.
+
+    ``__cause__`` is the exception of the crash that exceeded the intensity.
+    """
+
+    def __init__(self, supervisor: str, restarts: int, seconds: float) -> None:
+        self.supervisor = supervisor
+        super().__init__(
+            f"supervisor {supervisor!r} gave up: more than {restarts} restarts within {seconds:g} s"
+        )
+
+
+class ConfigError(CumulusError):
+    """A setting is invalid. ``key`` is its dotted name (``grpc.listen``), the message says what is allowed."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+class ResourceLeaked(CumulusError):
+    """Recorded (not raised by default) when releasing an owned resource failed or timed out."""
+
+
+class RemoteError(CumulusError):
+    """A job raised an exception whose type is not importable here; carries its type name and traceback."""
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        self.type_name = type_name
+        self.remote_traceback = traceback
+        super().__init__(f"{type_name}: {message}")

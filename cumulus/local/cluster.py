@@ -1,0 +1,472 @@
+"""`cumulus local up/down/status/kill-node/revive-node`: orchestration of the local multi-node cluster.
+
+Layout: bridge ``cumulus0`` (host side 10.213.0.1/24); node i is network namespace ``cw<i>`` at 10.213.0.(10+i)
+with its own dockerd (socket ``/var/lib/cumulus-local/nodes/cw<i>/docker.sock``); cw0 is the Swarm manager,
+cw1..cwN are workers, each with an sshd on <address>:22 for user ``cumulus`` and set up by
+``worker_image/setup-worker.sh`` exactly as a real worker host is.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from cumulus.local import daemons, image, netns, state
+from cumulus.local.util import LocalClusterError, Progress, kill_pids, pid_cmdline, run, unmount_under
+
+APT_PACKAGES = [
+    "docker.io", "debootstrap", "openssh-server", "openssh-client", "iproute2", "util-linux", "kmod", "procps",
+    "tar", "g++", "cmake", "make", "ocl-icd-opencl-dev", "opencl-headers", "pocl-opencl-icd", "clinfo",
+    "python3", "python3-venv", "python3-dev", "ca-certificates",
+]
+DISPATCHER_HEARTBEAT = "2s"  # a killed node is reported Down after a few heartbeats (~6-10 s)
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise LocalClusterError("the local cluster needs root (network namespaces, dockerd, sshd)")
+
+
+def missing_packages(pkgs: list[str]) -> list[str]:
+    proc = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${Status}\n", *pkgs], capture_output=True, text=True)
+    installed = {line.split()[0] for line in proc.stdout.splitlines() if line.endswith("install ok installed")}
+    return [p for p in pkgs if p not in installed]
+
+
+def ensure_packages() -> str:
+    missing = missing_packages(APT_PACKAGES)
+    if not missing:
+        return "all present"
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-q"], env=env, timeout=900)
+    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=env, timeout=1800)
+    return "installed " + " ".join(missing)
+
+
+def _swarm_info(node: state.Node) -> dict[str, Any]:
+    _, info = daemons.docker_api(node.docker_socket, "/info", timeout=10)
+    return info.get("Swarm", {}) if isinstance(info, dict) else {}
+
+
+def _manager_nodes(manager: state.Node) -> list[dict[str, Any]]:
+    status, nodes = daemons.docker_api(manager.docker_socket, "/nodes", timeout=10)
+    if status != 200 or not isinstance(nodes, list):
+        raise LocalClusterError(f"manager /nodes failed: {status} {nodes}")
+    return nodes
+
+
+def ensure_swarm(manager: state.Node) -> tuple[str, str]:
+    """Init the Swarm on the manager (cw0) if needed. Returns (worker join token, note)."""
+    docker = [image.DOCKER, "-H", manager.docker_url]
+    note = "already active"
+    if _swarm_info(manager).get("LocalNodeState") != "active":
+        run(docker + ["swarm", "init", "--advertise-addr", manager.address,
+                      "--listen-addr", f"{manager.address}:{state.SWARM_PORT}",
+                      "--dispatcher-heartbeat", DISPATCHER_HEARTBEAT])
+        # No routing mesh: jobs use the host or no network; an overlay would create docker_gwbridge (172.17/16).
+        subprocess.run(docker + ["network", "rm", "ingress"], input="y\n", capture_output=True, text=True)
+        note = "initialised"
+    token = run(docker + ["swarm", "join-token", "-q", "worker"]).stdout.strip()
+    return token, note
+
+
+def ensure_supervisor_key() -> bool:
+    key = state.supervisor_key()
+    if key.exists() and key.with_suffix(".pub").exists():
+        return False
+    state.KEYS_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key.unlink(missing_ok=True)
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cumulus-supervisor@local", "-f", str(key)])
+    return True
+
+
+def run_setup_worker(node: state.Node, manager: state.Node, token: str, verbose: bool) -> str:
+    script = state.worker_image_dir() / "setup-worker.sh"
+    cmd = ["bash", str(script),
+           "--manager", f"{manager.address}:{state.SWARM_PORT}", "--token", token,
+           "--supervisor-key-file", str(state.supervisor_key().with_suffix(".pub")),
+           "--docker-host", node.docker_url,
+           "--ssh-address", node.ssh or "",
+           "--advertise-addr", node.address,
+           "--hostname", node.name,
+           "--host-key-file", str(node.host_key.with_suffix(".pub")),
+           "--output", str(node.worker_json)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise LocalClusterError(f"setup-worker.sh failed on {node.name} (rc={proc.returncode}):\n"
+                                f"{proc.stderr[-4000:]}")
+    if verbose:
+        print(proc.stderr, end="", flush=True)
+    last = [line for line in proc.stderr.splitlines() if "done:" in line]
+    return last[-1].split("done:", 1)[1].strip() if last else "ok"
+
+
+def ensure_labels(manager: state.Node, node_id: str, labels: dict[str, str]) -> bool:
+    _, spec = daemons.docker_api(manager.docker_socket, f"/nodes/{node_id}", timeout=10)
+    current = (spec.get("Spec", {}) or {}).get("Labels") or {}
+    todo = {k: v for k, v in labels.items() if current.get(k) != v}
+    if not todo:
+        return False
+    cmd = [image.DOCKER, "-H", manager.docker_url, "node", "update"]
+    for k, v in todo.items():
+        cmd += ["--label-add", f"{k}={v}"]
+    run(cmd + [node_id])
+    return True
+
+
+def wait_ready(manager: state.Node, node_ids: list[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {n["ID"]: n.get("Status", {}).get("State") for n in _manager_nodes(manager)}
+        if all(states.get(i) == "ready" for i in node_ids):
+            return
+        if time.monotonic() > deadline:
+            raise LocalClusterError(f"nodes not Ready after {timeout}s: {states}")
+        time.sleep(0.2)
+
+
+def existing_worker_count() -> int | None:
+    try:
+        c = state.load_cluster()
+    except (FileNotFoundError, ValueError):
+        return None
+    return sum(1 for n in c.get("nodes", []) if n.get("role") == "worker")
+
+
+def up(workers: int | None, verbose: bool = False, quiet: bool = False) -> dict[str, Any]:
+    _require_root()
+    p = Progress(quiet)
+    existing = existing_worker_count()
+    if workers is None:
+        workers = existing or 2
+    if existing and workers < existing:
+        raise LocalClusterError(f"the cluster has {existing} workers; run `cumulus local down` to shrink it")
+    if not 1 <= workers < state.MAX_NODES:
+        raise LocalClusterError(f"--workers must be between 1 and {state.MAX_NODES - 1}")
+    nodes = state.nodes_for(workers)
+    manager, worker_nodes = nodes[0], nodes[1:]
+    p.log(f"cumulus local up: 1 manager + {workers} workers, state in {state.STATE_DIR}")
+    t0 = time.monotonic()
+
+    with p.step("packages") as s:
+        s["note"] = ensure_packages()
+    # The offline base image (debootstrap, ~45 s the first time) is made in the background meanwhile.
+    base_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    base_future = base_pool.submit(image.ensure_base_tarball)
+    with p.step("network: bridge + namespaces") as s:
+        s["note"] = netns.disable_bridge_netfilter()
+        changed = netns.ensure_bridge()
+        for n in nodes:
+            changed |= netns.ensure_netns(n)
+        s["note"] += ", changed" if changed else ", unchanged"
+    with p.step("dockerd per node") as s:
+        state.STATE_DIR.mkdir(parents=True, exist_ok=True)
+        procs = {n: daemons.start_dockerd(n) for n in nodes}
+        for n, proc in procs.items():
+            daemons.wait_dockerd(n, proc)
+        started = [n.name for n, proc in procs.items() if proc is not None]
+        s["note"] = f"started {', '.join(started)}" if started else "all running"
+    with p.step("swarm init (manager cw0)") as s:
+        token, s["note"] = ensure_swarm(manager)
+    with p.step("ssh keys + sshd per worker") as s:
+        new_key = ensure_supervisor_key()
+        started = [n.name for n in worker_nodes if daemons.start_sshd(n)]
+        for n in worker_nodes:
+            daemons.wait_sshd(n)
+        s["note"] = (("new supervisor key, " if new_key else "")
+                     + (f"started {', '.join(started)}" if started else "all running"))
+    with p.step("setup-worker.sh per worker") as s:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(worker_nodes)) as ex:
+            results = list(ex.map(lambda n: run_setup_worker(n, manager, token, verbose), worker_nodes))
+        s["note"] = "; ".join(f"{n.name}: {r}" for n, r in zip(worker_nodes, results))
+    with p.step("worker image on every node") as s:
+        base_note = base_future.result()
+        base_pool.shutdown()
+        previous = None
+        try:
+            previous = state.load_cluster().get("image_id")
+        except (FileNotFoundError, ValueError):
+            pass
+        image_id, note = image.ensure_image(nodes, previous)
+        s["note"] = f"base {base_note}; {note}"
+    with p.step("node labels + cluster description") as s:
+        node_ids = {n: _swarm_info(n).get("NodeID") for n in nodes}
+        if not all(node_ids.values()):
+            raise LocalClusterError(f"some nodes are not in the swarm: {node_ids}")
+        # forget nodes that a previous, broken run left behind in the manager's list
+        for entry in _manager_nodes(manager):
+            if entry["ID"] not in node_ids.values() and entry.get("Status", {}).get("State") == "down":
+                subprocess.run([image.DOCKER, "-H", manager.docker_url, "node", "rm", "--force", entry["ID"]],
+                               capture_output=True)
+        changed = ensure_labels(manager, node_ids[manager], {"cumulus.worker": "false", "cumulus.role": "manager"})
+        worker_docs = {}
+        for n in worker_nodes:
+            doc = json.loads(n.worker_json.read_text())
+            worker_docs[n] = doc
+            changed |= ensure_labels(manager, node_ids[n], {**doc["labels"], "cumulus.role": "worker"})
+        kh_lines = []
+        for n in worker_nodes:
+            host_key = worker_docs[n].get("host_key") or " ".join(
+                n.host_key.with_suffix(".pub").read_text().split()[:2])
+            kh_lines.append(f"{n.address} {host_key}")
+        kh_text = "\n".join(kh_lines) + "\n"
+        if not state.known_hosts().exists() or state.known_hosts().read_text() != kh_text:
+            state.known_hosts().write_text(kh_text)
+            changed = True
+        description = build_description(nodes, node_ids, worker_docs, image_id)
+        changed |= state.write_json(state.CLUSTER_JSON, description)
+        s["note"] = "changed" if changed else "unchanged"
+    with p.step("all nodes Ready"):
+        wait_ready(manager, list(node_ids.values()))
+    p.log(f"cluster up in {time.monotonic() - t0:.1f}s: {state.CLUSTER_JSON}")
+    return description
+
+
+def build_description(nodes, node_ids, worker_docs, image_id) -> dict[str, Any]:
+    manager = nodes[0]
+    key = state.supervisor_key()
+    out_nodes = []
+    for n in nodes:
+        doc = worker_docs.get(n, {})
+        out_nodes.append({
+            "index": n.index,
+            "name": n.name,
+            "role": n.role,
+            "node_id": node_ids[n],
+            "hostname": n.name,
+            "address": n.address,
+            "ssh": n.ssh,
+            "netns": n.name,
+            "docker_socket": str(n.docker_socket),
+            "docker_pidfile": str(n.docker_pidfile),
+            "sshd_pidfile": str(n.sshd_pidfile) if n.index else None,
+            "worker_json": str(n.worker_json) if n.index else None,
+            "host_key": doc.get("host_key"),
+            "labels": doc.get("labels") or ({"cumulus.worker": "false", "cumulus.role": "manager"}
+                                            if n.index == 0 else {}),
+            "inventory": doc.get("inventory", {"devices": [], "gpu_count": 0}),
+        })
+    return {
+        "version": 1,
+        "state_dir": str(state.STATE_DIR),
+        "manager_socket": str(manager.docker_socket),
+        "manager_address": f"{manager.address}:{state.SWARM_PORT}",
+        "bridge": state.BRIDGE,
+        "subnet": state.SUBNET,
+        "image_id": image_id,
+        "image_tag": state.IMAGE_TAG,
+        "ssh_user": state.SSH_USER,
+        "ssh_key": str(key),
+        "ssh_public_key": " ".join(key.with_suffix(".pub").read_text().split()[:2]),
+        "known_hosts": str(state.known_hosts()),
+        "holder": state.HOLDER,
+        "chronos_available": state.CHRONOS_AVAILABLE,
+        "jobs_dir": state.JOBS_DIR,
+        "nodes": out_nodes,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ down
+def _our_stray_pids() -> list[int]:
+    """dockerd/containerd/sshd processes started for the cluster, found by the state dir in their command line."""
+    needle = str(state.STATE_DIR)
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            if any(needle in a for a in pid_cmdline(int(entry))):
+                pids.append(int(entry))
+    return pids
+
+
+def _node_indexes() -> set[int]:
+    idx = {int(n[len(state.NETNS_PREFIX):]) for n in netns.list_netns()}
+    if state.NODES_DIR.exists():
+        for d in state.NODES_DIR.iterdir():
+            rest = d.name[len(state.NETNS_PREFIX):]
+            if d.name.startswith(state.NETNS_PREFIX) and rest.isdigit():
+                idx.add(int(rest))
+    try:
+        idx |= {n["index"] for n in state.load_cluster().get("nodes", [])}
+    except (FileNotFoundError, ValueError):
+        pass
+    return idx
+
+
+def _kill_node_processes(node: state.Node, sig: int = signal.SIGKILL) -> int:
+    pids = set(netns.netns_pids(node.name)) if node.name in netns.list_netns() else set()
+    pids |= set(daemons.cgroup_pids(node))
+    pids.discard(os.getpid())
+    kill_pids(sorted(pids), sig, wait=5)
+    return len(pids)
+
+
+def down(purge: bool = False, quiet: bool = False) -> None:
+    _require_root()
+    p = Progress(quiet)
+    nodes = [state.Node(i) for i in sorted(_node_indexes())]
+    with p.step("stop sshd + dockerd") as s:
+        for n in nodes:
+            daemons.stop_sshd(n)
+        # all dockerds at once: each takes a moment to shut down its containers and containerd
+        pids = [pid for pid in (daemons.dockerd_pid(n) for n in nodes) if pid]
+        kill_pids(pids, signal.SIGTERM, wait=15)
+        killed = sum(_kill_node_processes(n) for n in nodes)
+        stray = _our_stray_pids()
+        kill_pids(stray, signal.SIGKILL, wait=5)
+        s["note"] = f"{len(pids)} dockerd, {killed} leftover process(es) in namespaces, {len(stray)} stray"
+    with p.step("mounts, namespaces, bridge") as s:
+        unmounted = unmount_under(state.STATE_DIR)
+        for n in nodes:
+            netns.delete_netns(n.name)
+            daemons.remove_cgroups(n)
+        for name in netns.list_netns():
+            netns.delete_netns(name)
+        for veth in netns.leftover_veths():
+            subprocess.run(["ip", "link", "del", veth], capture_output=True)
+        netns.delete_bridge()
+        s["note"] = f"{unmounted} mount(s), {len(nodes)} namespace(s)"
+    with p.step("files") as s:
+        _forget_supervisor_key()
+        shutil.rmtree(state.STATE_DIR, ignore_errors=True)
+        if state.STATE_DIR.exists():  # something still mounted or busy: one more pass
+            unmount_under(state.STATE_DIR)
+            shutil.rmtree(state.STATE_DIR, ignore_errors=True)
+        s["note"] = f"removed {state.STATE_DIR}"
+        if purge:
+            shutil.rmtree(state.CACHE_DIR, ignore_errors=True)
+            s["note"] += f" and {state.CACHE_DIR}"
+    left = leftovers()
+    if left:
+        raise LocalClusterError(f"down left things behind: {left}")
+    p.log("cluster down")
+
+
+def _forget_supervisor_key() -> None:
+    """Take this cluster's supervisor key out of the (shared, host-wide) cumulus user's authorized_keys."""
+    pub = state.supervisor_key().with_suffix(".pub")
+    try:
+        key = " ".join(pub.read_text().split()[:2])
+        import pwd
+
+        auth = Path(pwd.getpwnam(state.SSH_USER).pw_dir) / ".ssh" / "authorized_keys"
+        lines = auth.read_text().splitlines()
+    except (OSError, KeyError):
+        return
+    kept = [line for line in lines if " ".join(line.split()[:2]) != key]
+    if len(kept) != len(lines):
+        auth.write_text("".join(f"{line}\n" for line in kept))
+
+
+def leftovers() -> dict[str, Any]:
+    """Everything `down` is supposed to remove that still exists (empty dict = clean)."""
+    out: dict[str, Any] = {}
+    if netns.list_netns():
+        out["netns"] = netns.list_netns()
+    if netns._link_exists(state.BRIDGE):
+        out["bridge"] = state.BRIDGE
+    if netns.leftover_veths():
+        out["veths"] = netns.leftover_veths()
+    if _our_stray_pids():
+        out["processes"] = _our_stray_pids()
+    m = [line for line in open("/proc/self/mountinfo") if str(state.STATE_DIR) in line or "nsfs" in line.split(" - ")[-1].split()[0]]
+    if m:
+        out["mounts"] = m
+    if state.STATE_DIR.exists():
+        out["state_dir"] = str(state.STATE_DIR)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ status
+def status() -> dict[str, Any]:
+    cluster = state.load_cluster()
+    manager = state.Node(0)
+    live: dict[str, dict[str, Any]] = {}
+    manager_ok = daemons.docker_ping(manager.docker_socket)
+    if manager_ok:
+        try:
+            live = {n["ID"]: n for n in _manager_nodes(manager)}
+        except (OSError, LocalClusterError):
+            manager_ok = False
+    for entry in cluster["nodes"]:
+        n = state.Node(entry["index"])
+        info = live.get(entry["node_id"], {})
+        raw = info.get("Status", {}).get("State") if manager_ok else None
+        entry["state"] = {"ready": "Ready", "down": "Down"}.get(raw, (raw or "unknown").capitalize())
+        entry["availability"] = info.get("Spec", {}).get("Availability")
+        entry["dockerd"] = "running" if daemons.dockerd_pid(n) else "stopped"
+        if n.index:
+            entry["sshd"] = "running" if daemons.sshd_pid(n) else "stopped"
+    cluster["manager_reachable"] = manager_ok
+    cluster["ready"] = manager_ok and all(e["state"] == "Ready" for e in cluster["nodes"])
+    return cluster
+
+
+def format_status(c: dict[str, Any]) -> str:
+    lines = [f"manager socket: {c['manager_socket']}   image: {c['image_id'][:19]}   "
+             f"ssh user: {c['ssh_user']}   ready: {'yes' if c['ready'] else 'NO'}"]
+    hdr = f"{'NODE':<5} {'ROLE':<8} {'STATE':<8} {'NODE ID':<26} {'SSH':<16} {'DOCKERD':<8} {'SSHD':<8} DEVICES"
+    lines.append(hdr)
+    for n in c["nodes"]:
+        devs = ", ".join(f"{d['index']}:{d['name'][:24]}({d['kind']})" for d in n["inventory"].get("devices", []))
+        lines.append(f"{n['name']:<5} {n['role']:<8} {n['state']:<8} {n['node_id']:<26} {n['ssh'] or '-':<16} "
+                     f"{n['dockerd']:<8} {n.get('sshd', '-'):<8} {devs or '-'}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ failures
+def _worker(index: int) -> state.Node:
+    c = state.load_cluster()
+    if index not in {n["index"] for n in c["nodes"] if n["role"] == "worker"}:
+        raise LocalClusterError(f"no worker {index} (workers: "
+                                f"{[n['index'] for n in c['nodes'] if n['role'] == 'worker']})")
+    return state.Node(index)
+
+
+def _node_state(node_id: str) -> str | None:
+    for n in _manager_nodes(state.Node(0)):
+        if n["ID"] == node_id:
+            return n.get("Status", {}).get("State")
+    return None
+
+
+def _node_id(index: int) -> str:
+    return next(n["node_id"] for n in state.load_cluster()["nodes"] if n["index"] == index)
+
+
+def kill_node(index: int, wait: bool = True, timeout: float = 60, quiet: bool = False) -> None:
+    """Like the machine dying: SIGKILL its dockerd, containerd, containers and sshd (every process in its netns)."""
+    _require_root()
+    node = _worker(index)
+    p = Progress(quiet)
+    with p.step(f"kill {node.name}") as s:
+        s["note"] = f"{_kill_node_processes(node)} process(es) killed"
+    if wait:
+        with p.step(f"manager reports {node.name} Down"):
+            deadline = time.monotonic() + timeout
+            while _node_state(_node_id(index)) != "down":
+                if time.monotonic() > deadline:
+                    raise LocalClusterError(f"{node.name} still not Down after {timeout}s")
+                time.sleep(0.25)
+
+
+def revive_node(index: int, wait: bool = True, timeout: float = 90, quiet: bool = False) -> None:
+    _require_root()
+    node = _worker(index)
+    p = Progress(quiet)
+    with p.step(f"restart dockerd + sshd of {node.name}"):
+        netns.ensure_bridge()
+        netns.ensure_netns(node)
+        proc = daemons.start_dockerd(node)
+        daemons.wait_dockerd(node, proc)
+        daemons.start_sshd(node)
+        daemons.wait_sshd(node)
+    if wait:
+        with p.step(f"manager reports {node.name} Ready"):
+            wait_ready(state.Node(0), [_node_id(index)], timeout)

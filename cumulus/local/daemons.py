@@ -1,0 +1,236 @@
+"""Per-node daemons: a dockerd and (workers) an sshd, each inside the node's network namespace."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from cumulus.local import state
+from cumulus.local.util import (LocalClusterError, kill_pids, pid_alive, pid_cmdline, read_pid, run,
+                                unmount_under)
+
+DOCKERD = shutil.which("dockerd") or "/usr/bin/dockerd"
+SSHD = "/usr/sbin/sshd"
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 2.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self._path)
+        self.sock = s
+
+
+def docker_api(sock: Path, path: str, timeout: float = 2.0):
+    """GET on a Docker socket; returns (status, parsed JSON or text)."""
+    conn = _UnixHTTPConnection(str(sock), timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        try:
+            return resp.status, json.loads(body)
+        except ValueError:
+            return resp.status, body
+    finally:
+        conn.close()
+
+
+def docker_ping(sock: Path) -> bool:
+    try:
+        status, _ = docker_api(sock, "/_ping", timeout=1.0)
+        return status == 200
+    except OSError:
+        return False
+
+
+def dockerd_pid(node: state.Node) -> int | None:
+    pid = read_pid(node.docker_pidfile)
+    if pid_alive(pid) and any("dockerd" in a for a in pid_cmdline(pid)[:1]):
+        return pid
+    return None
+
+
+def start_dockerd(node: state.Node) -> subprocess.Popen | None:
+    """Start the node's dockerd (in its netns and its own UTS namespace, so the Swarm sees hostname cwN).
+
+    Returns the Popen, or None if it was already running. Call wait_dockerd() afterwards.
+    """
+    if dockerd_pid(node):
+        return None
+    node.dir.mkdir(parents=True, exist_ok=True)
+    # A dockerd that died hard leaves mounts (nsfs under <exec-root>/netns, overlays, shm): clear them first.
+    unmount_under(node.exec_root)
+    unmount_under(node.data_root)
+    for stale in (node.docker_socket, node.docker_pidfile):
+        stale.unlink(missing_ok=True)
+    # --config-file: never pick up the host's /etc/docker/daemon.json.
+    node.docker_config.write_text("{}\n")
+    args = [
+        DOCKERD,
+        "--config-file", str(node.docker_config),
+        "--data-root", str(node.data_root),
+        "--exec-root", str(node.exec_root),
+        "--pidfile", str(node.docker_pidfile),
+        "-H", node.docker_url,
+        "--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false", "--ip6tables=false",
+        "--userland-proxy=false",
+        "--cgroup-parent", node.cgroup_parent,
+        "--log-level", "warn",
+    ]
+    script = f"hostname {node.name} && exec " + " ".join(_q(a) for a in args)
+    cmd = ["nsenter", f"--net={node.netns_path}", "unshare", "--uts", "sh", "-c", script]
+    log = open(node.docker_log, "ab")
+    try:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    finally:
+        log.close()
+
+
+def _q(a: str) -> str:
+    import shlex
+
+    return shlex.quote(a)
+
+
+def wait_dockerd(node: state.Node, proc: subprocess.Popen | None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if docker_ping(node.docker_socket):
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    tail = ""
+    try:
+        tail = node.docker_log.read_text()[-2000:]
+    except OSError:
+        pass
+    raise LocalClusterError(f"dockerd of {node.name} did not come up; log tail:\n{tail}")
+
+
+def stop_dockerd(node: state.Node, wait: float = 20) -> None:
+    pid = dockerd_pid(node)
+    if pid:
+        kill_pids([pid], signal.SIGTERM, wait=wait)
+    # its containerd (child) should be gone too; anything left in the netns is killed by the caller
+
+
+def ensure_host_key(node: state.Node) -> bool:
+    if node.host_key.exists() and node.host_key.with_suffix(".pub").exists():
+        return False
+    node.dir.mkdir(parents=True, exist_ok=True)
+    node.host_key.unlink(missing_ok=True)
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"cumulus-local-{node.name}", "-f",
+         str(node.host_key)])
+    return True
+
+
+def write_sshd_config(node: state.Node) -> None:
+    text = f"""# cumulus local cluster: sshd of {node.name} (runs in netns {node.name})
+Port 22
+ListenAddress {node.address}
+HostKey {node.host_key}
+PidFile {node.sshd_pidfile}
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AuthorizedKeysFile .ssh/authorized_keys
+PermitRootLogin no
+AllowUsers {state.SSH_USER}
+StrictModes yes
+UseDNS no
+PrintMotd no
+PrintLastLog no
+MaxStartups 200:30:400
+MaxSessions 200
+ClientAliveInterval 15
+Subsystem sftp internal-sftp
+"""
+    if not node.sshd_config.exists() or node.sshd_config.read_text() != text:
+        node.sshd_config.write_text(text)
+
+
+def sshd_pid(node: state.Node) -> int | None:
+    pid = read_pid(node.sshd_pidfile)
+    if pid_alive(pid) and "sshd" in " ".join(pid_cmdline(pid)[:1]):
+        return pid
+    return None
+
+
+def start_sshd(node: state.Node) -> bool:
+    """Start the node's sshd listening only on <node address>:22 inside its netns. False if already running."""
+    if sshd_pid(node):
+        return False
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    ensure_host_key(node)
+    write_sshd_config(node)
+    node.sshd_pidfile.unlink(missing_ok=True)
+    # own UTS namespace too, so `hostname` in an SSH session says cwN like a real host would
+    script = f"hostname {node.name} && exec {SSHD} -f {_q(str(node.sshd_config))} -E {_q(str(node.sshd_log))}"
+    run(["nsenter", f"--net={node.netns_path}", "unshare", "--uts", "sh", "-c", script])
+    return True
+
+
+def wait_sshd(node: state.Node, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((node.address, 22), timeout=1) as s:
+                s.settimeout(1)
+                if s.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise LocalClusterError(f"sshd of {node.name} not answering on {node.address}:22 (see {node.sshd_log})")
+
+
+def stop_sshd(node: state.Node) -> None:
+    pid = sshd_pid(node)
+    if pid:
+        kill_pids([pid], signal.SIGTERM, wait=5)
+
+
+def cgroup_pids(node: state.Node) -> list[int]:
+    """Processes of the node's containers (dockerd runs them under cgroup parent cumulus-cwN)."""
+    pids: set[int] = set()
+    root = Path("/sys/fs/cgroup")
+    candidates = [root / node.cgroup_parent] + [p / node.cgroup_parent for p in root.iterdir() if p.is_dir()] \
+        if root.exists() else []
+    for base in candidates:
+        if not base.is_dir():
+            continue
+        for dirpath, _dirs, files in os.walk(base):
+            for fname in ("cgroup.procs",):
+                if fname in files:
+                    try:
+                        pids.update(int(x) for x in Path(dirpath, fname).read_text().split())
+                    except OSError:
+                        pass
+    return sorted(pids)
+
+
+def remove_cgroups(node: state.Node) -> None:
+    root = Path("/sys/fs/cgroup")
+    if not root.exists():
+        return
+    for base in [root / node.cgroup_parent] + [p / node.cgroup_parent for p in root.iterdir() if p.is_dir()]:
+        if base.is_dir():
+            for dirpath, _dirs, _files in sorted(os.walk(base), key=lambda t: -t[0].count("/")):
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass

@@ -1,0 +1,362 @@
+"""OTP-style supervisors on Trio.
+
+A :class:`Supervisor` starts its children in order (each one ready before the next starts), watches them, restarts
+them according to their :class:`Restart` type and the supervisor's :class:`Strategy`, and stops them in reverse
+order. A child is anything started with ``await nursery.start(fn)``: an actor (:meth:`ChildSpec.actor`), another
+supervisor (:meth:`ChildSpec.supervisor`), or a plain ``async def fn(*, task_status)``.
+
+Rules, as in OTP:
+
+* **Restart types.** ``PERMANENT`` children are always restarted; ``TRANSIENT`` ones only after a crash;
+  ``TEMPORARY`` ones never (they are forgotten when they exit).
+* **Strategies.** ``ONE_FOR_ONE`` restarts only the child that exited; ``ONE_FOR_ALL`` stops the others (reverse
+  order) and starts all again (in order).
+* **Restart intensity.** More than ``max_restarts`` restarts within ``max_seconds`` (measured with
+  ``trio.current_time()``) makes the supervisor stop all children and raise :class:`SupervisorGaveUp` to its parent.
+* **Cancellation is never a crash.** Only ``Exception`` counts as a crash; ``trio.Cancelled`` never triggers a
+  restart. Each child runs shielded from its parent's cancellation, so that when the supervisor is cancelled or
+  gives up it can stop its children one by one, newest first, each waited for before the next is told to stop.
+  A child that ignores cancellation therefore delays shutdown; children release what they own under bounded,
+  shielded scopes, so a well-behaved child stops promptly.
+
+:class:`DynamicSupervisor` starts children at run time (``start_child``/``terminate_child``); its children are
+``TEMPORARY`` by default, which suits one actor per job.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Sequence
+
+import trio
+
+from cumulus.actors.base import Actor, ActorRef, run_actor
+from cumulus.errors import NotFound, SupervisorGaveUp
+
+log = logging.getLogger(__name__)
+
+StartFn = Callable[..., Awaitable[Any]]
+"""``async def start(*, task_status)``: runs the child; calls ``task_status.started(ref)`` once it is ready."""
+
+
+class Restart(enum.Enum):
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    TEMPORARY = "temporary"
+
+
+class Strategy(enum.Enum):
+    ONE_FOR_ONE = "one_for_one"
+    ONE_FOR_ALL = "one_for_all"
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """How to start one child and what to do when it exits. ``name`` is unique among its siblings."""
+
+    name: str
+    start: StartFn
+    restart: Restart = Restart.PERMANENT
+
+    @classmethod
+    def actor(cls, name: str, factory: Callable[[], Actor], restart: Restart = Restart.PERMANENT) -> ChildSpec:
+        """A child that runs ``factory()`` as an actor; each (re)start gets a fresh actor. Its ref is an ActorRef."""
+
+        async def start(*, task_status: trio.TaskStatus[ActorRef] = trio.TASK_STATUS_IGNORED) -> None:
+            await run_actor(factory(), task_status=task_status)
+
+        return cls(name, start, restart)
+
+    @classmethod
+    def supervisor(
+        cls, name: str, factory: Callable[[], Supervisor], restart: Restart = Restart.PERMANENT
+    ) -> ChildSpec:
+        """A child that is itself a supervisor (a subtree). Its ref is the Supervisor object."""
+
+        async def start(*, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
+            await factory().run(task_status=task_status)
+
+        return cls(name, start, restart)
+
+
+class ChildExit(enum.Enum):
+    NORMAL = "normal"  # returned by itself
+    STOPPED = "stopped"  # stopped by its supervisor
+    CRASHED = "crashed"  # raised an Exception
+
+
+@dataclass(eq=False)
+class _Child:
+    spec: ChildSpec
+    ref: Any = None
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    stopping: bool = False
+
+
+@dataclass(frozen=True)
+class _Exited:
+    child: _Child
+    how: ChildExit
+    error: Exception | None
+
+
+class _StartRelay:
+    """Stands in for a child's ``task_status``: forwards ``started`` and remembers that it happened.
+
+    While starting, a child is cancelled together with whoever started it. Once it has really moved into the
+    supervisor's nursery, its scope is shielded: from then on only its supervisor stops it (in reverse order).
+    """
+
+    def __init__(self, real: trio.TaskStatus[Any], child: _Child, nursery: trio.Nursery) -> None:
+        self._real = real
+        self._child = child
+        self._nursery = nursery
+        self.started_ok = False
+
+    def started(self, value: Any = None) -> None:
+        self._child.ref = value
+        self.started_ok = True
+        self._real.started(value)
+        # Trio does not move the task if the starter is being cancelled; it must then stay cancellable.
+        if trio.lowlevel.current_task().parent_nursery is self._nursery:
+            self._child.scope.shield = True
+
+
+class _StartFailed:
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
+class Supervisor:
+    """Supervises a list of children. Run it with ``await nursery.start(sup.run)`` or as a child of another one.
+
+    ``run`` returns only by raising: ``Cancelled`` when its parent stops it, :class:`SupervisorGaveUp` when the
+    restart intensity was exceeded, or the start error of a child that could not start. Before it leaves, every
+    child has been stopped, newest first.
+    """
+
+    def __init__(
+        self,
+        children: Sequence[ChildSpec] = (),
+        *,
+        name: str = "supervisor",
+        strategy: Strategy = Strategy.ONE_FOR_ONE,
+        max_restarts: int = 3,
+        max_seconds: float = 5.0,
+    ) -> None:
+        names = [spec.name for spec in children]
+        if len(set(names)) != len(names):
+            raise ValueError(f"child names must be unique, got {names}")
+        if max_restarts < 0 or not max_seconds > 0 or math.isnan(max_seconds):
+            raise ValueError("max_restarts must be >= 0 and max_seconds > 0")
+        self.name = name
+        self.strategy = strategy
+        self.max_restarts = max_restarts
+        self.max_seconds = max_seconds
+        self._specs = list(children)
+        self._children: list[_Child] = []  # running children in start order
+        self._restarts: deque[float] = deque()
+        self._nursery: trio.Nursery | None = None
+        self._exits_send, self._exits_receive = trio.open_memory_channel[_Exited](math.inf)
+
+    # ---- public API -------------------------------------------------------------------------------------------
+
+    def whereis(self, name: str) -> Any:
+        """The ref of the running child ``name`` (an ActorRef for actors), or ``None`` if it is not running."""
+        for child in self._children:
+            if child.spec.name == name and not child.done.is_set():
+                return child.ref
+        return None
+
+    def which_children(self) -> list[tuple[str, Any]]:
+        """``(name, ref)`` of the running children, in start order."""
+        return [(c.spec.name, c.ref) for c in self._children if not c.done.is_set()]
+
+    @property
+    def restart_count(self) -> int:
+        """Restarts inside the current intensity window."""
+        return len(self._restarts)
+
+    async def start_child(self, spec: ChildSpec) -> Any:
+        """Start a new child at run time, after the existing ones; return its ref once it is ready.
+
+        Raises ``ValueError`` if a running child has the same name, and the child's own start error if it fails
+        to start (a failed start is not a restart). A start in progress is shielded from the caller's
+        cancellation: the child finishes starting and is then owned (and eventually stopped) by the supervisor.
+        """
+        if self._nursery is None:
+            raise RuntimeError(f"supervisor {self.name!r} is not running")
+        if self.whereis(spec.name) is not None:
+            raise ValueError(f"supervisor {self.name!r} already has a running child {spec.name!r}")
+        return await self._start(spec)
+
+    async def terminate_child(self, name: str) -> None:
+        """Stop the running child ``name`` and wait until it has stopped; it is not restarted.
+
+        Raises :class:`~cumulus.errors.NotFound` if no such child runs. The stop itself is shielded: once asked,
+        the child is stopped even if the caller is cancelled meanwhile.
+        """
+        for child in reversed(self._children):
+            if child.spec.name == name and not child.done.is_set():
+                with trio.CancelScope(shield=True):
+                    await self._stop(child)
+                return
+        raise NotFound(f"supervisor {self.name!r} has no running child {name!r}")
+
+    async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the children in order, report ready, then supervise until cancelled or giving up."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    for spec in self._specs:
+                        await self._start(spec)
+                    task_status.started(self)
+                    await self._supervise()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._stop_all()
+        except ExceptionGroup as group:
+            # Child wrappers never raise, so the group holds only our own error (gave up, or a child's start
+            # failure): raise it as itself.
+            raise _unwrap(group)
+        finally:
+            self._nursery = None
+
+    # ---- internals --------------------------------------------------------------------------------------------
+
+    async def _start(self, spec: ChildSpec) -> Any:
+        child = _Child(spec)
+        assert self._nursery is not None
+        outcome = await self._nursery.start(self._supervise_child, child)
+        if isinstance(outcome, _StartFailed):
+            if outcome.error is None:
+                raise RuntimeError(f"child {spec.name!r} of {self.name!r} exited before it was ready")
+            raise outcome.error
+        self._children.append(child)
+        return child.ref
+
+    async def _supervise_child(self, child: _Child, *, task_status: trio.TaskStatus[Any]) -> None:
+        assert self._nursery is not None
+        relay = _StartRelay(task_status, child, self._nursery)
+        error: Exception | None = None
+        with child.scope:
+            try:
+                await child.spec.start(task_status=relay)
+            except Exception as crash:
+                error = _unwrap(crash)
+        child.done.set()
+        if not relay.started_ok:
+            task_status.started(_StartFailed(error))
+            return
+        if child.stopping:
+            how = ChildExit.STOPPED
+        elif error is not None:
+            how = ChildExit.CRASHED
+            log.error("%s: child %s crashed: %r", self.name, child.spec.name, error, exc_info=error)
+        else:
+            how = ChildExit.NORMAL
+        self._exits_send.send_nowait(_Exited(child, how, error))
+
+    async def _supervise(self) -> None:
+        async for exited in self._exits_receive:
+            child = exited.child
+            if exited.how is ChildExit.STOPPED or child not in self._children:
+                self._forget(child)
+                continue
+            if not self._should_restart(child.spec.restart, exited.how):
+                self._forget(child)
+                continue
+            self._count_restart(exited)
+            if self.strategy is Strategy.ONE_FOR_ONE:
+                await self._restart_one(child)
+            else:
+                await self._restart_all()
+
+    def _should_restart(self, restart: Restart, how: ChildExit) -> bool:
+        if restart is Restart.PERMANENT:
+            return True
+        if restart is Restart.TRANSIENT:
+            return how is ChildExit.CRASHED
+        return False
+
+    def _count_restart(self, exited: _Exited) -> None:
+        now = trio.current_time()
+        self._restarts.append(now)
+        while self._restarts and self._restarts[0] < now - self.max_seconds:
+            self._restarts.popleft()
+        if len(self._restarts) > self.max_restarts:
+            log.error("%s: restart intensity exceeded by %s; stopping all children", self.name, exited.child.spec.name)
+            raise SupervisorGaveUp(self.name, self.max_restarts, self.max_seconds) from exited.error
+
+    async def _restart_one(self, child: _Child) -> None:
+        index = self._children.index(child)
+        while True:
+            replacement = _Child(child.spec)
+            assert self._nursery is not None
+            outcome = await self._nursery.start(self._supervise_child, replacement)
+            if not isinstance(outcome, _StartFailed):
+                self._children[index] = replacement
+                return
+            log.error("%s: restarting %s failed: %r", self.name, child.spec.name, outcome.error)
+            self._count_restart(_Exited(child, ChildExit.CRASHED, _as_exception(outcome.error)))
+
+    async def _restart_all(self) -> None:
+        specs = [c.spec for c in self._children]
+        with trio.CancelScope(shield=True):
+            await self._stop_all()
+        for spec in specs:
+            while True:
+                try:
+                    await self._start(spec)
+                    break
+                except Exception as error:
+                    log.error("%s: restarting %s failed: %r", self.name, spec.name, error)
+                    self._count_restart(_Exited(_Child(spec), ChildExit.CRASHED, error))
+
+    async def _stop_all(self) -> None:
+        for child in reversed(list(self._children)):
+            await self._stop(child)
+        self._children.clear()
+
+    async def _stop(self, child: _Child) -> None:
+        child.stopping = True
+        child.scope.cancel()
+        await child.done.wait()
+        self._forget(child)
+
+    def _forget(self, child: _Child) -> None:
+        if child in self._children:
+            self._children.remove(child)
+
+
+class DynamicSupervisor(Supervisor):
+    """A one-for-one supervisor with no static children; children come and go with ``start_child``.
+
+    Use :meth:`start_actor` for the common case. Intensity still applies to restarted (non-temporary) children.
+    """
+
+    def __init__(self, *, name: str = "dynamic", max_restarts: int = 3, max_seconds: float = 5.0) -> None:
+        super().__init__((), name=name, strategy=Strategy.ONE_FOR_ONE, max_restarts=max_restarts,
+                         max_seconds=max_seconds)
+
+    async def start_actor(
+        self, name: str, factory: Callable[[], Actor], restart: Restart = Restart.TEMPORARY
+    ) -> ActorRef:
+        """Start ``factory()`` as a child actor named ``name`` and return its ref once it has started."""
+        return await self.start_child(ChildSpec.actor(name, factory, restart))
+
+
+def _unwrap(exc: Exception) -> Exception:
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _as_exception(error: BaseException | None) -> Exception | None:
+    return error if isinstance(error, Exception) else None

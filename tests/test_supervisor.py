@@ -1,0 +1,214 @@
+"""OTP-style supervision: restart types, strategies, intensity, ordered start and reverse-order stop."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from cumulus.actors import Actor, ActorDied
+from cumulus.errors import NotFound, SupervisorGaveUp
+from cumulus.supervisor import ChildSpec, DynamicSupervisor, Restart, Strategy, Supervisor
+
+
+class Recorder:
+    """Shared log of lifecycle events, so tests can assert on order."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+
+class Worker(Actor):
+    def __init__(self, name: str, log: Recorder, start_delay: float = 0.0) -> None:
+        super().__init__(name)
+        self.log = log
+        self.start_delay = start_delay
+
+    async def on_start(self):
+        await trio.sleep(self.start_delay)
+        await self.owner.own(self._lifetime(), what="lifetime")
+
+    @asynccontextmanager
+    async def _lifetime(self):
+        self.log.events.append(f"start {self.name}")
+        try:
+            yield
+        finally:
+            await trio.sleep(0.5)  # a release that takes time: must be shielded when the tree is cancelled
+            self.log.events.append(f"stop {self.name}")
+
+    async def handle(self, message):
+        if message == "crash":
+            raise RuntimeError(f"{self.name} crashed")
+        if message == "exit":
+            self.stop()
+        return self.name
+
+
+def worker(name: str, log: Recorder, restart: Restart = Restart.PERMANENT, delay: float = 0.0) -> ChildSpec:
+    return ChildSpec.actor(name, lambda: Worker(name, log, delay), restart)
+
+
+async def crash(sup: Supervisor, name: str) -> None:
+    with pytest.raises(RuntimeError):
+        await sup.whereis(name).call("crash")
+
+
+async def settle() -> None:
+    await trio.sleep(5)  # autojump clock: lets restarts (0.5 s releases) finish
+
+
+async def test_children_start_in_order_each_ready_before_next_and_stop_in_reverse(autojump_clock):
+    log = Recorder()
+    sup = Supervisor([worker("a", log, delay=3), worker("b", log, delay=1), worker("c", log)], name="root")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        assert log.events == ["start a", "start b", "start c"]  # a took longest yet came first
+        assert [name for name, _ in sup.which_children()] == ["a", "b", "c"]
+        nursery.cancel_scope.cancel()
+    assert log.events[3:] == ["stop c", "stop b", "stop a"]
+
+
+async def test_one_for_one_restarts_only_the_crashed_permanent_child(autojump_clock):
+    log = Recorder()
+    sup = Supervisor([worker("a", log), worker("b", log)], strategy=Strategy.ONE_FOR_ONE)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        old_a, old_b = sup.whereis("a"), sup.whereis("b")
+        await crash(sup, "a")
+        await settle()
+        assert sup.whereis("a") is not old_a and sup.whereis("a").alive
+        assert sup.whereis("b") is old_b
+        with pytest.raises(ActorDied):
+            await old_a.call("hello")  # the old incarnation is gone for good
+        assert await sup.whereis("a").call("hello") == "a"
+        nursery.cancel_scope.cancel()
+    assert log.events == ["start a", "start b", "stop a", "start a", "stop b", "stop a"]
+
+
+async def test_one_for_all_restarts_every_child_in_order(autojump_clock):
+    log = Recorder()
+    sup = Supervisor([worker("a", log), worker("b", log), worker("c", log)], strategy=Strategy.ONE_FOR_ALL)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await crash(sup, "b")
+        await settle()
+        assert [name for name, _ in sup.which_children()] == ["a", "b", "c"]
+        nursery.cancel_scope.cancel()
+    assert log.events[:9] == [
+        "start a", "start b", "start c",
+        "stop b",  # the crash released b's resources
+        "stop c", "stop a",  # the others stop, newest first
+        "start a", "start b", "start c",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("restart", "how", "restarted"),
+    [
+        (Restart.PERMANENT, "crash", True),
+        (Restart.PERMANENT, "exit", True),
+        (Restart.TRANSIENT, "crash", True),
+        (Restart.TRANSIENT, "exit", False),
+        (Restart.TEMPORARY, "crash", False),
+        (Restart.TEMPORARY, "exit", False),
+    ],
+)
+async def test_restart_types(autojump_clock, restart, how, restarted):
+    log = Recorder()
+    sup = Supervisor([worker("a", log, restart)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        if how == "crash":
+            await crash(sup, "a")
+        else:
+            assert await sup.whereis("a").call("exit") == "a"
+        await settle()
+        assert (sup.whereis("a") is not None) == restarted
+        nursery.cancel_scope.cancel()
+
+
+async def test_exceeding_restart_intensity_stops_all_children_and_escalates(autojump_clock):
+    log = Recorder()
+    sup = Supervisor([worker("a", log), worker("b", log)], max_restarts=2, max_seconds=10, name="jobs")
+    with pytest.RaisesGroup(pytest.RaisesExc(SupervisorGaveUp, match="jobs")) as gave_up:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            for _ in range(3):
+                await crash(sup, "b")
+                await settle()
+            await trio.sleep_forever()
+    assert isinstance(gave_up.value.exceptions[0].__cause__, RuntimeError)
+    assert log.events[-2:] == ["stop b", "stop a"]  # b's crash, then a stopped on giving up
+    assert sup.which_children() == []
+
+
+async def test_restarts_outside_the_window_do_not_count(autojump_clock):
+    log = Recorder()
+    sup = Supervisor([worker("a", log)], max_restarts=1, max_seconds=5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        for _ in range(4):
+            await crash(sup, "a")
+            await trio.sleep(6)  # each restart ages out before the next crash
+        assert sup.whereis("a").alive
+        nursery.cancel_scope.cancel()
+
+
+async def test_cancellation_is_not_a_crash(autojump_clock):
+    """Cancelling the tree never restarts anything and never counts towards intensity."""
+    log = Recorder()
+    sup = Supervisor([worker("a", log)], max_restarts=0)
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            scope.cancel()
+    assert log.events == ["start a", "stop a"]
+    assert sup.restart_count == 0
+
+
+async def test_child_releases_its_resource_while_parent_is_cancelled(autojump_clock):
+    """The release takes 0.5 s of checkpoints; it completes although the whole tree is being cancelled."""
+    log = Recorder()
+    inner = lambda: Supervisor([worker("leaf", log)], name="inner")  # noqa: E731
+    root = Supervisor([ChildSpec.supervisor("inner", inner), worker("sibling", log)], name="root")
+    with trio.move_on_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(root.run)
+            await trio.sleep_forever()
+    assert log.events == ["start leaf", "start sibling", "stop sibling", "stop leaf"]
+
+
+async def test_dynamic_supervisor_starts_and_terminates_children(autojump_clock):
+    log = Recorder()
+    jobs = DynamicSupervisor(name="jobs")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jobs.run)
+        ref1 = await jobs.start_actor("job-1", lambda: Worker("job-1", log))
+        await jobs.start_actor("job-2", lambda: Worker("job-2", log))
+        with pytest.raises(ValueError, match="already"):
+            await jobs.start_actor("job-2", lambda: Worker("job-2", log))
+        await jobs.terminate_child("job-1")
+        assert log.events[-1] == "stop job-1" and not ref1.alive
+        with pytest.raises(NotFound):
+            await jobs.terminate_child("job-1")
+        await crash(jobs, "job-2")  # temporary: not restarted
+        await settle()
+        assert jobs.which_children() == []
+        await jobs.start_actor("job-3", lambda: Worker("job-3", log))
+        nursery.cancel_scope.cancel()
+    assert log.events[-1] == "stop job-3"
+
+
+async def test_child_that_fails_to_start_fails_the_supervisor_start(autojump_clock):
+    class Broken(Worker):
+        async def on_start(self):
+            raise OSError("docker socket missing")
+
+    log = Recorder()
+    sup = Supervisor([worker("a", log), ChildSpec.actor("broken", lambda: Broken("broken", log))])
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(OSError, match="docker socket"):
+            await nursery.start(sup.run)
+    assert log.events == ["start a", "stop a"]  # what had started is stopped again
