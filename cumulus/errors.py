@@ -28,6 +28,10 @@ class InvalidRequest(RequestRejected):
     """A field of the request is malformed (gRPC ``INVALID_ARGUMENT``)."""
 
 
+class PackageTooLarge(InvalidRequest):
+    """A job package exceeds the size limit; the message names the biggest files in it."""
+
+
 class NotFound(RequestRejected):
     """The named job, worker or actor does not exist (gRPC ``NOT_FOUND``)."""
 
@@ -72,6 +76,10 @@ class ConfigError(CumulusError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(f"{key}: {message}")
+
+
+class SupervisorUnavailable(CumulusError):
+    """The client could not reach the supervisor (not running, wrong address, or shutting down)."""
 
 
 class ResourceLeaked(CumulusError):

@@ -1,0 +1,65 @@
+"""The one place where Trio meets asyncio (for grpc.aio and asyncssh). Nothing else imports ``trio_asyncio``.
+
+Cumulus is a Trio program. Two of its libraries speak asyncio: grpc.aio (the RPC server and client) and asyncssh
+(worker connections). Both run on one asyncio loop that trio-asyncio provides on top of Trio, opened once per
+process by :func:`open_asyncio_bridge` around everything that needs it.
+
+* From Trio, call asyncio code with :func:`call_asyncio` (or wrap an async iterator with :func:`iterate_asyncio`).
+  Cancelling the Trio caller cancels the asyncio task; the asyncio code sees ``asyncio.CancelledError``.
+* From asyncio code (a gRPC handler), call back into Trio with :func:`call_trio`. Cancelling the asyncio task
+  (a client went away) cancels the Trio call.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+import trio_asyncio
+
+T = TypeVar("T")
+
+
+@asynccontextmanager
+async def open_asyncio_bridge() -> AsyncIterator[None]:
+    """Run an asyncio loop inside the current Trio run for the duration of the block.
+
+    Nested use is allowed and reuses the loop that is already open. On exit every asyncio task still running on
+    the loop is cancelled.
+    """
+    if _current_loop() is not None:
+        yield
+        return
+    async with trio_asyncio.open_loop():
+        yield
+
+
+async def call_asyncio(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    """Await ``fn(*args, **kwargs)`` (an asyncio coroutine function) from Trio and return its result.
+
+    Needs an open bridge. Cancellation of the Trio caller cancels the asyncio task.
+    """
+    return await trio_asyncio.aio_as_trio(fn)(*args, **kwargs)
+
+
+def iterate_asyncio(iterator: Any) -> Any:
+    """Wrap an asyncio async iterator so that Trio code can ``async for`` over it."""
+    return trio_asyncio.aio_as_trio(iterator)
+
+
+async def call_trio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Await the Trio async function ``fn(*args)`` from asyncio code (e.g. a grpc.aio handler).
+
+    Cancelling the asyncio caller cancels the Trio call.
+    """
+    return await trio_asyncio.trio_as_aio(fn)(*args)
+
+
+def _current_loop() -> Any:
+    try:
+        return trio_asyncio.current_loop.get()
+    except LookupError:
+        return None
+
+
+__all__ = ["call_asyncio", "call_trio", "iterate_asyncio", "open_asyncio_bridge"]

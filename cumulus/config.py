@@ -1,0 +1,263 @@
+"""Typed, validated settings: defaults < YAML file < environment variables < command-line flags.
+
+A settings file looks like ``config.yaml.example``. Every key can also come from the environment as
+``CUMULUS_<SECTION>_<KEY>`` in upper case (``CUMULUS_GRPC_LISTEN=0.0.0.0:50051``, ``CUMULUS_JOBS_MAX_DURATION=600``).
+Unknown keys, wrong types and out-of-range values raise :class:`~cumulus.errors.ConfigError`, whose message names
+the key (``grpc.listen``) and says what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, get_type_hints
+
+import yaml
+
+from cumulus.errors import ConfigError
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+LOCAL_CLUSTER_DESCRIPTION = "/var/lib/cumulus-local/cluster.json"
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(?P<port>\d{1,5})$")
+
+
+@dataclass
+class GrpcSettings:
+    listen: str = DEFAULT_ADDRESS
+    """HOST:PORT the supervisor serves on. Plain gRPC; keep it on loopback or a private network."""
+    max_message_mb: int = 64
+    """Largest request (code package included) the server accepts."""
+
+    def validate(self) -> None:
+        parse_host_port(self.listen, key="grpc.listen")
+        _check_range("grpc.max_message_mb", self.max_message_mb, 1, 1024)
+
+
+@dataclass
+class ClusterSettings:
+    description: str = ""
+    """A cluster description written by `cumulus local up` (fills in the settings below that are left empty)."""
+    docker_host: str = ""
+    """The Swarm manager's Docker API, e.g. unix:///var/run/docker.sock."""
+    image: str = ""
+    """The worker image, by id (sha256:...) or digest; a plain tag makes every task try a registry pull."""
+    ssh_user: str = "cumulus"
+    ssh_key: str = ""
+    known_hosts: str = ""
+    """Pinned host keys of the workers. Required: Cumulus never accepts unknown host keys."""
+    ssh_connect_timeout: float = 10.0
+    holder: str = "/opt/cumulus/bin/cumulus-partition-holder"
+    jobs_dir: str = "/var/lib/cumulus/jobs"
+    allow_non_gpu_devices: bool = False
+    """Let jobs run on devices that are not GPUs (the CPU OpenCL device of a machine without GPU)."""
+    poll_interval: float = 0.2
+    """How often the Swarm task list is polled, in seconds (0.05..5)."""
+
+    def validate(self) -> None:
+        _check_range("cluster.ssh_connect_timeout", self.ssh_connect_timeout, 0.1, 600)
+        _check_range("cluster.poll_interval", self.poll_interval, 0.05, 5)
+        if self.image and not self.image.startswith("sha256:") and "@sha256:" not in self.image:
+            raise ConfigError("cluster.image", f"{self.image!r} is a tag; give the image id (sha256:...) or a digest")
+
+
+@dataclass
+class JobSettings:
+    max_package_mb: int = 50
+    default_duration: int = 3600
+    max_duration: int = 86400
+    release_timeout: float = 30.0
+    """Upper bound for releasing one resource (partition, service, files) during teardown."""
+    stop_grace: float = 1.0
+    """Seconds a job gets between SIGTERM and SIGKILL when it is stopped."""
+    result_retention: int = 86400
+    """How long results of finished jobs are kept, in seconds."""
+
+    def validate(self) -> None:
+        _check_range("jobs.max_package_mb", self.max_package_mb, 1, 2048)
+        _check_range("jobs.max_duration", self.max_duration, 1, 86400)
+        _check_range("jobs.default_duration", self.default_duration, 1, self.max_duration)
+        _check_range("jobs.release_timeout", self.release_timeout, 1, 600)
+        _check_range("jobs.stop_grace", self.stop_grace, 0, 60)
+        _check_range("jobs.result_retention", self.result_retention, 0, 365 * 86400)
+
+
+@dataclass
+class JournalSettings:
+    path: str = "~/.local/state/cumulus/journal.sqlite3"
+
+
+@dataclass
+class LoggingSettings:
+    level: str = "INFO"
+
+    def validate(self) -> None:
+        allowed = ("DEBUG", "INFO", "WARNING", "ERROR")
+        if self.level.upper() not in allowed:
+            raise ConfigError("logging.level", f"{self.level!r} is not one of {', '.join(allowed)}")
+        self.level = self.level.upper()
+
+
+@dataclass
+class Settings:
+    supervisor_id: str = ""
+    """Label put on everything this supervisor creates; orphans are found by it. Generated when empty."""
+    grpc: GrpcSettings = field(default_factory=GrpcSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
+    journal: JournalSettings = field(default_factory=JournalSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+    def validate(self) -> Settings:
+        if not self.supervisor_id:
+            self.supervisor_id = f"sup-{uuid.uuid4().hex[:8]}"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", self.supervisor_id):
+            raise ConfigError("supervisor_id", f"{self.supervisor_id!r}: use 1-63 of a-z, 0-9 and '-'")
+        for section in (self.grpc, self.cluster, self.jobs, self.logging):
+            section.validate()
+        return self
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build validated settings from defaults, the YAML file at ``path``, ``environ`` and ``overrides``.
+
+    ``overrides`` uses dotted keys (``{"grpc.listen": "127.0.0.1:50555"}``), as command-line flags do.
+    Raises ConfigError for anything invalid, FileNotFoundError-free: a missing file is a ConfigError too.
+    """
+    environ = os.environ if environ is None else environ
+    settings = Settings()
+    if path is not None:
+        _apply_mapping(settings, _read_yaml(Path(path)), prefix="")
+    _apply_environment(settings, environ)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(settings, dotted, value)
+    return settings.validate()
+
+
+def parse_host_port(text: str, *, key: str = "address") -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:50051`` for IPv6); ConfigError with the key name when malformed."""
+    match = _HOST_PORT.match(text.strip())
+    if not match or not 0 < int(match["port"]) < 65536:
+        raise ConfigError(key, f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:50051, port 1..65535)")
+    return match["host"].strip("[]"), int(match["port"])
+
+
+def default_address(environ: Mapping[str, str] | None = None) -> str:
+    """Where clients find the supervisor: ``CUMULUS_ADDRESS``, else the local cluster's, else 127.0.0.1:50051."""
+    environ = os.environ if environ is None else environ
+    if environ.get("CUMULUS_ADDRESS"):
+        return environ["CUMULUS_ADDRESS"]
+    local = Path(environ.get("CUMULUS_LOCAL_STATE", "/var/lib/cumulus-local")) / "supervisor.json"
+    try:
+        import json
+
+        return str(json.loads(local.read_text())["address"])
+    except (OSError, ValueError, KeyError):
+        return DEFAULT_ADDRESS
+
+
+# ---- internals ----------------------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError("config", f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError("config", f"{path} is not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _apply_mapping(target: Any, data: Mapping[str, Any], prefix: str) -> None:
+    hints = get_type_hints(type(target))
+    names = {f.name for f in dataclasses.fields(target)}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(dotted, f"unknown setting; allowed here: {', '.join(sorted(names))}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(dotted, f"must be a mapping with keys {', '.join(f.name for f in dataclasses.fields(current))}")
+            _apply_mapping(current, value, prefix=f"{dotted}.")
+        else:
+            setattr(target, key, _coerce(dotted, value, hints[key]))
+
+
+def _apply_environment(settings: Settings, environ: Mapping[str, str]) -> None:
+    for f in dataclasses.fields(settings):
+        section = getattr(settings, f.name)
+        if dataclasses.is_dataclass(section):
+            for sub in dataclasses.fields(section):
+                name = f"CUMULUS_{f.name}_{sub.name}".upper()
+                if name in environ:
+                    _set_dotted(settings, f"{f.name}.{sub.name}", environ[name], source=name)
+        else:
+            name = f"CUMULUS_{f.name}".upper()
+            if name in environ:
+                _set_dotted(settings, f.name, environ[name], source=name)
+
+
+def _set_dotted(settings: Settings, dotted: str, value: Any, source: str | None = None) -> None:
+    *parents, leaf = dotted.split(".")
+    target: Any = settings
+    for part in parents:
+        if not hasattr(target, part):
+            raise ConfigError(dotted, "unknown setting")
+        target = getattr(target, part)
+    if leaf not in {f.name for f in dataclasses.fields(target)}:
+        raise ConfigError(dotted, "unknown setting")
+    key = f"{dotted} (from {source})" if source else dotted
+    setattr(target, leaf, _coerce(key, value, get_type_hints(type(target))[leaf]))
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(key, f"{value!r} is not a boolean (true/false)")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(key, f"{value!r} is not an integer")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(key, f"{value!r} is not an integer") from None
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(key, f"{value!r} is not a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(key, f"{value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise ConfigError(key, f"{value!r} must be a finite number")
+        return number
+    if kind is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(key, f"{value!r} is not a string")
+        return str(value)
+    raise ConfigError(key, f"unsupported setting type {kind!r}")
+
+
+def _check_range(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(key, f"{value!r} is out of range; allowed {low:g}..{high:g}")

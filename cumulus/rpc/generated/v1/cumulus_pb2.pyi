@@ -1,0 +1,265 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    QUEUED: _ClassVar[JobState]
+    SCHEDULING: _ClassVar[JobState]
+    CREATING_PARTITION: _ClassVar[JobState]
+    RUNNING: _ClassVar[JobState]
+    COMPLETED: _ClassVar[JobState]
+    FAILED: _ClassVar[JobState]
+    CANCELLED: _ClassVar[JobState]
+JOB_STATE_UNSPECIFIED: JobState
+QUEUED: JobState
+SCHEDULING: JobState
+CREATING_PARTITION: JobState
+RUNNING: JobState
+COMPLETED: JobState
+FAILED: JobState
+CANCELLED: JobState
+
+class JobSubmission(_message.Message):
+    __slots__ = ("code_package", "requirements", "gpu", "duration_seconds", "env", "idempotency_key", "name", "retries", "retry_exceptions", "priority", "max_queue_seconds")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CODE_PACKAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
+    GPU_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_EXCEPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    code_package: bytes
+    requirements: _containers.RepeatedScalarFieldContainer[str]
+    gpu: float
+    duration_seconds: int
+    env: _containers.ScalarMap[str, str]
+    idempotency_key: str
+    name: str
+    retries: int
+    retry_exceptions: bool
+    priority: int
+    max_queue_seconds: int
+    def __init__(self, code_package: _Optional[bytes] = ..., requirements: _Optional[_Iterable[str]] = ..., gpu: _Optional[float] = ..., duration_seconds: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., priority: _Optional[int] = ..., max_queue_seconds: _Optional[int] = ...) -> None: ...
+
+class LogLine(_message.Message):
+    __slots__ = ("stream", "text")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    stream: str
+    text: str
+    def __init__(self, stream: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class JobResult(_message.Message):
+    __slots__ = ("envelope",)
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    envelope: bytes
+    def __init__(self, envelope: _Optional[bytes] = ...) -> None: ...
+
+class TeardownReport(_message.Message):
+    __slots__ = ("released", "leaked")
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    LEAKED_FIELD_NUMBER: _ClassVar[int]
+    released: _containers.RepeatedScalarFieldContainer[str]
+    leaked: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, released: _Optional[_Iterable[str]] = ..., leaked: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("job_id", "time", "state", "log", "result", "message", "reason", "queue_position", "attempt")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    time: _timestamp_pb2.Timestamp
+    state: JobState
+    log: LogLine
+    result: JobResult
+    message: str
+    reason: str
+    queue_position: int
+    attempt: int
+    def __init__(self, job_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., log: _Optional[_Union[LogLine, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., queue_position: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class WatchJobRequest(_message.Message):
+    __slots__ = ("job_id", "include_logs")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_LOGS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    include_logs: bool
+    def __init__(self, job_id: _Optional[str] = ..., include_logs: _Optional[bool] = ...) -> None: ...
+
+class GetJobStatusRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("job_id", "name", "state", "reason", "worker", "device_index", "gpu", "partition_id", "service_id", "submitted_at", "started_at", "finished_at", "attempt", "teardown", "has_result", "queue_position")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    GPU_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    TEARDOWN_FIELD_NUMBER: _ClassVar[int]
+    HAS_RESULT_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    name: str
+    state: JobState
+    reason: str
+    worker: str
+    device_index: int
+    gpu: float
+    partition_id: str
+    service_id: str
+    submitted_at: _timestamp_pb2.Timestamp
+    started_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    attempt: int
+    teardown: TeardownReport
+    has_result: bool
+    queue_position: int
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., worker: _Optional[str] = ..., device_index: _Optional[int] = ..., gpu: _Optional[float] = ..., partition_id: _Optional[str] = ..., service_id: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., has_result: _Optional[bool] = ..., queue_position: _Optional[int] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class CancelJobResponse(_message.Message):
+    __slots__ = ("status", "was_running", "teardown")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    WAS_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    TEARDOWN_FIELD_NUMBER: _ClassVar[int]
+    status: JobStatus
+    was_running: bool
+    teardown: TeardownReport
+    def __init__(self, status: _Optional[_Union[JobStatus, _Mapping]] = ..., was_running: _Optional[bool] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ...) -> None: ...
+
+class Device(_message.Message):
+    __slots__ = ("index", "name", "kind", "is_gpu", "memory_bytes", "uuid", "used_share", "free_share")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    IS_GPU_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    USED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    FREE_SHARE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    kind: str
+    is_gpu: bool
+    memory_bytes: int
+    uuid: str
+    used_share: float
+    free_share: float
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., is_gpu: _Optional[bool] = ..., memory_bytes: _Optional[int] = ..., uuid: _Optional[str] = ..., used_share: _Optional[float] = ..., free_share: _Optional[float] = ...) -> None: ...
+
+class Worker(_message.Message):
+    __slots__ = ("node_id", "hostname", "ssh_address", "state", "healthy", "devices", "running_jobs", "reason")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    SSH_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    hostname: str
+    ssh_address: str
+    state: str
+    healthy: bool
+    devices: _containers.RepeatedCompositeFieldContainer[Device]
+    running_jobs: int
+    reason: str
+    def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., ssh_address: _Optional[str] = ..., state: _Optional[str] = ..., healthy: _Optional[bool] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., running_jobs: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListWorkersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListWorkersResponse(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: _containers.RepeatedCompositeFieldContainer[Worker]
+    def __init__(self, workers: _Optional[_Iterable[_Union[Worker, _Mapping]]] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("include_finished", "limit")
+    INCLUDE_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    include_finished: bool
+    limit: int
+    def __init__(self, include_finished: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobStatus]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ...) -> None: ...
+
+class HealthCheckRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HealthCheckResponse(_message.Message):
+    __slots__ = ("status", "reason", "version", "supervisor_id", "workers_ready", "jobs_active")
+    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        UNKNOWN: _ClassVar[HealthCheckResponse.Status]
+        SERVING: _ClassVar[HealthCheckResponse.Status]
+        NOT_SERVING: _ClassVar[HealthCheckResponse.Status]
+    UNKNOWN: HealthCheckResponse.Status
+    SERVING: HealthCheckResponse.Status
+    NOT_SERVING: HealthCheckResponse.Status
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_READY_FIELD_NUMBER: _ClassVar[int]
+    JOBS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    status: HealthCheckResponse.Status
+    reason: str
+    version: str
+    supervisor_id: str
+    workers_ready: int
+    jobs_active: int
+    def __init__(self, status: _Optional[_Union[HealthCheckResponse.Status, str]] = ..., reason: _Optional[str] = ..., version: _Optional[str] = ..., supervisor_id: _Optional[str] = ..., workers_ready: _Optional[int] = ..., jobs_active: _Optional[int] = ...) -> None: ...
