@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from cumulus.local import state
@@ -15,6 +17,12 @@ from cumulus.local.util import LocalClusterError, run
 MIRROR = os.environ.get("CUMULUS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
 BASE_PACKAGES = "python3,python3-cloudpickle,python3-msgpack"
+# Python of the image (Debian bookworm: 3.11.2). Pickles by value need the client's minor version and the client's
+# exact cloudpickle, so the runner's dependencies come as wheels of the versions installed here (the client side),
+# downloaded on the host (PyPI is reachable from the host only) and installed offline by the Dockerfile. The pip
+# wheel bootstraps pip in the image (the debootstrap base has none), which the runner needs for job requirements.
+IMAGE_PYTHON = "3.11"
+RUNNER_DISTS = ("cloudpickle", "msgpack", "pip")
 # The 20.10 client of docker.io matches the 20.10 daemon and has the classic builder (no buildx needed).
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else (shutil.which("docker") or "docker")
 _STRIP = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/cache/apt",
@@ -54,21 +62,95 @@ def ensure_base_tarball() -> str:
     return "debootstrapped"
 
 
+def runner_versions() -> dict[str, str]:
+    """The versions the image must carry: those of this (client-side) interpreter."""
+    return {name: importlib.metadata.version(name) for name in RUNNER_DISTS}
+
+
+def wheels_dir(versions: dict[str, str] | None = None) -> Path:
+    versions = versions or runner_versions()
+    key = "_".join(f"{k}-{v}" for k, v in sorted(versions.items()))
+    return state.CACHE_DIR / f"wheels-py{IMAGE_PYTHON}-{key}"
+
+
+def ensure_wheels() -> tuple[Path, str]:
+    """Download (once; cached under the cache dir) the wheels of cloudpickle, msgpack and pip for the image."""
+    versions = runner_versions()
+    d = wheels_dir(versions)
+    marker = d / ".complete"
+    if marker.exists():
+        return d, "cached"
+    tmp = d.with_name(d.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input", "--no-deps",
+           "--only-binary", ":all:", "--python-version", IMAGE_PYTHON, "--implementation", "cp",
+           "-d", str(tmp)] + [f"{k}=={v}" for k, v in sorted(versions.items())]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LocalClusterError(
+            "cannot download the worker image's Python wheels (" + ", ".join(f"{k}=={v}" for k, v in
+                                                                              versions.items())
+            + f") from PyPI: {(proc.stderr or proc.stdout).strip()[-800:]}\n"
+              f"The image needs the client's exact cloudpickle; put the wheels in {d} (with an empty .complete "
+              f"file) on an offline machine.")
+    got = sorted(p.name for p in tmp.glob("*.whl"))
+    for name in RUNNER_DISTS:
+        if not any(g.lower().startswith(name + "-") for g in got):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise LocalClusterError(f"pip download produced no {name} wheel (got {got})")
+    (tmp / ".complete").touch()
+    shutil.rmtree(d, ignore_errors=True)
+    os.replace(tmp, d)
+    for old in state.CACHE_DIR.glob(f"wheels-py{IMAGE_PYTHON}-*"):
+        if old != d and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    return d, "downloaded"
+
+
+def build_args() -> dict[str, str]:
+    v = runner_versions()
+    return {"BASE": state.BASE_TAG, "CLOUDPICKLE_VERSION": v["cloudpickle"], "MSGPACK_VERSION": v["msgpack"]}
+
+
 def context_hash() -> str:
-    """Hash of everything the image is made from (base tarball identity + Dockerfile + image/ tree)."""
+    """Hash of everything the image is made from: base tarball identity, build args, Dockerfile, image/ tree and
+    the wheels. Stored as the image label ``cumulus.context``; `up` rebuilds only when it changes."""
     h = hashlib.sha256()
     tar = base_tarball()
     st = tar.stat()
     h.update(f"{st.st_size}:{int(st.st_mtime)}".encode())
+    for k, v in sorted(build_args().items()):
+        h.update(f"arg {k}={v}\0".encode())
     root = state.worker_image_dir()
-    for rel in ["Dockerfile", ".dockerignore"]:
+    for rel in ["Dockerfile"]:
         p = root / rel
         if p.exists():
             h.update(rel.encode() + b"\0" + p.read_bytes())
     for p in sorted((root / "image").rglob("*")):
-        if p.is_file():
+        if p.is_file() and "__pycache__" not in p.parts:
             h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    for p in sorted(wheels_dir().glob("*.whl")):
+        h.update(b"wheels/" + p.name.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()[:16]
+
+
+def stage_context(dest: Path) -> Path:
+    """The build context: Dockerfile + image/ (as the repo's .dockerignore allows) + wheels/."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    root = state.worker_image_dir()
+    shutil.copy2(root / "Dockerfile", dest / "Dockerfile")
+    shutil.copytree(root / "image", dest / "image", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(wheels_dir(), dest / "wheels", ignore=shutil.ignore_patterns(".complete"))
+    return dest
+
+
+def image_label(sock: Path, ref: str, label: str) -> str | None:
+    proc = subprocess.run([DOCKER, "-H", f"unix://{sock}", "image", "inspect", "--format",
+                           f'{{{{index .Config.Labels "{label}"}}}}', ref], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def saved_image(chash: str) -> Path:
@@ -81,14 +163,21 @@ def image_id(sock: Path, ref: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def build_on(manager: state.Node) -> str:
+def build_on(manager: state.Node, chash: str) -> str:
     """Import the base and build the worker image on the manager's dockerd (no network). Returns the image id."""
     sock = manager.docker_socket
     if not image_id(sock, state.BASE_TAG):
         run([DOCKER, "-H", manager.docker_url, "import", str(base_tarball()), state.BASE_TAG], timeout=600)
     env = {"DOCKER_BUILDKIT": "0"}
-    run([DOCKER, "-H", manager.docker_url, "build", "-q", "--network", "none", "--build-arg",
-         f"BASE={state.BASE_TAG}", "-t", state.IMAGE_TAG, str(state.worker_image_dir())], env=env, timeout=900)
+    ctx = stage_context(state.CACHE_DIR / "build-context")
+    cmd = [DOCKER, "-H", manager.docker_url, "build", "-q", "--network", "none", "--label",
+           f"cumulus.context={chash}", "-t", state.IMAGE_TAG]
+    for k, v in build_args().items():
+        cmd += ["--build-arg", f"{k}={v}"]
+    try:
+        run(cmd + [str(ctx)], env=env, timeout=900)
+    finally:
+        shutil.rmtree(ctx, ignore_errors=True)
     iid = image_id(sock, state.IMAGE_TAG)
     if not iid:
         raise LocalClusterError("worker image build produced no image")
@@ -106,15 +195,17 @@ def load_into(node: state.Node, tar: Path) -> None:
 def ensure_image(nodes: list[state.Node], wanted_id: str | None) -> tuple[str, str]:
     """Make the worker image present on every node. Returns (image id, note)."""
     manager = nodes[0]
-    # Fast path: every node already has the image the cluster description names.
-    if wanted_id and all(image_id(n.docker_socket, wanted_id) for n in nodes):
-        return wanted_id, "present on all nodes"
     ensure_base_tarball()  # normally already done by the caller, in the background
-    note = "image"
+    _, wheels_note = ensure_wheels()
     chash = context_hash()
+    # Fast path: every node already has the image the cluster description names, built from these inputs.
+    if (wanted_id and image_label(manager.docker_socket, wanted_id, "cumulus.context") == chash
+            and all(image_id(n.docker_socket, wanted_id) for n in nodes)):
+        return wanted_id, "present on all nodes"
+    note = f"wheels {wheels_note}; image {chash}"
     tar = saved_image(chash)
     if not tar.exists():
-        iid = build_on(manager)
+        build_on(manager, chash)
         tmp = tar.with_suffix(".tmp")
         run([DOCKER, "-H", manager.docker_url, "save", "-o", str(tmp), state.IMAGE_TAG], timeout=900)
         os.replace(tmp, tar)
@@ -133,6 +224,9 @@ def ensure_image(nodes: list[state.Node], wanted_id: str | None) -> tuple[str, s
         got = image_id(n.docker_socket, state.IMAGE_TAG)
         if got != iid:
             raise LocalClusterError(f"image id mismatch on {n.name}: {got} != {iid}")
+    if wanted_id and wanted_id != iid:  # the replaced image; kept where a container still uses it
+        for n in nodes:
+            subprocess.run([DOCKER, "-H", n.docker_url, "image", "rm", wanted_id], capture_output=True)
     return iid, f"{note}, loaded into {len(targets)} node(s)"
 
 

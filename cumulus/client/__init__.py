@@ -1,0 +1,1 @@
+"""Client side of Cumulus: packaging a call as a job and decoding its result."""

@@ -1,0 +1,132 @@
+"""A job's directory on the worker: ``<jobs_dir>/<job_id>/code`` (the uploaded package, read-only) and
+``<jobs_dir>/<job_id>/output`` (written by the job container; ``result.msgpack`` is the result envelope)."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import trio
+
+from cumulus.errors import InvalidRequest
+from cumulus.resources.ssh import RemotePathNotFound, SshConnection, SshError
+
+JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+PACKAGE_NAME = "package.zip"
+RESULT_NAME = "result.msgpack"
+CLEANUP_TIMEOUT = 30.0
+
+
+def check_job_id(job_id: str) -> str:
+    """Return ``job_id`` if it matches ``^[a-z0-9][a-z0-9-]{0,62}$`` (safe as a path component, a Docker name and
+    a label); raise :class:`InvalidRequest` otherwise."""
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise InvalidRequest(f"invalid job id {job_id!r}: must match {JOB_ID_RE.pattern}")
+    return job_id
+
+
+def _check_jobs_dir(jobs_dir: str) -> str:
+    if not jobs_dir.startswith("/") or posixpath.normpath(jobs_dir) in ("/", "") or ".." in jobs_dir.split("/"):
+        raise InvalidRequest(f"jobs_dir must be an absolute path below /: {jobs_dir!r}")
+    return posixpath.normpath(jobs_dir)
+
+
+@dataclass
+class JobFiles:
+    """Paths of one job's directory on the worker, plus :meth:`fetch_result`."""
+
+    conn: SshConnection
+    job_dir: str
+    code_dir: str
+    output_dir: str
+
+    @property
+    def result_path(self) -> str:
+        return posixpath.join(self.output_dir, RESULT_NAME)
+
+    async def fetch_result(self, max_bytes: int) -> bytes | None:
+        """The bytes of ``output/result.msgpack``, or ``None`` if the job wrote none. Raises :class:`SshError` if
+        it is larger than ``max_bytes`` or cannot be read."""
+        try:
+            return await self.conn.get_bytes(self.result_path, max_bytes)
+        except RemotePathNotFound:
+            return None
+
+
+@asynccontextmanager
+async def open_job_files(
+    conn: SshConnection, *, jobs_dir: str, job_id: str, package: bytes
+) -> AsyncIterator[JobFiles]:
+    """Create ``<jobs_dir>/<job_id>/{code,output}``, upload ``package`` as ``code/package.zip`` (mode 0444, code
+    dir then 0555) and make ``output`` writable by the container (0777); yield :class:`JobFiles`.
+
+    A leftover directory of the same job id is replaced. Raises :class:`InvalidRequest` for a bad job id and
+    :class:`SshError` if the worker refuses; a half-made directory is removed before the error propagates.
+    Leaving the block removes the whole job directory: shielded, bounded (30 s), idempotent. A removal failure is
+    raised as :class:`SshError` only when the block itself ended without an exception (otherwise the original
+    exception wins); the reaper (:func:`list_job_dirs` / :func:`remove_job_dir`) catches what is left.
+    """
+    files = _paths(conn, jobs_dir, job_id)
+    q = shlex.quote
+    try:
+        await conn.run(
+            f"rm -rf -- {q(files.job_dir)} && mkdir -m 0755 -- {q(files.job_dir)}"
+            f" && mkdir -m 0755 -- {q(files.code_dir)} && mkdir -m 0777 -- {q(files.output_dir)}"
+            f" && chmod 0777 -- {q(files.output_dir)}",
+            timeout=30,
+        )
+        await conn.put_bytes(package, posixpath.join(files.code_dir, PACKAGE_NAME), 0o444)
+        await conn.run(f"chmod 0555 -- {q(files.code_dir)}", timeout=30)
+    except BaseException:
+        with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+            try:
+                await _remove(conn, files.job_dir)
+            except SshError:
+                pass
+        raise
+    ok = False
+    try:
+        yield files
+        ok = True
+    finally:
+        with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+            try:
+                await _remove(conn, files.job_dir)
+            except SshError:
+                if ok:
+                    raise
+
+
+def _paths(conn: SshConnection, jobs_dir: str, job_id: str) -> JobFiles:
+    job_dir = posixpath.join(_check_jobs_dir(jobs_dir), check_job_id(job_id))
+    return JobFiles(conn, job_dir, posixpath.join(job_dir, "code"), posixpath.join(job_dir, "output"))
+
+
+async def _remove(conn: SshConnection, job_dir: str) -> None:
+    # code/ is 0555 (so that the container cannot add files): make it writable again before rm -rf.
+    q = shlex.quote
+    await conn.run(
+        f"if [ -e {q(job_dir)} ]; then chmod -R u+w -- {q(job_dir)} 2>/dev/null; rm -rf -- {q(job_dir)}; fi;"
+        f" ! [ -e {q(job_dir)} ]",
+        timeout=CLEANUP_TIMEOUT,
+    )
+
+
+async def list_job_dirs(conn: SshConnection, jobs_dir: str) -> list[str]:
+    """The job ids that have a directory under ``jobs_dir`` on the worker (names that are not valid job ids are
+    skipped). Raises :class:`SshError`."""
+    res = await conn.run(f"ls -1A -- {shlex.quote(_check_jobs_dir(jobs_dir))}", timeout=30)
+    return sorted(n for n in res.stdout.split("\n") if JOB_ID_RE.match(n))
+
+
+async def remove_job_dir(conn: SshConnection, jobs_dir: str, job_id: str) -> None:
+    """Remove ``<jobs_dir>/<job_id>`` and everything in it. Idempotent. Raises :class:`SshError` if something
+    stays (e.g. a directory the container created as root inside ``output``)."""
+    await _remove(conn, _paths(conn, jobs_dir, job_id).job_dir)
+
+
+__all__ = ["JOB_ID_RE", "JobFiles", "check_job_id", "list_job_dirs", "open_job_files", "remove_job_dir"]

@@ -1,0 +1,93 @@
+"""build_service_spec: the one place a job's Swarm service spec is made (no Docker needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from cumulus.errors import InvalidRequest
+from cumulus.resources.swarm import ServiceRequest, build_service_spec
+
+IMAGE = "sha256:" + "ab" * 32
+
+
+def request(**kw) -> ServiceRequest:
+    base = dict(
+        job_id="job-1", supervisor_id="sup-a", node_id="5ikf0dj58h5bo7vd71v11tvbo", image=IMAGE, device_index=0,
+        partition_id="partition_1_2_0001", code_dir="/var/lib/cumulus/jobs/job-1/code",
+        output_dir="/var/lib/cumulus/jobs/job-1/output", env={"FOO": "bar"},
+    )
+    base.update(kw)
+    return ServiceRequest(**base)
+
+
+def env_of(spec) -> dict[str, str]:
+    return dict(e.split("=", 1) for e in spec["task_template"]["ContainerSpec"]["Env"])
+
+
+def test_defaults():
+    spec = build_service_spec(request())
+    assert spec["name"] == "cumulus-job-1"
+    assert spec["mode"] == {"replicated": {"Replicas": 1}}
+    tt = spec["task_template"]
+    cs = tt["ContainerSpec"]
+    assert cs["Image"] == IMAGE
+    assert cs["Command"] == ["python3", "/opt/cumulus/runner.py"]
+    assert cs["Init"] is True
+    assert cs["StopGracePeriod"] == 1_000_000_000
+    assert tt["RestartPolicy"]["Condition"] == "none" and tt["RestartPolicy"]["MaxAttempts"] == 0
+    assert tt["Placement"]["Constraints"] == ["node.id==5ikf0dj58h5bo7vd71v11tvbo"]
+    assert "Networks" not in tt  # "none": no attachment (Swarm has no 'none' network)
+    mounts = {m["Target"]: m for m in cs["Mounts"]}
+    assert mounts["/cumulus/code"]["Source"] == "/var/lib/cumulus/jobs/job-1/code"
+    assert mounts["/cumulus/code"]["ReadOnly"] is True and mounts["/cumulus/code"]["Type"] == "bind"
+    assert mounts["/cumulus/output"]["Source"] == "/var/lib/cumulus/jobs/job-1/output"
+    assert not mounts["/cumulus/output"]["ReadOnly"]
+    for labels in (spec["labels"], cs["Labels"]):
+        assert labels["cumulus.job_id"] == "job-1"
+        assert labels["cumulus.supervisor_id"] == "sup-a"
+    env = env_of(spec)
+    assert env == {"FOO": "bar", "CUMULUS_JOB_ID": "job-1", "CUMULUS_PARTITION_ID": "partition_1_2_0001",
+                   "CUMULUS_DEVICE_INDEX": "0", "NVIDIA_VISIBLE_DEVICES": "void"}
+
+
+def test_gpu_host_network_command_grace_user():
+    spec = build_service_spec(request(gpu_uuid="GPU-1234", network="host", command=["python3", "-c", "pass"],
+                                      stop_grace=0.25, device_index=3, user="1001:1001"))
+    tt = spec["task_template"]
+    assert tt["Networks"] == [{"Target": "host"}]
+    assert tt["ContainerSpec"]["Command"] == ["python3", "-c", "pass"]
+    assert tt["ContainerSpec"]["StopGracePeriod"] == 250_000_000
+    assert tt["ContainerSpec"]["User"] == "1001:1001"
+    env = env_of(spec)
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "GPU-1234"
+    assert env["CUMULUS_DEVICE_INDEX"] == "3"
+
+
+def test_cumulus_env_wins_over_user_env():
+    env = env_of(build_service_spec(request(env={"CUMULUS_JOB_ID": "evil", "NVIDIA_VISIBLE_DEVICES": "all"})))
+    assert env["CUMULUS_JOB_ID"] == "job-1"
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"job_id": "../etc"}, {"job_id": "Job"}, {"job_id": ""}, {"job_id": "a" * 64},
+        {"node_id": "node.id==x"}, {"image": "cumulus-worker:local"}, {"image": "sha256:xyz"},
+        {"network": "bridge"}, {"network": "ingress"}, {"env": {"A=B": "c"}}, {"env": {"1X": "c"}},
+        {"stop_grace": -1}, {"stop_grace": float("nan")}, {"code_dir": "relative/code"},
+        {"output_dir": "/var/lib/cumulus/jobs/../../etc"}, {"supervisor_id": ""},
+    ],
+)
+def test_rejects(change):
+    with pytest.raises(InvalidRequest):
+        build_service_spec(request(**change))
+
+
+def test_spec_is_pure():
+    req = request()
+    a, b = build_service_spec(req), build_service_spec(dataclasses.replace(req))
+    assert a == b
+    assert req.env == {"FOO": "bar"}

@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""Cumulus job runner: /opt/cumulus/runner.py inside the worker image (self-contained: no cumulus package here).
+
+    python3 /opt/cumulus/runner.py
+
+Reads the job package ($CUMULUS_CODE_DIR/package.zip, default /cumulus/code), extracts it into a temporary work
+directory (checking every path again), installs the requirements if any, runs the function with unbuffered
+output, and writes the result envelope ($CUMULUS_OUTPUT_DIR/result.msgpack, default /cumulus/output) atomically.
+Formats: docs/job-format.md.
+
+Exit status: 0 success; 1 the job's code raised (or its result could not be pickled); 2 infrastructure failure
+(bad package, requirement install failed, output not writable) - the envelope's exc_type says which.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import zipfile
+
+T0 = time.monotonic()
+
+try:  # unbuffered: user prints become log lines at once (PYTHONUNBUFFERED=1 in the image does the same)
+    sys.stdout.reconfigure(line_buffering=True, write_through=True)
+    sys.stderr.reconfigure(line_buffering=True, write_through=True)
+except (AttributeError, ValueError):  # pragma: no cover
+    pass
+
+import cloudpickle  # noqa: E402  - imported before the job's requirements can shadow them
+import msgpack  # noqa: E402
+
+FORMAT = 1
+MANIFEST = "cumulus-job.json"
+CALL = "call.pkl"
+PACKAGE_NAME = "package.zip"
+RESULT_NAME = "result.msgpack"
+MiB = 1024 * 1024
+MAX_PACKAGE_BYTES = int(os.environ.get("CUMULUS_MAX_PACKAGE_BYTES", str(50 * MiB)))
+MAX_UNCOMPRESSED = 8 * MAX_PACKAGE_BYTES
+MAX_MEMBERS = 10_000
+PIP_TIMEOUT_S = float(os.environ.get("CUMULUS_PIP_TIMEOUT", "900"))
+
+EXIT_OK, EXIT_USER, EXIT_INFRA = 0, 1, 2
+
+
+class InfraFailure(Exception):
+    """A failure of the job's packaging or environment, not of the job's code."""
+
+    def __init__(self, exc_type: str, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.exc_type = exc_type
+        self.message = message
+        self.detail = detail
+
+
+def log(msg: str) -> None:
+    print(f"[cumulus] {msg}", file=sys.stderr, flush=True)
+
+
+def cloudpickle_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("cloudpickle")
+    except Exception:  # noqa: BLE001
+        return getattr(cloudpickle, "__version__", "unknown")
+
+
+# ----------------------------------------------------------------------------------------------- the package
+
+
+def member_problem(name: str) -> str | None:
+    """Same rules as cumulus.client.packaging.check_member_name."""
+    if not name or "\0" in name:
+        return "empty name or NUL byte"
+    if "\\" in name:
+        return "backslash in the name"
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":" and name[0].isalpha()):
+        return "absolute path"
+    parts = name.rstrip("/").split("/")
+    if any(p == ".." for p in parts):
+        return "'..' path component"
+    if any(p in ("", ".") for p in parts):
+        return "empty or '.' path component"
+    return None
+
+
+def extract(package: str, dest: str) -> dict:
+    """Extract the package into dest (regular files only, every path checked); returns the manifest."""
+    try:
+        size = os.path.getsize(package)
+    except OSError as exc:
+        raise InfraFailure("cumulus.InvalidPackage", f"cannot read the job package {package}: {exc}") from None
+    if size > MAX_PACKAGE_BYTES:
+        raise InfraFailure("cumulus.InvalidPackage", f"job package is {size} bytes, over {MAX_PACKAGE_BYTES}")
+    try:
+        zf = zipfile.ZipFile(package)
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise InfraFailure("cumulus.InvalidPackage", f"job package is not a valid zip archive: {exc}") from None
+    if len(infos) > MAX_MEMBERS:
+        raise InfraFailure("cumulus.InvalidPackage", f"job package has {len(infos)} entries (max {MAX_MEMBERS})")
+    root = os.path.realpath(dest)
+    total = 0
+    seen = set()
+    with zf:
+        for info in infos:
+            name = info.filename
+            problem = member_problem(name)
+            kind = stat.S_IFMT(info.external_attr >> 16)
+            if not problem and kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+                problem = "symbolic link or special file"
+            if not problem and info.flag_bits & 0x1:
+                problem = "encrypted"
+            if not problem and name.rstrip("/") in seen:
+                problem = "duplicate entry"
+            if problem:
+                raise InfraFailure("cumulus.InvalidPackage", f"job package entry {name!r}: {problem}")
+            seen.add(name.rstrip("/"))
+            target = os.path.realpath(os.path.join(root, *name.rstrip("/").split("/")))
+            if target != root and not target.startswith(root + os.sep):
+                raise InfraFailure("cumulus.InvalidPackage", f"job package entry {name!r} leaves the work dir")
+            if name.endswith("/") or kind == stat.S_IFDIR:
+                os.makedirs(target, exist_ok=True)
+                continue
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            written = 0
+            try:
+                with zf.open(info) as src, open(target, "xb") as out:
+                    while True:
+                        chunk = src.read(1 << 20)
+                        if not chunk:
+                            break
+                        written += len(chunk)
+                        total += len(chunk)
+                        if written > info.file_size or total > MAX_UNCOMPRESSED:
+                            raise InfraFailure("cumulus.InvalidPackage",
+                                               f"job package entry {name!r} inflates beyond its declared size "
+                                               f"or the {MAX_UNCOMPRESSED}-byte limit (zip bomb?)")
+                        out.write(chunk)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise InfraFailure("cumulus.InvalidPackage", f"job package entry {name!r}: {exc}") from None
+            os.chmod(target, 0o644)
+    try:
+        with open(os.path.join(root, MANIFEST), "rb") as f:
+            manifest = json.loads(f.read(MiB + 1).decode("utf-8"))
+    except FileNotFoundError:
+        raise InfraFailure("cumulus.InvalidPackage", f"job package has no {MANIFEST}") from None
+    except ValueError as exc:
+        raise InfraFailure("cumulus.InvalidPackage", f"{MANIFEST} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise InfraFailure("cumulus.InvalidPackage",
+                           f"{MANIFEST}: unsupported format {manifest.get('format') if isinstance(manifest, dict) else '?'!r}"
+                           f" (this runner understands format {FORMAT})")
+    if not os.path.isfile(os.path.join(root, CALL)):
+        raise InfraFailure("cumulus.InvalidPackage", f"job package has no {CALL}")
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------- requirements
+
+
+def install_requirements(reqs: list, work: str) -> str | None:
+    """pip install into <work>/deps (returned, to go on sys.path); InfraFailure when pip fails."""
+    if not reqs:
+        return None
+    if not isinstance(reqs, list) or not all(isinstance(r, str) and r and not r.startswith("-") for r in reqs):
+        raise InfraFailure("cumulus.InvalidPackage", "manifest 'requirements' must be requirement specifiers")
+    target = os.path.join(work, "deps")
+    req_file = os.path.join(work, "requirements.cumulus.txt")
+    with open(req_file, "w") as f:
+        f.write("".join(r + "\n" for r in reqs))
+    cmd = [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+           "--no-warn-script-location", "--progress-bar", "off", "--target", target, "-r", req_file]
+    cache = os.environ.get("CUMULUS_PIP_CACHE", "/cumulus/pip-cache")
+    if os.path.isdir(cache) and os.access(cache, os.W_OK):
+        cmd += ["--cache-dir", cache]
+    else:
+        cmd += ["--no-cache-dir"]
+    wheelhouse = os.environ.get("CUMULUS_WHEELHOUSE")
+    if wheelhouse:
+        path = wheelhouse if os.path.isabs(wheelhouse) else "/cumulus/wheelhouse"
+        cmd += ["--no-index", "--find-links", path]
+    log(f"installing {len(reqs)} requirement(s): {' '.join(reqs)}")
+    t0 = time.monotonic()
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    env = dict(os.environ, PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                text=True, errors="replace", env=env)
+    except OSError as exc:
+        raise InfraFailure("cumulus.RequirementsInstallFailed", f"cannot run pip: {exc}") from None
+    assert proc.stdout is not None
+    deadline = time.monotonic() + PIP_TIMEOUT_S
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail.append(line)
+        print(f"[pip] {line}", file=sys.stderr, flush=True)
+        if time.monotonic() > deadline:
+            proc.kill()
+            break
+    rc = proc.wait()
+    if rc != 0:
+        last = [ln for ln in tail if ln.strip()]
+        errors = [ln for ln in last if "ERROR" in ln] or last[-3:]
+        raise InfraFailure("cumulus.RequirementsInstallFailed",
+                           f"pip install of {' '.join(reqs)} failed (exit {rc}): " + " | ".join(errors)[-1500:],
+                           "\n".join(tail))
+    log(f"requirements installed in {time.monotonic() - t0:.1f} s")
+    return target
+
+
+# ----------------------------------------------------------------------------------------------- partition
+
+
+def setup_partition() -> None:
+    """Export the partition to the job; cap torch's CUDA memory to the fraction when torch is there (guarded)."""
+    frac_s = os.environ.get("CUMULUS_GPU_FRACTION")
+    part = os.environ.get("CUMULUS_PARTITION_ID")
+    dev_s = os.environ.get("CUMULUS_DEVICE_INDEX")
+    if part or frac_s:
+        log(f"partition {part or '-'} device {dev_s or '-'} fraction {frac_s or '-'}")
+    if not frac_s:
+        return
+    try:
+        frac = float(frac_s)
+    except ValueError:
+        log(f"ignoring CUMULUS_GPU_FRACTION={frac_s!r} (not a number)")
+        return
+    if not 0.0 < frac < 1.0:
+        return
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return
+        import torch  # type: ignore
+
+        if not torch.cuda.is_available():
+            return
+        dev = int(dev_s or 0)
+        if dev >= torch.cuda.device_count():  # the container sees only its own GPU (as device 0)
+            dev = 0
+        torch.cuda.set_per_process_memory_fraction(frac, dev)
+        log(f"torch: CUDA memory fraction {frac} on cuda:{dev}")
+    except Exception as exc:  # noqa: BLE001 - never required
+        log(f"torch memory fraction not set: {type(exc).__name__}: {exc}")
+
+
+# ----------------------------------------------------------------------------------------------- envelope
+
+
+def type_name(t: type) -> str:
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def failure(exc_type: str, message: str, tb: str = "", exc_pickle: bytes | None = None) -> dict:
+    return {"format": FORMAT, "ok": False, "exc_type": exc_type, "exc_message": message, "traceback": tb,
+            "exc_pickle": exc_pickle}
+
+
+def pickle_exception(exc: BaseException) -> bytes | None:
+    """cloudpickle of the exception, only if it also loads back (custom __init__ signatures often do not)."""
+    try:
+        data = cloudpickle.dumps(exc, protocol=5)
+        cloudpickle.loads(data)
+        return data
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def write_envelope(out_dir: str, envelope: dict) -> None:
+    envelope["duration_s"] = round(time.monotonic() - T0, 6)
+    data = msgpack.packb(envelope, use_bin_type=True)
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".result-", suffix=".tmp", dir=out_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, os.path.join(out_dir, RESULT_NAME))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def run_job(code_dir: str, work: str) -> tuple[int, dict]:
+    manifest = extract(os.path.join(code_dir, PACKAGE_NAME), work)
+    fn = manifest.get("function", "?")
+    want_cp, have_cp = str(manifest.get("cloudpickle", "")), cloudpickle_version()
+    want_py = str(manifest.get("python", ""))
+    have_py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    log(f"job {fn}: python {have_py}, cloudpickle {have_cp}")
+    if want_py and want_py != have_py:
+        log(f"WARNING: the job was packaged with python {want_py}; this image has {have_py}")
+    deps = install_requirements(manifest.get("requirements") or [], work)
+    src = os.path.join(work, "src")
+    sys.path.insert(0, src)
+    if deps:
+        sys.path.insert(0, deps)
+    env = manifest.get("env") or {}
+    if isinstance(env, dict):
+        for k, v in env.items():
+            if isinstance(k, str) and isinstance(v, str) and not k.startswith("CUMULUS_"):
+                os.environ[k] = v
+    setup_partition()
+    os.chdir(work)
+
+    try:
+        with open(os.path.join(work, CALL), "rb") as f:
+            func, args, kwargs = cloudpickle.load(f)
+    except Exception as exc:  # noqa: BLE001
+        if want_cp and want_cp != have_cp:
+            raise InfraFailure("cumulus.CloudpickleMismatch",
+                               f"cannot load the job (packaged with cloudpickle {want_cp}, this image has "
+                               f"{have_cp}; pin cloudpickle=={have_cp} on the client): "
+                               f"{type(exc).__name__}: {exc}", traceback.format_exc()) from None
+        tb = traceback.format_exc()
+        return EXIT_USER, failure(type_name(type(exc)), f"while loading the job function {fn}: {exc}", tb,
+                                  pickle_exception(exc))
+
+    try:
+        value = func(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from the job is a job failure too
+        tb_obj = exc.__traceback__.tb_next if exc.__traceback__ is not None else None  # drop this frame
+        tb = "".join(traceback.format_exception(type(exc), exc, tb_obj))
+        sys.stderr.write(tb)
+        return EXIT_USER, failure(type_name(type(exc)), str(exc), tb, pickle_exception(exc))
+    try:
+        data = cloudpickle.dumps(value, protocol=5)
+    except BaseException as exc:  # noqa: BLE001
+        msg = (f"the job's return value (a {type_name(type(value))}) cannot be pickled: "
+               f"{type(exc).__name__}: {exc}; return plain data instead")
+        log(msg)
+        return EXIT_USER, failure("cumulus.UnpicklableResult", msg, traceback.format_exc())
+    return EXIT_OK, {"format": FORMAT, "ok": True, "value": data}
+
+
+def main() -> int:
+    code_dir = os.path.abspath(os.environ.get("CUMULUS_CODE_DIR", "/cumulus/code"))
+    out_dir = os.path.abspath(os.environ.get("CUMULUS_OUTPUT_DIR", "/cumulus/output"))
+    work = tempfile.mkdtemp(prefix="cumulus-job-", dir=os.environ.get("CUMULUS_WORK_DIR") or None)
+    cwd = os.getcwd()
+    try:
+        try:
+            code, envelope = run_job(code_dir, work)
+        except InfraFailure as exc:
+            log(f"{exc.exc_type}: {exc.message}")
+            code, envelope = EXIT_INFRA, failure(exc.exc_type, exc.message, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - a runner bug: still leave an envelope
+            tb = traceback.format_exc()
+            sys.stderr.write(tb)
+            code, envelope = EXIT_INFRA, failure("cumulus.RunnerError", f"{type(exc).__name__}: {exc}", tb)
+        try:
+            write_envelope(out_dir, envelope)
+        except Exception as exc:  # noqa: BLE001
+            log(f"cannot write the result to {out_dir}: {type(exc).__name__}: {exc}")
+            code = EXIT_INFRA
+        status = {EXIT_OK: "finished", EXIT_USER: "failed", EXIT_INFRA: "failed (infrastructure)"}[code]
+        log(f"job {status} in {time.monotonic() - T0:.2f} s")
+        return code
+    finally:
+        try:
+            os.chdir(cwd)
+        except OSError:
+            pass
+        if os.environ.get("CUMULUS_KEEP_WORK_DIR") != "1":
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
