@@ -1,12 +1,21 @@
-"""The Cumulus supervisor process: its root supervision tree and the Python API the RPC layer calls.
+"""The Cumulus supervisor process: its supervision tree and the Python API that the RPC layer calls.
 
-    async with open_supervisor(settings) as sup:     # the whole tree, started in order
-        health = await sup.health()
+    async with open_supervisor(settings) as sup:
+        record = await sup.submit(JobSpec(package=..., gpu=0.5))
+        async for event in record.events(): ...
 
-Tree (children start top to bottom and stop bottom to top)::
+Tree (children start top to bottom, each ready before the next, and stop bottom to top)::
 
     root (one_for_one)
-    └── rpc          gRPC server; each RPC becomes calls on the API below
+    ├── core (one_for_all: a crash of any part tears all jobs down cleanly and starts afresh)
+    │   ├── workers   dynamic: WorkerActor per Swarm node (SSH connection, inventory, shares, orphans)
+    │   ├── jobs      dynamic, temporary: JobActor per job (reservation > partition > files > service)
+    │   ├── watcher   TaskWatcher: one poller of the Swarm task list
+    │   └── cluster   ClusterActor: node sync, placement, job table
+    └── rpc           gRPC server
+
+Stopping the tree stops the RPC server first, then the cluster, then every job (each tearing down what it owns,
+while the workers' SSH connections are still open), then the workers.
 """
 
 from __future__ import annotations
@@ -18,8 +27,15 @@ from typing import AsyncIterator
 
 import trio
 
-from cumulus.config import Settings
-from cumulus.supervisor import ChildSpec, Restart, Supervisor
+from cumulus.actors.base import ActorRef
+from cumulus.actors.cluster import CancelJob, ClusterActor, GetJob, ListJobs, ListWorkers, Submit
+from cumulus.actors.watcher import TaskWatcher
+from cumulus.asyncio_bridge import open_asyncio_bridge
+from cumulus.backends import Backends
+from cumulus.config import Settings, apply_cluster_description
+from cumulus.errors import SupervisorUnavailable
+from cumulus.jobs import JobRecord, JobSpec, WorkerInfo
+from cumulus.supervisor import ChildSpec, DynamicSupervisor, Restart, Strategy, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -34,49 +50,110 @@ class Health:
 
 
 class SupervisorApi:
-    """What clients can ask of a running supervisor. Every method is a Trio coroutine."""
+    """What clients can ask of a running supervisor. Every method is a Trio coroutine.
+
+    Errors: :class:`~cumulus.errors.RequestRejected` subclasses for bad or unsatisfiable requests,
+    :class:`~cumulus.errors.SupervisorUnavailable` while the tree is (re)starting or stopping.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.root: Supervisor | None = None
         self.listen_address: str | None = None
 
+    def _cluster(self) -> ActorRef:
+        core = self.root.whereis("core") if self.root is not None else None
+        cluster = core.whereis("cluster") if core is not None else None
+        if cluster is None:
+            raise SupervisorUnavailable("the supervisor is starting or stopping; try again shortly")
+        return cluster
+
+    async def submit(self, spec: JobSpec) -> JobRecord:
+        """Start a job (or return the existing one for a repeated idempotency key)."""
+        return await self._cluster().call(Submit(spec))
+
+    async def get(self, job_id: str) -> JobRecord:
+        return await self._cluster().call(GetJob(job_id))
+
+    async def cancel(self, job_id: str) -> tuple[JobRecord, bool]:
+        """Cancel a job and wait until its teardown finished; returns the record and whether it was still live."""
+        record, was_live = await self._cluster().call(CancelJob(job_id))
+        await record.torn_down.wait()
+        return record, was_live
+
+    async def list_jobs(self, include_finished: bool = True) -> list[JobRecord]:
+        return await self._cluster().call(ListJobs(include_finished))
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        return await self._cluster().call(ListWorkers())
+
     async def health(self) -> Health:
-        return Health(serving=self.root is not None, supervisor_id=self.settings.supervisor_id)
+        try:
+            workers = await self.list_workers()
+            jobs = await self.list_jobs(include_finished=False)
+        except SupervisorUnavailable as error:
+            return Health(False, str(error), self.settings.supervisor_id)
+        ready = sum(w.healthy for w in workers)
+        return Health(True, "", self.settings.supervisor_id, ready, len(jobs))
 
 
-def build_tree(api: SupervisorApi, *, serve_rpc: bool = True) -> Supervisor:
+def build_tree(api: SupervisorApi, backends: Backends, swarm: object, *, serve_rpc: bool = True) -> Supervisor:
     settings = api.settings
-    children: list[ChildSpec] = []
+    core_holder: dict[str, Supervisor] = {}
+
+    def core() -> Supervisor:
+        workers = DynamicSupervisor(name="workers", max_restarts=100, max_seconds=10)
+        jobs = DynamicSupervisor(name="jobs", max_restarts=100, max_seconds=10)
+
+        def cluster() -> ClusterActor:
+            return ClusterActor(settings, backends, swarm, workers=workers, jobs=jobs,
+                                watcher=core_holder["core"].whereis("watcher"))
+
+        tree = Supervisor(
+            [
+                ChildSpec.supervisor("workers", lambda: workers),
+                ChildSpec.supervisor("jobs", lambda: jobs),
+                ChildSpec.actor("watcher", lambda: TaskWatcher(swarm, settings.supervisor_id,
+                                                               settings.cluster.poll_interval)),
+                ChildSpec.actor("cluster", cluster),
+            ],
+            name="core", strategy=Strategy.ONE_FOR_ALL, max_restarts=3, max_seconds=30,
+        )
+        core_holder["core"] = tree
+        return tree
+
+    children = [ChildSpec.supervisor("core", core)]
     if serve_rpc:
         from cumulus.rpc.server import serve_grpc
 
         async def rpc(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-            await serve_grpc(
-                api,
-                settings.grpc.listen,
-                max_message_bytes=settings.grpc.max_message_mb * 1024 * 1024,
-                task_status=task_status,
-            )
+            await serve_grpc(api, settings.grpc.listen, max_message_bytes=settings.grpc.max_message_mb << 20,
+                             task_status=task_status)
 
         children.append(ChildSpec("rpc", rpc, Restart.PERMANENT))
     return Supervisor(children, name="root", max_restarts=3, max_seconds=10)
 
 
 @asynccontextmanager
-async def open_supervisor(settings: Settings, *, serve_rpc: bool = True) -> AsyncIterator[SupervisorApi]:
+async def open_supervisor(
+    settings: Settings, *, backends: Backends | None = None, serve_rpc: bool = True
+) -> AsyncIterator[SupervisorApi]:
     """Start the whole tree (each child ready before the next) and yield its API; stop it on exit.
 
     On exit - normal, error or cancellation - children stop in reverse order and release what they own.
+    ``backends`` replaces how the world is reached (tests pass in-memory fakes).
     """
+    backends = backends or Backends()
+    apply_cluster_description(settings)
     api = SupervisorApi(settings)
-    root = build_tree(api, serve_rpc=serve_rpc)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(root.run)
-        api.root = root
-        api.listen_address = root.whereis("rpc") if serve_rpc else None
-        try:
-            yield api
-        finally:
-            api.root = None
-            nursery.cancel_scope.cancel()
+    async with open_asyncio_bridge(), backends.open_swarm(settings) as swarm:
+        root = build_tree(api, backends, swarm, serve_rpc=serve_rpc)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(root.run)
+            api.root = root
+            api.listen_address = root.whereis("rpc") if serve_rpc else None
+            try:
+                yield api
+            finally:
+                api.root = None
+                nursery.cancel_scope.cancel()

@@ -22,9 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    from cumulus.client import cli as client_cli
     from cumulus.local import cli as local_cli
 
     _register_supervisor(commands)
+    client_cli.register(commands)
     local_cli.register(commands)
     return parser
 

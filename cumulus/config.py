@@ -143,6 +143,37 @@ def load_settings(
     return settings.validate()
 
 
+def apply_cluster_description(settings: Settings) -> Settings:
+    """Fill empty ``cluster.*`` settings from the description file named by ``cluster.description``.
+
+    Raises ConfigError if the file is missing or malformed. Settings given explicitly are kept.
+    """
+    import json
+
+    path = settings.cluster.description
+    if not path and not settings.cluster.docker_host and Path(LOCAL_CLUSTER_DESCRIPTION).exists():
+        path = settings.cluster.description = LOCAL_CLUSTER_DESCRIPTION  # the local cluster, if one is up
+    if not path:
+        return settings
+    try:
+        described = json.loads(Path(path).expanduser().read_text())
+    except OSError as error:
+        raise ConfigError("cluster.description", f"cannot read {path}: {error.strerror or error}"
+                          " (is the cluster up? `cumulus local up`)") from None
+    except ValueError as error:
+        raise ConfigError("cluster.description", f"{path} is not JSON: {error}") from None
+    cluster = settings.cluster
+    cluster.docker_host = cluster.docker_host or f"unix://{described.get('manager_socket', '')}"
+    cluster.image = cluster.image or described.get("image_id", "")
+    cluster.ssh_user = described.get("ssh_user", cluster.ssh_user) if cluster.ssh_user == "cumulus" else cluster.ssh_user
+    cluster.ssh_key = cluster.ssh_key or described.get("ssh_key", "")
+    cluster.known_hosts = cluster.known_hosts or described.get("known_hosts", "")
+    cluster.holder = described.get("holder", cluster.holder)
+    cluster.jobs_dir = described.get("jobs_dir", cluster.jobs_dir)
+    cluster.validate()
+    return settings
+
+
 def parse_host_port(text: str, *, key: str = "address") -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[::1]:50051`` for IPv6); ConfigError with the key name when malformed."""
     match = _HOST_PORT.match(text.strip())

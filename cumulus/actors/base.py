@@ -150,20 +150,28 @@ class Actor:
         self._stop_scope: trio.CancelScope | None = None
         self._stopping = False
         self._handling = False
+        self._pending_tasks: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] = []
 
     async def on_start(self) -> None:
-        """Acquire owned resources. Runs before the actor is reported started; if it raises, the start fails
-        (and what was already owned is released)."""
+        """Acquire owned resources (``await self.owner.own(...)``) and schedule background tasks
+        (``self.start_soon``; they begin once on_start has returned). Runs before the actor is reported started;
+        if it raises, the start fails and what was already owned is released."""
 
     async def handle(self, message: Any) -> Any:
         """Handle one message; the return value is the answer to a ``call`` (ignored for a ``cast``)."""
         raise NotImplementedError(f"{type(self).__name__} must implement handle()")
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """Run ``fn(*args)`` as a task owned by this actor; it is cancelled when the actor stops."""
+        """Run ``fn(*args)`` as a task owned by this actor; it is cancelled when the actor stops (before the
+        actor's owned resources are released). Called from on_start, the task begins once on_start returns.
+
+        Resources a background task acquires must be released by that same task (``async with`` or its own
+        :class:`ResourceOwner`): Trio scopes cannot be exited from another task.
+        """
         if self._nursery is None:
-            raise RuntimeError("start_soon() needs a running actor (call it from on_start or handle)")
-        self._nursery.start_soon(fn, *args)
+            self._pending_tasks.append((fn, args))
+        else:
+            self._nursery.start_soon(fn, *args)
 
     def stop(self) -> None:
         """Stop this actor normally after the message being handled (at once if it is idle).
@@ -191,9 +199,14 @@ async def run_actor(actor: Actor, *, task_status: trio.TaskStatus[ActorRef] = tr
     try:
         async with actor.owner:
             try:
+                # on_start runs at the owner's level, so resources it enters (which may hold cancel scopes and
+                # nurseries of their own) are exited by the owner in proper LIFO order.
+                await actor.on_start()
                 async with trio.open_nursery() as nursery:
                     actor._nursery = nursery
-                    await actor.on_start()
+                    for fn, args in actor._pending_tasks:
+                        nursery.start_soon(fn, *args)
+                    actor._pending_tasks.clear()
                     task_status.started(ref)
                     with trio.CancelScope() as stop_scope:
                         actor._stop_scope = stop_scope

@@ -8,10 +8,15 @@ an uploaded directory)::
             self.partition = await self.owner.own(open_partition_lease(...), what="partition")
             self.service = await self.owner.own(open_service(...), what="service")
 
-Resources are released in reverse order of acquisition when the actor stops - normally, by a crash, or by
-cancellation. Each release runs under ``trio.move_on_after(timeout, shield=True)``, so a cancelled actor still
-releases, and a stuck release cannot hold the actor forever. A release that raises or times out is logged and
-appended to :attr:`ResourceOwner.leaks`; it never hides the exception that stopped the actor and is never dropped.
+Resources are released in reverse order of acquisition when the owner exits - normally, by a crash, or by
+cancellation. Each resource is held by a small task of the owner's, shielded from outside cancellation, so the
+release always runs, in order, under a time bound (``release_timeout``): a stuck release is abandoned after that
+and a release that raises is logged. Both are appended to :attr:`ResourceOwner.leaks`; a leak never hides the
+exception that stopped the actor and is never dropped.
+
+Why a task per resource: a resource's context manager may hold Trio cancel scopes or nurseries of its own, and
+Trio requires those to be exited in the task, and in the order, in which they were entered. Holding each one in its
+own task keeps that true whichever task acquires or releases it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import trio
@@ -41,18 +46,23 @@ class Leak:
     at: float  # wall-clock time (time.time()) when the release gave up
 
 
-@dataclass(slots=True)
+@dataclass(eq=False)
 class _Held:
     what: str
     manager: AbstractAsyncContextManager[Any]
     timeout: float
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    release_requested: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+    entered: bool = False
+    clean: bool = False
 
 
 class ResourceOwner:
-    """An ordered set of owned resources, released in reverse order on exit. Reusable after exit.
+    """An ordered set of owned resources, released newest first when the owner exits. Use as ``async with``.
 
-    ``leaks`` accumulates across uses: it is the owner's permanent record of releases that failed.
-    ``released`` lists what was released cleanly, in release order (useful for "what did cancel release?").
+    ``leaks`` is the owner's permanent record of releases that failed or timed out; ``released`` lists what was
+    released cleanly, in release order (useful for "what did cancel release?"). Not reusable after exit.
     """
 
     def __init__(self, name: str) -> None:
@@ -60,6 +70,8 @@ class ResourceOwner:
         self.leaks: list[Leak] = []
         self.released: list[str] = []
         self._held: list[_Held] = []
+        self._nursery: trio.Nursery | None = None
+        self._nursery_manager: Any = None
 
     @property
     def holding(self) -> list[str]:
@@ -73,50 +85,76 @@ class ResourceOwner:
         what: str,
         release_timeout: float = DEFAULT_RELEASE_TIMEOUT,
     ) -> T:
-        """Enter ``manager`` and hold it until this owner exits (or :meth:`release` names it). Returns its value.
+        """Enter ``manager`` and hold it until the owner exits (or :meth:`release` names it); return its value.
 
-        If entering raises (or is cancelled), nothing is held and the exception propagates: a context manager
-        cleans up after its own failed ``__aenter__``.
+        If entering raises or the caller is cancelled while entering, nothing is held and the exception
+        propagates (a context manager cleans up after its own failed ``__aenter__``).
         """
-        value = await manager.__aenter__()
-        self._held.append(_Held(what, manager, release_timeout))
+        if self._nursery is None:
+            raise RuntimeError(f"{self.name}: own() needs the owner to be entered (async with owner)")
+        held = _Held(what, manager, release_timeout)
+        value = await self._nursery.start(self._hold, held)
+        self._held.append(held)
         return value
 
     async def release(self, what: str) -> bool:
-        """Release the most recently acquired resource named ``what`` now. Returns whether it released cleanly.
+        """Release the most recently acquired resource named ``what`` now; return whether it released cleanly.
 
         Idempotent: releasing something not held returns ``True``. Shielded and bounded like the exit path.
         """
         for index in range(len(self._held) - 1, -1, -1):
             if self._held[index].what == what:
                 held = self._held.pop(index)
-                return await self._release_one(held)
+                with trio.CancelScope(shield=True):
+                    return await self._release_one(held)
         return True
 
-    async def release_all(self) -> None:
-        """Release everything held, newest first. Each release is shielded and bounded; failures become leaks."""
-        while self._held:
-            await self._release_one(self._held.pop())
-
     async def __aenter__(self) -> ResourceOwner:
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.release_all()
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        try:
+            with trio.CancelScope(shield=True):
+                while self._held:
+                    await self._release_one(self._held.pop())
+        finally:
+            self._nursery = None
+            manager, self._nursery_manager = self._nursery_manager, None
+            # Every holder task has finished, so the nursery has nothing left to wait for. It is not shown the
+            # block's exception, which then propagates as itself instead of wrapped in an exception group.
+            await manager.__aexit__(None, None, None)
+        return None
+
+    async def _hold(self, held: _Held, *, task_status: trio.TaskStatus[Any]) -> None:
+        with held.scope:
+            try:
+                async with held.manager as value:
+                    held.entered = True
+                    task_status.started(value)
+                    # Held now: only our own release (or the owner's exit) ends this, never outside cancellation.
+                    held.scope.shield = True
+                    await held.release_requested.wait()
+                held.clean = True
+            except Exception as error:
+                if not held.entered:
+                    raise  # acquisition failed: the caller of own() gets the error
+                self._leak(held, f"{type(error).__name__}: {error}")
+            finally:
+                held.done.set()
+        if held.scope.cancelled_caught:  # only our release deadline cancels a held resource's scope
+            self._leak(held, f"release did not finish within {held.timeout:g} s")
 
     async def _release_one(self, held: _Held) -> bool:
-        reason: str | None = None
-        with trio.move_on_after(held.timeout, shield=True) as scope:
-            try:
-                await held.manager.__aexit__(None, None, None)
-            except Exception as error:  # recorded as a leak, never silently dropped
-                reason = f"{type(error).__name__}: {error}"
-                log.exception("%s: releasing %s failed", self.name, held.what)
-        if scope.cancelled_caught:
-            reason = f"release did not finish within {held.timeout:g} s"
-            log.error("%s: releasing %s timed out after %g s", self.name, held.what, held.timeout)
-        if reason is None:
+        held.scope.deadline = trio.current_time() + held.timeout
+        held.release_requested.set()
+        await held.done.wait()
+        await trio.lowlevel.checkpoint()  # let the holder finish recording before we look
+        if held.clean:
             self.released.append(held.what)
-            return True
+        return held.clean
+
+    def _leak(self, held: _Held, reason: str) -> None:
+        log.error("%s: releasing %s failed: %s", self.name, held.what, reason)
         self.leaks.append(Leak(self.name, held.what, reason, time.time()))
-        return False

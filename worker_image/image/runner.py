@@ -157,9 +157,9 @@ def extract(package: str, dest: str) -> dict:
     except ValueError as exc:
         raise InfraFailure("cumulus.InvalidPackage", f"{MANIFEST} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else "?"
         raise InfraFailure("cumulus.InvalidPackage",
-                           f"{MANIFEST}: unsupported format {manifest.get('format') if isinstance(manifest, dict) else '?'!r}"
-                           f" (this runner understands format {FORMAT})")
+                           f"{MANIFEST}: unsupported format {got!r} (this runner understands format {FORMAT})")
     if not os.path.isfile(os.path.join(root, CALL)):
         raise InfraFailure("cumulus.InvalidPackage", f"job package has no {CALL}")
     return manifest

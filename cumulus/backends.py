@@ -1,0 +1,143 @@
+"""The two doors from the actors to the outside world, and their real implementations.
+
+* :class:`NodeBackend` - one worker host (over SSH in production): partition leases, job files, orphans.
+* :class:`SwarmBackend` - the Swarm manager (Docker API): services, task states, logs, nodes.
+
+Actors decide; backends do. The real ones here only adapt :mod:`cumulus.resources`. Unit tests of actor logic
+use in-memory fakes with the same methods (``tests/fakes/``).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Protocol
+
+from cumulus.config import Settings
+from cumulus.resources import files, partition, swarm
+from cumulus.resources.ssh import SshConnection, open_ssh_connection
+from cumulus.resources.swarm import NodeInfo, ServiceRequest, SwarmClient, TaskState
+
+
+@dataclass(frozen=True)
+class NodeOrphans:
+    """What a worker holds for job ids of this supervisor: holder pids by job id, and job directories."""
+
+    holders: dict[str, list[int]]
+    job_dirs: list[str]
+
+
+class NodeBackend(Protocol):
+    label: str
+
+    def open_partition(self, *, device: int, fraction: float, duration: float,
+                       job_id: str) -> AbstractAsyncContextManager[Any]: ...
+    def open_job_files(self, *, job_id: str, package: bytes) -> AbstractAsyncContextManager[Any]: ...
+    async def find_orphans(self, job_prefix: str) -> NodeOrphans: ...
+    async def kill_holder(self, pid: int) -> bool: ...
+    async def remove_job_dir(self, job_id: str) -> None: ...
+    async def is_alive(self) -> bool: ...
+
+
+class SwarmBackend(Protocol):
+    def open_service(self, request: ServiceRequest) -> AbstractAsyncContextManager[Any]: ...
+    def follow_logs(self, service_id: str) -> AbstractAsyncContextManager[AsyncIterator[tuple[str, str]]]: ...
+    async def task_states(self, labels: dict[str, str]) -> list[TaskState]: ...
+    async def list_nodes(self) -> list[NodeInfo]: ...
+    async def list_services(self, labels: dict[str, str]) -> list[Any]: ...
+    async def remove_service(self, service_id: str) -> bool: ...
+
+
+class SshNodeBackend:
+    """A worker host reached over one SSH connection (owned by its WorkerActor)."""
+
+    def __init__(self, conn: SshConnection, settings: Settings) -> None:
+        self.conn = conn
+        self.label = conn.label
+        self._settings = settings
+
+    def open_partition(self, *, device: int, fraction: float, duration: float, job_id: str):
+        return partition.open_partition_lease(
+            self.conn, device=device, fraction=fraction, duration=duration, job_id=job_id,
+            holder=self._settings.cluster.holder, release_timeout=self._settings.jobs.release_timeout / 3,
+        )
+
+    def open_job_files(self, *, job_id: str, package: bytes):
+        return files.open_job_files(self.conn, jobs_dir=self._settings.cluster.jobs_dir, job_id=job_id,
+                                    package=package)
+
+    async def find_orphans(self, job_prefix: str) -> NodeOrphans:
+        holders: dict[str, list[int]] = {}
+        for info in await partition.find_holders(self.conn, holder=self._settings.cluster.holder):
+            if info.job_id and info.job_id.startswith(job_prefix):
+                holders.setdefault(info.job_id, []).append(info.pid)
+        dirs = await files.list_job_dirs(self.conn, self._settings.cluster.jobs_dir)
+        return NodeOrphans(holders, [d for d in dirs if d.startswith(job_prefix)])
+
+    async def kill_holder(self, pid: int) -> bool:
+        return await partition.kill_holder(self.conn, pid)
+
+    async def remove_job_dir(self, job_id: str) -> None:
+        await files.remove_job_dir(self.conn, self._settings.cluster.jobs_dir, job_id)
+
+    async def is_alive(self) -> bool:
+        return await self.conn.is_alive(timeout=5)
+
+
+@asynccontextmanager
+async def connect_ssh_node(node: NodeInfo, settings: Settings) -> AsyncIterator[SshNodeBackend]:
+    """Open the SSH connection to ``node`` (address from its ``cumulus.ssh`` label) and yield its backend."""
+    address = node.labels.get("cumulus.ssh", "")
+    host, _, port = address.rpartition(":")
+    if not host:
+        raise ValueError(f"node {node.hostname} has no cumulus.ssh label (HOST:PORT); was it set up with "
+                         "setup-worker.sh?")
+    user = node.labels.get("cumulus.ssh_user") or settings.cluster.ssh_user
+    async with open_ssh_connection(
+        host, int(port), user=user, key_path=settings.cluster.ssh_key,
+        known_hosts_path=settings.cluster.known_hosts, connect_timeout=settings.cluster.ssh_connect_timeout,
+    ) as conn:
+        yield SshNodeBackend(conn, settings)
+
+
+class DockerSwarmBackend:
+    """The Swarm manager's Docker API."""
+
+    def __init__(self, client: SwarmClient, settings: Settings) -> None:
+        self.client = client
+        self._settings = settings
+
+    def open_service(self, request: ServiceRequest):
+        return swarm.open_service(self.client, request, remove_timeout=self._settings.jobs.release_timeout)
+
+    def follow_logs(self, service_id: str):
+        return swarm.follow_logs(self.client, service_id)
+
+    async def task_states(self, labels: dict[str, str]) -> list[TaskState]:
+        return await self.client.task_states(labels)
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        return await self.client.list_nodes()
+
+    async def list_services(self, labels: dict[str, str]) -> list[Any]:
+        return await self.client.list_services(labels)
+
+    async def remove_service(self, service_id: str) -> bool:
+        return await self.client.remove_service(service_id)
+
+
+@asynccontextmanager
+async def open_docker_swarm(settings: Settings) -> AsyncIterator[DockerSwarmBackend]:
+    client = SwarmClient(settings.cluster.docker_host)
+    try:
+        yield DockerSwarmBackend(client, settings)
+    finally:
+        await client.aclose()
+
+
+@dataclass(frozen=True)
+class Backends:
+    """How the supervisor reaches the world: ``open_swarm(settings)`` and ``connect_node(node, settings)``."""
+
+    open_swarm: Any = open_docker_swarm
+    connect_node: Any = connect_ssh_node

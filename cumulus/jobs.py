@@ -1,0 +1,245 @@
+"""What a job is, inside the supervisor: its spec, its states, its events and its record.
+
+Plain Python types (no wire types): the RPC layer converts these to and from protobuf. A :class:`JobRecord` is
+written only by the job's own actor and read by anyone; it outlives the actor, so a finished job's status,
+result and teardown report stay available (for ``jobs.result_retention`` seconds).
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import trio
+
+from cumulus.errors import InvalidRequest
+
+MAX_WHOLE_GPUS = 8
+LOG_HISTORY_LINES = 10_000
+
+
+class JobState(enum.Enum):
+    QUEUED = "QUEUED"
+    SCHEDULING = "SCHEDULING"
+    CREATING_PARTITION = "CREATING_PARTITION"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+
+def check_gpu_share(gpu: float) -> float:
+    """Return ``gpu`` if it is a valid request: a share 0 < g <= 1 of one device, or a whole number 1..8."""
+    allowed = "a share of one device 0 < gpu <= 1 (e.g. 0.25, 0.5) or a whole number of devices 1..8"
+    if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or not math.isfinite(gpu):
+        raise InvalidRequest(f"gpu={gpu!r} is not a number; use {allowed}")
+    if 0 < gpu <= 1 or (float(gpu).is_integer() and 1 <= gpu <= MAX_WHOLE_GPUS):
+        return float(gpu)
+    raise InvalidRequest(f"gpu={gpu!r} is not allowed; use {allowed}")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated request to run one job. ``package`` is the zip built by the SDK; it is never unpickled here."""
+
+    package: bytes
+    gpu: float = 0.5
+    duration: int = 3600
+    requirements: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    name: str = ""
+    idempotency_key: str = ""
+    retries: int = 0
+    retry_exceptions: bool = False
+    priority: int = 0
+    max_queue_seconds: int = 0
+
+    @property
+    def whole_devices(self) -> int:
+        """Number of whole devices asked for, or 0 for a fractional share of one device."""
+        return int(self.gpu) if self.gpu > 1 else 0
+
+
+@dataclass(frozen=True)
+class Placement:
+    worker: str  # Swarm node hostname
+    node_id: str
+    device_index: int  # first device; whole-GPU jobs use device_indexes
+    share: float  # share of each device used
+    device_indexes: tuple[int, ...] = ()
+    gpu_uuids: tuple[str | None, ...] = ()
+
+
+@dataclass(frozen=True)
+class TeardownReport:
+    released: tuple[str, ...] = ()
+    leaked: tuple[str, ...] = ()  # "what: reason"
+
+    @property
+    def clean(self) -> bool:
+        return not self.leaked
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One thing that happened to a job. Exactly one of state / log / result / message is set."""
+
+    job_id: str
+    time: float
+    state: JobState | None = None
+    log: tuple[str, str] | None = None  # (stream, line)
+    result: bytes | None = None  # the runner's msgpack envelope
+    message: str | None = None
+    reason: str = ""
+    queue_position: int = 0
+    attempt: int = 1
+
+
+class JobRecord:
+    """The state of one job, written by its actor only. Readers use the attributes and :meth:`events`."""
+
+    def __init__(self, job_id: str, spec: JobSpec) -> None:
+        self.job_id = job_id
+        self.spec = spec
+        self.state = JobState.QUEUED
+        self.reason = ""
+        self.placement: Placement | None = None
+        self.partition_id = ""
+        self.service_id = ""
+        self.result: bytes | None = None
+        self.teardown: TeardownReport | None = None
+        self.attempt = 1
+        self.queue_position = 0
+        self.submitted_at = time.time()
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.finished = trio.Event()  # the terminal state is set
+        self.torn_down = trio.Event()  # teardown finished and reported; nothing of the job remains
+        # Replay history: every non-log event, and the last LOG_HISTORY_LINES log lines, each with a sequence
+        # number so that a late subscriber sees them in their original order.
+        self._seq = itertools.count()
+        self._events: list[tuple[int, JobEvent]] = []
+        self._logs: deque[tuple[int, JobEvent]] = deque(maxlen=LOG_HISTORY_LINES)
+        self._subscribers: set[trio.MemorySendChannel[JobEvent]] = set()
+
+    # ---- written by the job actor -----------------------------------------------------------------------------
+
+    def set_state(self, state: JobState, reason: str = "") -> None:
+        """Move to ``state``. The terminal state is written once: later calls after it are ignored."""
+        if self.state.terminal or (state is self.state and not reason):
+            return
+        self.state = state
+        if reason:
+            self.reason = reason
+        if state is JobState.RUNNING and self.started_at is None:
+            self.started_at = time.time()
+        if state.terminal:
+            self.finished_at = time.time()
+        self._publish(JobEvent(self.job_id, time.time(), state=state, reason=reason,
+                               queue_position=self.queue_position, attempt=self.attempt))
+        if state.terminal:
+            self.finished.set()
+
+    def add_log(self, stream: str, line: str) -> None:
+        self._publish(JobEvent(self.job_id, time.time(), log=(stream, line), attempt=self.attempt))
+
+    def add_message(self, text: str) -> None:
+        self._publish(JobEvent(self.job_id, time.time(), message=text, attempt=self.attempt))
+
+    def set_result(self, envelope: bytes) -> None:
+        self.result = envelope
+        self._publish(JobEvent(self.job_id, time.time(), result=envelope, attempt=self.attempt))
+
+    def set_torn_down(self, report: TeardownReport) -> None:
+        """Record the teardown outcome (separately from the terminal state) and end every event stream."""
+        self.teardown = report
+        self.torn_down.set()
+        for channel in self._subscribers:
+            channel.close()
+        self._subscribers.clear()
+
+    # ---- read by anyone ---------------------------------------------------------------------------------------
+
+    async def events(self, *, replay_logs: bool = True) -> AsyncIterator[JobEvent]:
+        """Every event so far (log lines only if ``replay_logs``), then live ones until the job is torn down.
+
+        Cancellation simply ends the subscription. Never blocks the job: each subscriber has its own buffer.
+        """
+        send, receive = trio.open_memory_channel[JobEvent](math.inf)
+        history = heapq.merge(self._events, self._logs) if replay_logs else iter(self._events)
+        for _, event in history:
+            send.send_nowait(event)
+        if self.torn_down.is_set():
+            send.close()
+        else:
+            self._subscribers.add(send)
+        try:
+            async with receive:
+                async for event in receive:
+                    yield event
+        finally:
+            self._subscribers.discard(send)
+
+    def _publish(self, event: JobEvent) -> None:
+        (self._logs if event.log is not None else self._events).append((next(self._seq), event))
+        for channel in self._subscribers:
+            channel.send_nowait(event)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    index: int
+    name: str
+    kind: str  # "gpu", "cpu", ...
+    is_gpu: bool
+    memory_bytes: int
+    uuid: str | None
+    used_share: float = 0.0
+
+    @property
+    def free_share(self) -> float:
+        return max(0.0, round(1.0 - self.used_share, 6))
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    node_id: str
+    hostname: str
+    ssh_address: str
+    state: str  # "ready", "down", "unreachable", "connecting"
+    healthy: bool
+    devices: tuple[DeviceInfo, ...] = ()
+    running_jobs: int = 0
+    reason: str = ""
+
+
+def snapshot(record: JobRecord) -> dict[str, Any]:
+    """A plain dict of the record (for logs, the journal and JSON output)."""
+    return {
+        "job_id": record.job_id,
+        "name": record.spec.name,
+        "state": record.state.value,
+        "reason": record.reason,
+        "gpu": record.spec.gpu,
+        "worker": record.placement.worker if record.placement else "",
+        "device_index": record.placement.device_index if record.placement else -1,
+        "partition_id": record.partition_id,
+        "service_id": record.service_id,
+        "attempt": record.attempt,
+        "submitted_at": record.submitted_at,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "has_result": record.result is not None,
+        "teardown": None if record.teardown is None else {
+            "released": list(record.teardown.released), "leaked": list(record.teardown.leaked)},
+    }
