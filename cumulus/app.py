@@ -135,6 +135,15 @@ def build_tree(api: SupervisorApi, backends: Backends, swarm: object, *, serve_r
 
 
 @asynccontextmanager
+async def _maybe_asyncio(needed: bool) -> AsyncIterator[None]:
+    if needed:
+        async with open_asyncio_bridge():
+            yield
+    else:
+        yield
+
+
+@asynccontextmanager
 async def open_supervisor(
     settings: Settings, *, backends: Backends | None = None, serve_rpc: bool = True
 ) -> AsyncIterator[SupervisorApi]:
@@ -146,7 +155,7 @@ async def open_supervisor(
     backends = backends or Backends()
     apply_cluster_description(settings)
     api = SupervisorApi(settings)
-    async with open_asyncio_bridge(), backends.open_swarm(settings) as swarm:
+    async with _maybe_asyncio(backends.needs_asyncio), backends.open_swarm(settings) as swarm:
         root = build_tree(api, backends, swarm, serve_rpc=serve_rpc)
         async with trio.open_nursery() as nursery:
             await nursery.start(root.run)

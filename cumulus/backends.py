@@ -141,3 +141,4 @@ class Backends:
 
     open_swarm: Any = open_docker_swarm
     connect_node: Any = connect_ssh_node
+    needs_asyncio: bool = True  # asyncssh runs on the asyncio bridge

@@ -184,16 +184,19 @@ class JobRecord:
         else:
             self._subscribers.add(send)
         try:
-            async with receive:
-                async for event in receive:
-                    yield event
+            async for event in receive:
+                yield event
         finally:
             self._subscribers.discard(send)
+            receive.close()
 
     def _publish(self, event: JobEvent) -> None:
         (self._logs if event.log is not None else self._events).append((next(self._seq), event))
-        for channel in self._subscribers:
-            channel.send_nowait(event)
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.discard(channel)  # that subscriber went away
 
 
 @dataclass(frozen=True)

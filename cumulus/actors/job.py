@@ -230,6 +230,7 @@ class JobActor(Actor):
         try:
             async with self.swarm.follow_logs(service_id) as lines:
                 async for stream, line in lines:
+                    self.record.set_state(JobState.RUNNING)  # output proves it runs, even before the next poll
                     self.record.add_log(stream, line)
                     if line.startswith(END_OF_JOB_MARKER):
                         done.set()

@@ -1,0 +1,258 @@
+"""In-memory fakes of the Swarm manager and of worker hosts, for fast unit tests of actor logic only.
+
+``FakeWorld`` is the shared state (partitions, job dirs, services and their fake containers). A fake container's
+behaviour comes from its job's env: ``FAKE_RUNTIME`` seconds (default 1), ``FAKE_EXIT`` code (default 0; 1 writes
+a failure envelope), ``FAKE_NO_RESULT=1`` (exits without an envelope). Every operation takes a little (virtual)
+time, so that cancellations can land in the middle of each one. Nothing here talks to Docker or SSH.
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import trio
+
+from cumulus.backends import Backends, NodeOrphans
+from cumulus.resources.swarm import LABEL_JOB, LABEL_SUPERVISOR, NodeInfo, ServiceRequest, TaskState
+
+DELAY = 0.05
+
+
+def fake_node(index: int, devices: int = 1, gpu: bool = True) -> NodeInfo:
+    import json
+
+    inventory = [{"index": i, "name": f"Fake GPU {i}", "kind": "gpu" if gpu else "cpu", "is_gpu": gpu,
+                  "memory_bytes": 16 << 30, "uuid": f"GPU-fake-{index}-{i}" if gpu else None}
+                 for i in range(devices)]
+    return NodeInfo(id=f"fakenode{index:04d}", hostname=f"fw{index}", state="ready", availability="active",
+                    role="worker", labels={"cumulus.worker": "true", "cumulus.ssh": f"10.213.0.{10 + index}:22",
+                                           "cumulus.devices": json.dumps(inventory)}, address=None)
+
+
+@dataclass
+class FakeContainer:
+    service_id: str
+    job_id: str
+    node_id: str
+    env: dict[str, str]
+    state: str = "pending"
+    exit_code: int | None = None
+    logs: list[tuple[str, str]] = field(default_factory=list)
+    log_event: trio.Event = field(default_factory=trio.Event)
+    stop: trio.Event = field(default_factory=trio.Event)
+    gone: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
+class FakePartition:
+    partition_id: str
+    node: str
+    device: int
+    fraction: float
+    job_id: str
+    lost: trio.Event = field(default_factory=trio.Event)
+    lost_reason: str = ""
+
+
+class FakeWorld:
+    def __init__(self, nodes: list[NodeInfo], nursery: trio.Nursery) -> None:
+        self.nodes = nodes
+        self.nursery = nursery
+        self.partitions: dict[str, FakePartition] = {}
+        self.job_dirs: set[tuple[str, str]] = set()
+        self.outputs: dict[str, bytes] = {}
+        self.services: dict[str, FakeContainer] = {}
+        self.services_labels: dict[str, dict[str, str]] = {}
+        self.running: set[str] = set()  # service ids whose container process is alive
+        self.unreachable: set[str] = set()  # hostnames whose SSH is cut
+        self.max_used: dict[tuple[str, int], float] = {}
+        self._ids = itertools.count(1)
+
+    def backends(self) -> Backends:
+        return Backends(open_swarm=self.open_swarm, connect_node=self.connect_node, needs_asyncio=False)
+
+    # ---- swarm ----------------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def open_swarm(self, settings: Any) -> AsyncIterator[FakeSwarm]:
+        yield FakeSwarm(self)
+
+    @asynccontextmanager
+    async def connect_node(self, node: NodeInfo, settings: Any) -> AsyncIterator[FakeNode]:
+        await trio.sleep(DELAY)
+        if node.hostname in self.unreachable:
+            raise OSError(f"{node.hostname}: connection refused")
+        yield FakeNode(self, node)
+
+    def used_share(self, node: str, device: int) -> float:
+        return sum(p.fraction for p in self.partitions.values() if p.node == node and p.device == device)
+
+    async def run_container(self, container: FakeContainer) -> None:
+        runtime = float(container.env.get("FAKE_RUNTIME", "1"))
+        exit_code = int(container.env.get("FAKE_EXIT", "0"))
+        await trio.sleep(DELAY * 2)
+        if container.stop.is_set():
+            container.state = "shutdown"
+            return
+        container.state = "running"
+        self.running.add(container.service_id)
+        try:
+            container.logs.append(("stdout", f"hello from {container.job_id}"))
+            container.log_event.set()
+            with trio.move_on_after(runtime):
+                await container.stop.wait()
+            if container.stop.is_set():
+                await trio.sleep(DELAY)  # SIGTERM -> init -> exit
+                container.state, container.exit_code = "shutdown", 143
+                return
+            if container.env.get("FAKE_NO_RESULT") != "1":
+                self.outputs[container.job_id] = f"{'ok' if exit_code == 0 else 'err'}:{container.job_id}".encode()
+            container.logs.append(("stderr", "[cumulus] job finished in 1 s"))
+            container.log_event.set()
+            container.state, container.exit_code = ("complete" if exit_code == 0 else "failed"), exit_code
+        finally:
+            self.running.discard(container.service_id)
+
+
+class FakeSwarm:
+    def __init__(self, world: FakeWorld) -> None:
+        self.world = world
+
+    @asynccontextmanager
+    async def open_service(self, request: ServiceRequest) -> AsyncIterator[Any]:
+        world = self.world
+        await trio.sleep(DELAY)
+        service_id = f"svc{next(world._ids)}"
+        container = FakeContainer(service_id, request.job_id, request.node_id, dict(request.env))
+        world.services[service_id] = container
+        world.services_labels[service_id] = {LABEL_JOB: request.job_id, LABEL_SUPERVISOR: request.supervisor_id}
+        world.nursery.start_soon(self._lifecycle, container)
+        try:
+            yield type("Handle", (), {"id": service_id, "name": f"cumulus-{request.job_id}"})()
+        finally:
+            with trio.move_on_after(10, shield=True):
+                await self.remove_service(service_id)
+                await container.gone.wait()
+
+    async def _lifecycle(self, container: FakeContainer) -> None:
+        try:
+            await self.world.run_container(container)
+        finally:
+            await container.stop.wait()  # a finished container stays until its service is removed
+            container.gone.set()
+            self.world.services.pop(container.service_id, None)
+            self.world.services_labels.pop(container.service_id, None)
+
+    @asynccontextmanager
+    async def follow_logs(self, service_id: str) -> AsyncIterator[AsyncIterator[tuple[str, str]]]:
+        container = self.world.services.get(service_id)
+
+        async def lines() -> AsyncIterator[tuple[str, str]]:
+            sent = 0
+            while container is not None:
+                while sent < len(container.logs):
+                    yield container.logs[sent]
+                    sent += 1
+                container.log_event = trio.Event()
+                await container.log_event.wait()
+
+        yield lines()
+
+    async def task_states(self, labels: dict[str, str]) -> list[TaskState]:
+        await trio.sleep(0)
+        tasks = []
+        for service_id, container in list(self.world.services.items()):
+            if all(self.world.services_labels.get(service_id, {}).get(k) == v for k, v in labels.items()):
+                tasks.append(TaskState(service_id, container.job_id, f"task-{service_id}", container.state,
+                                       "running", container.exit_code, None, None, None, container.node_id, None))
+        return tasks
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        await trio.sleep(0)
+        return list(self.world.nodes)
+
+    async def list_services(self, labels: dict[str, str]) -> list[Any]:
+        return [type("Service", (), {"id": sid, "labels": dict(lab)})()
+                for sid, lab in self.world.services_labels.items()
+                if all(lab.get(k) == v for k, v in labels.items())]
+
+    async def remove_service(self, service_id: str) -> bool:
+        container = self.world.services.get(service_id)
+        if container is None:
+            return False
+        container.stop.set()
+        return True
+
+
+class FakeNode:
+    def __init__(self, world: FakeWorld, node: NodeInfo) -> None:
+        self.world = world
+        self.node = node
+        self.label = node.hostname
+
+    @asynccontextmanager
+    async def open_partition(self, *, device: int, fraction: float, duration: float, job_id: str):
+        world = self.world
+        await trio.sleep(DELAY)
+        if self.node.hostname in world.unreachable:
+            raise OSError(f"{self.node.hostname}: connection lost")
+        partition = FakePartition(f"partition_{next(world._ids)}", self.node.hostname, device, fraction, job_id)
+        world.partitions[partition.partition_id] = partition
+        key = (self.node.hostname, device)
+        world.max_used[key] = max(world.max_used.get(key, 0.0), world.used_share(*key))
+        try:
+            yield partition
+        finally:
+            with trio.move_on_after(5, shield=True):
+                await trio.sleep(DELAY)
+            world.partitions.pop(partition.partition_id, None)
+
+    @asynccontextmanager
+    async def open_job_files(self, *, job_id: str, package: bytes):
+        world = self.world
+        await trio.sleep(DELAY)
+        world.job_dirs.add((self.node.hostname, job_id))
+
+        class Files:
+            code_dir = f"/var/lib/cumulus/jobs/{job_id}/code"
+            output_dir = f"/var/lib/cumulus/jobs/{job_id}/output"
+
+            @staticmethod
+            async def fetch_result(max_bytes: int) -> bytes | None:
+                await trio.sleep(DELAY / 5)
+                return world.outputs.get(job_id)
+
+        try:
+            yield Files()
+        finally:
+            with trio.move_on_after(5, shield=True):
+                await trio.sleep(DELAY / 5)
+            world.job_dirs.discard((self.node.hostname, job_id))
+            world.outputs.pop(job_id, None)
+
+    async def find_orphans(self, job_prefix: str) -> NodeOrphans:
+        holders: dict[str, list[int]] = {}
+        for p in self.world.partitions.values():
+            if p.node == self.node.hostname and p.job_id.startswith(job_prefix):
+                holders.setdefault(p.job_id, []).append(hash(p.partition_id) % 100000)
+        dirs = [j for n, j in self.world.job_dirs if n == self.node.hostname and j.startswith(job_prefix)]
+        return NodeOrphans(holders, dirs)
+
+    async def kill_holder(self, pid: int) -> bool:
+        for pid_key, p in list(self.world.partitions.items()):
+            if hash(p.partition_id) % 100000 == pid and p.node == self.node.hostname:
+                self.world.partitions.pop(pid_key)
+        return True
+
+    async def remove_job_dir(self, job_id: str) -> None:
+        self.world.job_dirs.discard((self.node.hostname, job_id))
+
+    async def is_alive(self) -> bool:
+        await trio.sleep(0)
+        return self.node.hostname not in self.world.unreachable
+
+
+__all__ = ["FakeWorld", "fake_node"]

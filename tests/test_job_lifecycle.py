@@ -1,0 +1,231 @@
+"""The job state machine and its teardown guarantees, on in-memory fakes of the Swarm and the workers."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from cumulus.app import open_supervisor
+from cumulus.config import load_settings
+from cumulus.jobs import JobRecord, JobSpec, JobState
+from tests.fakes.fake_cluster import FakeWorld, fake_node
+
+SID = "unit"
+
+
+def settings(**overrides):
+    base = {"supervisor_id": SID, "cluster.docker_host": "unix:///fake", "cluster.image": "sha256:fake",
+            "cluster.poll_interval": 0.1}
+    base.update(overrides)
+    return load_settings(environ={}, overrides=base)
+
+
+@asynccontextmanager
+async def fake_cluster(workers: int = 2, devices: int = 1, **overrides):
+    async with trio.open_nursery() as nursery:
+        world = FakeWorld([fake_node(i + 1, devices) for i in range(workers)], nursery)
+        async with open_supervisor(settings(**overrides), backends=world.backends(), serve_rpc=False) as sup:
+            with trio.fail_after(30):
+                while not (ws := await sup.list_workers()) or not all(w.healthy for w in ws):
+                    await trio.sleep(0.1)
+            yield sup, world
+        nursery.cancel_scope.cancel()
+
+
+def spec(gpu: float = 0.5, runtime: float = 1, exit_code: int = 0, **kw) -> JobSpec:
+    env = {"FAKE_RUNTIME": str(runtime), "FAKE_EXIT": str(exit_code)}
+    env.update(kw.pop("env", {}))
+    return JobSpec(package=b"zip", gpu=gpu, duration=kw.pop("duration", 600), env=env, **kw)
+
+
+async def states(record: JobRecord) -> list[JobState]:
+    return [event.state async for event in record.events(replay_logs=False) if event.state is not None]
+
+
+async def assert_nothing_left(sup, world: FakeWorld, records: list[JobRecord]) -> None:
+    for record in records:
+        with trio.fail_after(60):
+            await record.torn_down.wait()
+        assert record.teardown.leaked == (), record.teardown
+        terminal = [s async for s in _terminal_states(record)]
+        assert len(terminal) == 1, terminal
+    assert world.partitions == {}
+    assert world.job_dirs == set()
+    assert world.services == {}
+    assert world.running == set()
+    for worker in await sup.list_workers():
+        assert all(device.used_share == 0 for device in worker.devices), worker
+
+
+async def _terminal_states(record: JobRecord):
+    async for event in record.events(replay_logs=False):
+        if event.state is not None and event.state.terminal:
+            yield event.state
+
+
+async def test_a_job_runs_through_every_state_and_leaves_nothing(autojump_clock):
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec())
+        assert await states(record) == [JobState.SCHEDULING, JobState.CREATING_PARTITION, JobState.RUNNING,
+                                        JobState.COMPLETED]
+        assert record.state is JobState.COMPLETED
+        assert record.result == f"ok:{record.job_id}".encode()
+        assert record.teardown.released == ("service", "task watch", "files", "partition", "reservation")
+        await assert_nothing_left(sup, world, [record])
+
+
+async def test_state_order_and_logs_before_result(autojump_clock):
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec())
+        kinds = []
+        async for event in record.events():
+            if event.state is not None:
+                kinds.append(event.state.value)
+            elif event.log is not None:
+                kinds.append("log")
+            elif event.result is not None:
+                kinds.append("result")
+        assert kinds[:3] == ["SCHEDULING", "CREATING_PARTITION", "RUNNING"]
+        assert kinds.index("log") < kinds.index("result") < kinds.index("COMPLETED") == len(kinds) - 1
+
+
+async def test_user_exception_fails_the_job_with_its_envelope(autojump_clock):
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec(exit_code=1))
+        await record.torn_down.wait()
+        assert (record.state, record.reason) == (JobState.FAILED, "user_exception")
+        assert record.result == f"err:{record.job_id}".encode()
+        await assert_nothing_left(sup, world, [record])
+
+
+async def test_exit_without_result_fails_with_the_exit_code(autojump_clock):
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec(exit_code=2, env={"FAKE_NO_RESULT": "1"}))
+        await record.torn_down.wait()
+        assert record.state is JobState.FAILED and "exit code 2" in record.reason
+        await assert_nothing_left(sup, world, [record])
+
+
+@pytest.mark.parametrize("at", [JobState.SCHEDULING, JobState.CREATING_PARTITION, JobState.RUNNING])
+async def test_cancel_at_each_state_releases_everything(autojump_clock, at):
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec(runtime=100))
+        async for event in record.events():
+            if event.state is at:
+                break
+        _, was_live = await sup.cancel(record.job_id)
+        assert was_live
+        assert (record.state, record.reason) == (JobState.CANCELLED, "cancelled")
+        await assert_nothing_left(sup, world, [record])
+
+
+async def test_cancel_during_teardown_keeps_the_terminal_state(autojump_clock):
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec(runtime=1))
+        await record.finished.wait()
+        assert not record.torn_down.is_set()
+        await sup.cancel(record.job_id)
+        assert record.state is JobState.COMPLETED  # written once, by the job's own end
+        await assert_nothing_left(sup, world, [record])
+
+
+async def test_cancelled_state_is_written_only_after_the_container_stopped(autojump_clock):
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec(runtime=100))
+        async for event in record.events():
+            if event.state is JobState.RUNNING:
+                break
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sup.cancel, record.job_id)
+            await record.finished.wait()
+            assert world.running == set()  # the container was gone before CANCELLED was written
+
+
+async def test_killing_the_job_actor_task_releases_everything(autojump_clock):
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec(runtime=100))
+        async for event in record.events():
+            if event.state is JobState.RUNNING:
+                break
+        jobs = sup.root.whereis("core").whereis("jobs")
+        await jobs.terminate_child(record.job_id)
+        assert record.state is JobState.CANCELLED
+        await assert_nothing_left(sup, world, [record])
+
+
+async def test_duration_is_enforced(autojump_clock):
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec(runtime=100, duration=5))
+        await record.torn_down.wait()
+        assert (record.state, record.reason) == (JobState.FAILED, "timeout")
+        await assert_nothing_left(sup, world, [record])
+
+
+async def test_lost_partition_fails_the_job_and_tears_down(autojump_clock):
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec(runtime=100))
+        async for event in record.events():
+            if event.state is JobState.RUNNING:
+                break
+        (partition,) = world.partitions.values()
+        partition.lost_reason = "partition expired"
+        partition.lost.set()
+        await record.torn_down.wait()
+        assert record.state is JobState.FAILED and record.reason.startswith("partition_lost")
+        await assert_nothing_left(sup, world, [record])
+
+
+async def test_fractional_jobs_pack_onto_one_device_and_never_overcommit(autojump_clock):
+    async with fake_cluster(workers=1) as (sup, world):
+        a = await sup.submit(spec(gpu=0.5, runtime=10))
+        b = await sup.submit(spec(gpu=0.3, runtime=10))
+        c = await sup.submit(spec(gpu=0.6, runtime=10))
+        for record in (a, b, c):
+            await record.torn_down.wait()
+        assert a.state is b.state is JobState.COMPLETED
+        assert a.placement.device_index == b.placement.device_index
+        assert (c.state, c.reason.startswith("infrastructure: no capacity")) == (JobState.FAILED, True)
+        assert max(world.max_used.values()) == pytest.approx(0.8)
+        await assert_nothing_left(sup, world, [a, b, c])
+
+
+async def test_packing_prefers_the_partly_used_device(autojump_clock):
+    async with fake_cluster(workers=1, devices=2) as (sup, world):
+        a = await sup.submit(spec(gpu=0.5, runtime=10))
+        b = await sup.submit(spec(gpu=1.0, runtime=10))  # takes the other, empty device
+        c = await sup.submit(spec(gpu=0.25, runtime=10))  # packs next to a
+        for record in (a, b, c):
+            await record.torn_down.wait()
+        assert a.placement.device_index == c.placement.device_index != b.placement.device_index
+
+
+async def test_requests_that_can_never_fit_are_refused_up_front(autojump_clock):
+    from cumulus.errors import Unsatisfiable
+
+    async with fake_cluster(workers=2, devices=1) as (sup, world):
+        with pytest.raises(Unsatisfiable, match="gpu=2"):
+            await sup.submit(spec(gpu=2))
+
+
+async def test_idempotency_key_returns_the_same_job(autojump_clock):
+    async with fake_cluster() as (sup, world):
+        first = await sup.submit(spec(idempotency_key="k1"))
+        second = await sup.submit(spec(idempotency_key="k1"))
+        assert first is second
+
+
+async def test_supervisor_shutdown_tears_every_job_down(autojump_clock):
+    async with trio.open_nursery() as nursery:
+        world = FakeWorld([fake_node(1), fake_node(2)], nursery)
+        async with open_supervisor(settings(), backends=world.backends(), serve_rpc=False) as sup:
+            while not (ws := await sup.list_workers()) or not all(w.healthy for w in ws):
+                await trio.sleep(0.1)
+            records = [await sup.submit(spec(gpu=0.25, runtime=100)) for _ in range(6)]
+            await trio.sleep(1)
+        for record in records:
+            assert record.torn_down.is_set() and record.teardown.leaked == ()
+            assert record.state is JobState.CANCELLED
+        assert world.partitions == {} and world.services == {} and world.job_dirs == set()
+        nursery.cancel_scope.cancel()
