@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cumulus.local import daemons, image, netns, state
+from cumulus.local import supervisor as local_supervisor
 from cumulus.local.util import LocalClusterError, Progress, kill_pids, pid_cmdline, run, unmount_under
 
 APT_PACKAGES = [
@@ -225,6 +226,8 @@ def up(workers: int | None, verbose: bool = False, quiet: bool = False) -> dict[
         s["note"] = "changed" if changed else "unchanged"
     with p.step("all nodes Ready"):
         wait_ready(manager, list(node_ids.values()))
+    with p.step("supervisor") as s:
+        s["note"] = local_supervisor.ensure_running()
     p.log(f"cluster up in {time.monotonic() - t0:.1f}s: {state.CLUSTER_JSON}")
     return description
 
@@ -311,6 +314,8 @@ def down(purge: bool = False, quiet: bool = False) -> None:
     _require_root()
     p = Progress(quiet)
     nodes = [state.Node(i) for i in sorted(_node_indexes())]
+    with p.step("supervisor") as s:
+        s["note"] = local_supervisor.stop()
     with p.step("stop sshd + dockerd") as s:
         for n in nodes:
             daemons.stop_sshd(n)
@@ -403,6 +408,7 @@ def status() -> dict[str, Any]:
         entry["dockerd"] = "running" if daemons.dockerd_pid(n) else "stopped"
         if n.index:
             entry["sshd"] = "running" if daemons.sshd_pid(n) else "stopped"
+    cluster.update(local_supervisor.status())
     cluster["manager_reachable"] = manager_ok
     cluster["ready"] = manager_ok and all(e["state"] == "Ready" for e in cluster["nodes"])
     return cluster
@@ -410,7 +416,10 @@ def status() -> dict[str, Any]:
 
 def format_status(c: dict[str, Any]) -> str:
     lines = [f"manager socket: {c['manager_socket']}   image: {c['image_id'][:19]}   "
-             f"ssh user: {c['ssh_user']}   ready: {'yes' if c['ready'] else 'NO'}"]
+             f"ssh user: {c['ssh_user']}   ready: {'yes' if c['ready'] else 'NO'}",
+             f"supervisor: {c.get('supervisor_address')} "
+             + (f"pid {c['supervisor_pid']}, {'serving' if c.get('supervisor_serving') else 'NOT serving'}"
+                if c.get("supervisor_pid") else "not running (run `cumulus local up`)")]
     hdr = f"{'NODE':<5} {'ROLE':<8} {'STATE':<8} {'NODE ID':<26} {'SSH':<16} {'DOCKERD':<8} {'SSHD':<8} DEVICES"
     lines.append(hdr)
     for n in c["nodes"]:

@@ -1,0 +1,128 @@
+"""The local cluster's supervisor: a `cumulus supervisor` process in the background, started by `local up`.
+
+Its settings are written to ``<state>/supervisor.yaml`` (the cluster description, non-GPU devices allowed, because
+a machine without a GPU only has PoCL's CPU device); its address and pid to ``<state>/supervisor.json``, which
+the CLI and SDK read as their default address. `local up` on a cluster whose supervisor died starts a new one
+with the same settings and journal; `local down` stops it first (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from cumulus.local import state
+
+ADDRESS = os.environ.get("CUMULUS_LOCAL_ADDRESS", "127.0.0.1:50051")
+SUPERVISOR_ID = "local"
+
+
+def config_path():
+    return state.STATE_DIR / "supervisor.yaml"
+
+
+def info_path():
+    return state.STATE_DIR / "supervisor.json"
+
+
+def log_path():
+    return state.STATE_DIR / "supervisor.log"
+
+
+def read_info() -> dict[str, Any] | None:
+    try:
+        return json.loads(info_path().read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def running_pid() -> int | None:
+    """The pid of the local supervisor if it runs (and is ours), else None."""
+    info = read_info()
+    pid = int(info.get("pid", 0)) if info else 0
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().split(b"\0")
+    except OSError:
+        return None
+    return pid if b"supervisor" in cmdline and str(config_path()).encode() in cmdline else None
+
+
+def healthy(address: str = ADDRESS, timeout: float = 2.0) -> bool:
+    from cumulus.client.health import check_health
+
+    ok, _ = check_health(address, timeout=timeout)
+    return ok
+
+
+def write_config() -> bool:
+    text = (
+        "# Written by `cumulus local up`: the supervisor of the local cluster.\n"
+        f"supervisor_id: {SUPERVISOR_ID}\n"
+        f"grpc:\n  listen: \"{ADDRESS}\"\n"
+        f"cluster:\n  description: \"{state.CLUSTER_JSON}\"\n"
+        "  allow_non_gpu_devices: true   # this machine has no GPU: jobs use the CPU OpenCL device\n"
+        "  poll_interval: 0.1\n"
+        f"journal:\n  path: \"{state.STATE_DIR / 'journal.sqlite3'}\"\n"
+    )
+    path = config_path()
+    if path.exists() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True
+
+
+def ensure_running(timeout: float = 60.0) -> str:
+    """Start the supervisor unless it already runs and serves; returns a note for the progress line."""
+    changed = write_config()
+    pid = running_pid()
+    if pid and not changed and healthy():
+        return f"running (pid {pid}, {ADDRESS})"
+    if pid:
+        stop()
+    with open(log_path(), "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cumulus", "supervisor", "--config", str(config_path())],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd="/",
+        )
+    state.write_json(info_path(), {"pid": proc.pid, "address": ADDRESS, "config": str(config_path()),
+                                   "log": str(log_path())})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the local supervisor exited with status {proc.returncode}; see {log_path()}")
+        if healthy(timeout=1.0):
+            return f"started (pid {proc.pid}, {ADDRESS})"
+        time.sleep(0.2)
+    raise RuntimeError(f"the local supervisor did not answer within {timeout:g} s; see {log_path()}")
+
+
+def stop(timeout: float = 10.0) -> str:
+    pid = running_pid()
+    if not pid:
+        return "not running"
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and running_pid() == pid:
+            time.sleep(0.1)
+        if running_pid() != pid:
+            break
+    return f"stopped pid {pid}"
+
+
+def status() -> dict[str, Any]:
+    pid = running_pid()
+    info = read_info() or {}
+    return {"supervisor_pid": pid, "supervisor_address": info.get("address", ADDRESS),
+            "supervisor_serving": bool(pid) and healthy(info.get("address", ADDRESS), timeout=1.0)}
