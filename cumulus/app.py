@@ -8,6 +8,7 @@ Tree (children start top to bottom, each ready before the next, and stop bottom 
 
     root (one_for_one)
     ├── core (one_for_all: a crash of any part tears all jobs down cleanly and starts afresh)
+    │   ├── journal   SQLite (WAL): every job's record; stops last, after every job wrote its end
     │   ├── workers   dynamic: WorkerActor per Swarm node (SSH connection, inventory, shares, orphans)
     │   ├── jobs      dynamic, temporary: JobActor per job (reservation > partition > files > service)
     │   ├── watcher   TaskWatcher: one poller of the Swarm task list
@@ -35,6 +36,7 @@ from cumulus.backends import Backends
 from cumulus.config import Settings, apply_cluster_description
 from cumulus.errors import SupervisorUnavailable
 from cumulus.jobs import JobRecord, JobSpec, WorkerInfo
+from cumulus.journal import Journal
 from cumulus.supervisor import ChildSpec, DynamicSupervisor, Restart, Strategy, Supervisor
 
 log = logging.getLogger(__name__)
@@ -107,10 +109,12 @@ def build_tree(api: SupervisorApi, backends: Backends, swarm: object, *, serve_r
 
         def cluster() -> ClusterActor:
             return ClusterActor(settings, backends, swarm, workers=workers, jobs=jobs,
-                                watcher=core_holder["core"].whereis("watcher"))
+                                watcher=core_holder["core"].whereis("watcher"),
+                                journal=core_holder["core"].whereis("journal"))
 
         tree = Supervisor(
             [
+                ChildSpec.actor("journal", lambda: Journal(settings.journal.path, settings.jobs.result_retention)),
                 ChildSpec.supervisor("workers", lambda: workers),
                 ChildSpec.supervisor("jobs", lambda: jobs),
                 ChildSpec.actor("watcher", lambda: TaskWatcher(swarm, settings.supervisor_id,

@@ -76,6 +76,8 @@ class JobSettings:
     """Seconds a job gets between SIGTERM and SIGKILL when it is stopped."""
     result_retention: int = 86400
     """How long results of finished jobs are kept, in seconds."""
+    max_queue: int = 1000
+    """Jobs that may wait for capacity at once; beyond that a submission is refused (RESOURCE_EXHAUSTED)."""
 
     def validate(self) -> None:
         _check_range("jobs.max_package_mb", self.max_package_mb, 1, 2048)
@@ -84,6 +86,7 @@ class JobSettings:
         _check_range("jobs.release_timeout", self.release_timeout, 1, 600)
         _check_range("jobs.stop_grace", self.stop_grace, 0, 60)
         _check_range("jobs.result_retention", self.result_retention, 0, 365 * 86400)
+        _check_range("jobs.max_queue", self.max_queue, 0, 1_000_000)
 
 
 @dataclass

@@ -131,6 +131,7 @@ class JobRecord:
         self._events: list[tuple[int, JobEvent]] = []
         self._logs: deque[tuple[int, JobEvent]] = deque(maxlen=LOG_HISTORY_LINES)
         self._subscribers: set[trio.MemorySendChannel[JobEvent]] = set()
+        self.on_change: Any = None  # called with the record after each state, result or teardown change
 
     # ---- written by the job actor -----------------------------------------------------------------------------
 
@@ -139,8 +140,7 @@ class JobRecord:
         if self.state.terminal or (state is self.state and not reason):
             return
         self.state = state
-        if reason:
-            self.reason = reason
+        self.reason = reason
         if state is JobState.RUNNING and self.started_at is None:
             self.started_at = time.time()
         if state.terminal:
@@ -164,6 +164,8 @@ class JobRecord:
         """Record the teardown outcome (separately from the terminal state) and end every event stream."""
         self.teardown = report
         self.torn_down.set()
+        if self.on_change is not None:
+            self.on_change(self)
         for channel in self._subscribers:
             channel.close()
         self._subscribers.clear()
@@ -192,6 +194,8 @@ class JobRecord:
 
     def _publish(self, event: JobEvent) -> None:
         (self._logs if event.log is not None else self._events).append((next(self._seq), event))
+        if event.log is None and event.message is None and self.on_change is not None:
+            self.on_change(self)
         for channel in list(self._subscribers):
             try:
                 channel.send_nowait(event)

@@ -14,10 +14,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -28,13 +29,15 @@ from cumulus.actors.worker import CanEverFit, GetInfo, NodeUpdate, Release, Rese
 from cumulus.backends import Backends, SwarmBackend
 from cumulus.config import Settings
 from cumulus.errors import ActorDied, CapacityExhausted, NotFound, RequestRejected, Unsatisfiable
-from cumulus.jobs import JobRecord, JobSpec, JobState, WorkerInfo
+from cumulus.jobs import JobRecord, JobSpec, JobState, TeardownReport, WorkerInfo
+from cumulus.journal import FindKey, Load, Save, Unfinished, record_of, row_of
 from cumulus.resources.swarm import LABEL_JOB, LABEL_SUPERVISOR, NodeInfo
 from cumulus.supervisor import DynamicSupervisor
 
 log = logging.getLogger(__name__)
 
 NODE_SYNC_SECONDS = 2.0
+QUEUE_POLL_SECONDS = 0.25  # waiting jobs are also retried this often (workers coming up, nodes returning)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,24 @@ class SyncNodes:
     pass
 
 
+@dataclass(frozen=True)
+class DrainQueue:
+    pass
+
+
+@dataclass(eq=False)
+class QueueTicket:
+    """A job waiting for capacity. The cluster sets ``allocation`` and then ``ready`` when it placed the job."""
+
+    job_id: str
+    record: JobRecord
+    priority: int
+    seq: int
+    ready: trio.Event = field(default_factory=trio.Event)
+    allocation: Any = None
+    position: int = 0
+
+
 class ClusterActor(Actor):
     name = "cluster"
     mailbox_size = 4096
@@ -80,8 +101,10 @@ class ClusterActor(Actor):
         workers: DynamicSupervisor,
         jobs: DynamicSupervisor,
         watcher: ActorRef,
+        journal: ActorRef,
     ) -> None:
         super().__init__()
+        self.journal = journal
         self.settings = settings
         self.backends = backends
         self.swarm = swarm
@@ -95,8 +118,12 @@ class ClusterActor(Actor):
         self.worker_refs: dict[str, ActorRef] = {}  # node id -> ref
         self.nodes: dict[str, NodeInfo] = {}
         self.reaped_services: list[str] = []
+        self._restart_later: list[JobRecord] = []
+        self.queue: list[QueueTicket] = []  # kept sorted: higher priority first, then arrival order
+        self._queue_seq = itertools.count()
 
     async def on_start(self) -> None:
+        await self._recover()
         self._reaped = False
         try:
             await self._sync_nodes()
@@ -104,6 +131,9 @@ class ClusterActor(Actor):
             log.warning("cluster: cannot reach the Swarm manager (%s): %s", self.settings.cluster.docker_host
                         or "no cluster.docker_host set", error)
         self.start_soon(self._sync_forever)
+        for record in self._restart_later:
+            await self._start_job(record)
+        self._restart_later.clear()
 
     async def handle(self, message: Any) -> Any:
         match message:
@@ -114,7 +144,7 @@ class ClusterActor(Actor):
             case Unplace(job_id):
                 return await self._unplace(job_id)
             case GetJob(job_id):
-                return self._job(job_id)
+                return await self._job(job_id)
             case CancelJob(job_id):
                 return await self._cancel(job_id)
             case ListJobs(include_finished):
@@ -123,7 +153,13 @@ class ClusterActor(Actor):
             case ListWorkers():
                 return await self._list_workers()
             case SyncNodes():
-                return await self._sync_nodes()
+                try:
+                    await self._sync_nodes()
+                except Exception as error:  # the manager is unreachable for a moment: keep the known nodes
+                    log.warning("cluster: node sync failed: %s", error)
+                return await self._drain_queue()
+            case DrainQueue():
+                return await self._drain_queue()
         raise TypeError(f"cluster: unknown message {message!r}")
 
     # ---- jobs -------------------------------------------------------------------------------------------------
@@ -132,27 +168,83 @@ class ClusterActor(Actor):
         record = self.jobs.get(job_id)
         return record is not None and not record.torn_down.is_set()
 
-    def _job(self, job_id: str) -> JobRecord:
+    async def _job(self, job_id: str) -> JobRecord:
         record = self.jobs.get(job_id)
+        if record is None:
+            row = await self.journal.call(Load(job_id))
+            if row is not None:
+                record = self.jobs[job_id] = record_of(row)
         if record is None:
             raise NotFound(f"no job {job_id!r} (finished jobs are kept for "
                            f"{self.settings.jobs.result_retention} s)")
         return record
 
     async def _submit(self, spec: JobSpec) -> JobRecord:
-        if spec.idempotency_key and spec.idempotency_key in self.by_key:
-            existing = self.jobs.get(self.by_key[spec.idempotency_key])
+        if spec.idempotency_key:
+            existing = await self._find_key(spec.idempotency_key)
             if existing is not None:
                 return existing
         await self._check_can_ever_fit(spec)
+        if len(self.queue) >= self.settings.jobs.max_queue:  # strict order: it would have to wait behind them
+            raise CapacityExhausted(f"the queue is full ({len(self.queue)} jobs waiting for capacity; "
+                                    "jobs.max_queue): try again later")
         job_id = self.job_prefix + secrets.token_hex(6)
         record = JobRecord(job_id, spec)
         self.jobs[job_id] = record
         if spec.idempotency_key:
             self.by_key[spec.idempotency_key] = job_id
-        await self.jobs_supervisor.start_actor(job_id, lambda: JobActor(
-            record, settings=self.settings, swarm=self.swarm, cluster=self.ref, watcher=self.watcher))
+        self.journal.cast_nowait(Save(row_of(record, with_package=True)))
+        record.on_change = self._persist
+        await self._start_job(record)
         return record
+
+    async def _start_job(self, record: JobRecord) -> None:
+        await self.jobs_supervisor.start_actor(record.job_id, lambda: JobActor(
+            record, settings=self.settings, swarm=self.swarm, cluster=self.ref, watcher=self.watcher))
+
+    async def _find_key(self, key: str) -> JobRecord | None:
+        job_id = self.by_key.get(key)
+        if job_id is not None and job_id in self.jobs:
+            return self.jobs[job_id]
+        row = await self.journal.call(FindKey(key))
+        if row is None:
+            return None
+        record = self.jobs[row["job_id"]] = record_of(row)
+        self.by_key[key] = record.job_id
+        return record
+
+    def _persist(self, record: JobRecord) -> None:
+        try:
+            self.journal.cast_nowait(Save(row_of(record, with_package=False)))
+        except (ActorDied, trio.WouldBlock) as error:
+            log.error("cluster: could not journal job %s: %s", record.job_id, error)
+
+    async def _recover(self) -> None:
+        """Jobs the journal has as unfinished were running under a previous supervisor process.
+
+        Their partitions died with that process's SSH sessions; their services, holders and job dirs are
+        orphans, reaped by this start-up (cluster: services; workers: holders and dirs). They end FAILED with
+        the reason, or - if their retry policy allows another attempt - run again.
+        """
+        for row in await self.journal.call(Unfinished()):
+            record = record_of(row)
+            self.jobs[record.job_id] = record
+            record.on_change = self._persist
+            if record.spec.idempotency_key:
+                self.by_key[record.spec.idempotency_key] = record.job_id
+            if record.state.terminal:  # ended, but its teardown was never recorded
+                record.set_torn_down(TeardownReport(released=("orphans reaped at restart",)))
+                continue
+            lost_in = record.state.value
+            if record.attempt <= record.spec.retries:
+                record.attempt += 1
+                record.add_message(f"supervisor restarted while {lost_in}: attempt {record.attempt}")
+                self._restart_later.append(record)
+                continue
+            record.set_state(JobState.FAILED, f"lost: the supervisor restarted while the job was {lost_in}")
+            record.set_torn_down(TeardownReport(released=("orphans reaped at restart",)))
+        if self.jobs:
+            log.warning("cluster: recovered %d unfinished jobs from the journal", len(self.jobs))
 
     async def _check_can_ever_fit(self, spec: JobSpec) -> None:
         allow = self.settings.cluster.allow_non_gpu_devices
@@ -169,6 +261,24 @@ class ClusterActor(Actor):
                             + ("" if allow else " (non-GPU devices are not used: cluster.allow_non_gpu_devices)"))
 
     async def _place(self, job_id: str, record: JobRecord) -> Any:
+        """An Allocation, or a QueueTicket when nothing fits now (CapacityExhausted when the queue is full)."""
+        if not self.queue:  # strict order: nobody overtakes a job that is already waiting
+            try:
+                return await self._try_place(job_id, record)
+            except CapacityExhausted as busy:
+                reason = str(busy)
+        else:
+            reason = "jobs are waiting"
+        if len(self.queue) >= self.settings.jobs.max_queue:
+            raise CapacityExhausted(f"{reason}, and the queue is full ({self.settings.jobs.max_queue} jobs "
+                                    "waiting; jobs.max_queue)")
+        ticket = QueueTicket(job_id, record, record.spec.priority, next(self._queue_seq))
+        self.queue.append(ticket)
+        self.queue.sort(key=lambda t: (-t.priority, t.seq))
+        self._number_queue()
+        return ticket
+
+    async def _try_place(self, job_id: str, record: JobRecord) -> Any:
         allow = self.settings.cluster.allow_non_gpu_devices
         busy = {name: 0 for name in (ref.name for ref in self.worker_refs.values())}
         for worker in self.placements.values():
@@ -185,7 +295,28 @@ class ClusterActor(Actor):
             return allocation
         raise CapacityExhausted("no capacity free now: " + "; ".join(reasons or ["no workers"]))
 
+    async def _drain_queue(self) -> None:
+        """Place waiting jobs in order (priority, then arrival) until the head does not fit."""
+        while self.queue:
+            head = self.queue[0]
+            try:
+                head.allocation = await self._try_place(head.job_id, head.record)
+            except CapacityExhausted:
+                break
+            self.queue.pop(0)
+            head.ready.set()
+        self._number_queue()
+
+    def _number_queue(self) -> None:
+        for position, ticket in enumerate(self.queue, start=1):
+            ticket.position = position
+
     async def _unplace(self, job_id: str) -> None:
+        for ticket in self.queue:
+            if ticket.job_id == job_id:
+                self.queue.remove(ticket)
+                self._number_queue()
+                break
         worker = self.placements.pop(job_id, None)
         if worker is None:
             return
@@ -195,9 +326,17 @@ class ClusterActor(Actor):
                     await ref.call(Release(job_id))
                 except ActorDied:
                     pass  # its accounting died with it
+        self._wake_queue()
+
+    def _wake_queue(self) -> None:
+        if self.queue and self.ref is not None:
+            try:
+                self.ref.cast_nowait(DrainQueue())
+            except trio.WouldBlock:
+                pass  # the periodic sync drains it too
 
     async def _cancel(self, job_id: str) -> tuple[JobRecord, bool]:
-        record = self._job(job_id)
+        record = await self._job(job_id)
         if record.torn_down.is_set():
             return record, False
         ref = self.jobs_supervisor.whereis(job_id)
@@ -227,12 +366,16 @@ class ClusterActor(Actor):
         return sorted(infos, key=lambda w: w.hostname)
 
     async def _sync_forever(self) -> None:
+        """Ask ourselves to sync nodes (and drain the queue) periodically; the work runs in the mailbox order."""
+        ticks = 0
         while True:
-            await trio.sleep(NODE_SYNC_SECONDS)
-            try:
-                await self._sync_nodes()
-            except Exception as error:  # the manager is unreachable for a moment; keep the last known nodes
-                log.warning("cluster: node sync failed: %s", error)
+            await trio.sleep(QUEUE_POLL_SECONDS)
+            ticks += 1
+            if ticks * QUEUE_POLL_SECONDS >= NODE_SYNC_SECONDS:
+                ticks = 0
+                await self.ref.cast(SyncNodes())
+            elif self.queue:
+                await self.ref.cast(DrainQueue())
 
     async def _sync_nodes(self) -> None:
         if not self._reaped:

@@ -17,6 +17,7 @@ recorded separately (``record.teardown``) and then every event stream of the job
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -75,7 +76,18 @@ async def open_reservation(cluster: ActorRef, record: JobRecord, release_timeout
     gone, so is its accounting, and there is nothing to release.
     """
     try:
-        yield await cluster.call(Place(record.job_id, record))
+        answer = await cluster.call(Place(record.job_id, record))
+        if hasattr(answer, "ready"):  # a queue ticket: wait for the cluster to place us
+            record.queue_position = answer.position
+            record.set_state(JobState.QUEUED, f"waiting for capacity (position {answer.position})")
+            limit = record.spec.max_queue_seconds or math.inf
+            with trio.move_on_after(limit):
+                await answer.ready.wait()
+            if not answer.ready.is_set():
+                raise JobStopped(JobState.FAILED, f"queue_timeout: no capacity within {limit:g} s")
+            answer = answer.allocation
+            record.set_state(JobState.SCHEDULING)
+        yield answer
     finally:
         with trio.move_on_after(release_timeout, shield=True):
             try:

@@ -1,0 +1,103 @@
+"""The journal: records survive a restart; unfinished jobs of a dead supervisor end FAILED or run again."""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from cumulus.app import open_supervisor
+from cumulus.jobs import JobRecord, JobSpec, JobState
+from cumulus.journal import JournalStore, row_of
+from tests.fakes.fake_cluster import FakeWorld, fake_node
+from tests.test_job_lifecycle import settings, spec
+
+
+async def run_supervisor(path, body):
+    async with trio.open_nursery() as nursery:
+        world = FakeWorld([fake_node(1), fake_node(2)], nursery)
+        async with open_supervisor(settings(**{"journal.path": str(path)}), backends=world.backends(),
+                                   serve_rpc=False) as sup:
+            with trio.fail_after(20):
+                while not (ws := await sup.list_workers()) or not all(w.healthy for w in ws):
+                    await trio.sleep(0.05)
+                result = await body(sup)
+        nursery.cancel_scope.cancel()
+    return result
+
+
+def unfinished_row(path, job_id: str, state: JobState, retries: int = 0) -> None:
+    """What a supervisor killed with SIGKILL leaves in its journal: a job that never reached its end."""
+    record = JobRecord(job_id, JobSpec(package=b"zip", gpu=0.5, retries=retries, env={"FAKE_RUNTIME": "0.2"}))
+    record.state = state
+    store = JournalStore(str(path))
+    store.save_many([row_of(record, with_package=True)])
+    store.close()
+
+
+async def test_finished_jobs_and_results_survive_a_restart(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+
+    async def first(sup):
+        record = await sup.submit(spec(runtime=0.2, idempotency_key="key-1"))
+        await record.torn_down.wait()
+        return record.job_id
+
+    job_id = await run_supervisor(path, first)
+
+    async def second(sup):
+        record = await sup.get(job_id)
+        again = await sup.submit(spec(runtime=0.2, idempotency_key="key-1"))
+        return record, again
+
+    record, again = await run_supervisor(path, second)
+    assert record.state is JobState.COMPLETED and record.result == f"ok:{job_id}".encode()
+    assert record.teardown.released[-1] == "reservation"
+    assert again.job_id == job_id  # the same key never runs the job a second time
+
+
+async def test_a_job_lost_by_a_killed_supervisor_ends_failed_with_the_reason(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    unfinished_row(path, "unit-00000000dead", JobState.RUNNING)
+
+    async def check(sup):
+        return await sup.get("unit-00000000dead")
+
+    record = await run_supervisor(path, check)
+    assert record.state is JobState.FAILED
+    assert record.reason == "lost: the supervisor restarted while the job was RUNNING"
+    assert record.torn_down.is_set()
+
+
+async def test_a_lost_job_with_retries_left_runs_again(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    unfinished_row(path, "unit-00000000beef", JobState.CREATING_PARTITION, retries=1)
+
+    async def check(sup):
+        record = await sup.get("unit-00000000beef")
+        with trio.fail_after(20):
+            await record.torn_down.wait()
+        return record
+
+    record = await run_supervisor(path, check)
+    assert (record.state, record.reason, record.attempt) == (JobState.COMPLETED, "", 2)
+
+
+async def test_terminal_state_is_never_overwritten_in_the_journal(tmp_path):
+    store = JournalStore(str(tmp_path / "j.sqlite3"))
+    record = JobRecord("unit-000000000001", JobSpec(package=b"zip"))
+    record.state = JobState.COMPLETED
+    store.save_many([row_of(record, with_package=True)])
+    record.state = JobState.FAILED
+    store.save_many([row_of(record, with_package=False)])
+    assert store.load("unit-000000000001")["state"] == "COMPLETED"
+    store.close()
+
+
+def test_old_finished_jobs_are_forgotten_after_the_retention(tmp_path):
+    store = JournalStore(str(tmp_path / "j.sqlite3"))
+    record = JobRecord("unit-000000000002", JobSpec(package=b"zip"))
+    record.state, record.finished_at = JobState.COMPLETED, time.time() - 100
+    store.save_many([row_of(record, with_package=True)])
+    assert store.forget_before(time.time() - 50) == 1
+    assert store.load("unit-000000000002") is None
