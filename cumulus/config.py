@@ -76,6 +76,9 @@ class JobSettings:
     """Seconds a job gets between SIGTERM and SIGKILL when it is stopped."""
     result_retention: int = 86400
     """How long results of finished jobs are kept, in seconds."""
+    default_retries: int = 2
+    """Retries after an infrastructure failure (node lost, partition failed, container rejected) when a job
+    asks for none; user exceptions are retried only when the job says retry_exceptions."""
     max_queue: int = 1000
     """Jobs that may wait for capacity at once; beyond that a submission is refused (RESOURCE_EXHAUSTED)."""
 
@@ -87,6 +90,7 @@ class JobSettings:
         _check_range("jobs.stop_grace", self.stop_grace, 0, 60)
         _check_range("jobs.result_retention", self.result_retention, 0, 365 * 86400)
         _check_range("jobs.max_queue", self.max_queue, 0, 1_000_000)
+        _check_range("jobs.default_retries", self.default_retries, 0, 100)
 
 
 @dataclass

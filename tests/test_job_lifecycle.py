@@ -164,18 +164,42 @@ async def test_duration_is_enforced(autojump_clock):
         await assert_nothing_left(sup, world, [record])
 
 
+async def lose_partition_when_running(record, world):
+    async for event in record.events():
+        if event.state is JobState.RUNNING:
+            break
+    (partition,) = world.partitions.values()
+    partition.lost_reason = "partition expired"
+    partition.lost.set()
+
+
 async def test_lost_partition_fails_the_job_and_tears_down(autojump_clock):
-    async with fake_cluster() as (sup, world):
+    async with fake_cluster(**{"jobs.default_retries": 0}) as (sup, world):
         record = await sup.submit(spec(runtime=100))
-        async for event in record.events():
-            if event.state is JobState.RUNNING:
-                break
-        (partition,) = world.partitions.values()
-        partition.lost_reason = "partition expired"
-        partition.lost.set()
+        await lose_partition_when_running(record, world)
         await record.torn_down.wait()
         assert record.state is JobState.FAILED and record.reason.startswith("partition_lost")
         await assert_nothing_left(sup, world, [record])
+
+
+async def test_infrastructure_failures_are_retried_by_default(autojump_clock):
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec(runtime=3))
+        await lose_partition_when_running(record, world)
+        await record.torn_down.wait()
+        assert (record.state, record.attempt) == (JobState.COMPLETED, 2)
+        assert record.teardown.released.count("partition") == 2  # each attempt tore down what it held
+        await assert_nothing_left(sup, world, [record])
+
+
+@pytest.mark.parametrize(("retry_exceptions", "attempts"), [(False, 1), (True, 3)])
+async def test_user_exceptions_are_retried_only_when_asked(autojump_clock, retry_exceptions, attempts):
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec(exit_code=1, retries=2, retry_exceptions=retry_exceptions))
+        await record.torn_down.wait()
+        assert (record.state, record.reason, record.attempt) == (JobState.FAILED, "user_exception", attempts)
+        results = [e async for e in record.events() if e.result is not None]
+        assert len(results) == 1  # only the final outcome's envelope reaches the caller
 
 
 async def test_fractional_jobs_pack_onto_one_device_and_never_overcommit(autojump_clock):

@@ -36,6 +36,10 @@ from cumulus.resources.swarm import ServiceRequest, TaskState
 log = logging.getLogger(__name__)
 
 END_OF_JOB_MARKER = "[cumulus] job finished"
+RETRY_BACKOFF_SECONDS = 1.0
+RETRY_BACKOFF_MAX_SECONDS = 30.0
+#: Failures of the infrastructure, not of the job: retried by default (jobs.default_retries).
+RETRIED_FAILURES = frozenset({"infrastructure", "node_lost", "partition_lost", "container_failed", "lost"})
 LOG_DRAIN_SECONDS = 2.0
 MAX_RESULT_BYTES = 256 * 1024 * 1024
 
@@ -59,12 +63,18 @@ class Unplace:
 
 
 class JobStopped(Exception):
-    """Raised inside the job's life to stop it with a terminal state and reason (after teardown)."""
+    """How an attempt ended: raised inside the job's life to stop it, or returned by a job that ended by itself.
 
-    def __init__(self, state: JobState, reason: str) -> None:
+    ``result`` is the runner's envelope (recorded only once the outcome is final); ``retry=False`` marks an
+    outcome that no retry policy applies to.
+    """
+
+    def __init__(self, state: JobState, reason: str = "", *, result: bytes | None = None, retry: bool = True) -> None:
         super().__init__(reason)
         self.state = state
         self.reason = reason
+        self.result = result
+        self.retry = retry
 
 
 @asynccontextmanager
@@ -130,8 +140,10 @@ class JobActor(Actor):
         self.watcher = watcher
         self._life_scope = trio.CancelScope()
         self._stop_reason: JobStopped | None = None
-        # Owned by the _live task, which acquires and releases them (Trio scopes stay in one task).
+        # The current attempt's resources, acquired and released by the _live task.
         self.resources = ResourceOwner(self.name)
+        self._attempt_scope: trio.CancelScope | None = None
+        self._attempt_failure: JobStopped | None = None
 
     async def on_start(self) -> None:
         self.start_soon(self._live)
@@ -144,40 +156,81 @@ class JobActor(Actor):
         raise TypeError(f"{self.name}: unknown message {message!r}")
 
     def _stop(self, why: JobStopped) -> None:
+        """Stop the job for good (cancel): tear down, then record ``why``."""
         if self._stop_reason is None:
             self._stop_reason = why
         self._life_scope.cancel()
+
+    def _attempt_failed(self, why: JobStopped) -> None:
+        """End the current attempt (tear it down); the retry policy then decides."""
+        self._attempt_failure = why
+        if self._attempt_scope is not None:
+            self._attempt_scope.cancel()
 
     # ---- the job's life ---------------------------------------------------------------------------------------
 
     async def _live(self) -> None:
         record = self.record
-        failure: JobStopped | None = None
+        outcome: JobStopped | None = None
+        released: list[str] = []
+        leaked: list[str] = []
         try:
             with self._life_scope:
-                try:
-                    # Teardown on leaving this block, whatever the reason: newest first (service, files,
-                    # partition, reservation), each shielded and bounded.
-                    async with self.resources:
-                        await self._run()
-                except JobStopped as stopped:
-                    failure = stopped
-                except CumulusError as error:  # infrastructure said no: recorded as the job's failure
-                    failure = JobStopped(JobState.FAILED, f"infrastructure: {error}")
-                except Exception as error:  # a bug or an unexpected failure: the job fails, with the reason
-                    log.exception("%s: unexpected failure", self.name)
-                    failure = JobStopped(JobState.FAILED, f"internal error: {type(error).__name__}: {error}")
+                while True:
+                    outcome = await self._attempt(released, leaked)
+                    if not self._should_retry(outcome):
+                        break
+                    delay = min(RETRY_BACKOFF_SECONDS * 2 ** (record.attempt - 1), RETRY_BACKOFF_MAX_SECONDS)
+                    record.attempt += 1
+                    record.add_message(f"attempt {record.attempt - 1} failed ({outcome.reason}); "
+                                       f"retrying in {delay:g} s")
+                    await trio.sleep(delay)
         finally:
-            if failure is None:
-                failure = self._stop_reason or JobStopped(JobState.CANCELLED, "supervisor stopped the job")
-            record.set_state(failure.state, failure.reason)  # ignored if it already ended by itself
-            record.set_torn_down(TeardownReport(
-                released=tuple(self.resources.released),
-                leaked=tuple(f"{leak.what}: {leak.reason}" for leak in self.resources.leaks),
-            ))
+            if outcome is None or self._life_scope.cancelled_caught:
+                outcome = self._stop_reason or JobStopped(JobState.CANCELLED, "supervisor stopped the job")
+            if outcome.result is not None:
+                record.set_result(outcome.result)
+            record.set_state(outcome.state, outcome.reason)  # ignored if it already ended by itself
+            record.set_torn_down(TeardownReport(released=tuple(released), leaked=tuple(leaked)))
             self.stop()
 
-    async def _run(self) -> None:
+    async def _attempt(self, released: list[str], leaked: list[str]) -> JobStopped:
+        """Run the job once; tear down what this attempt acquired; return how it ended (not yet recorded if
+        it might be retried). Cancellation of the whole job (cancel, shutdown) propagates after the teardown."""
+        resources = self.resources = ResourceOwner(self.name)
+        self._attempt_failure = None
+        outcome: JobStopped | None = None
+        try:
+            with trio.CancelScope() as self._attempt_scope:
+                try:
+                    # Teardown on leaving this block, whatever the reason: newest first (service, task watch,
+                    # files, partition, reservation), each shielded and bounded.
+                    async with resources:
+                        outcome = await self._run()
+                except JobStopped as stopped:
+                    outcome = stopped
+                except CumulusError as error:  # infrastructure said no: the attempt failed
+                    outcome = JobStopped(JobState.FAILED, f"infrastructure: {error}")
+                except Exception as error:  # a bug or an unexpected failure: the job fails, with the reason
+                    log.exception("%s: unexpected failure", self.name)
+                    outcome = JobStopped(JobState.FAILED, f"internal error: {type(error).__name__}: {error}",
+                                         retry=False)
+        finally:
+            self._attempt_scope = None
+            released.extend(resources.released)
+            leaked.extend(f"{leak.what}: {leak.reason}" for leak in resources.leaks)
+        return outcome or self._attempt_failure or JobStopped(JobState.FAILED, "attempt stopped")
+
+    def _should_retry(self, outcome: JobStopped) -> bool:
+        spec, record = self.record.spec, self.record
+        retries = spec.retries if spec.retries else self.settings.jobs.default_retries
+        if outcome.state is not JobState.FAILED or record.attempt > retries or self._stop_reason is not None:
+            return False
+        if outcome.reason == "user_exception":
+            return spec.retry_exceptions
+        return outcome.retry and outcome.reason.split(":")[0] in RETRIED_FAILURES
+
+    async def _run(self) -> JobStopped:
         record, spec, own = self.record, self.record.spec, self.resources.own
         timeout = self.settings.jobs.release_timeout
         record.set_state(JobState.SCHEDULING)
@@ -203,8 +256,8 @@ class JobActor(Actor):
         with trio.move_on_after(spec.duration) as deadline:
             exit_task = await self._follow(service, updates, lease)
         if deadline.cancelled_caught:
-            raise JobStopped(JobState.FAILED, "timeout")
-        await self._conclude(exit_task, files)
+            raise JobStopped(JobState.FAILED, "timeout", retry=False)
+        return await self._conclude(exit_task, files)
 
     def _service_request(self, allocation: Any, lease: Any, files: Any) -> ServiceRequest:
         record = self.record
@@ -253,19 +306,21 @@ class JobActor(Actor):
 
     async def _watch_lease(self, lease: Any) -> None:
         await lease.lost.wait()
-        self._stop(JobStopped(JobState.FAILED, f"partition_lost: {lease.lost_reason}"))
+        kind = "node_lost" if "connection" in (lease.lost_reason or "") else "partition_lost"
+        self._attempt_failed(JobStopped(JobState.FAILED, f"{kind}: {lease.lost_reason}"))
 
-    async def _conclude(self, task: TaskState, files: Any) -> None:
-        """Fetch the result envelope and write the terminal state for a job that ended by itself."""
+    async def _conclude(self, task: TaskState, files: Any) -> JobStopped:
+        """How a job that ended by itself ended. A completed job is recorded at once (its result reaches the
+        caller before teardown); a failure is left to the retry policy."""
         record = self.record
         envelope = await files.fetch_result(MAX_RESULT_BYTES)
-        if envelope is not None:
-            record.set_result(envelope)
         if task.state == "complete" and task.exit_code == 0 and envelope is not None:
+            record.set_result(envelope)
             record.set_state(JobState.COMPLETED)
-        elif envelope is not None and task.exit_code == 1:
-            record.set_state(JobState.FAILED, "user_exception")
-        else:
-            detail = task.error or task.message or ""
-            record.set_state(JobState.FAILED, f"container {task.state} (exit code {task.exit_code})"
-                                              + (f": {detail}" if detail else ""))
+            return JobStopped(JobState.COMPLETED)
+        if envelope is not None and task.exit_code == 1:
+            return JobStopped(JobState.FAILED, "user_exception", result=envelope)
+        detail = task.error or task.message or ""
+        return JobStopped(JobState.FAILED, f"container_failed: {task.state} (exit code {task.exit_code})"
+                                           + (f": {detail}" if detail else ""), result=envelope,
+                          retry=envelope is None)
