@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from cumulus.backends import Backends, NodeOrphans
+from cumulus.resources.ssh import SshError
 from cumulus.resources.swarm import LABEL_JOB, LABEL_SUPERVISOR, NodeInfo, ServiceRequest, TaskState
 
 DELAY = 0.05
@@ -84,8 +85,19 @@ class FakeWorld:
     async def connect_node(self, node: NodeInfo, settings: Any) -> AsyncIterator[FakeNode]:
         await trio.sleep(DELAY)
         if node.hostname in self.unreachable:
-            raise OSError(f"{node.hostname}: connection refused")
+            raise SshError(node.hostname, "connect", "connection refused")
         yield FakeNode(self, node)
+
+    def cut(self, hostname: str) -> None:
+        """The node's SSH goes away: connections fail, and every partition held over them is lost."""
+        self.unreachable.add(hostname)
+        for partition in self.partitions.values():
+            if partition.node == hostname:
+                partition.lost_reason = "connection lost: fake network cut"
+                partition.lost.set()
+
+    def restore(self, hostname: str) -> None:
+        self.unreachable.discard(hostname)
 
     def used_share(self, node: str, device: int) -> float:
         return sum(p.fraction for p in self.partitions.values() if p.node == node and p.device == device)
@@ -198,7 +210,7 @@ class FakeNode:
         world = self.world
         await trio.sleep(DELAY)
         if self.node.hostname in world.unreachable:
-            raise OSError(f"{self.node.hostname}: connection lost")
+            raise SshError(self.node.hostname, "create partition", "connection lost")
         partition = FakePartition(f"partition_{next(world._ids)}", self.node.hostname, device, fraction, job_id)
         world.partitions[partition.partition_id] = partition
         key = (self.node.hostname, device)
