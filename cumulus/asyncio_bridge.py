@@ -8,6 +8,8 @@ process by :func:`open_asyncio_bridge` around everything that needs it.
   Cancelling the Trio caller cancels the asyncio task; the asyncio code sees ``asyncio.CancelledError``.
 * From asyncio code (a gRPC handler), call back into Trio with :func:`call_trio`. Cancelling the asyncio task
   (a client went away) cancels the Trio call.
+* From asyncio code, iterate a Trio async iterator with :func:`iterate_trio` (a streaming gRPC handler following
+  a job's events). Leaving the loop early, or being cancelled, closes the Trio iterator in Trio.
 """
 
 from __future__ import annotations
@@ -55,6 +57,50 @@ async def call_trio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     return await trio_asyncio.trio_as_aio(fn)(*args)
 
 
+async def iterate_trio(make_iterator: Callable[[], Any]) -> AsyncIterator[Any]:
+    """Iterate, from asyncio code, the Trio async iterator that ``make_iterator()`` returns.
+
+    ``make_iterator`` is called in Trio (so a Trio async generator is created, and later finalized, there). Each
+    item is fetched by a short Trio call; cancelling the asyncio consumer cancels that call and ends the
+    iteration. However the loop ends, the Trio iterator's ``aclose()`` runs in Trio before this returns.
+    """
+
+    async def create() -> Any:
+        return make_iterator().__aiter__()
+
+    iterator = await call_trio(create)
+
+    async def step() -> tuple[bool, Any]:
+        try:
+            return True, await iterator.__anext__()
+        except StopAsyncIteration:
+            return False, None
+
+    try:
+        while True:
+            more, item = await call_trio(step)
+            if not more:
+                return
+            yield item
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await _close_in_trio(aclose)
+
+
+async def _close_in_trio(aclose: Callable[[], Awaitable[Any]]) -> None:
+    """Run a Trio ``aclose`` from asyncio, even while the asyncio task is being cancelled (bounded)."""
+    import asyncio
+
+    future = trio_asyncio.trio_as_aio(aclose)()
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        pass  # the aclose keeps running in Trio; nothing else to wait for
+    except Exception:  # noqa: BLE001 - the iterator failed while closing: nothing useful to do here
+        pass
+
+
 def _current_loop() -> Any:
     try:
         return trio_asyncio.current_loop.get()
@@ -62,4 +108,4 @@ def _current_loop() -> Any:
         return None
 
 
-__all__ = ["call_asyncio", "call_trio", "iterate_asyncio", "open_asyncio_bridge"]
+__all__ = ["call_asyncio", "call_trio", "iterate_asyncio", "iterate_trio", "open_asyncio_bridge"]

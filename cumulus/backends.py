@@ -9,14 +9,21 @@ use in-memory fakes with the same methods (``tests/fakes/``).
 
 from __future__ import annotations
 
+import posixpath
+import shlex
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Protocol
+
+import trio
 
 from cumulus.config import Settings
 from cumulus.resources import files, partition, swarm
 from cumulus.resources.ssh import SshConnection, open_ssh_connection
 from cumulus.resources.swarm import NodeInfo, ServiceRequest, SwarmClient, TaskState
+
+
+LEASES_DIR = ".leases"  # <jobs_dir>/.leases/<job id>/{renew,expired}: a lease lives apart from its job dir
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,12 @@ class NodeBackend(Protocol):
 
     def open_partition(self, *, device: int, fraction: float, duration: float,
                        job_id: str) -> AbstractAsyncContextManager[Any]: ...
+    def adopt_partition(self, *, job_id: str, partition_id: str, device: int,
+                        fraction: float) -> AbstractAsyncContextManager[Any]: ...
     def open_job_files(self, *, job_id: str, package: bytes) -> AbstractAsyncContextManager[Any]: ...
+    def adopt_job_files(self, *, job_id: str) -> AbstractAsyncContextManager[Any]: ...
+    def lease_dir(self, job_id: str) -> str | None: ...
+    async def renew_leases(self) -> None: ...
     async def find_orphans(self, job_prefix: str) -> NodeOrphans: ...
     async def kill_holder(self, pid: int) -> bool: ...
     async def remove_job_dir(self, job_id: str) -> None: ...
@@ -41,6 +53,7 @@ class NodeBackend(Protocol):
 
 class SwarmBackend(Protocol):
     def open_service(self, request: ServiceRequest) -> AbstractAsyncContextManager[Any]: ...
+    def adopt_service(self, service_id: str, job_id: str) -> AbstractAsyncContextManager[Any]: ...
     def follow_logs(self, service_id: str) -> AbstractAsyncContextManager[AsyncIterator[tuple[str, str]]]: ...
     async def task_states(self, labels: dict[str, str]) -> list[TaskState]: ...
     async def list_nodes(self) -> list[NodeInfo]: ...
@@ -49,22 +62,95 @@ class SwarmBackend(Protocol):
 
 
 class SshNodeBackend:
-    """A worker host reached over one SSH connection (owned by its WorkerActor)."""
+    """A worker host reached over one SSH connection (owned by its WorkerActor).
+
+    With leases on (``lease.ttl`` > 0), partition holders run detached from the SSH session and keep their
+    partition only while :meth:`renew_leases` is called more often than the TTL; a holder found gone (or its
+    lease expired) sets its lease's ``lost`` event.
+    """
 
     def __init__(self, conn: SshConnection, settings: Settings) -> None:
         self.conn = conn
         self.label = conn.label
         self._settings = settings
+        self._leases: dict[str, Any] = {}  # job id -> PartitionLease held through this backend
 
-    def open_partition(self, *, device: int, fraction: float, duration: float, job_id: str):
-        return partition.open_partition_lease(
-            self.conn, device=device, fraction=fraction, duration=duration, job_id=job_id,
-            holder=self._settings.cluster.holder, release_timeout=self._settings.jobs.release_timeout / 3,
-        )
+    def lease_dir(self, job_id: str) -> str | None:
+        if not self._settings.lease.ttl:
+            return None
+        return posixpath.join(self._settings.cluster.jobs_dir, LEASES_DIR, files.check_job_id(job_id))
+
+    @asynccontextmanager
+    async def open_partition(self, *, device: int, fraction: float, duration: float, job_id: str):
+        lease_dir = self.lease_dir(job_id)
+        timeout = self._settings.jobs.release_timeout / 3
+        if lease_dir is None:
+            async with partition.open_partition_lease(
+                self.conn, device=device, fraction=fraction, duration=duration, job_id=job_id,
+                holder=self._settings.cluster.holder, release_timeout=timeout,
+            ) as lease:
+                yield lease
+            return
+        await self.conn.run(f"mkdir -p {shlex.quote(lease_dir)}")
+        try:
+            async with partition.open_detached_partition_lease(
+                self.conn, device=device, fraction=fraction, duration=duration, job_id=job_id,
+                lease_dir=lease_dir, ttl=self._settings.lease.ttl, holder=self._settings.cluster.holder,
+                release_timeout=timeout,
+            ) as lease:
+                async with self._registered(job_id, lease):
+                    yield lease
+        finally:
+            with trio.move_on_after(timeout, shield=True):
+                await self.conn.run(f"rm -rf {shlex.quote(lease_dir)}", check=False)
+
+    @asynccontextmanager
+    async def adopt_partition(self, *, job_id: str, partition_id: str, device: int, fraction: float):
+        """Take over the running holder of ``job_id`` (after a supervisor restart); PartitionError if gone."""
+        holders = [h for h in await partition.find_holders(self.conn, holder=self._settings.cluster.holder)
+                   if h.job_id == job_id]
+        if not holders:
+            raise partition.PartitionError(f"the partition holder of {job_id} on {self.label} is gone")
+        lease_dir = self.lease_dir(job_id)
+        try:
+            async with partition.adopt_partition_lease(
+                self.conn, job_id=job_id, pid=holders[0].pid, partition_id=partition_id, device=device,
+                fraction=fraction,
+            ) as lease:
+                async with self._registered(job_id, lease):
+                    yield lease
+        finally:
+            if lease_dir:
+                with trio.move_on_after(10, shield=True):
+                    await self.conn.run(f"rm -rf {shlex.quote(lease_dir)}", check=False)
+
+    @asynccontextmanager
+    async def _registered(self, job_id: str, lease: Any):
+        self._leases[job_id] = lease
+        try:
+            yield
+        finally:
+            self._leases.pop(job_id, None)
+
+    async def renew_leases(self) -> None:
+        """Renew every lease held through this backend (one SSH command); mark the ones whose holder is gone."""
+        leases = dict(self._leases)
+        if not leases:
+            return
+        gone = await partition.renew_leases(
+            self.conn, {job: (self.lease_dir(job) or "", lease.holder_pid) for job, lease in leases.items()})
+        for job in gone:
+            lease = leases[job]
+            if not lease.lost.is_set():
+                lease.lost_reason = "holder gone or lease expired"
+                lease.lost.set()
 
     def open_job_files(self, *, job_id: str, package: bytes):
         return files.open_job_files(self.conn, jobs_dir=self._settings.cluster.jobs_dir, job_id=job_id,
                                     package=package)
+
+    def adopt_job_files(self, *, job_id: str):
+        return files.adopt_job_files(self.conn, jobs_dir=self._settings.cluster.jobs_dir, job_id=job_id)
 
     async def find_orphans(self, job_prefix: str) -> NodeOrphans:
         holders: dict[str, list[int]] = {}
@@ -79,6 +165,9 @@ class SshNodeBackend:
 
     async def remove_job_dir(self, job_id: str) -> None:
         await files.remove_job_dir(self.conn, self._settings.cluster.jobs_dir, job_id)
+        lease_dir = self.lease_dir(job_id)
+        if lease_dir:
+            await self.conn.run(f"rm -rf {shlex.quote(lease_dir)}", check=False)
 
     async def is_alive(self) -> bool:
         return await self.conn.is_alive(timeout=5)
@@ -109,6 +198,10 @@ class DockerSwarmBackend:
 
     def open_service(self, request: ServiceRequest):
         return swarm.open_service(self.client, request, remove_timeout=self._settings.jobs.release_timeout)
+
+    def adopt_service(self, service_id: str, job_id: str):
+        return swarm.adopt_service(self.client, service_id, job_id,
+                                   remove_timeout=self._settings.jobs.release_timeout)
 
     def follow_logs(self, service_id: str):
         return swarm.follow_logs(self.client, service_id)

@@ -94,6 +94,21 @@ class JobSettings:
 
 
 @dataclass
+class LeaseSettings:
+    renew_interval: float = 5.0
+    """Seconds between renewals of every partition lease on a worker (one SSH command per worker)."""
+    ttl: float = 30.0
+    """A partition whose lease was not renewed for this long is released by its holder, and the job's container
+    stops itself: the dead-man switch. A job survives a supervisor restart shorter than this. 0 disables leases
+    (partitions then die with the supervisor's SSH sessions)."""
+
+    def validate(self) -> None:
+        _check_range("lease.renew_interval", self.renew_interval, 0.2, 600)
+        if self.ttl:
+            _check_range("lease.ttl", self.ttl, 2 * self.renew_interval, 86400)
+
+
+@dataclass
 class JournalSettings:
     path: str = "~/.local/state/cumulus/journal.sqlite3"
 
@@ -116,6 +131,7 @@ class Settings:
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     jobs: JobSettings = field(default_factory=JobSettings)
+    lease: LeaseSettings = field(default_factory=LeaseSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -124,7 +140,7 @@ class Settings:
             self.supervisor_id = f"sup-{uuid.uuid4().hex[:8]}"
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", self.supervisor_id):
             raise ConfigError("supervisor_id", f"{self.supervisor_id!r}: use 1-63 of a-z, 0-9 and '-'")
-        for section in (self.grpc, self.cluster, self.jobs, self.logging):
+        for section in (self.grpc, self.cluster, self.jobs, self.lease, self.logging):
             section.validate()
         return self
 

@@ -101,3 +101,57 @@ def test_old_finished_jobs_are_forgotten_after_the_retention(tmp_path):
     store.save_many([row_of(record, with_package=True)])
     assert store.forget_before(time.time() - 50) == 1
     assert store.load("unit-000000000002") is None
+
+
+async def _crash_and_restart(tmp_path, *, downtime: float):
+    """Run jobs, 'SIGKILL' the supervisor (nothing released, unflushed journal writes lost), restart it."""
+    import sqlite3
+
+    path, copy = tmp_path / "journal.sqlite3", tmp_path / "after-crash.sqlite3"
+    lease = {"lease.ttl": 3.0, "lease.renew_interval": 0.5}
+    async with trio.open_nursery() as nursery:
+        world = FakeWorld([fake_node(1), fake_node(2)], nursery)
+        world.lease_ttl = 3.0
+        async with open_supervisor(settings(**{"journal.path": str(path)}, **lease), backends=world.backends(),
+                                   serve_rpc=False) as sup:
+            while not (ws := await sup.list_workers()) or not all(w.healthy for w in ws):
+                await trio.sleep(0.05)
+            records = [await sup.submit(spec(gpu=0.25, runtime=3)) for _ in range(3)]
+            for record in records:
+                async for event in record.events():
+                    if event.state is JobState.RUNNING:
+                        break
+            await trio.sleep(0.3)
+            with sqlite3.connect(path) as source, sqlite3.connect(copy) as target:
+                source.backup(target)  # the journal as a killed process leaves it
+            world.frozen = True
+        world.frozen = False
+        await trio.sleep(downtime)
+        async with open_supervisor(settings(**{"journal.path": str(copy)}, **lease), backends=world.backends(),
+                                   serve_rpc=False) as sup:
+            recovered = [await sup.get(record.job_id) for record in records]
+            with trio.fail_after(30):
+                for record in recovered:
+                    await record.torn_down.wait()
+            workers = await sup.list_workers()
+        leftovers = (dict(world.partitions), set(world.job_dirs), dict(world.services))
+        nursery.cancel_scope.cancel()
+    return recovered, workers, leftovers
+
+
+async def test_running_jobs_survive_a_supervisor_crash_shorter_than_the_lease(tmp_path):
+    recovered, workers, leftovers = await _crash_and_restart(tmp_path, downtime=0.5)
+    for record in recovered:
+        assert (record.state, record.attempt) == (JobState.COMPLETED, 1), record.reason  # adopted, not re-run
+        assert record.result == f"ok:{record.job_id}".encode()
+        assert record.teardown.leaked == ()
+    assert all(d.used_share == 0 for w in workers for d in w.devices)
+    assert leftovers == ({}, set(), {})
+
+
+async def test_jobs_are_lost_when_the_supervisor_stays_away_longer_than_the_lease(tmp_path):
+    recovered, workers, leftovers = await _crash_and_restart(tmp_path, downtime=4.5)
+    for record in recovered:
+        assert record.state is JobState.FAILED and record.reason.startswith("lost"), record.reason
+    assert all(d.used_share == 0 for w in workers for d in w.devices)
+    assert leftovers == ({}, set(), {})

@@ -25,7 +25,8 @@ import trio
 
 from cumulus.actors.base import Actor, ActorRef
 from cumulus.actors.job import Cancel, JobActor, Place, Unplace
-from cumulus.actors.worker import CanEverFit, GetInfo, NodeUpdate, Release, Reserve, WorkerActor
+from cumulus.actors.worker import (CanEverFit, GetInfo, NodeUpdate, Release, Reserve, WorkerActor,
+                                   WorkerUnavailable)
 from cumulus.backends import Backends, SwarmBackend
 from cumulus.config import Settings
 from cumulus.errors import ActorDied, CapacityExhausted, NotFound, RequestRejected, Unsatisfiable
@@ -119,6 +120,7 @@ class ClusterActor(Actor):
         self.nodes: dict[str, NodeInfo] = {}
         self.reaped_services: list[str] = []
         self._restart_later: list[JobRecord] = []
+        self._adopt_later: list[JobRecord] = []
         self.queue: list[QueueTicket] = []  # kept sorted: higher priority first, then arrival order
         self._queue_seq = itertools.count()
 
@@ -131,15 +133,20 @@ class ClusterActor(Actor):
             log.warning("cluster: cannot reach the Swarm manager (%s): %s", self.settings.cluster.docker_host
                         or "no cluster.docker_host set", error)
         self.start_soon(self._sync_forever)
+        for record in self._adopt_later:
+            await self._start_job(record, adopt=True)
         for record in self._restart_later:
             await self._start_job(record)
         self._restart_later.clear()
+        self._adopt_later.clear()
 
     async def handle(self, message: Any) -> Any:
         match message:
             case Submit(spec):
                 return await self._submit(spec)
-            case Place(job_id, record):
+            case Place(job_id, record, adopt):
+                if adopt:
+                    return await self._place_exactly(job_id, record)
                 return await self._place(job_id, record)
             case Unplace(job_id):
                 return await self._unplace(job_id)
@@ -198,9 +205,10 @@ class ClusterActor(Actor):
         await self._start_job(record)
         return record
 
-    async def _start_job(self, record: JobRecord) -> None:
+    async def _start_job(self, record: JobRecord, *, adopt: bool = False) -> None:
         await self.jobs_supervisor.start_actor(record.job_id, lambda: JobActor(
-            record, settings=self.settings, swarm=self.swarm, cluster=self.ref, watcher=self.watcher))
+            record, settings=self.settings, swarm=self.swarm, cluster=self.ref, watcher=self.watcher,
+            adopt=adopt))
 
     async def _find_key(self, key: str) -> JobRecord | None:
         job_id = self.by_key.get(key)
@@ -212,6 +220,18 @@ class ClusterActor(Actor):
         record = self.jobs[row["job_id"]] = record_of(row)
         self.by_key[key] = record.job_id
         return record
+
+    def _adoptable(self, record: JobRecord) -> bool:
+        """A job whose partition may still be held (leases on) and whose service and placement are known."""
+        return bool(self.settings.lease.ttl and record.state is JobState.RUNNING and record.service_id
+                    and record.partition_id and record.placement)
+
+    async def _remove_services_of(self, job_id: str) -> None:
+        try:
+            for service in await self.swarm.list_services({LABEL_JOB: job_id}):
+                await self.swarm.remove_service(service.id)
+        except Exception as error:  # the manager is unreachable: the orphan is reaped at the next start
+            log.warning("cluster: could not remove the services of lost job %s: %s", job_id, error)
 
     def _persist(self, record: JobRecord) -> None:
         try:
@@ -236,6 +256,10 @@ class ClusterActor(Actor):
                 record.set_torn_down(TeardownReport(released=("orphans reaped at restart",)))
                 continue
             lost_in = record.state.value
+            if self._adoptable(record):
+                self._adopt_later.append(record)
+                continue
+            await self._remove_services_of(record.job_id)  # what the lost attempt left in the Swarm
             if record.attempt <= record.spec.retries:
                 record.attempt += 1
                 record.add_message(f"supervisor restarted while {lost_in}: attempt {record.attempt}")
@@ -277,6 +301,17 @@ class ClusterActor(Actor):
         self.queue.sort(key=lambda t: (-t.priority, t.seq))
         self._number_queue()
         return ticket
+
+    async def _place_exactly(self, job_id: str, record: JobRecord) -> Any:
+        """Reserve what a re-adopted job already holds: its worker, its devices. WorkerUnavailable until that
+        worker is connected."""
+        placement = record.placement
+        ref = self.worker_refs.get(placement.node_id) if placement else None
+        if ref is None or placement is None:
+            raise WorkerUnavailable(f"worker {placement.worker if placement else '?'} is not known (yet)")
+        allocation = await ref.call(Reserve(job_id, record.spec, True, placement.device_indexes))
+        self.placements[job_id] = ref.name
+        return allocation
 
     async def _try_place(self, job_id: str, record: JobRecord) -> Any:
         allow = self.settings.cluster.allow_non_gpu_devices

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -27,6 +28,7 @@ import trio
 from cumulus.actors.base import Actor, ActorRef
 from cumulus.actors.ownership import ResourceOwner
 from cumulus.actors.watcher import Unwatch, Watch
+from cumulus.actors.worker import WorkerUnavailable
 from cumulus.backends import SwarmBackend
 from cumulus.config import Settings
 from cumulus.errors import ActorDied, CumulusError
@@ -40,6 +42,7 @@ RETRY_BACKOFF_SECONDS = 1.0
 RETRY_BACKOFF_MAX_SECONDS = 30.0
 #: Failures of the infrastructure, not of the job: retried by default (jobs.default_retries).
 RETRIED_FAILURES = frozenset({"infrastructure", "node_lost", "partition_lost", "container_failed", "lost"})
+# ("lost" - in a supervisor restart - is retried only when the job set retries itself.)
 LOG_DRAIN_SECONDS = 2.0
 MAX_RESULT_BYTES = 256 * 1024 * 1024
 
@@ -51,10 +54,14 @@ class Cancel:
 
 @dataclass(frozen=True)
 class Place:
-    """To the cluster actor: reserve a share for ``job_id`` somewhere (an :class:`Allocation` comes back)."""
+    """To the cluster actor: reserve a share for ``job_id`` somewhere (an :class:`Allocation` comes back).
+
+    ``adopt``: the job already runs (re-adoption after a restart): reserve exactly its recorded placement.
+    """
 
     job_id: str
     record: JobRecord
+    adopt: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,9 @@ class JobStopped(Exception):
 
 
 @asynccontextmanager
-async def open_reservation(cluster: ActorRef, record: JobRecord, release_timeout: float) -> AsyncIterator[Any]:
+async def open_reservation(
+    cluster: ActorRef, record: JobRecord, release_timeout: float, *, adopt_within: float = 0.0
+) -> AsyncIterator[Any]:
     """Reserve a share through the cluster actor; release it on exit (shielded, bounded, idempotent).
 
     The release also runs when the reservation call itself was cancelled: the cluster may have reserved before
@@ -86,7 +95,16 @@ async def open_reservation(cluster: ActorRef, record: JobRecord, release_timeout
     gone, so is its accounting, and there is nothing to release.
     """
     try:
-        answer = await cluster.call(Place(record.job_id, record))
+        if adopt_within:  # re-adoption: its worker may still be connecting; wait for it up to the lease TTL
+            with trio.fail_after(adopt_within):
+                while True:
+                    try:
+                        answer = await cluster.call(Place(record.job_id, record, adopt=True))
+                        break
+                    except WorkerUnavailable:
+                        await trio.sleep(0.5)
+        else:
+            answer = await cluster.call(Place(record.job_id, record))
         if hasattr(answer, "ready"):  # a queue ticket: wait for the cluster to place us
             record.queue_position = answer.position
             record.set_state(JobState.QUEUED, f"waiting for capacity (position {answer.position})")
@@ -131,8 +149,10 @@ class JobActor(Actor):
         swarm: SwarmBackend,
         cluster: ActorRef,
         watcher: ActorRef,
+        adopt: bool = False,
     ) -> None:
         super().__init__(f"job:{record.job_id}")
+        self._adopt = adopt
         self.record = record
         self.settings = settings
         self.swarm = swarm
@@ -224,6 +244,8 @@ class JobActor(Actor):
     def _should_retry(self, outcome: JobStopped) -> bool:
         spec, record = self.record.spec, self.record
         retries = spec.retries if spec.retries else self.settings.jobs.default_retries
+        if outcome.reason.startswith("lost"):
+            retries = spec.retries  # lost in a supervisor restart: run again only if the job itself asked
         if outcome.state is not JobState.FAILED or record.attempt > retries or self._stop_reason is not None:
             return False
         if outcome.reason == "user_exception":
@@ -231,6 +253,9 @@ class JobActor(Actor):
         return outcome.retry and outcome.reason.split(":")[0] in RETRIED_FAILURES
 
     async def _run(self) -> JobStopped:
+        if self._adopt:
+            self._adopt = False  # a retry after this attempt starts afresh
+            return await self._run_adopted()
         record, spec, own = self.record, self.record.spec, self.resources.own
         timeout = self.settings.jobs.release_timeout
         record.set_state(JobState.SCHEDULING)
@@ -259,6 +284,46 @@ class JobActor(Actor):
             raise JobStopped(JobState.FAILED, "timeout", retry=False)
         return await self._conclude(exit_task, files)
 
+    async def _run_adopted(self) -> JobStopped:
+        """Take over a job that a previous supervisor process started and that still runs on its worker.
+
+        Everything of it that still exists is owned again (so it is torn down in the usual order whatever
+        happens); if its partition holder is gone, the attempt ends as lost after that teardown.
+        """
+        record, own = self.record, self.resources.own
+        placement = record.placement
+        assert placement is not None
+        record.add_message(f"re-adopting after a supervisor restart (on {placement.worker})")
+        allocation = await own(open_reservation(self.cluster, record, self.settings.jobs.release_timeout,
+                                                adopt_within=max(self.settings.lease.ttl, 5.0)),
+                               what="reservation")
+        node = allocation.backend
+        lost: Exception | None = None
+        lease = files = service = None
+        try:
+            lease = await own(node.adopt_partition(job_id=record.job_id, partition_id=record.partition_id,
+                                                   device=placement.device_index, fraction=placement.share),
+                              what="partition")
+        except CumulusError as error:
+            lost = error
+        try:
+            files = await own(node.adopt_job_files(job_id=record.job_id), what="files")
+        except CumulusError as error:
+            lost = lost or error
+        updates = await own(open_task_watch(self.watcher, record.job_id), what="task watch")
+        try:
+            service = await own(self.swarm.adopt_service(record.service_id, record.job_id), what="service")
+        except CumulusError as error:
+            lost = lost or error
+        if lost is not None or lease is None or files is None or service is None:
+            raise JobStopped(JobState.FAILED, f"lost: could not re-adopt after a supervisor restart: {lost}")
+        remaining = record.spec.duration - (time.time() - (record.started_at or record.submitted_at))
+        with trio.move_on_after(max(remaining, 0)) as deadline:
+            exit_task = await self._follow(service, updates, lease)
+        if deadline.cancelled_caught:
+            raise JobStopped(JobState.FAILED, "timeout", retry=False)
+        return await self._conclude(exit_task, files)
+
     def _service_request(self, allocation: Any, lease: Any, files: Any) -> ServiceRequest:
         record = self.record
         return ServiceRequest(
@@ -267,6 +332,7 @@ class JobActor(Actor):
             partition_id=lease.partition_id, code_dir=files.code_dir, output_dir=files.output_dir,
             env={**record.spec.env, "CUMULUS_GPU_FRACTION": repr(allocation.share)},
             gpu_uuid=allocation.gpu_uuids[0], stop_grace=self.settings.jobs.stop_grace,
+            lease_dir=allocation.backend.lease_dir(record.job_id),
         )
 
     async def _follow(self, service: Any, updates: trio.MemoryReceiveChannel[TaskState], lease: Any) -> TaskState:

@@ -41,6 +41,7 @@ class Reserve:
     job_id: str
     spec: JobSpec
     allow_non_gpu: bool
+    devices: tuple[int, ...] = ()  # re-adoption: exactly these devices (what the job already holds)
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,8 @@ class WorkerActor(Actor):
 
     async def handle(self, message: Any) -> Any:
         match message:
-            case Reserve(job_id, spec, allow_non_gpu):
-                return self._reserve(job_id, spec, allow_non_gpu)
+            case Reserve(job_id, spec, allow_non_gpu, devices):
+                return self._reserve(job_id, spec, allow_non_gpu, devices)
             case Release(job_id):
                 for device in self.devices.values():
                     device.used.pop(job_id, None)
@@ -187,7 +188,7 @@ class WorkerActor(Actor):
     def _can_ever_fit(self, spec: JobSpec, allow_non_gpu: bool) -> bool:
         return len(self._eligible(allow_non_gpu)) >= max(1, spec.whole_devices)
 
-    def _reserve(self, job_id: str, spec: JobSpec, allow_non_gpu: bool) -> Allocation:
+    def _reserve(self, job_id: str, spec: JobSpec, allow_non_gpu: bool, devices: tuple[int, ...] = ()) -> Allocation:
         if not self._can_ever_fit(spec, allow_non_gpu):
             kinds = "devices" if allow_non_gpu else "GPUs"
             raise Unsatisfiable(f"{self.node.hostname} has {len(self._eligible(allow_non_gpu))} {kinds}; "
@@ -198,7 +199,12 @@ class WorkerActor(Actor):
             if job_id in device.used:
                 raise RequestRejected(f"job {job_id} already holds a reservation on {self.node.hostname}")
         eligible = self._eligible(allow_non_gpu)
-        if spec.whole_devices:
+        if devices:  # re-adopting a running job: account for exactly what it holds
+            share = 1.0 if spec.whole_devices else spec.gpu
+            chosen = [self.devices[i] for i in devices if i in self.devices]
+            if len(chosen) != len(devices) or any(d.free + EPSILON < share for d in chosen):
+                raise CapacityExhausted(f"{self.node.hostname}: devices {devices} cannot take {share:g} again")
+        elif spec.whole_devices:
             free = sorted((d for d in eligible if d.used_share < EPSILON), key=lambda d: d.info.index)
             if len(free) < spec.whole_devices:
                 raise CapacityExhausted(f"{self.node.hostname}: {len(free)} whole devices free, "
@@ -230,8 +236,11 @@ class WorkerActor(Actor):
                     await self._reap_orphans(backend)
                     self.backend, self.reason = backend, ""
                     log.info("%s: connected (%s)", self.name, backend.label)
-                    while await backend.is_alive():
-                        await trio.sleep(HEALTH_PROBE_SECONDS)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._renew_leases, backend)
+                        while await backend.is_alive():
+                            await trio.sleep(HEALTH_PROBE_SECONDS)
+                        nursery.cancel_scope.cancel()
                     self.reason = "SSH health probe failed"
             except Exception as error:  # a failed connection is a state of the node, not a crash of this actor
                 self.reason = f"SSH: {error}"
@@ -240,6 +249,15 @@ class WorkerActor(Actor):
                 self.backend = None
             await trio.sleep(RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)])
             attempt += 1
+
+    async def _renew_leases(self, backend: NodeBackend) -> None:
+        """Renew the partition leases of every job on this node, one SSH command per interval."""
+        while True:
+            try:
+                await backend.renew_leases()
+            except Exception as error:  # one missed renewal is survivable (ttl >= 2 intervals); log it
+                log.warning("%s: renewing leases failed: %s", self.name, error)
+            await trio.sleep(self.settings.lease.renew_interval)
 
     async def _reap_orphans(self, backend: NodeBackend) -> None:
         """Stop holders and remove job dirs of this supervisor's jobs that no live job owns.

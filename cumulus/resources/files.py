@@ -1,5 +1,7 @@
-"""A job's directory on the worker: ``<jobs_dir>/<job_id>/code`` (the uploaded package, read-only) and
-``<jobs_dir>/<job_id>/output`` (written by the job container; ``result.msgpack`` is the result envelope)."""
+"""A job's directory on the worker: ``<jobs_dir>/<job_id>/code`` (the uploaded package, read-only),
+``<jobs_dir>/<job_id>/output`` (written by the job container; ``result.msgpack`` is the result envelope) and
+``<jobs_dir>/<job_id>/lease`` (the partition lease's files: ``renew``, ``expired``, ``holder.log``; written by the
+detached partition holder as the SSH user, mounted read-only into the container)."""
 
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class JobFiles:
     job_dir: str
     code_dir: str
     output_dir: str
+    lease_dir: str | None = None
 
     @property
     def result_path(self) -> str:
@@ -61,8 +64,9 @@ class JobFiles:
 async def open_job_files(
     conn: SshConnection, *, jobs_dir: str, job_id: str, package: bytes
 ) -> AsyncIterator[JobFiles]:
-    """Create ``<jobs_dir>/<job_id>/{code,output}``, upload ``package`` as ``code/package.zip`` (mode 0444, code
-    dir then 0555) and make ``output`` writable by the container (0777); yield :class:`JobFiles`.
+    """Create ``<jobs_dir>/<job_id>/{code,output,lease}``, upload ``package`` as ``code/package.zip`` (mode 0444,
+    code dir then 0555), make ``output`` writable by the container (0777) and ``lease`` the SSH user's (0755: the
+    detached partition holder writes there, the container only reads it); yield :class:`JobFiles`.
 
     A leftover directory of the same job id is replaced. Raises :class:`InvalidRequest` for a bad job id and
     :class:`SshError` if the worker refuses; a half-made directory is removed before the error propagates.
@@ -76,7 +80,7 @@ async def open_job_files(
         await conn.run(
             f"rm -rf -- {q(files.job_dir)} && mkdir -m 0755 -- {q(files.job_dir)}"
             f" && mkdir -m 0755 -- {q(files.code_dir)} && mkdir -m 0777 -- {q(files.output_dir)}"
-            f" && chmod 0777 -- {q(files.output_dir)}",
+            f" && chmod 0777 -- {q(files.output_dir)} && mkdir -m 0755 -- {q(files.lease_dir)}",
             timeout=30,
         )
         await conn.put_bytes(package, posixpath.join(files.code_dir, PACKAGE_NAME), 0o444)
@@ -88,9 +92,32 @@ async def open_job_files(
             except SshError:
                 pass
         raise
+    async with _removed_on_exit(conn, files):
+        yield files
+
+
+@asynccontextmanager
+async def adopt_job_files(conn: SshConnection, *, jobs_dir: str, job_id: str) -> AsyncIterator[JobFiles]:
+    """Take charge of a job directory that already exists on the worker (made by :func:`open_job_files` of an
+    earlier supervisor, e.g. before a restart); yield its :class:`JobFiles`. Nothing is created or uploaded.
+
+    Raises :class:`InvalidRequest` for a bad job id, :class:`RemotePathNotFound` if ``<jobs_dir>/<job_id>`` is
+    not a directory, :class:`SshError` if the worker cannot be asked. Leaving the block removes the whole job
+    directory, exactly as :func:`open_job_files` does.
+    """
+    files = _paths(conn, jobs_dir, job_id)
+    res = await conn.run(f"test -d {shlex.quote(files.job_dir)}", timeout=30, check=False)
+    if res.exit_status != 0:
+        raise RemotePathNotFound(conn.label, f"adopt job dir {files.job_dir}", "no such directory")
+    async with _removed_on_exit(conn, files):
+        yield files
+
+
+@asynccontextmanager
+async def _removed_on_exit(conn: SshConnection, files: JobFiles) -> AsyncIterator[None]:
     ok = False
     try:
-        yield files
+        yield
         ok = True
     finally:
         with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
@@ -103,7 +130,8 @@ async def open_job_files(
 
 def _paths(conn: SshConnection, jobs_dir: str, job_id: str) -> JobFiles:
     job_dir = posixpath.join(_check_jobs_dir(jobs_dir), check_job_id(job_id))
-    return JobFiles(conn, job_dir, posixpath.join(job_dir, "code"), posixpath.join(job_dir, "output"))
+    return JobFiles(conn, job_dir, posixpath.join(job_dir, "code"), posixpath.join(job_dir, "output"),
+                    posixpath.join(job_dir, "lease"))
 
 
 async def _remove(conn: SshConnection, job_dir: str) -> None:
@@ -129,4 +157,5 @@ async def remove_job_dir(conn: SshConnection, jobs_dir: str, job_id: str) -> Non
     await _remove(conn, _paths(conn, jobs_dir, job_id).job_dir)
 
 
-__all__ = ["JOB_ID_RE", "JobFiles", "check_job_id", "list_job_dirs", "open_job_files", "remove_job_dir"]
+__all__ = ["JOB_ID_RE", "JobFiles", "adopt_job_files", "check_job_id", "list_job_dirs", "open_job_files",
+           "remove_job_dir"]

@@ -1,9 +1,17 @@
-"""A Chronos partition lease: the worker's ``cumulus-partition-holder`` running in an SSH session for the job's life.
+"""A Chronos partition lease: the worker's ``cumulus-partition-holder`` process, for the job's life.
 
-Chronos keeps a partition only inside the process that created it, so the lease *is* that process: the session
-stays open while the lease is held and its end releases the partition. The holder speaks JSON lines on stdout
-(see its docstring): first ``{"partition_id": ...}`` or ``{"error": ...}``; later ``{"released": id}`` after stdin
-EOF / SIGTERM / SIGHUP, or ``{"expired": id}`` when the duration ran out.
+Chronos keeps a partition only inside the process that created it, so the lease *is* that process. Two kinds:
+
+* :func:`open_partition_lease` - the holder runs in an SSH session: the session stays open while the lease is
+  held and its end releases the partition. The holder speaks JSON lines on stdout (see its docstring): first
+  ``{"partition_id": ...}`` or ``{"error": ...}``; later ``{"released": id}`` after stdin EOF / SIGTERM / SIGHUP,
+  or ``{"expired": id}`` when the duration ran out.
+* :func:`open_detached_partition_lease` - a self-expiring lease (dead-man switch): the holder daemonizes, so the
+  partition survives the SSH session (and a supervisor restart), and keeps it only while someone renews the lease
+  (:func:`renew_leases`, one SSH command per worker for all its leases) at least every ``ttl`` s. Renewals
+  stopping (supervisor dead, network cut) make the holder write ``<lease_dir>/expired``, release the partition
+  and exit; the job's runner sees ``expired`` (the lease dir is mounted into the container) and kills the job.
+  :func:`adopt_partition_lease` takes over such a holder after a supervisor restart.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ class HolderInfo:
     job_id: str | None
     partition_id: str | None
     device: int | None
+    lease_dir: str | None = None  # detached holders: their --lease-dir
 
 
 @asynccontextmanager
@@ -173,21 +182,25 @@ async def find_holders(conn: SshConnection, *, holder: str = HOLDER) -> list[Hol
                 pid=pid,
                 job_id=_flag(argv, "--job-id"),
                 device=_int(_flag(argv, "--device")),
+                lease_dir=_flag(argv, "--lease-dir"),
                 partition_id=next((p for p in lock_ids if p.startswith(f"partition_{pid}_")), None),
             )
         )
     return found
 
 
-async def kill_holder(conn: SshConnection, pid: int, *, timeout: float = 5.0) -> bool:
+async def kill_holder(conn: SshConnection, pid: int, *, timeout: float = 5.0, job_id: str | None = None) -> bool:
     """Stop holder ``pid`` on the worker: SIGTERM (it releases its partition), then SIGKILL after half of
     ``timeout``. Returns ``True`` once the pid is gone (also if it already was), ``False`` if still alive or the
-    worker could not be asked. Shielded and bounded by ``timeout``; never raises (except on a bad pid)."""
+    worker could not be asked. Shielded and bounded by ``timeout``; never raises (except on a bad pid).
+    With ``job_id``, the pid is signalled only if its command line has ``--job-id <job_id>`` (a pid whose holder
+    ended and that was reused by another process counts as gone)."""
     pid = int(pid)
     if pid <= 1:
         raise ValueError(f"refusing to signal pid {pid}")
+    guard = f"{_is_holder_of(pid, job_id)} || exit 0; " if job_id is not None else ""
     script = (
-        f"kill -TERM {pid} 2>/dev/null || exit 0; i=0; while kill -0 {pid} 2>/dev/null; do"
+        f"{guard}kill -TERM {pid} 2>/dev/null || exit 0; i=0; while kill -0 {pid} 2>/dev/null; do"
         f" i=$((i+1)); [ $i -eq {max(1, int(timeout * 10 / 2))} ] && kill -KILL {pid} 2>/dev/null;"
         f" [ $i -gt {max(2, int(timeout * 10))} ] && exit 1; sleep 0.1; done"
     )
@@ -198,6 +211,161 @@ async def kill_holder(conn: SshConnection, pid: int, *, timeout: float = 5.0) ->
         except SshError:
             return False
     return False
+
+
+def _is_holder_of(pid: int, job_id: str) -> str:
+    """A shell condition: process ``pid`` exists and its command line has ``--job-id <job_id>``."""
+    return (f"tr '\\0' ' ' < /proc/{int(pid)}/cmdline 2>/dev/null"
+            f" | grep -qF -- {shlex.quote(f' --job-id {job_id} ')}")
+
+
+# --------------------------------------------------------------------------------------- detached (self-expiring)
+@asynccontextmanager
+async def open_detached_partition_lease(
+    conn: SshConnection,
+    *,
+    device: int,
+    fraction: float,
+    duration: float,
+    job_id: str,
+    lease_dir: str,
+    ttl: float,
+    holder: str = HOLDER,
+    start_timeout: float = 30.0,
+    release_timeout: float = 10.0,
+) -> AsyncIterator[PartitionLease]:
+    """Create a partition of ``fraction`` of device ``device`` for at most ``duration`` s, held by a *detached*
+    holder whose lease lasts ``ttl`` s past its last renewal; yields a :class:`PartitionLease`.
+
+    ``lease_dir`` must exist on the worker and be writable by the SSH user (``JobFiles.lease_dir``); the holder
+    keeps ``renew`` (renewal = its mtime), ``expired`` and ``holder.log`` there. The caller must renew the lease
+    with :func:`renew_leases` well within ``ttl`` (e.g. every ``ttl / 3`` s); otherwise the holder writes
+    ``expired``, releases the partition and exits, and the job's runner (lease dir mounted into the container)
+    kills the job. Starting is one ``conn.run`` of the holder with ``--detach``: the SSH session ends at once,
+    the partition lives on in the daemon (``lease.holder_pid``).
+
+    Raises :class:`PartitionError` with Chronos's message if the holder reports ``{"error": ...}`` (or prints no
+    valid line), :class:`SshError` if the command cannot be run, ``trio.TooSlowError`` after ``start_timeout``.
+    If the start fails or is cancelled without a reply, holders of this job and lease dir are stopped (bounded;
+    one that appears later still expires by itself after ``ttl``, since nobody renews it).
+
+    ``lease.lost`` is never set by this context manager (there is no session to watch): :func:`renew_leases`
+    reports a lease whose holder is gone or expired, and the caller sets it. Leaving the block (normally, by
+    exception or by cancellation) stops the holder with :func:`kill_holder` (SIGTERM: it releases; SIGKILL if it
+    does not end) and confirms the pid is gone; shielded and bounded by ``release_timeout``;
+    ``lease.released`` says whether that was confirmed.
+    """
+    q = shlex.quote
+    cmd = (
+        f"exec {q(holder)} --device {int(device)} --fraction {float(fraction)!r} --duration {float(duration)!r}"
+        f" --job-id {q(job_id)} --lease-dir {q(lease_dir)} --lease-ttl {float(ttl)!r} --detach"
+    )
+    try:
+        with trio.fail_after(start_timeout):
+            res = await conn.run(cmd, timeout=start_timeout + 5, check=False)
+    except BaseException:
+        with trio.move_on_after(release_timeout, shield=True):
+            await _stop_holders_of(conn, holder, job_id, lease_dir, release_timeout)
+        raise
+    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
+    if not lines:
+        raise PartitionError(f"holder on {conn.label} exited without a reply (status {res.exit_status}): "
+                             f"{res.stderr.strip()[-300:]}")
+    try:
+        msg = json.loads(lines[-1])
+    except ValueError as exc:
+        raise PartitionError(f"holder on {conn.label} said something unexpected: {lines[-1][:200]!r}") from exc
+    if "error" in msg:
+        raise PartitionError(f"device {device} on {conn.label}: {msg['error']}")
+    lease = PartitionLease(
+        partition_id=str(msg["partition_id"]),
+        device=int(msg.get("device", device)),
+        fraction=float(msg.get("fraction", fraction)),
+        holder_pid=int(msg["pid"]),
+        job_id=job_id,
+    )
+    async with _killed_on_exit(conn, lease, release_timeout):
+        yield lease
+
+
+@asynccontextmanager
+async def adopt_partition_lease(
+    conn: SshConnection,
+    *,
+    job_id: str,
+    pid: int,
+    partition_id: str,
+    device: int,
+    fraction: float,
+    release_timeout: float = 10.0,
+) -> AsyncIterator[PartitionLease]:
+    """Take charge of a detached holder that already runs (started by an earlier supervisor; found with
+    :func:`find_holders`); yields a :class:`PartitionLease` for it. Raises :class:`PartitionError` if process
+    ``pid`` is not a holder of ``job_id`` (it ended, e.g. its lease expired), :class:`SshError` if the worker
+    cannot be asked. Renewing it is the caller's business (:func:`renew_leases`, with its lease dir:
+    ``HolderInfo.lease_dir``). Leaving the block stops it and confirms, as
+    :func:`open_detached_partition_lease` does."""
+    pid = int(pid)
+    if pid <= 1:
+        raise ValueError(f"refusing to adopt pid {pid}")
+    res = await conn.run(_is_holder_of(pid, job_id), timeout=30, check=False)
+    if res.exit_status != 0:
+        raise PartitionError(f"no holder of job {job_id} with pid {pid} on {conn.label}")
+    lease = PartitionLease(partition_id=partition_id, device=int(device), fraction=float(fraction),
+                           holder_pid=pid, job_id=job_id)
+    async with _killed_on_exit(conn, lease, release_timeout):
+        yield lease
+
+
+@asynccontextmanager
+async def _killed_on_exit(conn: SshConnection, lease: PartitionLease, release_timeout: float) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        lease._releasing = True
+        lease.released = await kill_holder(conn, lease.holder_pid, timeout=release_timeout, job_id=lease.job_id)
+        if not lease.released:
+            log.warning("release of partition %s (holder pid %d on %s) not confirmed",
+                        lease.partition_id, lease.holder_pid, conn.label)
+
+
+async def _stop_holders_of(conn: SshConnection, holder: str, job_id: str, lease_dir: str, timeout: float) -> None:
+    try:
+        found = await find_holders(conn, holder=holder)
+    except SshError:
+        return
+    for h in found:
+        if h.job_id == job_id and h.lease_dir == lease_dir:
+            await kill_holder(conn, h.pid, timeout=timeout / 2, job_id=job_id)
+
+
+#: Per lease: report the job id unless the holder is alive and the lease not expired; else renew (mtime of
+#: ``renew``; ``: >`` is a shell builtin, so a renewal costs no process). The holder's identity check is also
+#: builtin: the detached holder's cwd is its lease dir (``-ef``: same inode), which a reused pid would not have.
+_RENEW_FN = (
+    'r(){ if [ -e "$3/expired" ] || ! [ "$3" -ef "/proc/$2/cwd" ] || ! [ -f "$3/renew" ]; then echo "$1";'
+    ' else : > "$3/renew" 2>/dev/null || echo "$1"; fi; }'
+)
+
+
+async def renew_leases(
+    conn: SshConnection, leases: dict[str, tuple[str, int]], *, timeout: float = 10.0
+) -> set[str]:
+    """Renew the detached leases of one worker in ONE SSH command: ``leases`` maps job id -> (lease dir, holder
+    pid). Each live lease's ``renew`` file is touched; returns the job ids whose holder is gone (not running,
+    or the pid is not a holder of that lease dir) or whose lease has expired (``expired`` exists): those
+    partitions are released (or being released) and their jobs are being stopped by their runners.
+
+    Raises :class:`SshError` if the worker cannot be reached (nothing renewed: the leases keep running down).
+    """
+    if not leases:
+        return set()
+    q = shlex.quote
+    parts = [_RENEW_FN]
+    for job_id, (lease_dir, pid) in leases.items():
+        parts.append(f"r {q(job_id)} {int(pid)} {q(lease_dir)}")
+    res = await conn.run("; ".join(parts) + "; true", timeout=timeout)
+    return {line.strip() for line in res.stdout.splitlines() if line.strip() in leases}
 
 
 def _flag(argv: list[str], name: str) -> str | None:
@@ -216,5 +384,5 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-__all__ = ["HOLDER", "HolderInfo", "PartitionError", "PartitionLease", "find_holders", "kill_holder",
-           "open_partition_lease"]
+__all__ = ["HOLDER", "HolderInfo", "PartitionError", "PartitionLease", "adopt_partition_lease", "find_holders",
+           "kill_holder", "open_detached_partition_lease", "open_partition_lease", "renew_leases"]

@@ -36,6 +36,7 @@ LABEL_PARTITION = "cumulus.partition_id"
 LABEL_DEVICE = "cumulus.device_index"
 CODE_MOUNT = "/cumulus/code"
 OUTPUT_MOUNT = "/cumulus/output"
+LEASE_MOUNT = "/cumulus/lease"
 DEFAULT_COMMAND = ("python3", "/opt/cumulus/runner.py")
 SERVICE_PREFIX = "cumulus-"
 #: Task states after which the task's container no longer runs.
@@ -58,6 +59,8 @@ class ServiceRequest:
     network mode, which is loopback only when that dockerd runs with ``--bridge=none`` (as the local cluster's
     do; real workers must be configured the same way for ``none`` to mean no network).
     ``user``: optional ``uid[:gid]`` for the container process (default: the image's, i.e. root).
+    ``lease_dir``: optional worker directory of the job's partition lease (``JobFiles.lease_dir``), mounted
+    read-only at ``/cumulus/lease``: the runner's watchdog kills the job when the holder writes ``expired`` there.
     """
 
     job_id: str
@@ -74,6 +77,7 @@ class ServiceRequest:
     gpu_uuid: str | None = None
     stop_grace: float = 1.0
     user: str | None = None
+    lease_dir: str | None = None
 
     @property
     def service_name(self) -> str:
@@ -97,7 +101,7 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
         raise InvalidRequest(f"network must be 'none' or 'host', got {req.network!r}")
     if not (0 <= req.stop_grace <= 300) or math.isnan(req.stop_grace):
         raise InvalidRequest(f"stop_grace must be within 0..300 s, got {req.stop_grace!r}")
-    for path in (req.code_dir, req.output_dir):
+    for path in (req.code_dir, req.output_dir) + ((req.lease_dir,) if req.lease_dir is not None else ()):
         if not path.startswith("/") or ".." in path.split("/"):
             raise InvalidRequest(f"mount source must be an absolute path without '..': {path!r}")
     if not req.supervisor_id or "=" in req.supervisor_id:
@@ -121,15 +125,18 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
         LABEL_PARTITION: req.partition_id,
         LABEL_DEVICE: str(int(req.device_index)),
     }
+    mounts = [
+        Mount(target=CODE_MOUNT, source=req.code_dir, type="bind", read_only=True),
+        Mount(target=OUTPUT_MOUNT, source=req.output_dir, type="bind", read_only=False),
+    ]
+    if req.lease_dir is not None:
+        mounts.append(Mount(target=LEASE_MOUNT, source=req.lease_dir, type="bind", read_only=True))
     container = ContainerSpec(
         image=req.image,
         command=list(req.command) if req.command else list(DEFAULT_COMMAND),
         env=[f"{k}={v}" for k, v in sorted(env.items())],
         labels=dict(labels),
-        mounts=[
-            Mount(target=CODE_MOUNT, source=req.code_dir, type="bind", read_only=True),
-            Mount(target=OUTPUT_MOUNT, source=req.output_dir, type="bind", read_only=False),
-        ],
+        mounts=mounts,
         stop_grace_period=int(req.stop_grace * 1e9),
         init=True,
         user=req.user,
@@ -364,8 +371,33 @@ async def open_service(
             except SwarmError:
                 pass
         raise
-    try:
+    async with _removed_on_exit(client, handle, remove_timeout):
         yield handle
+
+
+@asynccontextmanager
+async def adopt_service(
+    client: SwarmClient, service_id: str, job_id: str, *, remove_timeout: float = 20.0
+) -> AsyncIterator[ServiceHandle]:
+    """Take charge of a job's service that already exists (created by an earlier supervisor, e.g. before a
+    restart; found by its labels); yield its :class:`ServiceHandle`. ``service_id``: id or name.
+
+    Raises :class:`SwarmError` if there is no such service (or the manager cannot be asked). Leaving the block
+    removes the service and waits until its task is gone, exactly as :func:`open_service` does.
+    """
+    try:
+        info = await client._call(f"inspect service {service_id}", client.api.inspect_service, service_id)
+    except docker.errors.NotFound as exc:
+        raise SwarmError(f"adopt service {service_id}: no such service") from exc
+    handle = ServiceHandle(info["ID"], (info.get("Spec") or {}).get("Name", ""), job_id)
+    async with _removed_on_exit(client, handle, remove_timeout):
+        yield handle
+
+
+@asynccontextmanager
+async def _removed_on_exit(client: SwarmClient, handle: ServiceHandle, remove_timeout: float) -> AsyncIterator[None]:
+    try:
+        yield
     finally:
         with trio.move_on_after(remove_timeout, shield=True):
             try:
@@ -494,7 +526,7 @@ def _read_exact(raw: Any, n: int) -> bytes | None:
 
 
 __all__ = [
-    "CODE_MOUNT", "DEFAULT_COMMAND", "LABEL_JOB", "LABEL_SUPERVISOR", "OUTPUT_MOUNT", "NodeInfo", "ServiceHandle",
-    "ServiceInfo", "ServiceRequest", "SwarmClient", "SwarmError", "TaskState", "build_service_spec",
-    "follow_logs", "open_service",
+    "CODE_MOUNT", "DEFAULT_COMMAND", "LABEL_JOB", "LABEL_SUPERVISOR", "LEASE_MOUNT", "OUTPUT_MOUNT", "NodeInfo",
+    "ServiceHandle", "ServiceInfo", "ServiceRequest", "SwarmClient", "SwarmError", "TaskState", "adopt_service",
+    "build_service_spec", "follow_logs", "open_service",
 ]

@@ -1,26 +1,35 @@
 """OrchestratorService: each RPC becomes calls on the supervisor's Python API (run in Trio).
 
-Handlers run on the asyncio loop (grpc.aio) and cross into Trio through :func:`cumulus.asyncio_bridge.call_trio`.
-Errors raised on purpose become a gRPC status with their message (:mod:`cumulus.rpc.status`); anything else is
-logged and becomes INTERNAL. No handler lets an exception take the server down.
+Handlers run on the asyncio loop (grpc.aio) and cross into Trio through :mod:`cumulus.asyncio_bridge`
+(:func:`call_trio` for one call, :func:`iterate_trio` to follow a job's events). Errors raised on purpose become a
+gRPC status with their message (:mod:`cumulus.rpc.status`); anything else is logged and becomes INTERNAL. No
+handler lets an exception take the server down.
+
+Streams (SubmitJob, WatchJob) follow :meth:`JobRecord.events` until the job is torn down. A client that goes away
+mid-stream only ends its own subscription: the job keeps running (cancel it with CancelJob).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable
+import time
+from contextlib import aclosing
+from typing import Any, AsyncIterator, Callable
 
 import grpc
 
 from cumulus._version import __version__
-from cumulus.asyncio_bridge import call_trio
-from cumulus.errors import CumulusError
+from cumulus.asyncio_bridge import call_trio, iterate_trio
+from cumulus.errors import CumulusError, InvalidRequest
+from cumulus.rpc import convert
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
 from cumulus.rpc.status import status_for
 
 log = logging.getLogger(__name__)
+
+MAX_JOB_ID_LEN = 256
 
 
 def _unary(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -37,9 +46,81 @@ def _unary(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _streaming(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    @functools.wraps(method)
+    async def wrapper(self: OrchestratorServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            async with aclosing(method(self, request, context)) as items:
+                async for item in items:
+                    yield item
+        except CumulusError as error:
+            await context.abort(status_for(error), str(error))
+        except Exception as error:  # noqa: BLE001 - a bug: INTERNAL, keep serving
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
+
+    return wrapper
+
+
+def _job_id(value: str) -> str:
+    if not value:
+        raise InvalidRequest("job_id is empty; give the id printed when the job was submitted")
+    if len(value) > MAX_JOB_ID_LEN or any(not c.isprintable() for c in value):
+        raise InvalidRequest(f"job_id {value[:40]!r} is not a job id")
+    return value
+
+
 class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
     def __init__(self, api: Any) -> None:
         self._api = api
+
+    async def _follow(self, record: Any, *, replay_logs: bool) -> AsyncIterator[pb.JobEvent]:
+        async with aclosing(iterate_trio(lambda: record.events(replay_logs=replay_logs))) as events:
+            async for event in events:
+                yield convert.event_to_pb(event)
+
+    @_streaming
+    async def SubmitJob(self, request: pb.JobSubmission, context: Any) -> AsyncIterator[pb.JobEvent]:
+        spec = convert.spec_from_submission(request, self._api.settings)
+        record = await call_trio(self._api.submit, spec)
+        # The first event names the job at once, whatever the job's actor publishes (and when).
+        yield convert.message_event(record.job_id, f"accepted as job {record.job_id}", time.time())
+        async with aclosing(self._follow(record, replay_logs=True)) as events:
+            async for event in events:
+                yield event
+
+    @_streaming
+    async def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> AsyncIterator[pb.JobEvent]:
+        record = await call_trio(self._api.get, _job_id(request.job_id))
+        async with aclosing(self._follow(record, replay_logs=request.include_logs)) as events:
+            async for event in events:
+                yield event
+
+    @_unary
+    async def GetJobStatus(self, request: pb.GetJobStatusRequest, context: Any) -> pb.JobStatus:
+        record = await call_trio(self._api.get, _job_id(request.job_id))
+        return convert.status_to_pb(record)
+
+    @_unary
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.CancelJobResponse:
+        record, was_running = await call_trio(self._api.cancel, _job_id(request.job_id))
+        reply = pb.CancelJobResponse(status=convert.status_to_pb(record), was_running=was_running)
+        if record.teardown is not None:
+            reply.teardown.CopyFrom(convert.teardown_to_pb(record.teardown))
+        return reply
+
+    @_unary
+    async def ListWorkers(self, request: pb.ListWorkersRequest, context: Any) -> pb.ListWorkersResponse:
+        workers = await call_trio(self._api.list_workers)
+        return pb.ListWorkersResponse(workers=[convert.worker_to_pb(w) for w in workers])
+
+    @_unary
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
+        records = await call_trio(self._api.list_jobs, request.include_finished)
+        records = sorted(records, key=lambda r: r.submitted_at)
+        if request.limit:
+            records = records[-request.limit:]  # the most recent ones, oldest first
+        return pb.ListJobsResponse(jobs=[convert.status_to_pb(r) for r in records])
 
     @_unary
     async def HealthCheck(self, request: pb.HealthCheckRequest, context: Any) -> pb.HealthCheckResponse:

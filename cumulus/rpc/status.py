@@ -33,3 +33,26 @@ def error_for(code: grpc.StatusCode, message: str) -> errors.CumulusError:
     if code == grpc.StatusCode.UNAVAILABLE:
         return errors.SupervisorUnavailable(message)
     return errors.CumulusError(f"{code.name}: {message}")
+
+
+def error_from_rpc(error: grpc.RpcError, address: str) -> errors.CumulusError:
+    """The exception a client raises for a failed RPC to the supervisor at ``address``.
+
+    Like :func:`error_for`, plus what only the client knows: an unreachable supervisor names its address, and a
+    request over the server's message limit is a :class:`~cumulus.errors.PackageTooLarge`.
+    """
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = (error.details() if hasattr(error, "details") else "") or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return errors.SupervisorUnavailable(
+            f"no Cumulus supervisor reachable at {address} ({details or 'unavailable'}); start one with "
+            f"`cumulus supervisor`, or point the client at it with --address / CUMULUS_ADDRESS")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return errors.SupervisorUnavailable(f"the supervisor at {address} did not answer in time ({details})")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details.lower():
+        return errors.PackageTooLarge(
+            f"the request is bigger than the supervisor at {address} accepts ({details}); pass big data by "
+            f"reference (a path or URL the job reads) instead of as an argument")
+    if code == grpc.StatusCode.CANCELLED:
+        return errors.CumulusError(f"the call to {address} was cancelled ({details})")
+    return error_for(code, details)

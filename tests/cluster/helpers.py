@@ -8,7 +8,8 @@ What "nothing left" means once every job of ``job_ids`` has been torn down:
 * the job record: torn down, teardown report without leaks, exactly one terminal state event (the terminal state is
   written once), and the expected final state if one is given;
 * Swarm: no service labelled ``cumulus.supervisor_id=<sid>`` on the manager, no container labelled with one of the
-  job ids on any worker's own dockerd;
+  job ids on any worker's own dockerd (an *exited* one is given ``EXITED_CONTAINER_GRACE`` s: Swarm drops a
+  removed service's task once its container stopped, and the worker deletes the container a moment later);
 * worker hosts (the local cluster's namespaces share this machine's process table and filesystem): no process
   whose command line names ``cumulus-partition-holder`` and the job id (the holder or its SSH wrapper), no Chronos
   lock file ``/tmp/chronos_locks/<partition id>.lock`` of the job, nor a lock file created during the job's life
@@ -37,6 +38,7 @@ from cumulus.jobs import JobRecord, JobState
 
 CHRONOS_LOCKS = Path("/tmp/chronos_locks")
 HOLDER_NAME = "cumulus-partition-holder"
+EXITED_CONTAINER_GRACE = 5.0
 _LOCK_RE = re.compile(r"^partition_(\d+)_(\d+)_\d+\.lock$")
 
 
@@ -183,7 +185,14 @@ async def _accounting_problems(sup: Any) -> list[str]:
 
 def _external_problems(sid: str, job_ids: list[str], records: list[JobRecord], desc: dict) -> list[str]:
     problems = [f"service left: {s}" for s in swarm_services(sid, desc)]
-    problems += [f"container left: {c}" for c in worker_containers(job_ids, desc)]
+    containers = worker_containers(job_ids, desc)
+    # Swarm forgets a removed service's task once its container has stopped; the worker removes the exited
+    # container a moment later, on its own. Stopped-but-not-yet-removed is not a leak unless it stays.
+    deadline = time.monotonic() + EXITED_CONTAINER_GRACE
+    while containers and all(c.endswith("(exited)") for c in containers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        containers = worker_containers(job_ids, desc)
+    problems += [f"container left: {c}" for c in containers]
     problems += [f"holder process left: {p}" for p in holder_processes(job_ids)]
     problems += [f"chronos lock left: {lock}" for lock in stale_locks(records)]
     problems += [f"job dir left: {d}" for d in job_dirs(job_ids, desc.get("jobs_dir", "/var/lib/cumulus/jobs"))]

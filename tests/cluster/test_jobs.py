@@ -17,7 +17,7 @@ from cumulus.config import load_settings
 from cumulus.errors import RemoteError
 from cumulus.jobs import JobRecord, JobSpec, JobState
 
-from helpers import assert_nothing_left, wait_workers_healthy
+from helpers import assert_nothing_left, find_leftovers, holder_processes, wait_workers_healthy
 
 SID = f"tj-{secrets.token_hex(4)}"  # this module's own supervisor id: orphan reaping leaves others alone
 JOB_TIMEOUT = 30
@@ -230,3 +230,41 @@ async def test_cancel_after_teardown_is_a_no_op(sup):
     assert returned is record and not was_live
     assert record.state is JobState.COMPLETED and decode_result(record.result).value == 3
     await assert_nothing_left(sup, SID, [record.job_id], expect={record.job_id: JobState.COMPLETED})
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "product bug: SshConnection.open_process (cumulus/resources/ssh.py) abandons asyncssh create_process on "
+    "cancellation; a session opened on the worker but not yet returned is never closed, so the holder runs on "
+    "with its partition (until --duration) while the teardown reports the job clean and frees its share"))
+async def test_cancel_while_the_holder_session_opens(sup, monkeypatch):
+    """A cancel that lands while the partition holder's SSH session is being opened (its exec reply still in
+    flight) must stop the holder, like one that lands a moment later. The slow reply is injected: asyncssh's
+    create_process returns 0.5 s after the remote process started (on a real network, the round trip)."""
+    import asyncio
+
+    import asyncssh
+
+    real_create_process = asyncssh.SSHClientConnection.create_process
+
+    async def slow_create_process(self, *args, **kwargs):
+        process = await real_create_process(self, *args, **kwargs)
+        await asyncio.sleep(0.5)
+        return process
+
+    record = await sup.submit(spec(sleeper, 60, duration=5))  # a leaked holder expires after 5 s
+    await wait_state(record, JobState.SCHEDULING)
+    monkeypatch.setattr(asyncssh.SSHClientConnection, "create_process", slow_create_process)
+    try:
+        await wait_state(record, JobState.CREATING_PARTITION)
+        await trio.sleep(0.25)  # the holder runs on the worker; its session has not been returned yet
+        assert holder_processes([record.job_id]), ("the holder should be running by now", record.state, [(e.state, e.message) for _, e in record._events])
+        with trio.fail_after(JOB_TIMEOUT):
+            await sup.cancel(record.job_id)
+        monkeypatch.undo()
+        problems = await find_leftovers(sup, SID, [record.job_id], expect={record.job_id: JobState.CANCELLED})
+    finally:
+        monkeypatch.undo()
+        with trio.move_on_after(10):  # leave the cluster clean for the next test either way
+            while await trio.to_thread.run_sync(holder_processes, [record.job_id]):
+                await trio.sleep(0.2)
+    assert not problems, "left behind:\n  " + "\n  ".join(problems)

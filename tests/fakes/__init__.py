@@ -1,1 +1,1 @@
-"""In-memory fakes for unit tests of actor and RPC logic. Never used outside tests."""
+"""Test doubles. Everything here is a fake, named as such; nothing here talks to Docker, SSH or a GPU."""

@@ -17,6 +17,7 @@ import trio
 
 from cumulus.backends import Backends, NodeOrphans
 from cumulus.resources.ssh import SshError
+from cumulus.resources.swarm import SwarmError
 from cumulus.resources.swarm import LABEL_JOB, LABEL_SUPERVISOR, NodeInfo, ServiceRequest, TaskState
 
 DELAY = 0.05
@@ -56,6 +57,11 @@ class FakePartition:
     job_id: str
     lost: trio.Event = field(default_factory=trio.Event)
     lost_reason: str = ""
+    renewed_at: float = 0.0
+
+    @property
+    def holder_pid(self) -> int:
+        return hash(self.partition_id) % 100000
 
 
 class FakeWorld:
@@ -70,6 +76,8 @@ class FakeWorld:
         self.running: set[str] = set()  # service ids whose container process is alive
         self.unreachable: set[str] = set()  # hostnames whose SSH is cut
         self.max_used: dict[tuple[str, int], float] = {}
+        self.frozen = False  # set when the supervisor "dies": nothing it owned gets released
+        self.lease_ttl = 30.0
         self._ids = itertools.count(1)
 
     def backends(self) -> Backends:
@@ -87,6 +95,17 @@ class FakeWorld:
         if node.hostname in self.unreachable:
             raise SshError(node.hostname, "connect", "connection refused")
         yield FakeNode(self, node)
+
+    async def expire_when_not_renewed(self, partition: FakePartition) -> None:
+        """The holder's dead-man switch: not renewed within the TTL -> release, and the container stops."""
+        while partition.partition_id in self.partitions:
+            await trio.sleep(1)
+            if trio.current_time() - partition.renewed_at > self.lease_ttl:
+                self.partitions.pop(partition.partition_id, None)
+                for container in self.services.values():
+                    if container.job_id == partition.job_id:
+                        container.stop.set()
+                return
 
     def cut(self, hostname: str) -> None:
         """The node's SSH goes away: connections fail, and every partition held over them is lost."""
@@ -146,8 +165,22 @@ class FakeSwarm:
             yield type("Handle", (), {"id": service_id, "name": f"cumulus-{request.job_id}"})()
         finally:
             with trio.move_on_after(10, shield=True):
-                await self.remove_service(service_id)
-                await container.gone.wait()
+                if not world.frozen:  # a killed supervisor releases nothing
+                    await self.remove_service(service_id)
+                    await container.gone.wait()
+
+    @asynccontextmanager
+    async def adopt_service(self, service_id: str, job_id: str) -> AsyncIterator[Any]:
+        container = self.world.services.get(service_id)
+        if container is None:
+            raise SwarmError(f"no service {service_id}")
+        try:
+            yield type("Handle", (), {"id": service_id, "name": f"cumulus-{job_id}"})()
+        finally:
+            with trio.move_on_after(10, shield=True):
+                if not self.world.frozen:
+                    await self.remove_service(service_id)
+                    await container.gone.wait()
 
     async def _lifecycle(self, container: FakeContainer) -> None:
         try:
@@ -204,6 +237,10 @@ class FakeNode:
         self.world = world
         self.node = node
         self.label = node.hostname
+        self.leases: dict[str, FakePartition] = {}
+
+    def lease_dir(self, job_id: str) -> str | None:
+        return f"/var/lib/cumulus/jobs/.leases/{job_id}"
 
     @asynccontextmanager
     async def open_partition(self, *, device: int, fraction: float, duration: float, job_id: str):
@@ -212,15 +249,45 @@ class FakeNode:
         if self.node.hostname in world.unreachable:
             raise SshError(self.node.hostname, "create partition", "connection lost")
         partition = FakePartition(f"partition_{next(world._ids)}", self.node.hostname, device, fraction, job_id)
+        partition.renewed_at = trio.current_time()
         world.partitions[partition.partition_id] = partition
+        world.nursery.start_soon(world.expire_when_not_renewed, partition)
         key = (self.node.hostname, device)
         world.max_used[key] = max(world.max_used.get(key, 0.0), world.used_share(*key))
-        try:
+        async with self._held(partition):
             yield partition
+
+    @asynccontextmanager
+    async def adopt_partition(self, *, job_id: str, partition_id: str, device: int, fraction: float):
+        partition = self.world.partitions.get(partition_id)
+        if partition is None:
+            raise SshError(self.node.hostname, "adopt partition", f"the holder of {job_id} is gone")
+        partition.lost = trio.Event()  # a fresh lease object for the new owner
+        async with self._held(partition):
+            yield partition
+
+    @asynccontextmanager
+    async def _held(self, partition: FakePartition):
+        self.leases[partition.job_id] = partition
+        try:
+            yield
         finally:
+            self.leases.pop(partition.job_id, None)
             with trio.move_on_after(5, shield=True):
                 await trio.sleep(DELAY)
-            world.partitions.pop(partition.partition_id, None)
+            if not self.world.frozen:
+                self.world.partitions.pop(partition.partition_id, None)
+
+    async def renew_leases(self) -> None:
+        await trio.sleep(0)
+        if self.node.hostname in self.world.unreachable:
+            raise SshError(self.node.hostname, "renew", "connection lost")
+        for job_id, partition in list(self.leases.items()):
+            if partition.partition_id in self.world.partitions:
+                partition.renewed_at = trio.current_time()
+            else:
+                partition.lost_reason = "holder gone or lease expired"
+                partition.lost.set()
 
     @asynccontextmanager
     async def open_job_files(self, *, job_id: str, package: bytes):
@@ -237,13 +304,40 @@ class FakeNode:
                 await trio.sleep(DELAY / 5)
                 return world.outputs.get(job_id)
 
+        async with self._files_held(job_id, Files()) as files:
+            yield files
+
+    @asynccontextmanager
+    async def adopt_job_files(self, *, job_id: str):
+        if (self.node.hostname, self.job_id_checked(job_id)) not in self.world.job_dirs:
+            raise SshError(self.node.hostname, "adopt files", f"no job dir for {job_id}")
+        world = self.world
+
+        class Files:
+            code_dir = f"/var/lib/cumulus/jobs/{job_id}/code"
+            output_dir = f"/var/lib/cumulus/jobs/{job_id}/output"
+
+            @staticmethod
+            async def fetch_result(max_bytes: int) -> bytes | None:
+                return world.outputs.get(job_id)
+
+        async with self._files_held(job_id, Files()) as files:
+            yield files
+
+    @staticmethod
+    def job_id_checked(job_id: str) -> str:
+        return job_id
+
+    @asynccontextmanager
+    async def _files_held(self, job_id: str, files: Any):
         try:
-            yield Files()
+            yield files
         finally:
             with trio.move_on_after(5, shield=True):
                 await trio.sleep(DELAY / 5)
-            world.job_dirs.discard((self.node.hostname, job_id))
-            world.outputs.pop(job_id, None)
+            if not self.world.frozen:
+                self.world.job_dirs.discard((self.node.hostname, job_id))
+                self.world.outputs.pop(job_id, None)
 
     async def find_orphans(self, job_prefix: str) -> NodeOrphans:
         holders: dict[str, list[int]] = {}

@@ -18,10 +18,12 @@ import collections
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import zipfile
@@ -255,6 +257,54 @@ def setup_partition() -> None:
         log(f"torch memory fraction not set: {type(exc).__name__}: {exc}")
 
 
+# ----------------------------------------------------------------------------------------------- lease watchdog
+
+LEASE_POLL_S = 0.5
+
+
+def start_lease_watchdog() -> threading.Thread | None:
+    """The job's half of the partition lease (dead-man switch): the worker's partition holder writes
+    ``<lease dir>/expired`` when the supervisor stopped renewing the lease, releases the partition and exits; the
+    job must not go on using a GPU share that is no longer reserved for it. Every 0.5 s: if that file exists,
+    SIGKILL the runner's whole process group (the runner and the job's subprocesses; the container then exits,
+    137). The lease dir is ``$CUMULUS_LEASE_DIR`` (default ``/cumulus/lease``); none mounted = no watchdog."""
+    lease_dir = os.environ.get("CUMULUS_LEASE_DIR") or "/cumulus/lease"
+    if not os.path.isdir(lease_dir):
+        return None
+    marker = os.path.join(lease_dir, "expired")
+    # The group to kill is the runner's own (under the container's init it already is: tini starts its child in a
+    # new process group); never a caller's group when the runner is started by hand.
+    if os.getpgid(0) != os.getpid():
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+
+    def watch() -> None:
+        while True:
+            try:
+                expired = os.path.exists(marker)
+            except Exception:  # noqa: BLE001 - never let the watchdog die of a transient error
+                expired = False
+            if expired:
+                try:
+                    os.write(2, b"[cumulus] partition lease expired: stopping the job\n")
+                except OSError:
+                    pass
+                try:
+                    os.killpg(os.getpgid(0), signal.SIGKILL)
+                except OSError:
+                    pass
+                # Still here: we are PID 1 of the container (no init), which SIGKILL from inside cannot end.
+                os._exit(128 + signal.SIGKILL)
+            time.sleep(LEASE_POLL_S)
+
+    t = threading.Thread(target=watch, name="cumulus-lease-watchdog", daemon=True)
+    t.start()
+    log(f"lease watchdog on {lease_dir}")
+    return t
+
+
 # ----------------------------------------------------------------------------------------------- envelope
 
 
@@ -355,6 +405,7 @@ def run_job(code_dir: str, work: str) -> tuple[int, dict]:
 def main() -> int:
     code_dir = os.path.abspath(os.environ.get("CUMULUS_CODE_DIR", "/cumulus/code"))
     out_dir = os.path.abspath(os.environ.get("CUMULUS_OUTPUT_DIR", "/cumulus/output"))
+    start_lease_watchdog()  # before anything of the job runs (extraction and pip included)
     work = tempfile.mkdtemp(prefix="cumulus-job-", dir=os.environ.get("CUMULUS_WORK_DIR") or None)
     cwd = os.getcwd()
     try:

@@ -1,0 +1,150 @@
+"""``@remote``, ``get`` and ``wait``: the Ray-like face of the SDK.
+
+    import cumulus
+
+    @cumulus.remote(gpu=0.25, duration=600, requirements=["numpy"])
+    def train(x):
+        ...
+
+    ref = train.remote(3)             # submitted; returns a JobRef once the supervisor accepted it
+    value = cumulus.get(ref)          # blocks; re-raises the job's exception with its remote traceback
+    train(3)                          # a plain call runs locally, in this process
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable, Sequence, TypeVar, overload
+
+from cumulus.client.client import JobRef, client_for, normalize_options
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class RemoteFunction:
+    """A function that can run as a Cumulus job. Made by :func:`remote`.
+
+    * ``f.remote(*args, **kwargs)`` submits a job and returns a :class:`JobRef`.
+    * ``f.options(**opts)`` returns a NEW RemoteFunction with those options changed; ``f`` is unchanged.
+    * ``f(*args, **kwargs)`` runs the function locally, right here (handy in tests and for debugging). Use
+      ``.remote()`` to run it on the cluster.
+
+    Options: ``gpu`` (share of one device 0 < g <= 1, or whole devices 1..8; ``gpu_memory`` is an alias),
+    ``duration`` (seconds the job may run; 0/None: the supervisor's default), ``requirements`` (PEP 508 strings
+    installed in the job's container), ``env`` (extra environment variables), ``retries`` (infrastructure
+    retries), ``retry_exceptions``, ``timeout`` (default seconds :meth:`JobRef.result` waits; None: forever),
+    ``address`` (the supervisor; default :func:`cumulus.config.default_address`), ``name``, ``priority``,
+    ``max_queue_seconds``, ``log_to_driver`` (print the job's output here; default on unless
+    ``CUMULUS_QUIET_LOGS=1``).
+    """
+
+    def __init__(self, func: Callable[..., Any], options: dict[str, Any] | None = None) -> None:
+        if not callable(func):
+            raise TypeError(f"@remote needs a function, got {type(func).__name__}")
+        if isinstance(func, RemoteFunction):
+            options = {**func._cumulus_options, **(options or {})}
+            func = func._cumulus_function
+        normalize_options(dict(options or {}))  # fail at the decoration, not at the first .remote()
+        self._cumulus_function = func
+        self._cumulus_options = dict(options or {})
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function locally (not as a job). Use ``.remote(...)`` to run it on the cluster."""
+        return self._cumulus_function(*args, **kwargs)
+
+    def remote(self, *args: Any, **kwargs: Any) -> JobRef:
+        """Submit ``f(*args, **kwargs)`` as a job; returns its JobRef as soon as the supervisor accepted it."""
+        client = client_for(self._cumulus_options.get("address"))
+        return client.submit_call(self._cumulus_function, args, kwargs, **self._cumulus_options)
+
+    def options(self, **options: Any) -> RemoteFunction:
+        """A copy with ``options`` changed (this function is unchanged)."""
+        return RemoteFunction(self._cumulus_function, {**self._cumulus_options, **options})
+
+    @property
+    def remote_options(self) -> dict[str, Any]:
+        return dict(self._cumulus_options)
+
+    def __repr__(self) -> str:
+        name = getattr(self._cumulus_function, "__qualname__", repr(self._cumulus_function))
+        opts = ", ".join(f"{k}={v!r}" for k, v in self._cumulus_options.items())
+        return f"<remote function {name}{' (' + opts + ')' if opts else ''}>"
+
+    def __reduce__(self) -> Any:  # shipped inside jobs as (function, options): no client, no threads
+        return (RemoteFunction, (self._cumulus_function, self._cumulus_options))
+
+
+@overload
+def remote(func: F, /) -> RemoteFunction: ...
+@overload
+def remote(func: None = None, /, **options: Any) -> Callable[[F], RemoteFunction]: ...
+
+
+def remote(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Make a function runnable as a Cumulus job: ``@remote`` or ``@remote(gpu=0.25, duration=600, ...)``.
+
+    See :class:`RemoteFunction` for the options. Calling the decorated function directly runs it locally; use
+    ``f.remote(...)`` to submit it.
+    """
+    if func is None:
+        normalize_options(options)
+        return lambda f: RemoteFunction(f, options)
+    if options:
+        raise TypeError("use @remote(option=...) or @remote, not remote(func, option=...)")
+    return RemoteFunction(func)
+
+
+def get(refs: JobRef | Sequence[JobRef], timeout: float | None = None) -> Any:
+    """The value of one JobRef, or the list of values of a list of JobRefs (blocking; ``timeout`` in total).
+
+    Raises the first failed job's exception (original type, remote traceback as ``__cause__``) or
+    ``TimeoutError``.
+    """
+    if isinstance(refs, JobRef):
+        return refs.result(timeout)
+    if not isinstance(refs, (list, tuple)) or not all(isinstance(r, JobRef) for r in refs):
+        raise TypeError(f"cumulus.get takes a JobRef or a list of JobRefs, got {type(refs).__name__}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    values = []
+    for ref in refs:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        values.append(ref.result(remaining))
+    return values
+
+
+def wait(refs: Sequence[JobRef], num_returns: int = 1, timeout: float | None = None
+         ) -> tuple[list[JobRef], list[JobRef]]:
+    """Wait until ``num_returns`` of ``refs`` are done (or ``timeout`` seconds passed): ``(ready, not_ready)``.
+
+    ``ready`` holds at most ``num_returns`` refs, in the order given; a done ref may have failed (its
+    ``result()`` raises). Never raises for a job's failure.
+    """
+    import threading
+
+    refs = list(refs)
+    if not all(isinstance(r, JobRef) for r in refs):
+        raise TypeError("cumulus.wait takes a list of JobRefs")
+    if not 0 <= num_returns <= len(refs):
+        raise ValueError(f"num_returns={num_returns} must be between 0 and len(refs)={len(refs)}")
+    changed = threading.Event()
+    for ref in refs:
+        ref._add_done_callback(changed.set)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            changed.clear()
+            done = [r for r in refs if r.done()]
+            if len(done) >= num_returns:
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            changed.wait(remaining)
+    finally:
+        for ref in refs:
+            ref._remove_done_callback(changed.set)
+    ready = [r for r in refs if r.done()][:num_returns]
+    chosen = {id(r) for r in ready}
+    return ready, [r for r in refs if id(r) not in chosen]

@@ -1,0 +1,166 @@
+"""Plain Python views of what the supervisor reports (built from the wire types; no gRPC needed to use them)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cumulus.errors import CumulusError
+from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
+
+TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+class JobFailed(CumulusError):
+    """A job ended without a value and without an exception of its own (infrastructure failure, timeout, lost
+    node, killed). ``state`` and ``reason`` say what the supervisor reported."""
+
+    def __init__(self, job_id: str, state: str, reason: str = "", detail: str = "") -> None:
+        self.job_id = job_id
+        self.state = state
+        self.reason = reason
+        text = f"job {job_id} ended {state}"
+        if reason:
+            text += f" ({reason})"
+        if detail:
+            text += f": {detail}"
+        super().__init__(text)
+
+
+class JobCancelled(JobFailed):
+    """The job was cancelled before it produced a result."""
+
+
+def _time(ts: Any) -> float | None:
+    if ts is None or (ts.seconds == 0 and ts.nanos == 0):
+        return None
+    return ts.seconds + ts.nanos / 1e9
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """One job's status (``cumulus status``, :meth:`JobRef.status`). Times are Unix seconds or None."""
+
+    job_id: str
+    state: str
+    name: str = ""
+    reason: str = ""
+    worker: str = ""
+    device_index: int = -1
+    gpu: float = 0.0
+    partition_id: str = ""
+    service_id: str = ""
+    submitted_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempt: int = 0
+    has_result: bool = False
+    queue_position: int = 0
+    released: tuple[str, ...] = ()
+    leaked: tuple[str, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @classmethod
+    def from_pb(cls, msg: pb.JobStatus) -> JobInfo:
+        return cls(
+            job_id=msg.job_id, state=pb.JobState.Name(msg.state), name=msg.name, reason=msg.reason,
+            worker=msg.worker, device_index=msg.device_index, gpu=msg.gpu, partition_id=msg.partition_id,
+            service_id=msg.service_id, submitted_at=_time(msg.submitted_at), started_at=_time(msg.started_at),
+            finished_at=_time(msg.finished_at), attempt=msg.attempt, has_result=msg.has_result,
+            queue_position=msg.queue_position, released=tuple(msg.teardown.released),
+            leaked=tuple(msg.teardown.leaked),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["released"], data["leaked"] = list(self.released), list(self.leaked)
+        return data
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """What :meth:`JobRef.cancel` / ``cumulus cancel`` learnt: returned once the job's resources are torn down."""
+
+    job_id: str
+    was_running: bool
+    state: str
+    released: tuple[str, ...] = ()
+    leaked: tuple[str, ...] = ()
+    status: JobInfo | None = None
+
+    @property
+    def clean(self) -> bool:
+        return not self.leaked
+
+    @classmethod
+    def from_pb(cls, msg: pb.CancelJobResponse) -> CancelResult:
+        info = JobInfo.from_pb(msg.status)
+        return cls(job_id=info.job_id, was_running=msg.was_running, state=info.state,
+                   released=tuple(msg.teardown.released), leaked=tuple(msg.teardown.leaked), status=info)
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    index: int
+    name: str
+    kind: str
+    is_gpu: bool
+    memory_bytes: int
+    uuid: str
+    used_share: float
+    free_share: float
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    node_id: str
+    hostname: str
+    ssh_address: str
+    state: str
+    healthy: bool
+    running_jobs: int = 0
+    reason: str = ""
+    devices: tuple[DeviceStatus, ...] = field(default=())
+
+    @classmethod
+    def from_pb(cls, msg: pb.Worker) -> WorkerStatus:
+        return cls(
+            node_id=msg.node_id, hostname=msg.hostname, ssh_address=msg.ssh_address, state=msg.state,
+            healthy=msg.healthy, running_jobs=msg.running_jobs, reason=msg.reason,
+            devices=tuple(DeviceStatus(d.index, d.name, d.kind, d.is_gpu, d.memory_bytes, d.uuid, d.used_share,
+                                       d.free_share) for d in msg.devices),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["devices"] = [asdict(d) for d in self.devices]
+        return data
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    """One event of a job as a client sees it (``kind`` is "state", "log", "result", "message")."""
+
+    job_id: str
+    time: float | None
+    kind: str
+    state: str = ""
+    reason: str = ""
+    stream: str = ""
+    text: str = ""
+    queue_position: int = 0
+    attempt: int = 0
+
+    @classmethod
+    def from_pb(cls, ev: pb.JobEvent) -> JobUpdate:
+        kind = ev.WhichOneof("kind") or "message"
+        return cls(
+            job_id=ev.job_id, time=_time(ev.time), kind=kind,
+            state=pb.JobState.Name(ev.state) if kind == "state" else "",
+            reason=ev.reason, stream=ev.log.stream if kind == "log" else "",
+            text=ev.log.text if kind == "log" else (ev.message if kind == "message" else ""),
+            queue_position=ev.queue_position, attempt=ev.attempt,
+        )

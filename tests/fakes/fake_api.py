@@ -1,0 +1,295 @@
+"""FakeSupervisorApi: the supervisor's Python API without Swarm, for tests of the RPC front door and the SDK.
+
+It keeps the real :class:`cumulus.jobs.JobRecord` and "runs" a job by executing the real job runner
+(``worker_image/image/runner.py``) in a local subprocess on the job's package (``CUMULUS_CODE_DIR`` /
+``CUMULUS_OUTPUT_DIR`` point at a temporary directory), relaying its stdout/stderr lines as log events and its
+``result.msgpack`` as the result event. So SDK tests are real end to end except for Swarm, SSH and partitions.
+
+:func:`running_fake_server` serves it with the real gRPC server (``cumulus.rpc.server.serve_grpc``) on loopback,
+in a background thread with its own ``trio.run``, so that blocking clients, Trio tests and asyncio tests can all
+talk to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import queue
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import trio
+
+from cumulus.app import Health
+from cumulus.config import Settings
+from cumulus.errors import CapacityExhausted, NotFound, Unsatisfiable
+from cumulus.jobs import (DeviceInfo, JobEvent, JobRecord, JobSpec, JobState, Placement, TeardownReport, WorkerInfo,
+                          check_gpu_share)
+
+RUNNER = Path(__file__).resolve().parents[2] / "worker_image" / "image" / "runner.py"
+
+FAKE_WORKERS = (
+    WorkerInfo(node_id="fake-node-1", hostname="fake-w1", ssh_address="127.0.0.1:2201", state="ready",
+               healthy=True, devices=(
+                   DeviceInfo(0, "Fake GPU 80GB", "gpu", True, 80 * 2**30, "GPU-fake-0"),
+                   DeviceInfo(1, "Fake GPU 80GB", "gpu", True, 80 * 2**30, "GPU-fake-1"),
+               )),
+    WorkerInfo(node_id="fake-node-2", hostname="fake-w2", ssh_address="127.0.0.1:2202", state="down",
+               healthy=False, reason="fake: node is down"),
+)
+
+
+@dataclass
+class _Job:
+    record: JobRecord
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    cancelled_by_user: bool = False
+
+
+class FakeSupervisorApi:
+    """The SupervisorApi contract (submit/get/cancel/list_jobs/list_workers/health/settings), faked.
+
+    ``start_delay`` keeps each job QUEUED for that many seconds before it runs (to observe progress or cancel
+    a queued job). ``calls`` records the API methods called, for assertions.
+    """
+
+    def __init__(self, settings: Settings, nursery: trio.Nursery, workdir: Path, *, start_delay: float = 0.0,
+                 workers: tuple[WorkerInfo, ...] = FAKE_WORKERS) -> None:
+        self.settings = settings
+        self._nursery = nursery
+        self._workdir = Path(workdir)
+        self.start_delay = start_delay
+        self.workers = workers
+        self.jobs: dict[str, _Job] = {}
+        self._by_key: dict[str, str] = {}
+        self._ids = itertools.count(1)
+        self.calls: list[str] = []
+
+    # ---- the API ------------------------------------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec) -> JobRecord:
+        self.calls.append("submit")
+        await trio.lowlevel.checkpoint()
+        if spec.idempotency_key and spec.idempotency_key in self._by_key:
+            return self.jobs[self._by_key[spec.idempotency_key]].record
+        check_gpu_share(spec.gpu)
+        biggest = max((len(w.devices) for w in self.workers), default=0)
+        if spec.whole_devices > biggest:
+            raise Unsatisfiable(f"gpu={spec.gpu:g} asks for {spec.whole_devices} whole devices; the largest worker "
+                                f"has {biggest} (fake cluster)")
+        if spec.max_queue_seconds == 1 and self.start_delay > 1:
+            raise CapacityExhausted("no device free now and max_queue_seconds=1 (fake cluster)")
+        job_id = f"fj{next(self._ids):03d}{uuid.uuid4().hex[:5]}"
+        record = JobRecord(job_id, spec)
+        record.queue_position = 1 if self.start_delay else 0
+        # A new record starts QUEUED without an event (set_state(QUEUED) is then a no-op): publish it, as the
+        # real supervisor should, so that streams show the whole history.
+        record._publish(JobEvent(job_id, time.time(), state=JobState.QUEUED, queue_position=record.queue_position))
+        job = _Job(record)
+        self.jobs[job_id] = job
+        if spec.idempotency_key:
+            self._by_key[spec.idempotency_key] = job_id
+        self._nursery.start_soon(self._run, job)
+        return record
+
+    async def get(self, job_id: str) -> JobRecord:
+        self.calls.append("get")
+        await trio.lowlevel.checkpoint()
+        try:
+            return self.jobs[job_id].record
+        except KeyError:
+            raise NotFound(f"no job {job_id!r} (fake supervisor)") from None
+
+    async def cancel(self, job_id: str) -> tuple[JobRecord, bool]:
+        self.calls.append("cancel")
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r} (fake supervisor)")
+        was_running = not job.record.state.terminal
+        if was_running:
+            job.cancelled_by_user = True
+            job.scope.cancel()
+        await job.record.torn_down.wait()
+        return job.record, was_running
+
+    async def list_jobs(self, include_finished: bool = True) -> list[JobRecord]:
+        self.calls.append("list_jobs")
+        await trio.lowlevel.checkpoint()
+        return [j.record for j in self.jobs.values() if include_finished or not j.record.state.terminal]
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        self.calls.append("list_workers")
+        await trio.lowlevel.checkpoint()
+        return list(self.workers)
+
+    async def health(self) -> Health:
+        await trio.lowlevel.checkpoint()
+        active = sum(1 for j in self.jobs.values() if not j.record.state.terminal)
+        return Health(serving=True, supervisor_id=self.settings.supervisor_id,
+                      workers_ready=sum(1 for w in self.workers if w.healthy), jobs_active=active)
+
+    # ---- running a job --------------------------------------------------------------------------------------
+
+    async def _run(self, job: _Job) -> None:
+        record = job.record
+        released: list[str] = []
+        try:
+            with job.scope:
+                with trio.move_on_after(record.spec.duration) as deadline:
+                    await self._lifecycle(record, released)
+                if deadline.cancelled_caught:
+                    record.add_message(f"duration of {record.spec.duration} s reached")
+                    record.set_state(JobState.FAILED, "timeout")
+            if job.scope.cancelled_caught or job.cancelled_by_user:
+                record.set_state(JobState.CANCELLED, "cancelled by user")
+        except Exception as error:  # noqa: BLE001 - the fake's own failure becomes an infrastructure failure
+            record.add_message(f"fake supervisor error: {type(error).__name__}: {error}")
+            record.set_state(JobState.FAILED, "infrastructure")
+        finally:
+            record.set_torn_down(TeardownReport(released=tuple(reversed(released))))
+
+    async def _lifecycle(self, record: JobRecord, released: list[str]) -> None:
+        if self.start_delay:
+            record.add_message("queued at position 1")
+            await trio.sleep(self.start_delay)
+        record.queue_position = 0
+        record.set_state(JobState.SCHEDULING)
+        worker = self.workers[0]
+        record.placement = Placement(worker=worker.hostname, node_id=worker.node_id, device_index=0,
+                                     share=min(record.spec.gpu, 1.0))
+        released.append("reservation")
+        record.add_message(f"placed on {worker.hostname} device 0")
+        record.set_state(JobState.CREATING_PARTITION)
+        record.partition_id = f"fake-part-{record.job_id}"
+        released.append("partition")
+        jobdir = Path(tempfile.mkdtemp(prefix=f"{record.job_id}-", dir=self._workdir))
+        (jobdir / "code").mkdir()
+        (jobdir / "output").mkdir()
+        (jobdir / "code" / "package.zip").write_bytes(record.spec.package)
+        released.append("files")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CUMULUS_")}
+        env.update(record.spec.env)
+        env.update({"CUMULUS_CODE_DIR": str(jobdir / "code"), "CUMULUS_OUTPUT_DIR": str(jobdir / "output"),
+                    "CUMULUS_WORK_DIR": str(jobdir), "CUMULUS_PIP_CACHE": str(jobdir / "no-pip-cache"),
+                    "CUMULUS_PARTITION_ID": record.partition_id, "CUMULUS_DEVICE_INDEX": "0",
+                    "CUMULUS_GPU_FRACTION": f"{record.spec.gpu:g}", "PYTHONUNBUFFERED": "1",
+                    "CUMULUS_MAX_PACKAGE_BYTES": str(self.settings.jobs.max_package_mb * 2**20)})
+        record.service_id = f"fake-svc-{record.job_id}"
+        process = await trio.lowlevel.open_process([sys.executable, str(RUNNER)], env=env, cwd=str(jobdir),
+                                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.PIPE)
+        released.append("service")
+        record.set_state(JobState.RUNNING)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._relay, record, process.stdout, "stdout")
+                nursery.start_soon(self._relay, record, process.stderr, "stderr")
+            code = await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+        result = jobdir / "output" / "result.msgpack"
+        if result.exists():
+            record.set_result(result.read_bytes())
+        if code == 0:
+            record.set_state(JobState.COMPLETED)
+        elif code == 1:
+            record.set_state(JobState.FAILED, "user_exception")
+        else:
+            record.set_state(JobState.FAILED, "infrastructure" if result.exists() else f"exit status {code}")
+
+    async def _relay(self, record: JobRecord, stream: Any, name: str) -> None:
+        pending = b""
+        async with stream:
+            while True:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    record.add_log(name, line.decode("utf-8", "replace"))
+        if pending:
+            record.add_log(name, pending.decode("utf-8", "replace"))
+
+
+# ---- serving it ------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class FakeServer:
+    address: str
+    api: FakeSupervisorApi
+    settings: Settings
+
+
+@contextlib.contextmanager
+def running_fake_server(workdir: Path | None = None, *, start_delay: float = 0.0,
+                        **settings_overrides: Any) -> Iterator[FakeServer]:
+    """Serve a FakeSupervisorApi over real gRPC on 127.0.0.1 (a thread with its own Trio run) for the block.
+
+    ``settings_overrides`` are dotted keys with ``_`` for ``.`` after the section: ``jobs_max_package_mb=1``.
+    """
+    from cumulus.config import load_settings
+    from cumulus.rpc.server import serve_grpc
+
+    overrides = {}
+    for key, value in settings_overrides.items():
+        section, _, leaf = key.partition("_")
+        overrides[f"{section}.{leaf}"] = value
+    port = free_port()
+    overrides["grpc.listen"] = f"127.0.0.1:{port}"
+    settings = load_settings(environ={}, overrides=overrides)
+    own_dir = tempfile.TemporaryDirectory(prefix="cumulus-fake-") if workdir is None else None
+    root = Path(own_dir.name) if own_dir else Path(workdir)
+    ready: queue.Queue[Any] = queue.Queue()
+    stop: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            api = FakeSupervisorApi(settings, nursery, root, start_delay=start_delay)
+            stop["token"] = trio.lowlevel.current_trio_token()
+            stop["scope"] = nursery.cancel_scope
+            address = await nursery.start(lambda task_status: serve_grpc(
+                api, settings.grpc.listen, max_message_bytes=settings.grpc.max_message_mb * 2**20,
+                task_status=task_status))
+            ready.put(FakeServer(address, api, settings))
+
+    def thread_main() -> None:
+        try:
+            trio.run(main)
+        except BaseException as error:  # noqa: BLE001 - hand it to the test
+            ready.put(error)
+
+    thread = threading.Thread(target=thread_main, name="fake-supervisor", daemon=True)
+    thread.start()
+    got = ready.get(timeout=30)
+    if isinstance(got, BaseException):
+        raise got
+    try:
+        yield got
+    finally:
+        stop["token"].run_sync_soon(stop["scope"].cancel)
+        thread.join(timeout=15)
+        if own_dir is not None:
+            own_dir.cleanup()
+
+
+__all__ = ["FAKE_WORKERS", "FakeServer", "FakeSupervisorApi", "free_port", "running_fake_server"]
