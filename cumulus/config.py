@@ -34,7 +34,7 @@ class GrpcSettings:
     """Largest request (code package included) the server accepts."""
 
     def validate(self) -> None:
-        parse_host_port(self.listen, key="grpc.listen")
+        parse_host_port(self.listen, key="grpc.listen", allow_any_port=True)
         _check_range("grpc.max_message_mb", self.max_message_mb, 1, 1024)
 
 
@@ -197,10 +197,13 @@ def apply_cluster_description(settings: Settings) -> Settings:
     return settings
 
 
-def parse_host_port(text: str, *, key: str = "address") -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[::1]:50051`` for IPv6); ConfigError with the key name when malformed."""
+def parse_host_port(text: str, *, key: str = "address", allow_any_port: bool = False) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:50051`` for IPv6); ConfigError with the key name when malformed.
+
+    ``allow_any_port``: port 0 is accepted (a server listening on any free port)."""
     match = _HOST_PORT.match(text.strip())
-    if not match or not 0 < int(match["port"]) < 65536:
+    low = 0 if allow_any_port else 1
+    if not match or not low <= int(match["port"]) < 65536:
         raise ConfigError(key, f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:50051, port 1..65535)")
     return match["host"].strip("[]"), int(match["port"])
 

@@ -86,6 +86,26 @@ class ResourceLeaked(CumulusError):
     """Recorded (not raised by default) when releasing an owned resource failed or timed out."""
 
 
+class JobFailed(CumulusError):
+    """A job ended without a value and without an exception of its own (infrastructure failure, timeout, lost
+    node, killed). ``state`` and ``reason`` say what the supervisor reported."""
+
+    def __init__(self, job_id: str, state: str, reason: str = "", detail: str = "") -> None:
+        self.job_id = job_id
+        self.state = state
+        self.reason = reason
+        text = f"job {job_id} ended {state}"
+        if reason:
+            text += f" ({reason})"
+        if detail:
+            text += f": {detail}"
+        super().__init__(text)
+
+
+class JobCancelled(JobFailed):
+    """The job was cancelled before it produced a result."""
+
+
 class RemoteError(CumulusError):
     """A job raised an exception whose type is not importable here; carries its type name and traceback."""
 

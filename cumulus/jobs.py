@@ -135,6 +135,14 @@ class JobRecord:
 
     # ---- written by the job actor -----------------------------------------------------------------------------
 
+    def announce(self) -> None:
+        """Publish the current state (and result) as events: QUEUED for a new job, the recorded end for a job
+        restored from the journal, so that every watcher starts from where the job stands."""
+        self._publish(JobEvent(self.job_id, time.time(), state=self.state, reason=self.reason,
+                               attempt=self.attempt))
+        if self.result is not None:
+            self._publish(JobEvent(self.job_id, time.time(), result=self.result, attempt=self.attempt))
+
     def set_state(self, state: JobState, reason: str = "") -> None:
         """Move to ``state``. The terminal state is written once: later calls after it are ignored."""
         if self.state.terminal or (state is self.state and not reason):

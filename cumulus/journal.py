@@ -116,6 +116,7 @@ def record_of(row: sqlite3.Row) -> JobRecord:
     record.partition_id, record.service_id, record.result = row["partition_id"], row["service_id"], row["result"]
     record.submitted_at, record.started_at, record.finished_at = (
         row["submitted_at"], row["started_at"], row["finished_at"])
+    record.announce()
     if record.state.terminal:
         record.finished.set()
         teardown = json.loads(row["teardown"]) if row["teardown"] else {"released": [], "leaked": []}

@@ -69,8 +69,8 @@ async def _terminal_states(record: JobRecord):
 async def test_a_job_runs_through_every_state_and_leaves_nothing(autojump_clock):
     async with fake_cluster() as (sup, world):
         record = await sup.submit(spec())
-        assert await states(record) == [JobState.SCHEDULING, JobState.CREATING_PARTITION, JobState.RUNNING,
-                                        JobState.COMPLETED]
+        assert await states(record) == [JobState.QUEUED, JobState.SCHEDULING, JobState.CREATING_PARTITION,
+                                        JobState.RUNNING, JobState.COMPLETED]
         assert record.state is JobState.COMPLETED
         assert record.result == f"ok:{record.job_id}".encode()
         assert record.teardown.released == ("service", "task watch", "files", "partition", "reservation")
@@ -88,7 +88,7 @@ async def test_state_order_and_logs_before_result(autojump_clock):
                 kinds.append("log")
             elif event.result is not None:
                 kinds.append("result")
-        assert kinds[:3] == ["SCHEDULING", "CREATING_PARTITION", "RUNNING"]
+        assert kinds[:4] == ["QUEUED", "SCHEDULING", "CREATING_PARTITION", "RUNNING"]
         assert kinds.index("log") < kinds.index("result") < kinds.index("COMPLETED") == len(kinds) - 1
 
 

@@ -24,9 +24,9 @@ from typing import Any
 import trio
 
 from cumulus.actors.base import Actor, ActorRef
-from cumulus.actors.job import Cancel, JobActor, Place, Unplace
-from cumulus.actors.worker import (CanEverFit, GetInfo, NodeUpdate, Release, Reserve, WorkerActor,
-                                   WorkerUnavailable)
+from cumulus.actors.job import Cancel, Enqueue, JobActor, Place, Placed, Unplace
+from cumulus.actors.worker import (GetInfo, NodeUpdate, Release, Reserve, WorkerActor, WorkerUnavailable,
+                                   parse_devices)
 from cumulus.backends import Backends, SwarmBackend
 from cumulus.config import Settings
 from cumulus.errors import ActorDied, CapacityExhausted, NotFound, RequestRejected, Unsatisfiable
@@ -121,6 +121,8 @@ class ClusterActor(Actor):
         self.reaped_services: list[str] = []
         self._restart_later: list[JobRecord] = []
         self._adopt_later: list[JobRecord] = []
+        self._full: set[str] = set()  # workers whose last answer was "no capacity"
+        self._drained: set[str] = set()  # jobs placed from the queue that have not acknowledged it yet
         self.queue: list[QueueTicket] = []  # kept sorted: higher priority first, then arrival order
         self._queue_seq = itertools.count()
 
@@ -146,8 +148,14 @@ class ClusterActor(Actor):
                 return await self._submit(spec)
             case Place(job_id, record, adopt):
                 if adopt:
-                    return await self._place_exactly(job_id, record)
-                return await self._place(job_id, record)
+                    return self._worker_of(record)
+                return self._candidates_or_ticket(job_id, record)
+            case Enqueue(job_id, record):
+                return self._enqueue(job_id, record, "no worker has room now")
+            case Placed(job_id, worker):
+                self.placements[job_id] = worker
+                self._drained.discard(job_id)  # the job knows where it holds its share and releases it there
+                return None
             case Unplace(job_id):
                 return await self._unplace(job_id)
             case GetJob(job_id):
@@ -191,7 +199,7 @@ class ClusterActor(Actor):
             existing = await self._find_key(spec.idempotency_key)
             if existing is not None:
                 return existing
-        await self._check_can_ever_fit(spec)
+        self._check_can_ever_fit(spec)
         if len(self.queue) >= self.settings.jobs.max_queue:  # strict order: it would have to wait behind them
             raise CapacityExhausted(f"the queue is full ({len(self.queue)} jobs waiting for capacity; "
                                     "jobs.max_queue): try again later")
@@ -201,6 +209,7 @@ class ClusterActor(Actor):
         if spec.idempotency_key:
             self.by_key[spec.idempotency_key] = job_id
         self.journal.cast_nowait(Save(row_of(record, with_package=True)))
+        record.announce()  # QUEUED, before anything else happens to it
         record.on_change = self._persist
         await self._start_job(record)
         return record
@@ -270,29 +279,37 @@ class ClusterActor(Actor):
         if self.jobs:
             log.warning("cluster: recovered %d unfinished jobs from the journal", len(self.jobs))
 
-    async def _check_can_ever_fit(self, spec: JobSpec) -> None:
+    def _check_can_ever_fit(self, spec: JobSpec) -> None:
+        """Refuse a request no worker could ever run, from the node inventories (no actor round trips)."""
         allow = self.settings.cluster.allow_non_gpu_devices
-        for ref in list(self.worker_refs.values()):
-            try:
-                if await ref.call(CanEverFit(spec, allow)):
-                    return
-            except ActorDied:
-                continue
+        needed = max(1, spec.whole_devices)
+        for node_id in self.worker_refs:
+            devices = parse_devices(self.nodes[node_id].labels)
+            if sum(1 for d in devices if d.is_gpu or allow) >= needed:
+                return
         what = "devices" if allow else "GPUs"
         if not self.worker_refs:
             raise Unsatisfiable("the cluster has no workers; add one with setup-worker.sh")
         raise Unsatisfiable(f"no worker has enough {what} for gpu={spec.gpu:g}"
                             + ("" if allow else " (non-GPU devices are not used: cluster.allow_non_gpu_devices)"))
 
-    async def _place(self, job_id: str, record: JobRecord) -> Any:
-        """An Allocation, or a QueueTicket when nothing fits now (CapacityExhausted when the queue is full)."""
-        if not self.queue:  # strict order: nobody overtakes a job that is already waiting
-            try:
-                return await self._try_place(job_id, record)
-            except CapacityExhausted as busy:
-                reason = str(busy)
-        else:
-            reason = "jobs are waiting"
+    def _candidates_or_ticket(self, job_id: str, record: JobRecord) -> Any:
+        """Workers to ask, in packing order (the job asks them itself, so this mailbox never waits on a
+        worker's), or a QueueTicket when jobs are already waiting (nobody overtakes them)."""
+        if self.queue:
+            return self._enqueue(job_id, record, "jobs are waiting")
+        return self._packing_order()
+
+    def _packing_order(self) -> list[ActorRef]:
+        busy: dict[str, int] = {}
+        for worker in self.placements.values():
+            busy[worker] = busy.get(worker, 0) + 1
+        # Busiest first (packing); workers that recently said "full" last.
+        return sorted((ref for ref in self.worker_refs.values() if ref.alive),
+                      key=lambda r: (r.name in self._full, -busy.get(r.name, 0), r.name))
+
+    def _enqueue(self, job_id: str, record: JobRecord, reason: str) -> QueueTicket:
+        """Queue the job (CapacityExhausted when the queue is full); the queue is drained in order."""
         if len(self.queue) >= self.settings.jobs.max_queue:
             raise CapacityExhausted(f"{reason}, and the queue is full ({self.settings.jobs.max_queue} jobs "
                                     "waiting; jobs.max_queue)")
@@ -302,28 +319,24 @@ class ClusterActor(Actor):
         self._number_queue()
         return ticket
 
-    async def _place_exactly(self, job_id: str, record: JobRecord) -> Any:
-        """Reserve what a re-adopted job already holds: its worker, its devices. WorkerUnavailable until that
-        worker is connected."""
+    def _worker_of(self, record: JobRecord) -> list[ActorRef]:
+        """The worker a re-adopted job runs on; WorkerUnavailable until it is known."""
         placement = record.placement
         ref = self.worker_refs.get(placement.node_id) if placement else None
-        if ref is None or placement is None:
+        if ref is None or not ref.alive:
             raise WorkerUnavailable(f"worker {placement.worker if placement else '?'} is not known (yet)")
-        allocation = await ref.call(Reserve(job_id, record.spec, True, placement.device_indexes))
-        self.placements[job_id] = ref.name
-        return allocation
+        return [ref]
 
     async def _try_place(self, job_id: str, record: JobRecord) -> Any:
         allow = self.settings.cluster.allow_non_gpu_devices
-        busy = {name: 0 for name in (ref.name for ref in self.worker_refs.values())}
-        for worker in self.placements.values():
-            busy[worker] = busy.get(worker, 0) + 1
-        refs = sorted(self.worker_refs.values(), key=lambda r: (-busy.get(r.name, 0), r.name))
+        refs = self._packing_order()
         reasons = []
         for ref in refs:
             try:
                 allocation = await ref.call(Reserve(job_id, record.spec, allow))
             except (RequestRejected, ActorDied) as error:
+                if isinstance(error, CapacityExhausted):
+                    self._full.add(ref.name)
                 reasons.append(str(error))
                 continue
             self.placements[job_id] = ref.name
@@ -336,6 +349,7 @@ class ClusterActor(Actor):
             head = self.queue[0]
             try:
                 head.allocation = await self._try_place(head.job_id, head.record)
+                self._drained.add(head.job_id)
             except CapacityExhausted:
                 break
             self.queue.pop(0)
@@ -355,12 +369,17 @@ class ClusterActor(Actor):
         worker = self.placements.pop(job_id, None)
         if worker is None:
             return
-        for ref in self.worker_refs.values():
-            if ref.name == worker:
-                try:
-                    await ref.call(Release(job_id))
-                except ActorDied:
-                    pass  # its accounting died with it
+        if job_id in self._drained:
+            # Placed for the job from the queue while the job stopped waiting: it never saw the allocation, so
+            # the release is ours. (Otherwise the job released at its worker itself, before telling us.)
+            self._drained.discard(job_id)
+            for ref in self.worker_refs.values():
+                if ref.name == worker:
+                    try:
+                        await ref.cast(Release(job_id))
+                    except ActorDied:
+                        pass  # its accounting died with it
+        self._full.discard(worker)
         self._wake_queue()
 
     def _wake_queue(self) -> None:

@@ -28,10 +28,10 @@ import trio
 from cumulus.actors.base import Actor, ActorRef
 from cumulus.actors.ownership import ResourceOwner
 from cumulus.actors.watcher import Unwatch, Watch
-from cumulus.actors.worker import WorkerUnavailable
+from cumulus.actors.worker import Release, Reserve, WorkerUnavailable
 from cumulus.backends import SwarmBackend
 from cumulus.config import Settings
-from cumulus.errors import ActorDied, CumulusError
+from cumulus.errors import ActorDied, CumulusError, RequestRejected
 from cumulus.jobs import JobRecord, JobState, Placement, TeardownReport
 from cumulus.resources.swarm import ServiceRequest, TaskState
 
@@ -65,7 +65,25 @@ class Place:
 
 
 @dataclass(frozen=True)
+class Enqueue:
+    """To the cluster actor: no candidate had room; wait in the queue (a QueueTicket comes back)."""
+
+    job_id: str
+    record: JobRecord
+
+
+@dataclass(frozen=True)
+class Placed:
+    """To the cluster actor (cast): the job holds a reservation on this worker."""
+
+    job_id: str
+    worker: str
+
+
+@dataclass(frozen=True)
 class Unplace:
+    """To the cluster actor (cast): the job holds nothing any more, and waits for nothing."""
+
     job_id: str
 
 
@@ -86,42 +104,80 @@ class JobStopped(Exception):
 
 @asynccontextmanager
 async def open_reservation(
-    cluster: ActorRef, record: JobRecord, release_timeout: float, *, adopt_within: float = 0.0
+    cluster: ActorRef, record: JobRecord, release_timeout: float, *, allow_non_gpu: bool,
+    adopt_within: float = 0.0,
 ) -> AsyncIterator[Any]:
-    """Reserve a share through the cluster actor; release it on exit (shielded, bounded, idempotent).
+    """Reserve a share for the job; release it on exit (shielded, bounded, idempotent).
 
-    The release also runs when the reservation call itself was cancelled: the cluster may have reserved before
-    the caller stopped waiting, and ``Unplace`` of a job that holds nothing is a no-op. If the cluster actor is
-    gone, so is its accounting, and there is nothing to release.
+    The cluster names candidate workers (or queues the job); the job asks them itself, so the cluster's mailbox
+    never waits on a worker's. The release goes to every worker that was asked - also when the asking was
+    cancelled, since a worker may have reserved before the caller stopped waiting - and ``Unplace`` tells the
+    cluster (queue, packing, waiting jobs). Releasing what was never reserved is a no-op; a dead actor's
+    accounting died with it.
     """
+    asked: list[ActorRef] = []
+    ticket = None
     try:
+        allocation = None
         if adopt_within:  # re-adoption: its worker may still be connecting; wait for it up to the lease TTL
             with trio.fail_after(adopt_within):
-                while True:
+                while allocation is None:
                     try:
-                        answer = await cluster.call(Place(record.job_id, record, adopt=True))
-                        break
-                    except WorkerUnavailable:
+                        (worker,) = await cluster.call(Place(record.job_id, record, adopt=True))
+                        asked.append(worker)
+                        placement = record.placement
+                        assert placement is not None
+                        allocation = await worker.call(
+                            Reserve(record.job_id, record.spec, True, placement.device_indexes))
+                    except (WorkerUnavailable, ActorDied):
                         await trio.sleep(0.5)
         else:
             answer = await cluster.call(Place(record.job_id, record))
-        if hasattr(answer, "ready"):  # a queue ticket: wait for the cluster to place us
-            record.queue_position = answer.position
-            record.set_state(JobState.QUEUED, f"waiting for capacity (position {answer.position})")
-            limit = record.spec.max_queue_seconds or math.inf
-            with trio.move_on_after(limit):
-                await answer.ready.wait()
-            if not answer.ready.is_set():
-                raise JobStopped(JobState.FAILED, f"queue_timeout: no capacity within {limit:g} s")
-            answer = answer.allocation
-            record.set_state(JobState.SCHEDULING)
-        yield answer
+            if isinstance(answer, list):  # candidates, in packing order
+                allocation = await _reserve_first(answer, asked, record, allow_non_gpu)
+                if allocation is None:
+                    answer = await cluster.call(Enqueue(record.job_id, record))
+            if allocation is None:
+                ticket = answer
+                allocation = await _wait_in_queue(ticket, record)
+        cluster.cast_nowait(Placed(record.job_id, allocation.worker_ref.name))
+        yield allocation
     finally:
         with trio.move_on_after(release_timeout, shield=True):
+            if ticket is not None and ticket.allocation is not None:
+                asked.append(ticket.allocation.worker_ref)
+            for worker in asked:
+                try:
+                    await worker.cast(Release(record.job_id))
+                except ActorDied:
+                    pass
             try:
-                await cluster.call(Unplace(record.job_id))
+                await cluster.cast(Unplace(record.job_id))
             except ActorDied:
                 pass
+
+
+async def _reserve_first(candidates: list[ActorRef], asked: list[ActorRef], record: JobRecord,
+                         allow_non_gpu: bool) -> Any:
+    for worker in candidates:
+        asked.append(worker)
+        try:
+            return await worker.call(Reserve(record.job_id, record.spec, allow_non_gpu))
+        except (RequestRejected, ActorDied):
+            continue
+    return None
+
+
+async def _wait_in_queue(ticket: Any, record: JobRecord) -> Any:
+    record.queue_position = ticket.position
+    record.set_state(JobState.QUEUED, f"waiting for capacity (position {ticket.position})")
+    limit = record.spec.max_queue_seconds or math.inf
+    with trio.move_on_after(limit):
+        await ticket.ready.wait()
+    if not ticket.ready.is_set():
+        raise JobStopped(JobState.FAILED, f"queue_timeout: no capacity within {limit:g} s")
+    record.set_state(JobState.SCHEDULING)
+    return ticket.allocation
 
 
 @asynccontextmanager
@@ -259,7 +315,9 @@ class JobActor(Actor):
         record, spec, own = self.record, self.record.spec, self.resources.own
         timeout = self.settings.jobs.release_timeout
         record.set_state(JobState.SCHEDULING)
-        allocation = await own(open_reservation(self.cluster, record, timeout), what="reservation")
+        allocation = await own(open_reservation(self.cluster, record, timeout,
+                                                allow_non_gpu=self.settings.cluster.allow_non_gpu_devices),
+                               what="reservation")
         record.placement = Placement(
             worker=allocation.worker, node_id=allocation.node_id, device_index=allocation.device_indexes[0],
             share=allocation.share, device_indexes=allocation.device_indexes, gpu_uuids=allocation.gpu_uuids,
@@ -295,7 +353,7 @@ class JobActor(Actor):
         assert placement is not None
         record.add_message(f"re-adopting after a supervisor restart (on {placement.worker})")
         allocation = await own(open_reservation(self.cluster, record, self.settings.jobs.release_timeout,
-                                                adopt_within=max(self.settings.lease.ttl, 5.0)),
+                                                allow_non_gpu=True, adopt_within=max(self.settings.lease.ttl, 5.0)),
                                what="reservation")
         node = allocation.backend
         lost: Exception | None = None

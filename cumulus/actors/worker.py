@@ -75,6 +75,7 @@ class Allocation:
     share: float
     gpu_uuids: tuple[str | None, ...]
     backend: NodeBackend
+    worker_ref: Any = None  # the WorkerActor that holds the reservation (release it there)
 
 
 class WorkerUnavailable(RequestRejected):
@@ -223,6 +224,7 @@ class WorkerActor(Actor):
             worker=self.node.hostname, node_id=self.node.id,
             device_indexes=tuple(d.info.index for d in chosen), share=share,
             gpu_uuids=tuple(d.info.uuid if d.info.is_gpu else None for d in chosen), backend=self.backend,
+            worker_ref=self.ref,
         )
 
     # ---- connection and orphans -------------------------------------------------------------------------------

@@ -370,9 +370,9 @@ class JobRef:
                 if self._outcome is None:
                     self._outcome = packaging.decode_result(self._envelope)
             return self._outcome.result()
-        detail = self._messages[-1] if self._messages else ""
         if self._state == "CANCELLED":
-            raise JobCancelled(self.job_id, self._state, self._reason, detail)
+            raise JobCancelled(self.job_id, self._state, self._reason)
+        detail = self._messages[-1] if self._messages else ""
         if self._state == "COMPLETED":
             raise JobFailed(self.job_id, self._state, self._reason or "no result", "the job left no result")
         raise JobFailed(self.job_id, self._state, self._reason, detail)

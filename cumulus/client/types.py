@@ -5,30 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cumulus.errors import CumulusError
+from cumulus.errors import CumulusError, JobCancelled, JobFailed  # noqa: F401  (re-exported)
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
-
-
-class JobFailed(CumulusError):
-    """A job ended without a value and without an exception of its own (infrastructure failure, timeout, lost
-    node, killed). ``state`` and ``reason`` say what the supervisor reported."""
-
-    def __init__(self, job_id: str, state: str, reason: str = "", detail: str = "") -> None:
-        self.job_id = job_id
-        self.state = state
-        self.reason = reason
-        text = f"job {job_id} ended {state}"
-        if reason:
-            text += f" ({reason})"
-        if detail:
-            text += f": {detail}"
-        super().__init__(text)
-
-
-class JobCancelled(JobFailed):
-    """The job was cancelled before it produced a result."""
 
 
 def _time(ts: Any) -> float | None:

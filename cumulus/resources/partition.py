@@ -62,6 +62,7 @@ class HolderInfo:
     partition_id: str | None
     device: int | None
     lease_dir: str | None = None  # detached holders: their --lease-dir
+    fraction: float | None = None
 
 
 @asynccontextmanager
@@ -183,6 +184,7 @@ async def find_holders(conn: SshConnection, *, holder: str = HOLDER) -> list[Hol
                 job_id=_flag(argv, "--job-id"),
                 device=_int(_flag(argv, "--device")),
                 lease_dir=_flag(argv, "--lease-dir"),
+                fraction=_float(_flag(argv, "--fraction")),
                 partition_id=next((p for p in lock_ids if p.startswith(f"partition_{pid}_")), None),
             )
         )
@@ -199,8 +201,11 @@ async def kill_holder(conn: SshConnection, pid: int, *, timeout: float = 5.0, jo
     if pid <= 1:
         raise ValueError(f"refusing to signal pid {pid}")
     guard = f"{_is_holder_of(pid, job_id)} || exit 0; " if job_id is not None else ""
+    # A zombie counts as gone: it holds nothing any more (its parent, often init, may reap it only later).
+    alive = (f"a(){{ kill -0 {pid} 2>/dev/null || return 1; read -r l 2>/dev/null < /proc/{pid}/stat || return 1;"
+             f' case "$l" in *") Z "*) return 1;; esac; }}; ')
     script = (
-        f"{guard}kill -TERM {pid} 2>/dev/null || exit 0; i=0; while kill -0 {pid} 2>/dev/null; do"
+        f"{alive}{guard}kill -TERM {pid} 2>/dev/null || exit 0; i=0; while a; do"
         f" i=$((i+1)); [ $i -eq {max(1, int(timeout * 10 / 2))} ] && kill -KILL {pid} 2>/dev/null;"
         f" [ $i -gt {max(2, int(timeout * 10))} ] && exit 1; sleep 0.1; done"
     )
@@ -375,6 +380,13 @@ def _flag(argv: list[str], name: str) -> str | None:
         if a.startswith(name + "="):
             return a.split("=", 1)[1]
     return None
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _int(value: str | None) -> int | None:

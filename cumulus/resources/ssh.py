@@ -248,6 +248,8 @@ class SshConnection:
         process group are stopped: stdin EOF + SIGTERM at once, SIGKILL after ``stop_grace`` s if still alive
         (done on the worker by the wrapper), and the channel is closed. That cleanup is shielded and bounded by
         ``close_timeout``. If the connection itself drops, the wrapper sees stdin EOF and stops the command too.
+        Starting is shielded from cancellation (bounded by ``2 * close_timeout``) so that a process that started
+        is never left behind; a cancellation that arrives meanwhile takes effect just after, and stops it.
         """
         wrapped = " ".join(
             ["python3", "-c", shlex.quote(_WRAPPER), shlex.quote(f"{stop_grace:g}"), "sh", "-c", shlex.quote(command)]
@@ -256,7 +258,13 @@ class SshConnection:
         async def _create() -> Any:
             return await self._conn.create_process(wrapped, encoding="utf-8", errors="replace")
 
-        process = await self._aio(_create, what=f"start {command!r}")
+        # Not abandoned on cancellation: once the remote command may have started, we must hold its process
+        # object to stop it. Bounded instead; cancellation is delivered right after, inside the try below.
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(close_timeout * 2) as start_scope:
+                process = await self._aio(_create, what=f"start {command!r}")
+        if start_scope.cancelled_caught:
+            raise SshError(self.label, f"start {command!r}", f"no answer within {close_timeout * 2:g} s")
         proc = RemoteProcess(self, process, command)
         try:
             yield proc

@@ -36,7 +36,7 @@ async def serve_grpc(
     :class:`ListenError` if the address cannot be bound. Cancellation stops the server: in-flight RPCs get
     ``STOP_GRACE_SECONDS`` to finish (shielded, bounded), then are cancelled; streams end with CANCELLED.
     """
-    host, _ = parse_host_port(listen, key="grpc.listen")
+    host, _ = parse_host_port(listen, key="grpc.listen", allow_any_port=True)
     async with open_asyncio_bridge():
         server = grpc.aio.server(
             options=[

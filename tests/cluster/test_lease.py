@@ -99,7 +99,7 @@ async def test_detached_holder_survives_session_renews_and_expires(cluster, work
                 assert (await conn.run(f"kill -0 {pid}", check=False)).exit_status == 0  # seen from a new session
                 holders = {h.pid: h for h in await find_holders(conn)}
                 assert holders[pid].job_id == job and holders[pid].lease_dir == lease_dir
-                assert holders[pid].partition_id == part
+                assert holders[pid].partition_id == part and holders[pid].fraction == 0.05
                 # its own session (setsid in the first child), of which it is not the leader (second fork)
                 state, _ppid, pgrp, sid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:4]
                 assert int(sid) == int(pgrp) != pid
@@ -167,6 +167,17 @@ async def test_open_detached_lease_release_errors_and_bulk_renew(cluster, worker
                         async with open_detached_partition_lease(conn, **args):
                             pass
                 assert job not in {h.job_id for h in await find_holders(conn)}
+
+                # A start cancelled before its reply: holders of the job are stopped, and one that appears after
+                # that is never renewed, so it ends by itself within its TTL.
+                for delay in (0.01, 0.08):
+                    with trio.move_on_after(delay):
+                        async with open_detached_partition_lease(conn, device=0, fraction=0.1, duration=60,
+                                                                 job_id=job, lease_dir=files.lease_dir, ttl=1):
+                            await trio.sleep_forever()  # (if the reply was faster: released on exit)
+                with trio.fail_after(4):
+                    while job in {h.job_id for h in await find_holders(conn)}:
+                        await trio.sleep(0.1)
 
                 # ten leases renewed in one command
                 dirs = [f"{files.job_dir}/l{i}" for i in range(10)]

@@ -151,9 +151,11 @@ async def test_orphan_holder_reaped(cluster, workers):
     job = uid("orphan")
     async with open_asyncio_bridge():
         async with connect(cluster, workers[0]) as conn:
-            # A holder that is not ours to end (started with nohup, detached from any session).
-            await conn.run(f"nohup setsid {cluster['holder']} --device 0 --fraction 0.1 --duration 60 "
-                           f"--job-id {job} </dev/null >/dev/null 2>&1 & sleep 0.1")
+            # A holder that is not ours to end (started with nohup, detached from any session). Its stdin is a
+            # FIFO opened read-write, which never reaches EOF (with /dev/null it would release and exit at once).
+            await conn.run(f"f=$(mktemp -u) && mkfifo -m 600 $f && {{ nohup setsid {cluster['holder']} --device 0"
+                           f" --fraction 0.1 --duration 60 --job-id {job} <>$f >/dev/null 2>&1 & }}; sleep 0.1;"
+                           f" rm -f $f")
             with trio.fail_after(10):
                 while not (orphans := [h for h in await find_holders(conn) if h.job_id == job]):
                     await trio.sleep(0.1)

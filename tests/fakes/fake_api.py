@@ -91,9 +91,7 @@ class FakeSupervisorApi:
         job_id = f"fj{next(self._ids):03d}{uuid.uuid4().hex[:5]}"
         record = JobRecord(job_id, spec)
         record.queue_position = 1 if self.start_delay else 0
-        # A new record starts QUEUED without an event (set_state(QUEUED) is then a no-op): publish it, as the
-        # real supervisor should, so that streams show the whole history.
-        record._publish(JobEvent(job_id, time.time(), state=JobState.QUEUED, queue_position=record.queue_position))
+        record.announce()  # QUEUED, as the real supervisor does
         job = _Job(record)
         self.jobs[job_id] = job
         if spec.idempotency_key:
