@@ -45,6 +45,8 @@ class NodeBackend(Protocol):
     def adopt_job_files(self, *, job_id: str) -> AbstractAsyncContextManager[Any]: ...
     def lease_dir(self, job_id: str) -> str | None: ...
     async def renew_leases(self) -> None: ...
+    def fail_leases(self, reason: str) -> None: ...
+    async def stop_job(self, job_id: str) -> None: ...
     async def find_orphans(self, job_prefix: str) -> NodeOrphans: ...
     async def kill_holder(self, pid: int) -> bool: ...
     async def remove_job_dir(self, job_id: str) -> None: ...
@@ -132,6 +134,13 @@ class SshNodeBackend:
         finally:
             self._leases.pop(job_id, None)
 
+    def fail_leases(self, reason: str) -> None:
+        """The connection is gone: no lease held through it can be renewed, so each is lost (its job stops)."""
+        for lease in self._leases.values():
+            if not lease.lost.is_set():
+                lease.lost_reason = reason
+                lease.lost.set()
+
     async def renew_leases(self) -> None:
         """Renew every lease held through this backend (one SSH command); mark the ones whose holder is gone."""
         leases = dict(self._leases)
@@ -144,6 +153,15 @@ class SshNodeBackend:
             if not lease.lost.is_set():
                 lease.lost_reason = "holder gone or lease expired"
                 lease.lost.set()
+
+    async def stop_job(self, job_id: str) -> None:
+        """Mark the job's lease stopped: the runner in its container kills the job within a fraction of a second
+        (no Docker access needed on the worker). A no-op without leases."""
+        lease_dir = self.lease_dir(job_id)
+        if lease_dir:
+            marker = posixpath.join(lease_dir, "expired")
+            await self.conn.run(f"[ -d {shlex.quote(lease_dir)} ] && echo stopped by the supervisor > "
+                                f"{shlex.quote(marker)}", check=False)
 
     def open_job_files(self, *, job_id: str, package: bytes):
         return files.open_job_files(self.conn, jobs_dir=self._settings.cluster.jobs_dir, job_id=job_id,
@@ -158,6 +176,10 @@ class SshNodeBackend:
             if info.job_id and info.job_id.startswith(job_prefix):
                 holders.setdefault(info.job_id, []).append(info.pid)
         dirs = await files.list_job_dirs(self.conn, self._settings.cluster.jobs_dir)
+        if self._settings.lease.ttl:  # lease dirs whose job dir is already gone (a crash between the two)
+            leases = posixpath.join(self._settings.cluster.jobs_dir, LEASES_DIR)
+            listing = await self.conn.run(f"ls -1 {shlex.quote(leases)} 2>/dev/null", check=False)
+            dirs += [name for name in listing.stdout.split() if name not in dirs]
         return NodeOrphans(holders, [d for d in dirs if d.startswith(job_prefix)])
 
     async def kill_holder(self, pid: int) -> bool:

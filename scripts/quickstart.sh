@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install Cumulus, bring up a real local cluster (a Swarm manager and 2 SSH workers in network namespaces), and
-# check it. Needs root on Debian 12 / Ubuntu. Tear down with: .venv/bin/cumulus local down
+# Install Cumulus, bring up a real local cluster (a Swarm manager and 2 SSH workers in network namespaces, with a
+# supervisor serving on 127.0.0.1:50051), and run the hello example on it: prints 4.
+# Needs root on Debian 12 / Ubuntu. Tear down with: .venv/bin/cumulus local down
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/cumulus local up --workers "${CUMULUS_WORKERS:-2}"
 .venv/bin/cumulus local status
+.venv/bin/python examples/hello.py

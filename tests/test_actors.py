@@ -252,3 +252,27 @@ async def test_background_task_crash_crashes_the_actor():
             ref = await nursery.start(run_actor, Background())
             await trio.sleep(1)
     assert not ref.alive
+
+
+async def test_own_together_is_all_or_nothing_and_keeps_the_given_order(autojump_clock):
+    events = []
+
+    @asynccontextmanager
+    async def resource(name, delay, fail=False):
+        await trio.sleep(delay)
+        if fail:
+            raise OSError(f"{name} failed")
+        events.append(f"acquire {name}")
+        try:
+            yield name
+        finally:
+            events.append(f"release {name}")
+
+    owner = ResourceOwner("job")
+    async with owner:
+        assert await owner.own_together([(resource("partition", 2), "partition"), (resource("files", 1), "files")]) \
+            == ["partition", "files"]
+        with pytest.raises(OSError, match="b failed"):
+            await owner.own_together([(resource("a", 1), "a"), (resource("b", 2, fail=True), "b")])
+        assert events[-1] == "release a"  # the half that succeeded was released at once
+    assert events[-2:] == ["release files", "release partition"]  # nested order, whatever finished first

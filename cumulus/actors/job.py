@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,23 +28,26 @@ import trio
 
 from cumulus.actors.base import Actor, ActorRef
 from cumulus.actors.ownership import ResourceOwner
-from cumulus.actors.watcher import Unwatch, Watch
+from cumulus.actors.watcher import PollNow, Unwatch, Watch
 from cumulus.actors.worker import Release, Reserve, WorkerUnavailable
 from cumulus.backends import SwarmBackend
 from cumulus.config import Settings
 from cumulus.errors import ActorDied, CumulusError, RequestRejected
 from cumulus.jobs import JobRecord, JobState, Placement, TeardownReport
-from cumulus.resources.swarm import ServiceRequest, TaskState
+from cumulus.resources.swarm import LABEL_JOB, ServiceRequest, TaskState
 
 log = logging.getLogger(__name__)
 
-END_OF_JOB_MARKER = "[cumulus] job finished"
+#: The runner's last line ("[cumulus] job finished in 0.03 s", "... job failed in ...", "... job failed
+#: (infrastructure) in ..."): every line before it has been relayed once it is seen.
+END_OF_JOB_MARKER = re.compile(r"^\[cumulus\] job (finished|failed)( \(infrastructure\))? in ")
 RETRY_BACKOFF_SECONDS = 1.0
 RETRY_BACKOFF_MAX_SECONDS = 30.0
 #: Failures of the infrastructure, not of the job: retried by default (jobs.default_retries).
 RETRIED_FAILURES = frozenset({"infrastructure", "node_lost", "partition_lost", "container_failed", "lost"})
 # ("lost" - in a supervisor restart - is retried only when the job set retries itself.)
 LOG_DRAIN_SECONDS = 2.0
+STOP_WAIT_SECONDS = 5.0
 MAX_RESULT_BYTES = 256 * 1024 * 1024
 
 
@@ -219,6 +223,7 @@ class JobActor(Actor):
         # The current attempt's resources, acquired and released by the _live task.
         self.resources = ResourceOwner(self.name)
         self._attempt_scope: trio.CancelScope | None = None
+        self._exited = False  # the current attempt's container has exited
         self._attempt_failure: JobStopped | None = None
 
     async def on_start(self) -> None:
@@ -275,6 +280,7 @@ class JobActor(Actor):
         it might be retried). Cancellation of the whole job (cancel, shutdown) propagates after the teardown."""
         resources = self.resources = ResourceOwner(self.name)
         self._attempt_failure = None
+        self._exited = False
         outcome: JobStopped | None = None
         try:
             with trio.CancelScope() as self._attempt_scope:
@@ -325,17 +331,19 @@ class JobActor(Actor):
         record.add_message(f"placed on {allocation.worker} device {allocation.device_indexes[0]}")
         record.set_state(JobState.CREATING_PARTITION)
         node = allocation.backend
-        lease = await own(
-            node.open_partition(device=allocation.device_indexes[0], fraction=allocation.share,
-                                duration=spec.duration, job_id=record.job_id),
-            what="partition",
-        )
+        # The partition and the upload go over the same SSH connection at once; they are still released in the
+        # nested order (files, then partition).
+        lease, files = await self.resources.own_together([
+            (node.open_partition(device=allocation.device_indexes[0], fraction=allocation.share,
+                                 duration=spec.duration, job_id=record.job_id), "partition"),
+            (node.open_job_files(job_id=record.job_id, package=spec.package), "files"),
+        ])
         record.partition_id = lease.partition_id
-        files = await own(node.open_job_files(job_id=record.job_id, package=spec.package), what="files")
         updates = await own(open_task_watch(self.watcher, record.job_id), what="task watch")
         service = await own(self.swarm.open_service(self._service_request(allocation, lease, files)),
                             what="service")
         record.service_id = service.id
+        await own(self._stopped_on_its_node(node), what="container stop")
         with trio.move_on_after(spec.duration) as deadline:
             exit_task = await self._follow(service, updates, lease)
         if deadline.cancelled_caught:
@@ -382,6 +390,24 @@ class JobActor(Actor):
             raise JobStopped(JobState.FAILED, "timeout", retry=False)
         return await self._conclude(exit_task, files)
 
+    @asynccontextmanager
+    async def _stopped_on_its_node(self, node: Any) -> AsyncIterator[None]:
+        """On release, if the job still runs: tell its node to stop it at once (the lease's stop mark, which the
+        runner acts on within 0.1 s) and wait until the Swarm task has ended. Removing the service through Swarm
+        alone takes seconds; this way the container is stopped first and the removal has nothing to wait for."""
+        try:
+            yield
+        finally:
+            if not self._exited:
+                with trio.move_on_after(STOP_WAIT_SECONDS, shield=True):
+                    await node.stop_job(self.record.job_id)
+                    while not await self._task_ended():
+                        await trio.sleep(0.05)
+
+    async def _task_ended(self) -> bool:
+        tasks = await self.swarm.task_states({LABEL_JOB: self.record.job_id})
+        return all(task.terminal for task in tasks)
+
     def _service_request(self, allocation: Any, lease: Any, files: Any) -> ServiceRequest:
         record = self.record
         return ServiceRequest(
@@ -407,6 +433,7 @@ class JobActor(Actor):
                     record.set_state(JobState.RUNNING)
                 if task.terminal:
                     exit_task = task
+                    self._exited = True
                     break
             with trio.move_on_after(LOG_DRAIN_SECONDS):
                 await logs_done.wait()  # the runner's last line: every earlier line has been relayed
@@ -421,8 +448,12 @@ class JobActor(Actor):
                 async for stream, line in lines:
                     self.record.set_state(JobState.RUNNING)  # output proves it runs, even before the next poll
                     self.record.add_log(stream, line)
-                    if line.startswith(END_OF_JOB_MARKER):
+                    if END_OF_JOB_MARKER.match(line):
                         done.set()
+                        try:
+                            self.watcher.cast_nowait(PollNow())  # its exit follows: see it at once
+                        except (ActorDied, trio.WouldBlock):
+                            pass
         except CumulusError as error:  # logs are for humans: losing them must not fail the job
             self.record.add_message(f"log stream ended: {error}")
         finally:

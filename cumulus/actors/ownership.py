@@ -97,6 +97,51 @@ class ResourceOwner:
         self._held.append(held)
         return value
 
+    async def own_together(
+        self,
+        managers: list[tuple[AbstractAsyncContextManager[Any], str]],
+        *,
+        release_timeout: float = DEFAULT_RELEASE_TIMEOUT,
+    ) -> list[Any]:
+        """Enter several context managers concurrently; hold them as if owned one after another in the given
+        order (so they are released in reverse of that order). Returns their values in that order.
+
+        All or nothing: if one fails (or the caller is cancelled), the ones already entered are released
+        (shielded, bounded) before the first error propagates.
+        """
+        if self._nursery is None:
+            raise RuntimeError(f"{self.name}: own_together() needs the owner to be entered (async with owner)")
+        helds = [_Held(what, manager, release_timeout) for manager, what in managers]
+        values: list[Any] = [None] * len(helds)
+        entered: list[bool] = [False] * len(helds)
+        nursery_of_holders = self._nursery
+
+        async def enter(index: int) -> None:
+            values[index] = await nursery_of_holders.start(self._hold, helds[index])
+            entered[index] = True
+
+        committed = False
+        try:
+            try:
+                async with trio.open_nursery() as acquiring:
+                    for index in range(len(helds)):
+                        acquiring.start_soon(enter, index)
+            except ExceptionGroup as group:
+                first: BaseException = group
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                raise first from None  # the first failure, as itself (the others are released anyway)
+            committed = True
+        finally:
+            if committed:
+                self._held.extend(helds)
+            else:
+                with trio.CancelScope(shield=True):
+                    for held, ok in reversed(list(zip(helds, entered))):
+                        if ok:
+                            await self._release_one(held)
+        return values
+
     async def release(self, what: str) -> bool:
         """Release the most recently acquired resource named ``what`` now; return whether it released cleanly.
 
@@ -133,9 +178,14 @@ class ResourceOwner:
                 async with held.manager as value:
                     held.entered = True
                     task_status.started(value)
-                    # Held now: only our own release (or the owner's exit) ends this, never outside cancellation.
-                    held.scope.shield = True
-                    await held.release_requested.wait()
+                    if trio.lowlevel.current_task().parent_nursery is self._nursery:
+                        # Held now: only our own release (or the owner's exit) ends this, never outside
+                        # cancellation.
+                        held.scope.shield = True
+                        await held.release_requested.wait()
+                    # Otherwise the caller of own() was cancelled while we entered: Trio left this task where it
+                    # was, nobody will own the resource, and leaving the block now releases it (the cancellation
+                    # reaches us at the next checkpoint; the resource shields its own release).
                 held.clean = True
             except Exception as error:
                 if not held.entered:

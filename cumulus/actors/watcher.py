@@ -32,6 +32,11 @@ class Unwatch:
     job_id: str
 
 
+@dataclass(frozen=True)
+class PollNow:
+    """A job expects its task to change now (its output ended): poll without waiting for the interval."""
+
+
 class TaskWatcher(Actor):
     name = "task-watcher"
     mailbox_size = 1024
@@ -44,6 +49,7 @@ class TaskWatcher(Actor):
         self._watchers: dict[str, trio.MemorySendChannel[TaskState]] = {}
         self._last: dict[str, tuple[str, str, int | None]] = {}  # job id -> (task id, state, exit code)
         self._wanted = trio.Event()
+        self._poll_now = trio.Event()
         self.polls = 0
 
     async def on_start(self) -> None:
@@ -60,6 +66,9 @@ class TaskWatcher(Actor):
                 self._last.pop(job_id, None)
                 self._wanted.set()
                 return receive
+            case PollNow():
+                self._poll_now.set()
+                return None
             case Unwatch(job_id):
                 channel = self._watchers.pop(job_id, None)
                 if channel is not None:
@@ -81,7 +90,9 @@ class TaskWatcher(Actor):
                 continue
             self.polls += 1
             self._dispatch(tasks)
-            await trio.sleep(self.interval)
+            with trio.move_on_after(self.interval):
+                await self._poll_now.wait()
+            self._poll_now = trio.Event()
 
     def _dispatch(self, tasks: list[TaskState]) -> None:
         # A service has one task at a time (restart condition none); prefer the newest non-terminal one.

@@ -125,7 +125,7 @@ class WorkerActor(Actor):
         settings: Settings,
         backends: Backends,
         *,
-        is_live_job: Callable[[str], bool],
+        is_live_job: Callable[[str, str], bool],
         job_prefix: str,
     ) -> None:
         super().__init__(f"worker:{node.hostname}")
@@ -248,6 +248,10 @@ class WorkerActor(Actor):
                 self.reason = f"SSH: {error}"
                 log.warning("%s: %s", self.name, self.reason)
             finally:
+                if self.backend is not None:
+                    # Nothing held through this connection can be renewed or released any more: its jobs
+                    # stop now (node_lost) instead of waiting for a connection that may never return.
+                    self.backend.fail_leases(f"connection lost to {self.node.hostname}: {self.reason}")
                 self.backend = None
             await trio.sleep(RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)])
             attempt += 1
@@ -268,10 +272,16 @@ class WorkerActor(Actor):
         serving (the orphan is tried again on the next connection).
         """
         orphans = await backend.find_orphans(self.job_prefix)
+        def ours(job: str) -> bool:
+            # A job that holds a share here, or one being re-adopted here after a restart. A live job that
+            # moved on (retried elsewhere after losing this node) is not ours: its leftovers go.
+            return (any(job in device.used for device in self.devices.values())
+                    or self.is_live_job(job, self.node.id))
+
         steps = [(f"holder:{job}", backend.kill_holder, pid)
-                 for job, pids in orphans.holders.items() if not self.is_live_job(job) for pid in pids]
+                 for job, pids in orphans.holders.items() if not ours(job) for pid in pids]
         steps += [(f"dir:{job}", backend.remove_job_dir, job)
-                  for job in orphans.job_dirs if not self.is_live_job(job)]
+                  for job in orphans.job_dirs if not ours(job)]
         for what, step, arg in steps:
             try:
                 await step(arg)

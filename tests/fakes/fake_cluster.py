@@ -278,6 +278,20 @@ class FakeNode:
             if not self.world.frozen:
                 self.world.partitions.pop(partition.partition_id, None)
 
+    async def stop_job(self, job_id: str) -> None:
+        await trio.sleep(DELAY / 5)
+        if self.world.frozen:
+            return
+        for container in self.world.services.values():
+            if container.job_id == job_id:
+                container.stop.set()
+
+    def fail_leases(self, reason: str) -> None:
+        for partition in self.leases.values():
+            if not partition.lost.is_set():
+                partition.lost_reason = reason
+                partition.lost.set()
+
     async def renew_leases(self) -> None:
         await trio.sleep(0)
         if self.node.hostname in self.world.unreachable:
