@@ -49,6 +49,7 @@ class NodeBackend(Protocol):
     async def stop_job(self, job_id: str) -> None: ...
     async def find_orphans(self, job_prefix: str) -> NodeOrphans: ...
     async def kill_holder(self, pid: int) -> bool: ...
+    async def reap_stale_locks(self) -> int: ...
     async def remove_job_dir(self, job_id: str) -> None: ...
     async def is_alive(self) -> bool: ...
 
@@ -184,6 +185,21 @@ class SshNodeBackend:
 
     async def kill_holder(self, pid: int) -> bool:
         return await partition.kill_holder(self.conn, pid)
+
+    async def reap_stale_locks(self) -> int:
+        """Remove Chronos lock files whose creating process is gone (a holder killed with SIGKILL cannot remove
+        its own); Chronos names them partition_<pid>_... . Returns how many were removed."""
+        script = (
+            'n=0; for f in /tmp/chronos_locks/partition_*.lock; do [ -e "$f" ] || continue; '
+            'p=${f##*/partition_}; p=${p%%_*}; '
+            'if ! kill -0 "$p" 2>/dev/null && [ ! -d "/proc/$p" ]; then rm -f "$f" && n=$((n+1)); fi; '
+            'done; echo $n'
+        )
+        result = await self.conn.run(script, check=False)
+        try:
+            return int(result.stdout.strip() or 0)
+        except ValueError:
+            return 0
 
     async def remove_job_dir(self, job_id: str) -> None:
         await files.remove_job_dir(self.conn, self._settings.cluster.jobs_dir, job_id)

@@ -289,6 +289,12 @@ class WorkerActor(Actor):
             except Exception as error:  # recorded as a leak; retried on the next connection
                 log.error("%s: reaping %s failed: %s", self.name, what, error)
                 self.owner.leaks.append(Leak(self.name, what, f"reap failed: {error}", time.time()))
+        try:
+            stale = await backend.reap_stale_locks()
+            if stale:
+                self.reaped.append(f"{stale} stale chronos lock file(s)")
+        except Exception as error:  # cosmetic for Chronos (it never reads them back); logged, retried next time
+            log.warning("%s: removing stale chronos lock files failed: %s", self.name, error)
         if self.reaped:
             log.warning("%s: reaped orphans %s", self.name, ", ".join(self.reaped))
 

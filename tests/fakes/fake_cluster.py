@@ -361,6 +361,9 @@ class FakeNode:
         dirs = [j for n, j in self.world.job_dirs if n == self.node.hostname and j.startswith(job_prefix)]
         return NodeOrphans(holders, dirs)
 
+    async def reap_stale_locks(self) -> int:
+        return 0
+
     async def kill_holder(self, pid: int) -> bool:
         for pid_key, p in list(self.world.partitions.items()):
             if hash(p.partition_id) % 100000 == pid and p.node == self.node.hostname:

@@ -1,0 +1,70 @@
+"""``python -m bench``: run every benchmark and write bench/RESULTS.md (figures as ratios against baselines
+measured in the same run). Needs root and the local cluster (`cumulus local up`) for P1/P2; `--no-cluster` skips
+those. `--quick` runs fewer rounds."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import actor_call  # noqa: E402
+import control_plane  # noqa: E402
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    try:
+        memory = int(open("/proc/meminfo").read().split()[1]) // 1024 // 1024
+    except (OSError, ValueError):
+        memory = 0
+    return f"{platform.platform()}, {cpus} CPUs, {memory} GiB RAM, Python {platform.python_version()}"
+
+
+def fmt(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-cluster", action="store_true", help="skip P1/P2 (they need the local cluster)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    rows: list[dict] = []
+    rows.append(actor_call.main(["--calls", "5000" if args.quick else "20000"]))
+    rows += control_plane.main(["--quick"] if args.quick else [])
+    if not args.no_cluster:
+        import lifecycle
+
+        rows += lifecycle.main(["--runs", "3" if args.quick else "7"])
+    lines = [
+        "# Benchmark results",
+        "",
+        f"`python -m bench{' --quick' if args.quick else ''}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"took {time.monotonic() - started:.0f} s. Machine: {machine()}.",
+        "",
+        "Every figure is a median; ratios are Cumulus / baseline measured in the same run (see bench/README.md).",
+        "",
+        "| metric | Cumulus | baseline | ratio | goal |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        unit = row.get("unit", "s")
+        lines.append(f"| {row['metric']} | {fmt(row['cumulus'])} {unit} | {fmt(row['baseline'])} {unit} | "
+                     f"{row['ratio']:.2f}x | {row['goal']} |")
+    out = ROOT / "bench" / "RESULTS.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
