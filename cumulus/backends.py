@@ -112,9 +112,11 @@ class SshNodeBackend:
         """Take over the running holder of ``job_id`` (after a supervisor restart); PartitionError if gone."""
         holders = [h for h in await partition.find_holders(self.conn, holder=self._settings.cluster.holder)
                    if h.job_id == job_id]
-        if not holders:
-            raise partition.PartitionError(f"the partition holder of {job_id} on {self.label} is gone")
         lease_dir = self.lease_dir(job_id)
+        if not holders:
+            if lease_dir:  # what the expired lease left: nobody else will remove it
+                await self.conn.run(f"rm -rf {shlex.quote(lease_dir)}", check=False)
+            raise partition.PartitionError(f"the partition holder of {job_id} on {self.label} is gone")
         try:
             async with partition.adopt_partition_lease(
                 self.conn, job_id=job_id, pid=holders[0].pid, partition_id=partition_id, device=device,
@@ -202,10 +204,13 @@ class SshNodeBackend:
             return 0
 
     async def remove_job_dir(self, job_id: str) -> None:
-        await files.remove_job_dir(self.conn, self._settings.cluster.jobs_dir, job_id)
+        """Remove the job's directory and its lease directory (either may already be gone)."""
         lease_dir = self.lease_dir(job_id)
-        if lease_dir:
-            await self.conn.run(f"rm -rf {shlex.quote(lease_dir)}", check=False)
+        try:
+            await files.remove_job_dir(self.conn, self._settings.cluster.jobs_dir, job_id)
+        finally:
+            if lease_dir:
+                await self.conn.run(f"rm -rf {shlex.quote(lease_dir)}", check=False)
 
     async def is_alive(self) -> bool:
         return await self.conn.is_alive(timeout=5)

@@ -121,7 +121,6 @@ class ClusterActor(Actor):
         self.reaped_services: list[str] = []
         self._restart_later: list[JobRecord] = []
         self._adopt_later: list[JobRecord] = []
-        self._adopting: set[str] = set()
         self._full: set[str] = set()  # workers whose last answer was "no capacity"
         self._drained: set[str] = set()  # jobs placed from the queue that have not acknowledged it yet
         self.queue: list[QueueTicket] = []  # kept sorted: higher priority first, then arrival order
@@ -183,12 +182,6 @@ class ClusterActor(Actor):
     def is_live_job(self, job_id: str) -> bool:
         record = self.jobs.get(job_id)
         return record is not None and not record.torn_down.is_set()
-
-    def is_adopting_on(self, job_id: str, node_id: str) -> bool:
-        """Whether ``job_id`` is a live job being re-adopted on node ``node_id`` (its leftovers are not orphans)."""
-        record = self.jobs.get(job_id)
-        return (job_id in self._adopting and record is not None and not record.torn_down.is_set()
-                and record.placement is not None and record.placement.node_id == node_id)
 
     async def _job(self, job_id: str) -> JobRecord:
         record = self.jobs.get(job_id)
@@ -274,7 +267,6 @@ class ClusterActor(Actor):
             lost_in = record.state.value
             if self._adoptable(record):
                 self._adopt_later.append(record)
-                self._adopting.add(record.job_id)
                 continue
             await self._remove_services_of(record.job_id)  # what the lost attempt left in the Swarm
             if record.attempt <= record.spec.retries:
@@ -456,7 +448,7 @@ class ClusterActor(Actor):
                 self.worker_refs[node_id] = await self.workers.start_actor(
                     node_id,
                     lambda node=node: WorkerActor(node, self.settings, self.backends,
-                                                  is_live_job=self.is_adopting_on, job_prefix=self.job_prefix),
+                                                  is_live_job=self.is_live_job, job_prefix=self.job_prefix),
                 )
             elif self.nodes.get(node_id) != node:
                 await ref.cast(NodeUpdate(node))

@@ -400,9 +400,14 @@ class JobActor(Actor):
         finally:
             if not self._exited:
                 with trio.move_on_after(STOP_WAIT_SECONDS, shield=True):
-                    await node.stop_job(self.record.job_id)
-                    while not await self._task_ended():
-                        await trio.sleep(0.05)
+                    try:
+                        await node.stop_job(self.record.job_id)
+                        while not await self._task_ended():
+                            await trio.sleep(0.05)
+                    except CumulusError as error:
+                        # Only a shortcut: the service removal that follows stops the container anyway (and
+                        # with the node unreachable, its lease expires by itself).
+                        log.info("%s: stopping on the node failed (%s); Swarm removal will", self.name, error)
 
     async def _task_ended(self) -> bool:
         tasks = await self.swarm.task_states({LABEL_JOB: self.record.job_id})

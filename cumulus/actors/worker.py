@@ -125,7 +125,7 @@ class WorkerActor(Actor):
         settings: Settings,
         backends: Backends,
         *,
-        is_live_job: Callable[[str, str], bool],
+        is_live_job: Callable[[str], bool],
         job_prefix: str,
     ) -> None:
         super().__init__(f"worker:{node.hostname}")
@@ -273,10 +273,9 @@ class WorkerActor(Actor):
         """
         orphans = await backend.find_orphans(self.job_prefix)
         def ours(job: str) -> bool:
-            # A job that holds a share here, or one being re-adopted here after a restart. A live job that
-            # moved on (retried elsewhere after losing this node) is not ours: its leftovers go.
-            return (any(job in device.used for device in self.devices.values())
-                    or self.is_live_job(job, self.node.id))
+            # Any live job of this supervisor: also one re-adopted or retried elsewhere, because on hosts that
+            # share a filesystem or process table (the local cluster) this node sees other nodes' holders too.
+            return self.is_live_job(job)
 
         steps = [(f"holder:{job}", backend.kill_holder, pid)
                  for job, pids in orphans.holders.items() if not ours(job) for pid in pids]
