@@ -47,7 +47,7 @@ class Progress:
         start = time.monotonic()
         try:
             yield info
-        except BaseException:
+        except Exception:
             self.log(f"{name}: FAILED after {time.monotonic() - start:.2f}s")
             raise
         note = f" ({info['note']})" if info.get("note") else ""

@@ -76,6 +76,7 @@ async def open_job_files(
     """
     files = _paths(conn, jobs_dir, job_id)
     q = shlex.quote
+    made = False
     try:
         await conn.run(
             f"rm -rf -- {q(files.job_dir)} && mkdir -m 0755 -- {q(files.job_dir)}"
@@ -85,13 +86,14 @@ async def open_job_files(
         )
         await conn.put_bytes(package, posixpath.join(files.code_dir, PACKAGE_NAME), 0o444)
         await conn.run(f"chmod 0555 -- {q(files.code_dir)}", timeout=30)
-    except BaseException:
-        with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
-            try:
-                await _remove(conn, files.job_dir)
-            except SshError:
-                pass
-        raise
+        made = True
+    finally:
+        if not made:  # failed or cancelled half-way: remove what was made
+            with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                try:
+                    await _remove(conn, files.job_dir)
+                except SshError:
+                    pass
     async with _removed_on_exit(conn, files):
         yield files
 

@@ -265,13 +265,15 @@ async def open_detached_partition_lease(
         f"exec {q(holder)} --device {int(device)} --fraction {float(fraction)!r} --duration {float(duration)!r}"
         f" --job-id {q(job_id)} --lease-dir {q(lease_dir)} --lease-ttl {float(ttl)!r} --detach"
     )
+    started = False
     try:
         with trio.fail_after(start_timeout):
             res = await conn.run(cmd, timeout=start_timeout + 5, check=False)
-    except BaseException:
-        with trio.move_on_after(release_timeout, shield=True):
-            await _stop_holders_of(conn, holder, job_id, lease_dir, release_timeout)
-        raise
+        started = True
+    finally:
+        if not started:  # failed or cancelled: a holder may have started all the same
+            with trio.move_on_after(release_timeout, shield=True):
+                await _stop_holders_of(conn, holder, job_id, lease_dir, release_timeout)
     lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
     if not lines:
         raise PartitionError(f"holder on {conn.label} exited without a reply (status {res.exit_status}): "

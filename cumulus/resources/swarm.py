@@ -360,17 +360,18 @@ async def open_service(
     unreachable; the service is then found again by its labels).
     If creation is cancelled after Docker accepted it, the service is removed by name before re-raising.
     """
+    handle = None
     try:
         handle = await client.create_service(request)
-    except BaseException:
-        # The create call may have gone through even though we did not see its answer (it is never abandoned,
-        # but a Cancelled arriving right after, or a timeout, could hide it): remove by name, bounded.
-        with trio.move_on_after(remove_timeout, shield=True):
-            try:
-                await client.remove_service(request.service_name)
-            except SwarmError:
-                pass
-        raise
+    finally:
+        if handle is None:
+            # The create call may have gone through even though we did not see its answer (it is never
+            # abandoned, but a Cancelled arriving right after, or a timeout, could hide it): remove by name.
+            with trio.move_on_after(remove_timeout, shield=True):
+                try:
+                    await client.remove_service(request.service_name)
+                except SwarmError:
+                    pass
     async with _removed_on_exit(client, handle, remove_timeout):
         yield handle
 
