@@ -268,12 +268,14 @@ def start_supervisor(directory: Path, worker_hostnames: list[str], *, sid: str |
                                 start_new_session=True, cwd=directory, env=clean_env())
     sup = SupervisorProcess(sid=sid, address=address, proc=proc, config=config, journal=journal,
                             log_path=log_path, worker_hostnames=list(worker_hostnames))
+    ready = False
     try:
         sup.wait_serving(timeout)
         sup.wait_workers(worker_hostnames, timeout=max(1.0, timeout - (time.monotonic() - started)))
-    except BaseException:
-        sup.stop()
-        raise
+        ready = True
+    finally:
+        if not ready:  # failed or interrupted while starting: do not leave the process behind
+            sup.stop()
     sup.started_in = time.monotonic() - started
     return sup
 

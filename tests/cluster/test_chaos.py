@@ -70,8 +70,7 @@ def _state(client, job_id: str) -> str:
 
 @pytest.fixture
 def two_workers(workers):
-    if len(workers) < 2:
-        pytest.skip("needs two workers")
+    assert len(workers) >= 2, "the chaos scenarios need a cluster with two workers (cumulus local up --workers 2)"
     return workers
 
 
