@@ -37,8 +37,8 @@ class NodeOrphans:
 class NodeBackend(Protocol):
     label: str
 
-    def open_partition(self, *, device: int, fraction: float, duration: float,
-                       job_id: str) -> AbstractAsyncContextManager[Any]: ...
+    def open_partition(self, *, device: int, fraction: float, duration: float, job_id: str,
+                       replace_earlier: bool = False) -> AbstractAsyncContextManager[Any]: ...
     def adopt_partition(self, *, job_id: str, partition_id: str, device: int,
                         fraction: float) -> AbstractAsyncContextManager[Any]: ...
     def open_job_files(self, *, job_id: str, package: bytes) -> AbstractAsyncContextManager[Any]: ...
@@ -84,7 +84,10 @@ class SshNodeBackend:
         return posixpath.join(self._settings.cluster.jobs_dir, LEASES_DIR, files.check_job_id(job_id))
 
     @asynccontextmanager
-    async def open_partition(self, *, device: int, fraction: float, duration: float, job_id: str):
+    async def open_partition(self, *, device: int, fraction: float, duration: float, job_id: str,
+                             replace_earlier: bool = False):
+        """The job's partition (a detached, leased holder when leases are on). ``replace_earlier``: an earlier
+        attempt of the job may have left a holder here (a supervisor restart, a lost node); stop it first."""
         lease_dir = self.lease_dir(job_id)
         timeout = self._settings.jobs.release_timeout / 3
         if lease_dir is None:
@@ -94,7 +97,10 @@ class SshNodeBackend:
             ) as lease:
                 yield lease
             return
-        await self.conn.run(f"mkdir -p {shlex.quote(lease_dir)}")
+        if replace_earlier:
+            await partition.stop_holders_of(self.conn, self._settings.cluster.holder, job_id, lease_dir, timeout)
+        # A fresh lease dir: an earlier attempt's ``expired`` mark must not stop this one.
+        await self.conn.run(f"rm -rf {shlex.quote(lease_dir)} && mkdir -p {shlex.quote(lease_dir)}")
         try:
             async with partition.open_detached_partition_lease(
                 self.conn, device=device, fraction=fraction, duration=duration, job_id=job_id,

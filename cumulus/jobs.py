@@ -138,10 +138,12 @@ class JobRecord:
     def announce(self) -> None:
         """Publish the current state (and result) as events: QUEUED for a new job, the recorded end for a job
         restored from the journal, so that every watcher starts from where the job stands."""
-        self._publish(JobEvent(self.job_id, time.time(), state=self.state, reason=self.reason,
-                               attempt=self.attempt))
+        # The result first, as when the job ended in this process: a watcher that sees the terminal state has
+        # already seen the result (the SDK resolves a job's outcome on its terminal state).
         if self.result is not None:
             self._publish(JobEvent(self.job_id, time.time(), result=self.result, attempt=self.attempt))
+        self._publish(JobEvent(self.job_id, time.time(), state=self.state, reason=self.reason,
+                               attempt=self.attempt))
 
     def set_state(self, state: JobState, reason: str = "") -> None:
         """Move to ``state``. The terminal state is written once: later calls after it are ignored."""
@@ -163,6 +165,11 @@ class JobRecord:
 
     def add_message(self, text: str) -> None:
         self._publish(JobEvent(self.job_id, time.time(), message=text, attempt=self.attempt))
+
+    def persist(self) -> None:
+        """Journal the record as it is now (e.g. its new partition and service ids, before any state change)."""
+        if self.on_change is not None:
+            self.on_change(self)
 
     def set_result(self, envelope: bytes) -> None:
         self.result = envelope

@@ -8,7 +8,7 @@ import trio
 
 from cumulus.app import open_supervisor
 from cumulus.jobs import JobRecord, JobSpec, JobState
-from cumulus.journal import JournalStore, row_of
+from cumulus.journal import JournalStore, record_of, row_of
 from tests.fakes.fake_cluster import FakeWorld, fake_node
 from tests.test_job_lifecycle import settings, spec
 
@@ -69,9 +69,24 @@ async def test_a_job_lost_by_a_killed_supervisor_ends_failed_with_the_reason(tmp
     assert record.torn_down.is_set()
 
 
+async def test_a_job_whose_container_was_never_created_is_started_after_a_restart(tmp_path):
+    """Killed before its service existed, the job never ran: running it now runs it once (no retries needed)."""
+    path = tmp_path / "journal.sqlite3"
+    unfinished_row(path, "unit-00000000cafe", JobState.CREATING_PARTITION)
+
+    async def check(sup):
+        record = await sup.get("unit-00000000cafe")
+        with trio.fail_after(20):
+            await record.torn_down.wait()
+        return record
+
+    record = await run_supervisor(path, check)
+    assert (record.state, record.reason, record.attempt) == (JobState.COMPLETED, "", 2)
+
+
 async def test_a_lost_job_with_retries_left_runs_again(tmp_path):
     path = tmp_path / "journal.sqlite3"
-    unfinished_row(path, "unit-00000000beef", JobState.CREATING_PARTITION, retries=1)
+    unfinished_row(path, "unit-00000000beef", JobState.RUNNING, retries=1)
 
     async def check(sup):
         record = await sup.get("unit-00000000beef")
@@ -155,3 +170,19 @@ async def test_jobs_are_lost_when_the_supervisor_stays_away_longer_than_the_leas
         assert record.state is JobState.FAILED and record.reason.startswith("lost"), record.reason
     assert all(d.used_share == 0 for w in workers for d in w.devices)
     assert leftovers == ({}, set(), {})
+
+
+async def test_a_restored_job_replays_its_result_before_its_terminal_state(tmp_path):
+    """The SDK resolves a job on its terminal state, so the result must come first, also after a restart
+    (regression: a COMPLETED job restored from the journal was seen without its result now and then)."""
+    record = JobRecord("job-restored", JobSpec(package=b"zip", gpu=0.5))
+    record.set_result(b"envelope")
+    record.set_state(JobState.COMPLETED)
+    store = JournalStore(str(tmp_path / "journal.sqlite3"))
+    store.save_many([row_of(record, with_package=True)])
+    restored = record_of(store.load("job-restored"))
+    store.close()
+    kinds = []
+    async for event in restored.events():
+        kinds.append("result" if event.result is not None else event.state.value if event.state else "other")
+    assert kinds == ["result", "COMPLETED"]

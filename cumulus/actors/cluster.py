@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 NODE_SYNC_SECONDS = 2.0
 QUEUE_POLL_SECONDS = 0.25  # waiting jobs are also retried this often (workers coming up, nodes returning)
+#: States in which a job's container has not been created yet: a restart may start such a job afresh.
+NOT_STARTED = frozenset({JobState.QUEUED, JobState.SCHEDULING, JobState.CREATING_PARTITION})
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,9 @@ class ClusterActor(Actor):
         self.reaped_services: list[str] = []
         self._restart_later: list[JobRecord] = []
         self._adopt_later: list[JobRecord] = []
+        # Re-adoptions not yet reserved at their worker (job id -> node id): no new job is placed on such a
+        # worker until they are, so that the shares the running jobs hold are theirs again first.
+        self._adopting: dict[str, str] = {}
         self._full: set[str] = set()  # workers whose last answer was "no capacity"
         self._drained: set[str] = set()  # jobs placed from the queue that have not acknowledged it yet
         self.queue: list[QueueTicket] = []  # kept sorted: higher priority first, then arrival order
@@ -136,6 +141,8 @@ class ClusterActor(Actor):
                         or "no cluster.docker_host set", error)
         self.start_soon(self._sync_forever)
         for record in self._adopt_later:
+            assert record.placement is not None
+            self._adopting[record.job_id] = record.placement.node_id
             await self._start_job(record, adopt=True)
         for record in self._restart_later:
             await self._start_job(record)
@@ -155,6 +162,8 @@ class ClusterActor(Actor):
             case Placed(job_id, worker):
                 self.placements[job_id] = worker
                 self._drained.discard(job_id)  # the job knows where it holds its share and releases it there
+                if self._adopting.pop(job_id, None) is not None:
+                    self._wake_queue()
                 return None
             case Unplace(job_id):
                 return await self._unplace(job_id)
@@ -231,16 +240,21 @@ class ClusterActor(Actor):
         return record
 
     def _adoptable(self, record: JobRecord) -> bool:
-        """A job whose partition may still be held (leases on) and whose service and placement are known."""
-        return bool(self.settings.lease.ttl and record.state is JobState.RUNNING and record.service_id
-                    and record.partition_id and record.placement)
+        """A job whose partition may still be held (leases on) and whose service and placement are known (its
+        service was created: RUNNING, or about to be)."""
+        return bool(self.settings.lease.ttl and record.state in (JobState.CREATING_PARTITION, JobState.RUNNING)
+                    and record.service_id and record.partition_id and record.placement)
 
-    async def _remove_services_of(self, job_id: str) -> None:
+    async def _remove_services_of(self, job_id: str) -> int | None:
+        """Remove the job's labelled services; how many there were (``None``: the manager could not be asked)."""
         try:
-            for service in await self.swarm.list_services({LABEL_JOB: job_id}):
+            services = await self.swarm.list_services({LABEL_JOB: job_id})
+            for service in services:
                 await self.swarm.remove_service(service.id)
+            return len(services)
         except Exception as error:  # the manager is unreachable: the orphan is reaped at the next start
             log.warning("cluster: could not remove the services of lost job %s: %s", job_id, error)
+            return None
 
     def _persist(self, record: JobRecord) -> None:
         try:
@@ -268,7 +282,15 @@ class ClusterActor(Actor):
             if self._adoptable(record):
                 self._adopt_later.append(record)
                 continue
-            await self._remove_services_of(record.job_id)  # what the lost attempt left in the Swarm
+            services = await self._remove_services_of(record.job_id)  # what the lost attempt left in the Swarm
+            if services == 0 and not record.service_id and record.state in NOT_STARTED:
+                # Its container was never created, so it never ran: starting it now runs it once, not twice.
+                # (What the interrupted attempt made on a worker - a partition holder - is replaced then.)
+                record.attempt += 1
+                record.add_message(f"supervisor restarted while {lost_in}, before the job's container was "
+                                   f"created: starting it (attempt {record.attempt})")
+                self._restart_later.append(record)
+                continue
             if record.attempt <= record.spec.retries:
                 record.attempt += 1
                 record.add_message(f"supervisor restarted while {lost_in}: attempt {record.attempt}")
@@ -304,8 +326,9 @@ class ClusterActor(Actor):
         busy: dict[str, int] = {}
         for worker in self.placements.values():
             busy[worker] = busy.get(worker, 0) + 1
-        # Busiest first (packing); workers that recently said "full" last.
-        return sorted((ref for ref in self.worker_refs.values() if ref.alive),
+        # Busiest first (packing); workers that recently said "full" last; none still re-adopting its jobs.
+        adopting = set(self._adopting.values())
+        return sorted((ref for node_id, ref in self.worker_refs.items() if ref.alive and node_id not in adopting),
                       key=lambda r: (r.name in self._full, -busy.get(r.name, 0), r.name))
 
     def _enqueue(self, job_id: str, record: JobRecord, reason: str) -> QueueTicket:
@@ -361,6 +384,8 @@ class ClusterActor(Actor):
             ticket.position = position
 
     async def _unplace(self, job_id: str) -> None:
+        if self._adopting.pop(job_id, None) is not None:  # the re-adoption gave up
+            self._wake_queue()
         for ticket in self.queue:
             if ticket.job_id == job_id:
                 self.queue.remove(ticket)

@@ -225,6 +225,7 @@ class JobActor(Actor):
         self._attempt_scope: trio.CancelScope | None = None
         self._exited = False  # the current attempt's container has exited
         self._attempt_failure: JobStopped | None = None
+        self._service: Any = None  # the current attempt's service handle, once created
 
     async def on_start(self) -> None:
         self.start_soon(self._live)
@@ -265,6 +266,8 @@ class JobActor(Actor):
                     record.attempt += 1
                     record.add_message(f"attempt {record.attempt - 1} failed ({outcome.reason}); "
                                        f"retrying in {delay:g} s")
+                    log.info("%s: attempt %d failed (%s); retrying in %g s", self.name, record.attempt - 1,
+                             outcome.reason, delay)
                     await trio.sleep(delay)
         finally:
             if outcome is None or self._life_scope.cancelled_caught:
@@ -281,6 +284,7 @@ class JobActor(Actor):
         resources = self.resources = ResourceOwner(self.name)
         self._attempt_failure = None
         self._exited = False
+        self._service = None
         outcome: JobStopped | None = None
         try:
             with trio.CancelScope() as self._attempt_scope:
@@ -301,6 +305,12 @@ class JobActor(Actor):
             self._attempt_scope = None
             released.extend(resources.released)
             leaked.extend(f"{leak.what}: {leak.reason}" for leak in resources.leaks)
+            service = self._service
+            if service is not None and not service.removal_confirmed:
+                # Removed from the Swarm, but its container was not seen gone: say so (the node reaps it).
+                why = ("connection lost to its node" if service.node_unreachable
+                       else "its task did not disappear in time")
+                leaked.append(f"service {service.id}: container stop not confirmed ({why})")
         return outcome or self._attempt_failure or JobStopped(JobState.FAILED, "attempt stopped")
 
     def _should_retry(self, outcome: JobStopped) -> bool:
@@ -335,7 +345,8 @@ class JobActor(Actor):
         # nested order (files, then partition).
         lease, files = await self.resources.own_together([
             (node.open_partition(device=allocation.device_indexes[0], fraction=allocation.share,
-                                 duration=spec.duration, job_id=record.job_id), "partition"),
+                                 duration=spec.duration, job_id=record.job_id,
+                                 replace_earlier=record.attempt > 1), "partition"),
             (node.open_job_files(job_id=record.job_id, package=spec.package), "files"),
         ])
         record.partition_id = lease.partition_id
@@ -343,6 +354,8 @@ class JobActor(Actor):
         service = await own(self.swarm.open_service(self._service_request(allocation, lease, files)),
                             what="service")
         record.service_id = service.id
+        record.persist()  # a restarted supervisor must find (and re-adopt) the service even before RUNNING
+        self._service = service
         await own(self._stopped_on_its_node(node), what="container stop")
         with trio.move_on_after(spec.duration) as deadline:
             exit_task = await self._follow(service, updates, lease)
@@ -354,7 +367,8 @@ class JobActor(Actor):
         """Take over a job that a previous supervisor process started and that still runs on its worker.
 
         Everything of it that still exists is owned again (so it is torn down in the usual order whatever
-        happens); if its partition holder is gone, the attempt ends as lost after that teardown.
+        happens). If its partition holder is gone (the lease expired while no supervisor ran), the job is
+        concluded from what it left if it had ended by then, and is lost otherwise.
         """
         record, own = self.record, self.resources.own
         placement = record.placement
@@ -378,17 +392,36 @@ class JobActor(Actor):
             lost = lost or error
         updates = await own(open_task_watch(self.watcher, record.job_id), what="task watch")
         try:
-            service = await own(self.swarm.adopt_service(record.service_id, record.job_id), what="service")
+            service = self._service = await own(self.swarm.adopt_service(record.service_id, record.job_id),
+                                                what="service")
         except CumulusError as error:
             lost = lost or error
-        if lost is not None or lease is None or files is None or service is None:
+        if files is None or service is None:
             raise JobStopped(JobState.FAILED, f"lost: could not re-adopt after a supervisor restart: {lost}")
+        if lease is None:
+            # Its partition ended while the supervisor was away (the lease expired). If the job had finished by
+            # then, its outcome is in its job dir: the job is not lost, only its partition is gone.
+            return await self._conclude_unattended(service, files, lost)
         remaining = record.spec.duration - (time.time() - (record.started_at or record.submitted_at))
         with trio.move_on_after(max(remaining, 0)) as deadline:
             exit_task = await self._follow(service, updates, lease)
         if deadline.cancelled_caught:
             raise JobStopped(JobState.FAILED, "timeout", retry=False)
         return await self._conclude(exit_task, files)
+
+    async def _conclude_unattended(self, service: Any, files: Any, lost: Exception | None) -> JobStopped:
+        """How a job ended whose partition lease expired while no supervisor watched it: completed (or failed
+        with its own exception) if its task had ended with an outcome in its job dir; otherwise lost (stopped
+        by its expired lease), which is retried only if the job itself asked for retries."""
+        tasks = await self.swarm.task_states({LABEL_JOB: self.record.job_id})
+        ended = [t for t in tasks if t.service_id == service.id and t.terminal]
+        if ended:
+            self._exited = True
+            outcome = await self._conclude(ended[0], files)
+            if outcome.state is JobState.COMPLETED or outcome.reason == "user_exception":
+                self.record.add_message("re-adopted after a supervisor restart: it had ended meanwhile")
+                return outcome
+        raise JobStopped(JobState.FAILED, f"lost: could not re-adopt after a supervisor restart: {lost}")
 
     @asynccontextmanager
     async def _stopped_on_its_node(self, node: Any) -> AsyncIterator[None]:
@@ -398,7 +431,7 @@ class JobActor(Actor):
         try:
             yield
         finally:
-            if not self._exited:
+            if not self._exited and not (self._service is not None and self._service.node_unreachable):
                 with trio.move_on_after(STOP_WAIT_SECONDS, shield=True):
                     try:
                         await node.stop_job(self.record.job_id)
@@ -411,7 +444,8 @@ class JobActor(Actor):
 
     async def _task_ended(self) -> bool:
         tasks = await self.swarm.task_states({LABEL_JOB: self.record.job_id})
-        return all(task.terminal for task in tasks)
+        service_id = self._service.id if self._service is not None else None
+        return all(task.terminal for task in tasks if service_id is None or task.service_id == service_id)
 
     def _service_request(self, allocation: Any, lease: Any, files: Any) -> ServiceRequest:
         record = self.record
@@ -434,6 +468,8 @@ class JobActor(Actor):
             nursery.start_soon(self._relay_logs, service.id, logs_done)
             nursery.start_soon(self._watch_lease, lease)
             async for task in updates:
+                if task.service_id != service.id:
+                    continue  # an earlier attempt's task, reported late (e.g. by a node that came back)
                 if task.state == "running" or task.terminal:
                     record.set_state(JobState.RUNNING)
                 if task.terminal:
@@ -467,6 +503,8 @@ class JobActor(Actor):
     async def _watch_lease(self, lease: Any) -> None:
         await lease.lost.wait()
         kind = "node_lost" if "connection" in (lease.lost_reason or "") else "partition_lost"
+        if kind == "node_lost" and self._service is not None:
+            self._service.node_unreachable = True  # its removal cannot be confirmed: do not wait for it
         self._attempt_failed(JobStopped(JobState.FAILED, f"{kind}: {lease.lost_reason}"))
 
     async def _conclude(self, task: TaskState, files: Any) -> JobStopped:

@@ -244,6 +244,10 @@ class WorkerActor(Actor):
                             await trio.sleep(HEALTH_PROBE_SECONDS)
                         nursery.cancel_scope.cancel()
                     self.reason = "SSH health probe failed"
+                    # Now, not after closing the connection (which can take its timeout on a cut network):
+                    # no new reservations here, and the jobs held through it stop (node_lost).
+                    self.backend = None
+                    backend.fail_leases(f"connection lost to {self.node.hostname}: {self.reason}")
             except Exception as error:  # a failed connection is a state of the node, not a crash of this actor
                 self.reason = f"SSH: {error}"
                 log.warning("%s: %s", self.name, self.reason)

@@ -79,7 +79,10 @@ async def open_job_files(
     made = False
     try:
         await conn.run(
-            f"rm -rf -- {q(files.job_dir)} && mkdir -m 0755 -- {q(files.job_dir)}"
+            # What an earlier attempt left (its node was lost before it could clean up) goes first; its code/
+            # is read-only, so it is made writable again before rm -rf.
+            f"{{ ! [ -e {q(files.job_dir)} ] || {{ chmod -R u+w -- {q(files.job_dir)} 2>/dev/null;"
+            f" rm -rf -- {q(files.job_dir)}; }}; }} && mkdir -m 0755 -- {q(files.job_dir)}"
             f" && mkdir -m 0755 -- {q(files.code_dir)} && mkdir -m 0777 -- {q(files.output_dir)}"
             f" && chmod 0777 -- {q(files.output_dir)} && mkdir -m 0755 -- {q(files.lease_dir)}",
             timeout=30,

@@ -273,7 +273,7 @@ async def open_detached_partition_lease(
     finally:
         if not started:  # failed or cancelled: a holder may have started all the same
             with trio.move_on_after(release_timeout, shield=True):
-                await _stop_holders_of(conn, holder, job_id, lease_dir, release_timeout)
+                await stop_holders_of(conn, holder, job_id, lease_dir, release_timeout)
     lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
     if not lines:
         raise PartitionError(f"holder on {conn.label} exited without a reply (status {res.exit_status}): "
@@ -336,7 +336,9 @@ async def _killed_on_exit(conn: SshConnection, lease: PartitionLease, release_ti
                         lease.partition_id, lease.holder_pid, conn.label)
 
 
-async def _stop_holders_of(conn: SshConnection, holder: str, job_id: str, lease_dir: str, timeout: float) -> None:
+async def stop_holders_of(conn: SshConnection, holder: str, job_id: str, lease_dir: str, timeout: float) -> None:
+    """Stop every holder of ``job_id`` with ``lease_dir`` on the host (each releases its partition). Best effort:
+    never raises :class:`SshError` (a holder left running expires with its lease)."""
     try:
         found = await find_holders(conn, holder=holder)
     except SshError:

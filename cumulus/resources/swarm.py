@@ -159,12 +159,17 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
 @dataclass
 class ServiceHandle:
     """A created service. ``removal_confirmed`` becomes ``True`` once :func:`open_service` saw it gone: the
-    service removed and no task (so no container) of it left."""
+    service removed and no task (so no container) of it left.
+
+    Set ``node_unreachable`` (the owner learnt that the service's node is lost) and the removal no longer waits
+    for the task to disappear: a node that cannot be reached cannot report its container gone, and its
+    container is stopped on the node itself (expired lease, or dockerd reconciling once it returns)."""
 
     id: str
     name: str
     job_id: str
     removal_confirmed: bool = False
+    node_unreachable: bool = False
 
 
 @dataclass(frozen=True)
@@ -331,12 +336,14 @@ class SwarmClient:
         except docker.errors.NotFound:
             return False
 
-    async def wait_gone(self, service_id: str, job_id: str, *, timeout: float, poll: float = 0.05) -> bool:
+    async def wait_gone(self, service_id: str, job_id: str, *, timeout: float, poll: float = 0.05,
+                        give_up: Callable[[], bool] = lambda: False) -> bool:
         """Wait until no task of ``service_id`` (labelled ``job_id``) is left; Swarm drops a removed service's
         tasks only after the worker removed their containers. ``True`` if that happened within ``timeout``
-        (``False`` e.g. while the node is down). Never raises :class:`SwarmError` (retries)."""
+        (``False`` e.g. while the node is down, or as soon as ``give_up()`` is true). Never raises
+        :class:`SwarmError` (retries)."""
         with trio.move_on_after(timeout):
-            while True:
+            while not give_up():
                 try:
                     tasks = await self.task_states({LABEL_JOB: job_id})
                     if not any(t.service_id == service_id for t in tasks):
@@ -405,10 +412,11 @@ async def _removed_on_exit(client: SwarmClient, handle: ServiceHandle, remove_ti
                 await client.remove_service(handle.id)
             except SwarmError as exc:
                 log.warning("remove service %s: %s", handle.name, exc)
-            handle.removal_confirmed = await client.wait_gone(handle.id, handle.job_id, timeout=remove_timeout)
+            handle.removal_confirmed = await client.wait_gone(
+                handle.id, handle.job_id, timeout=remove_timeout, give_up=lambda: handle.node_unreachable)
         if not handle.removal_confirmed:
-            log.warning("service %s (%s): removal not confirmed within %.0f s", handle.name, handle.id,
-                        remove_timeout)
+            log.warning("service %s (%s): removal not confirmed %s", handle.name, handle.id,
+                        "(its node is unreachable)" if handle.node_unreachable else f"within {remove_timeout:.0f} s")
 
 
 # --------------------------------------------------------------------------------------------------------- logs

@@ -215,6 +215,30 @@ def wait_terminal(client, job_ids: Iterable[str], timeout: float) -> dict:
     raise AssertionError(f"{len(pending)} jobs not terminal after {timeout} s: {pending}")
 
 
+def wait_moved_off(client, job_ids: Iterable[str], worker: str, timeout: float) -> dict:
+    """Poll ``status`` until no job of ``job_ids`` is still on ``worker`` (a dead node): each is terminal, or a
+    later attempt was placed on another worker. Returns ``{job_id: JobInfo}``."""
+    job_ids = list(job_ids)
+    infos: dict = {}
+    deadline = time.monotonic() + timeout
+
+    def moved(info) -> bool:
+        return info.state in TERMINAL or (info.attempt > 1 and info.worker and info.worker != worker)
+
+    while time.monotonic() < deadline:
+        for job_id in job_ids:
+            try:
+                infos[job_id] = client.status(job_id)
+            except Exception:  # noqa: BLE001 - ask again
+                pass
+        if all(j in infos and moved(infos[j]) for j in job_ids):
+            return infos
+        time.sleep(0.25)
+    pending = {j: (infos[j].state, infos[j].worker, infos[j].attempt) if j in infos else "?" for j in job_ids
+               if j not in infos or not moved(infos[j])}
+    raise AssertionError(f"{len(pending)} jobs still on {worker} after {timeout} s: {pending}")
+
+
 def terminal_events(client, job_id: str) -> list[str]:
     """The terminal states among the job's replayed event history (the stream ends for a torn-down job)."""
     return [u.state for u in client.watch(job_id, include_logs=False, idle_timeout=5)

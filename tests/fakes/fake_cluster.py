@@ -17,7 +17,7 @@ import trio
 
 from cumulus.backends import Backends, NodeOrphans
 from cumulus.resources.ssh import SshError
-from cumulus.resources.swarm import SwarmError
+from cumulus.resources.swarm import ServiceHandle, SwarmError
 from cumulus.resources.swarm import LABEL_JOB, LABEL_SUPERVISOR, NodeInfo, ServiceRequest, TaskState
 
 DELAY = 0.05
@@ -161,26 +161,30 @@ class FakeSwarm:
         world.services[service_id] = container
         world.services_labels[service_id] = {LABEL_JOB: request.job_id, LABEL_SUPERVISOR: request.supervisor_id}
         world.nursery.start_soon(self._lifecycle, container)
+        handle = ServiceHandle(service_id, f"cumulus-{request.job_id}", request.job_id)
         try:
-            yield type("Handle", (), {"id": service_id, "name": f"cumulus-{request.job_id}"})()
+            yield handle
         finally:
             with trio.move_on_after(10, shield=True):
                 if not world.frozen:  # a killed supervisor releases nothing
                     await self.remove_service(service_id)
                     await container.gone.wait()
+            handle.removal_confirmed = container.gone.is_set()
 
     @asynccontextmanager
     async def adopt_service(self, service_id: str, job_id: str) -> AsyncIterator[Any]:
         container = self.world.services.get(service_id)
         if container is None:
             raise SwarmError(f"no service {service_id}")
+        handle = ServiceHandle(service_id, f"cumulus-{job_id}", job_id)
         try:
-            yield type("Handle", (), {"id": service_id, "name": f"cumulus-{job_id}"})()
+            yield handle
         finally:
             with trio.move_on_after(10, shield=True):
                 if not self.world.frozen:
                     await self.remove_service(service_id)
                     await container.gone.wait()
+            handle.removal_confirmed = container.gone.is_set()
 
     async def _lifecycle(self, container: FakeContainer) -> None:
         try:
@@ -243,7 +247,8 @@ class FakeNode:
         return f"/var/lib/cumulus/jobs/.leases/{job_id}"
 
     @asynccontextmanager
-    async def open_partition(self, *, device: int, fraction: float, duration: float, job_id: str):
+    async def open_partition(self, *, device: int, fraction: float, duration: float, job_id: str,
+                             replace_earlier: bool = False):
         world = self.world
         await trio.sleep(DELAY)
         if self.node.hostname in world.unreachable:
