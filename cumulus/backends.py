@@ -99,9 +99,10 @@ class SshNodeBackend:
             return
         if replace_earlier:
             await partition.stop_holders_of(self.conn, self._settings.cluster.holder, job_id, lease_dir, timeout)
-        # A fresh lease dir: an earlier attempt's ``expired`` mark must not stop this one.
-        await self.conn.run(f"rm -rf {shlex.quote(lease_dir)} && mkdir -p {shlex.quote(lease_dir)}")
         try:
+            # A fresh lease dir: an earlier attempt's ``expired`` mark must not stop this one.
+            quoted = shlex.quote(lease_dir)
+            await self.conn.run_to_completion(f"rm -rf {quoted} && mkdir -p {quoted}")
             async with partition.open_detached_partition_lease(
                 self.conn, device=device, fraction=fraction, duration=duration, job_id=job_id,
                 lease_dir=lease_dir, ttl=self._settings.lease.ttl, holder=self._settings.cluster.holder,
@@ -198,7 +199,7 @@ class SshNodeBackend:
         """Remove Chronos lock files whose creating process is gone (a holder killed with SIGKILL cannot remove
         its own); Chronos names them partition_<pid>_... . Returns how many were removed."""
         script = (
-            'n=0; for f in /tmp/chronos_locks/partition_*.lock; do [ -e "$f" ] || continue; '
+            f'n=0; for f in {partition.CHRONOS_LOCK_DIR}/partition_*.lock; do [ -e "$f" ] || continue; '
             'p=${f##*/partition_}; p=${p%%_*}; '
             'if ! kill -0 "$p" 2>/dev/null && [ ! -d "/proc/$p" ]; then rm -f "$f" && n=$((n+1)); fi; '
             'done; echo $n'

@@ -78,14 +78,14 @@ async def open_job_files(
     q = shlex.quote
     made = False
     try:
-        await conn.run(
+        await conn.run_to_completion(
             # What an earlier attempt left (its node was lost before it could clean up) goes first; its code/
             # is read-only, so it is made writable again before rm -rf.
             f"{{ ! [ -e {q(files.job_dir)} ] || {{ chmod -R u+w -- {q(files.job_dir)} 2>/dev/null;"
             f" rm -rf -- {q(files.job_dir)}; }}; }} && mkdir -m 0755 -- {q(files.job_dir)}"
             f" && mkdir -m 0755 -- {q(files.code_dir)} && mkdir -m 0777 -- {q(files.output_dir)}"
             f" && chmod 0777 -- {q(files.output_dir)} && mkdir -m 0755 -- {q(files.lease_dir)}",
-            timeout=30,
+            timeout=15,
         )
         await conn.put_bytes(package, posixpath.join(files.code_dir, PACKAGE_NAME), 0o444)
         await conn.run(f"chmod 0555 -- {q(files.code_dir)}", timeout=30)

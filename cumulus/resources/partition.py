@@ -31,6 +31,8 @@ from cumulus.resources.ssh import RemoteProcess, SshConnection, SshError
 log = logging.getLogger(__name__)
 
 HOLDER = "/opt/cumulus/bin/cumulus-partition-holder"
+#: Where Chronos writes a lock file per partition (``partition_<creator pid>_<...>.lock``); setup-worker.sh makes it.
+CHRONOS_LOCK_DIR = "/tmp/chronos_locks"
 
 
 class PartitionError(CumulusError):
@@ -163,7 +165,7 @@ async def find_holders(conn: SshConnection, *, holder: str = HOLDER) -> list[Hol
     ``--job-id``), device and partition id (Chronos names partitions ``partition_<creator pid>_...``; matched
     against ``/tmp/chronos_locks``). Raises :class:`SshError`."""
     name = holder.rsplit("/", 1)[-1]
-    res = await conn.run("ps -eo pid=,args= ; echo ---; ls /tmp/chronos_locks 2>/dev/null; true", timeout=30)
+    res = await conn.run(f"ps -eo pid=,args= ; echo ---; ls {CHRONOS_LOCK_DIR} 2>/dev/null; true", timeout=30)
     procs, _, locks = res.stdout.partition("---\n")
     lock_ids = [x[: -len(".lock")] for x in locks.split() if x.endswith(".lock")]
     found = []
@@ -204,10 +206,13 @@ async def kill_holder(conn: SshConnection, pid: int, *, timeout: float = 5.0, jo
     # A zombie counts as gone: it holds nothing any more (its parent, often init, may reap it only later).
     alive = (f"a(){{ kill -0 {pid} 2>/dev/null || return 1; read -r l 2>/dev/null < /proc/{pid}/stat || return 1;"
              f' case "$l" in *") Z "*) return 1;; esac; }}; ')
+    # Once it is gone, its Chronos lock files go too: a holder that needed SIGKILL could not remove its own (Chronos
+    # names them after the creating pid, so no live process's lock matches).
     script = (
         f"{alive}{guard}kill -TERM {pid} 2>/dev/null || exit 0; i=0; while a; do"
         f" i=$((i+1)); [ $i -eq {max(1, int(timeout * 10 / 2))} ] && kill -KILL {pid} 2>/dev/null;"
-        f" [ $i -gt {max(2, int(timeout * 10))} ] && exit 1; sleep 0.1; done"
+        f" [ $i -gt {max(2, int(timeout * 10))} ] && exit 1; sleep 0.1; done;"
+        f" rm -f {CHRONOS_LOCK_DIR}/partition_{pid}_*.lock 2>/dev/null; exit 0"
     )
     with trio.move_on_after(timeout + 2, shield=True):
         try:

@@ -238,6 +238,17 @@ class SshConnection:
             raise RemoteCommandFailed(self.label, command, result)
         return result
 
+    async def run_to_completion(self, command: str, *, timeout: float = 10.0, check: bool = True) -> SshResult:
+        """Like :meth:`run`, but a cancellation waits for the command's answer (at most ``timeout`` s) and takes
+        effect right after it. For short commands that create something: cancelled half-way, such a command
+        could still run on the host *after* the caller's cleanup, leaving what it made behind."""
+        with trio.move_on_after(timeout + 1, shield=True) as scope:
+            result = await self.run(command, timeout=timeout, check=check)
+        if scope.cancelled_caught:
+            raise SshError(self.label, f"run {command!r}", f"no answer within {timeout + 1:g} s")
+        await trio.lowlevel.checkpoint()  # a cancellation that arrived meanwhile
+        return result
+
     @asynccontextmanager
     async def open_process(
         self, command: str, *, stop_grace: float = 2.0, close_timeout: float = CLOSE_TIMEOUT
