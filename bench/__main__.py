@@ -1,6 +1,6 @@
 """``python -m bench``: run every benchmark and write bench/RESULTS.md (figures as ratios against baselines
-measured in the same run). Needs root and the local cluster (`cumulus local up`) for P1/P2; `--no-cluster` skips
-those. `--quick` runs fewer rounds."""
+measured in the same run). Needs root and the local cluster (`cumulus local up`) for P1/P2/P4; `--no-cluster`
+skips those. `--quick` runs fewer rounds."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def fmt(value: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-cluster", action="store_true", help="skip P1/P2 (they need the local cluster)")
+    parser.add_argument("--no-cluster", action="store_true", help="skip P1/P2/P4 (they need the local cluster)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     rows: list[dict] = []
@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         import lifecycle
 
         rows += lifecycle.main(["--runs", "3" if args.quick else "7"])
+        import log_relay
+
+        rows += log_relay.main(["--runs", "3", "--lines", "5000"] if args.quick else ["--runs", "5"])
     lines = [
         "# Benchmark results",
         "",

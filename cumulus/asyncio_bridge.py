@@ -17,6 +17,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
+import trio
 import trio_asyncio
 
 T = TypeVar("T")
@@ -60,45 +61,46 @@ async def call_trio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
 async def iterate_trio(make_iterator: Callable[[], Any]) -> AsyncIterator[Any]:
     """Iterate, from asyncio code, the Trio async iterator that ``make_iterator()`` returns.
 
-    ``make_iterator`` is called in Trio (so a Trio async generator is created, and later finalized, there). Each
-    item is fetched by a short Trio call; cancelling the asyncio consumer cancels that call and ends the
-    iteration. However the loop ends, the Trio iterator's ``aclose()`` runs in Trio before this returns.
+    ``make_iterator`` is called in Trio (so a Trio async generator is created, and later finalized, there). One
+    Trio task pumps the items into an asyncio queue (both loops share this thread, so handing an item over is a
+    plain ``put_nowait``; no Trio call per item). Cancelling the asyncio consumer, or leaving the loop early,
+    cancels the pump; however the loop ends, the Trio iterator's ``aclose()`` has run in Trio (or is running,
+    bounded by the pump's cancellation) when this returns. An exception raised by the iterator is re-raised here.
     """
-
-    async def create() -> Any:
-        return make_iterator().__aiter__()
-
-    iterator = await call_trio(create)
-
-    async def step() -> tuple[bool, Any]:
-        try:
-            return True, await iterator.__anext__()
-        except StopAsyncIteration:
-            return False, None
-
-    try:
-        while True:
-            more, item = await call_trio(step)
-            if not more:
-                return
-            yield item
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await _close_in_trio(aclose)
-
-
-async def _close_in_trio(aclose: Callable[[], Awaitable[Any]]) -> None:
-    """Run a Trio ``aclose`` from asyncio, even while the asyncio task is being cancelled (bounded)."""
     import asyncio
 
-    future = trio_asyncio.trio_as_aio(aclose)()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def pump() -> None:
+        iterator = make_iterator()
+        try:
+            async for item in iterator:
+                queue.put_nowait(("item", item))
+            queue.put_nowait(("end", None))
+        except Exception as error:  # handed to the consumer, which re-raises it
+            queue.put_nowait(("error", error))
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await aclose()
+
+    pumping = asyncio.ensure_future(trio_asyncio.trio_as_aio(pump)())
     try:
-        await asyncio.shield(future)
-    except asyncio.CancelledError:
-        pass  # the aclose keeps running in Trio; nothing else to wait for
-    except Exception:  # noqa: BLE001 - the iterator failed while closing: nothing useful to do here
-        pass
+        while True:
+            kind, value = await queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        if not pumping.done():
+            pumping.cancel()
+            try:
+                await asyncio.shield(pumping)
+            except BaseException:  # noqa: BLE001 - cancelled (as asked) or being cancelled ourselves
+                pass
 
 
 def _current_loop() -> Any:

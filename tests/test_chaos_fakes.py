@@ -2,8 +2,8 @@
 and supervisor shutdowns, at random moments of random jobs. After each schedule: nothing held anywhere, exactly
 one terminal state per job, every completed job's result kept, every share back to zero.
 
-3,000 schedules by default, to keep CI within its time budget; CUMULUS_CHAOS_EXAMPLES=10000 for the full run
-(the issue asks for >= 10,000: not yet fast enough for CI). Marker `chaos`.
+10,000 schedules by default (about 4-5 minutes on 2 cores); CUMULUS_CHAOS_EXAMPLES=N for more or fewer.
+Marker `chaos`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tests.test_job_lifecycle import settings as supervisor_settings
 from tests.test_job_lifecycle import spec
 
 pytestmark = pytest.mark.chaos
-EXAMPLES = int(os.environ.get("CUMULUS_CHAOS_EXAMPLES", "3000"))
+EXAMPLES = int(os.environ.get("CUMULUS_CHAOS_EXAMPLES", "10000"))
 COUNTS = {"schedules": 0, "faults": 0, "leaks": 0}
 
 fault = st.fixed_dictionaries({

@@ -93,6 +93,23 @@ async def test_state_order_and_logs_before_result(autojump_clock):
         assert kinds.index("log") < kinds.index("result") < kinds.index("COMPLETED") == len(kinds) - 1
 
 
+async def test_stdout_that_arrives_after_the_runners_marker_is_relayed_before_the_result(autojump_clock):
+    """Docker does not keep stdout and stderr in order relative to each other: lines of the job's stdout can come
+    after the runner's stderr "job finished" marker. None may be lost, and all come before the result."""
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec(env={"FAKE_LATE_STDOUT": "50"}))
+        kinds, lines = [], []
+        async for event in record.events():
+            if event.log is not None:
+                kinds.append("log")
+                lines.append(event.log[1])
+            elif event.result is not None:
+                kinds.append("result")
+        assert [line for line in lines if line.startswith("late line")] == [f"late line {i}" for i in range(50)]
+        assert "[cumulus] end of stdout" not in lines  # the runner's, not the job's
+        assert kinds[-1] == "result" and record.state is JobState.COMPLETED
+
+
 async def test_user_exception_fails_the_job_with_its_envelope(autojump_clock):
     async with fake_cluster() as (sup, world):
         record = await sup.submit(spec(exit_code=1))

@@ -46,7 +46,10 @@ RETRY_BACKOFF_MAX_SECONDS = 30.0
 #: Failures of the infrastructure, not of the job: retried by default (jobs.default_retries).
 RETRIED_FAILURES = frozenset({"infrastructure", "node_lost", "partition_lost", "container_failed", "lost"})
 # ("lost" - in a supervisor restart - is retried only when the job set retries itself.)
-LOG_DRAIN_SECONDS = 2.0
+LOG_IDLE_SECONDS = 1.0  # after the task ended, output without end markers is complete after this much quiet
+LOG_DRAIN_MAX_SECONDS = 60.0  # ... and relaying stops at the latest this long after the task ended
+#: The runner's last stdout line (after the job's own output; not relayed): with the stderr marker, all is in.
+STDOUT_END_MARKER = "[cumulus] end of stdout"
 STOP_WAIT_SECONDS = 5.0
 MAX_RESULT_BYTES = 256 * 1024 * 1024
 
@@ -226,6 +229,7 @@ class JobActor(Actor):
         self._exited = False  # the current attempt's container has exited
         self._attempt_failure: JobStopped | None = None
         self._service: Any = None  # the current attempt's service handle, once created
+        self._lines_relayed = 0
 
     async def on_start(self) -> None:
         self.start_soon(self._live)
@@ -358,7 +362,7 @@ class JobActor(Actor):
         self._service = service
         await own(self._stopped_on_its_node(node), what="container stop")
         with trio.move_on_after(spec.duration) as deadline:
-            exit_task = await self._follow(service, updates, lease)
+            exit_task = await self._follow(service, updates, lease, files)
         if deadline.cancelled_caught:
             raise JobStopped(JobState.FAILED, "timeout", retry=False)
         return await self._conclude(exit_task, files)
@@ -404,7 +408,7 @@ class JobActor(Actor):
             return await self._conclude_unattended(service, files, lost)
         remaining = record.spec.duration - (time.time() - (record.started_at or record.submitted_at))
         with trio.move_on_after(max(remaining, 0)) as deadline:
-            exit_task = await self._follow(service, updates, lease)
+            exit_task = await self._follow(service, updates, lease, files)
         if deadline.cancelled_caught:
             raise JobStopped(JobState.FAILED, "timeout", retry=False)
         return await self._conclude(exit_task, files)
@@ -458,15 +462,22 @@ class JobActor(Actor):
             lease_dir=allocation.backend.lease_dir(record.job_id),
         )
 
-    async def _follow(self, service: Any, updates: trio.MemoryReceiveChannel[TaskState], lease: Any) -> TaskState:
+    async def _follow(self, service: Any, updates: trio.MemoryReceiveChannel[TaskState], lease: Any,
+                      files: Any) -> TaskState:
         """Relay logs while waiting for the task to end; return its terminal state. Raises JobStopped if the
-        partition is lost meanwhile."""
+        partition is lost meanwhile.
+
+        The runner's last line says how the job ended; on "finished" the result is already written, so it is
+        fetched and the job recorded COMPLETED at once, without waiting for Swarm to report the task's end
+        (which takes a few hundred ms); that report still ends this wait (and the teardown follows it)."""
         record = self.record
         logs_done = trio.Event()
+        finished = trio.Event()
         exit_task: TaskState | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._relay_logs, service.id, logs_done)
+            nursery.start_soon(self._relay_logs, service.id, logs_done, finished)
             nursery.start_soon(self._watch_lease, lease)
+            nursery.start_soon(self._complete_when_finished, finished, files)
             async for task in updates:
                 if task.service_id != service.id:
                     continue  # an earlier attempt's task, reported late (e.g. by a node that came back)
@@ -476,25 +487,65 @@ class JobActor(Actor):
                     exit_task = task
                     self._exited = True
                     break
-            with trio.move_on_after(LOG_DRAIN_SECONDS):
-                await logs_done.wait()  # the runner's last line: every earlier line has been relayed
+            await self._drain_logs(logs_done)
             nursery.cancel_scope.cancel()
         if exit_task is None:
             raise JobStopped(JobState.FAILED, "task watch ended before the job's task finished")
         return exit_task
 
-    async def _relay_logs(self, service_id: str, done: trio.Event) -> None:
+    async def _drain_logs(self, logs_done: trio.Event) -> None:
+        """After the task ended: wait until every line was relayed - the runner's end markers came - or, for
+        output without them (a runner that was killed), until no line came for ``LOG_IDLE_SECONDS``; at most
+        ``LOG_DRAIN_MAX_SECONDS``, after which the job's messages say that lines may be missing."""
+        deadline = trio.current_time() + LOG_DRAIN_MAX_SECONDS
+        while not logs_done.is_set():
+            relayed = self._lines_relayed
+            with trio.move_on_after(LOG_IDLE_SECONDS):
+                await logs_done.wait()
+            if logs_done.is_set() or self._lines_relayed == relayed:
+                return
+            if trio.current_time() >= deadline:
+                self.record.add_message(f"log relay stopped {LOG_DRAIN_MAX_SECONDS:g} s after the job ended, "
+                                        f"after {self._lines_relayed} lines: later lines may be missing")
+                return
+
+    async def _complete_when_finished(self, finished: trio.Event, files: Any) -> None:
+        await finished.wait()
+        try:
+            envelope = await files.fetch_result(MAX_RESULT_BYTES)
+        except CumulusError:
+            return  # the task's end decides, as usual
+        if envelope is not None:
+            self.record.set_result(envelope)
+            self.record.set_state(JobState.COMPLETED)
+
+    async def _relay_logs(self, service_id: str, done: trio.Event, finished: trio.Event | None = None) -> None:
+        """Relay the service's log lines into the record. ``done`` is set once the runner's end markers of both
+        streams have come (Docker keeps each stream in order, but not the two relative to each other, so only
+        both markers prove that every line was relayed), or when the log stream ends; ``finished`` too if the
+        runner said the job finished (its result is written)."""
+        stdout_ended = stderr_ended = job_finished = False
         try:
             async with self.swarm.follow_logs(service_id) as lines:
                 async for stream, line in lines:
                     self.record.set_state(JobState.RUNNING)  # output proves it runs, even before the next poll
-                    self.record.add_log(stream, line)
-                    if END_OF_JOB_MARKER.match(line):
+                    if stream == "stdout" and line == STDOUT_END_MARKER:
+                        stdout_ended = True  # the runner's, not the job's: not relayed
+                    else:
+                        self.record.add_log(stream, line)
+                        self._lines_relayed += 1
+                        marker = END_OF_JOB_MARKER.match(line) if stream == "stderr" else None
+                        if marker:
+                            stderr_ended = True
+                            job_finished = marker.group(1) == "finished" and not marker.group(2)
+                            try:
+                                self.watcher.cast_nowait(PollNow())  # its exit follows: see it at once
+                            except (ActorDied, trio.WouldBlock):
+                                pass
+                    if stdout_ended and stderr_ended and not done.is_set():
+                        if finished is not None and job_finished:
+                            finished.set()
                         done.set()
-                        try:
-                            self.watcher.cast_nowait(PollNow())  # its exit follows: see it at once
-                        except (ActorDied, trio.WouldBlock):
-                            pass
         except CumulusError as error:  # logs are for humans: losing them must not fail the job
             self.record.add_message(f"log stream ended: {error}")
         finally:
@@ -511,6 +562,8 @@ class JobActor(Actor):
         """How a job that ended by itself ended. A completed job is recorded at once (its result reaches the
         caller before teardown); a failure is left to the retry policy."""
         record = self.record
+        if record.state is JobState.COMPLETED:  # concluded on the runner's last line already
+            return JobStopped(JobState.COMPLETED)
         envelope = await files.fetch_result(MAX_RESULT_BYTES)
         if task.state == "complete" and task.exit_code == 0 and envelope is not None:
             record.set_result(envelope)

@@ -451,16 +451,17 @@ async def follow_logs(
         raise SwarmError(f"logs of {service_id}: {exc}") from exc
     raw_sock = api._get_raw_response_socket(response)
     sock = getattr(raw_sock, "_sock", raw_sock)
-    send, receive = trio.open_memory_channel[tuple[str, str]](256)
+    # The reader thread hands over every line of a frame at once: one cross-thread call per frame, not per line.
+    send, receive = trio.open_memory_channel[list[tuple[str, str]]](64)
     done = trio.Event()
     token = trio.lowlevel.current_trio_token()
 
     def _reader() -> None:
         buffers: dict[str, bytes] = {"stdout": b"", "stderr": b""}
 
-        def emit(stream: str, data: bytes) -> None:
-            line = data.decode("utf-8", errors="replace")[:max_line]
-            trio.from_thread.run(send.send, (stream, line), trio_token=token)
+        def emit(stream: str, chunks: list[bytes]) -> None:
+            batch = [(stream, data.decode("utf-8", errors="replace")[:max_line]) for data in chunks]
+            trio.from_thread.run(send.send, batch, trio_token=token)
 
         try:
             raw = response.raw
@@ -478,11 +479,11 @@ async def follow_logs(
                 buf = buffers.setdefault(stream, b"") + data
                 *lines, rest = buf.split(b"\n")
                 buffers[stream] = rest
-                for line in lines:
-                    emit(stream, line)
+                if lines:
+                    emit(stream, lines)
             for stream, rest in buffers.items():
                 if rest:
-                    emit(stream, rest)
+                    emit(stream, [rest])
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError, trio.Cancelled):
             pass
         except Exception:  # noqa: BLE001  (socket shut down under us: that is how we stop)
@@ -500,8 +501,9 @@ async def follow_logs(
             done.set()
 
     async def _lines() -> AsyncIterator[tuple[str, str]]:
-        async for item in receive:
-            yield item
+        async for batch in receive:
+            for item in batch:
+                yield item
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_run_reader)

@@ -243,12 +243,9 @@ def test_remote_value_error_is_raised_with_its_traceback(sup):
 
 
 def test_a_failure_reaches_the_caller_as_promptly_as_a_result(sup, client):
-    """The runner's last line ("[cumulus] job finished|failed in X s") tells the supervisor that every line has
-    been relayed; the outcome should follow within teardown time (~0.5 s here), for a raise as for a return.
-
-    Fails today: ``cumulus/actors/job.py`` waits for ``END_OF_JOB_MARKER = "[cumulus] job finished"`` only, but
-    the runner ends a failed job with "[cumulus] job failed in X s" (``worker_image/image/runner.py``, main()),
-    so every failed job sits out the whole ``LOG_DRAIN_SECONDS`` (2 s) before it is concluded."""
+    """The runner's last lines (its stdout end marker and "[cumulus] job finished|failed in X s" on stderr) tell
+    the supervisor that every line has been relayed; the outcome should follow within teardown time (~0.5 s
+    here), for a raise as for a return."""
     lags = {}
     for func, args in ((add, (1, 2)), (fails, (1,))):
         events: list[tuple[float, str, str]] = []

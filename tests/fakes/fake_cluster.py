@@ -141,7 +141,12 @@ class FakeWorld:
                 return
             if container.env.get("FAKE_NO_RESULT") != "1":
                 self.outputs[container.job_id] = f"{'ok' if exit_code == 0 else 'err'}:{container.job_id}".encode()
-            container.logs.append(("stderr", "[cumulus] job finished in 1 s"))
+            # Like Docker: the two streams are not kept in order relative to each other (FAKE_LATE_STDOUT lines
+            # of stdout come after the runner's stderr marker).
+            late = int(container.env.get("FAKE_LATE_STDOUT", "0"))
+            container.logs.append(("stderr", f"[cumulus] job {'finished' if exit_code == 0 else 'failed'} in 1 s"))
+            container.logs.extend(("stdout", f"late line {i}") for i in range(late))
+            container.logs.append(("stdout", "[cumulus] end of stdout"))
             container.log_event.set()
             container.state, container.exit_code = ("complete" if exit_code == 0 else "failed"), exit_code
         finally:

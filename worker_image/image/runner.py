@@ -51,6 +51,7 @@ MAX_MEMBERS = 10_000
 PIP_TIMEOUT_S = float(os.environ.get("CUMULUS_PIP_TIMEOUT", "900"))
 
 EXIT_OK, EXIT_USER, EXIT_INFRA = 0, 1, 2
+STDOUT_END_MARKER = "[cumulus] end of stdout"  # cumulus.actors.job.STDOUT_END_MARKER
 
 
 class InfraFailure(Exception):
@@ -424,6 +425,12 @@ def main() -> int:
             log(f"cannot write the result to {out_dir}: {type(exc).__name__}: {exc}")
             code = EXIT_INFRA
         status = {EXIT_OK: "finished", EXIT_USER: "failed", EXIT_INFRA: "failed (infrastructure)"}[code]
+        # The end of each stream, stdout first: Docker keeps each stream's order but not the two streams' relative
+        # order, so the supervisor knows that every line was relayed once it has both (and the result is written).
+        try:
+            print(STDOUT_END_MARKER, flush=True)
+        except Exception:  # noqa: BLE001 - stdout closed by the job: the supervisor falls back to waiting
+            pass
         log(f"job {status} in {time.monotonic() - T0:.2f} s")
         return code
     finally:
