@@ -9,12 +9,14 @@ Only the manager's socket is used; nothing here talks to a worker's own dockerd.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
 import re
 import socket
 import struct
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, TypeVar
@@ -30,6 +32,7 @@ from cumulus.errors import CumulusError, InvalidRequest
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+MAX_PENDING_LINES = 10_000  # log lines read but not yet taken by the Trio side: the reader waits beyond this
 LABEL_JOB = "cumulus.job_id"
 LABEL_SUPERVISOR = "cumulus.supervisor_id"
 LABEL_PARTITION = "cumulus.partition_id"
@@ -451,17 +454,33 @@ async def follow_logs(
         raise SwarmError(f"logs of {service_id}: {exc}") from exc
     raw_sock = api._get_raw_response_socket(response)
     sock = getattr(raw_sock, "_sock", raw_sock)
-    # The reader thread hands over every line of a frame at once: one cross-thread call per frame, not per line.
-    send, receive = trio.open_memory_channel[list[tuple[str, str]]](64)
+    # Docker sends a frame per line. The reader thread queues lines and wakes the Trio side only when it is not
+    # already awake, so a burst of output crosses threads in a few batches instead of one call per line; it
+    # waits (backpressure) while MAX_PENDING_LINES are queued.
+    pending: collections.deque[tuple[str, str]] = collections.deque()
+    condition = threading.Condition()
+    state = {"woken": False, "ended": False, "closed": False}
+    arrived = [trio.Event()]  # replaced after each wake-up (Trio events are not reset)
     done = trio.Event()
     token = trio.lowlevel.current_trio_token()
+
+    def _wake() -> None:
+        arrived[0].set()
 
     def _reader() -> None:
         buffers: dict[str, bytes] = {"stdout": b"", "stderr": b""}
 
         def emit(stream: str, chunks: list[bytes]) -> None:
             batch = [(stream, data.decode("utf-8", errors="replace")[:max_line]) for data in chunks]
-            trio.from_thread.run(send.send, batch, trio_token=token)
+            with condition:
+                while len(pending) >= MAX_PENDING_LINES and not state["closed"]:
+                    condition.wait(0.5)
+                if state["closed"]:
+                    raise trio.ClosedResourceError
+                pending.extend(batch)
+                wake, state["woken"] = not state["woken"], True
+            if wake:
+                token.run_sync_soon(_wake)
 
         try:
             raw = response.raw
@@ -489,9 +508,11 @@ async def follow_logs(
         except Exception:  # noqa: BLE001  (socket shut down under us: that is how we stop)
             pass
         finally:
+            with condition:
+                state["ended"] = True
             try:
-                trio.from_thread.run_sync(send.close, trio_token=token)
-            except Exception:  # noqa: BLE001
+                token.run_sync_soon(_wake)
+            except trio.RunFinishedError:
                 pass
 
     async def _run_reader() -> None:
@@ -501,9 +522,21 @@ async def follow_logs(
             done.set()
 
     async def _lines() -> AsyncIterator[tuple[str, str]]:
-        async for batch in receive:
-            for item in batch:
+        while True:
+            await arrived[0].wait()
+            with condition:
+                batch = list(pending)
+                pending.clear()
+                ended = state["ended"]
+                state["woken"] = False
+                arrived[0] = trio.Event()
+                condition.notify_all()
+            for count, item in enumerate(batch, 1):
                 yield item
+                if count % 256 == 0:
+                    await trio.lowlevel.checkpoint()  # a long burst must not hold the whole loop
+            if ended:
+                return
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_run_reader)
@@ -516,7 +549,9 @@ async def follow_logs(
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-                receive.close()
+                with condition:
+                    state["closed"] = True
+                    condition.notify_all()
                 await iterator.aclose()
                 await done.wait()
             try:
