@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import actor_call  # noqa: E402
 import control_plane  # noqa: E402
+import grpc_throughput  # noqa: E402
 
 
 def machine() -> str:
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     rows.append(actor_call.main(["--calls", "5000" if args.quick else "20000"]))
     rows += control_plane.main(["--quick"] if args.quick else [])
+    rows += grpc_throughput.main(["--jobs", "500", "--rounds", "1"] if args.quick else ["--jobs", "1500"])
     if not args.no_cluster:
         import lifecycle
 

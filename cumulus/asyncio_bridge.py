@@ -14,7 +14,7 @@ process by :func:`open_asyncio_bridge` around everything that needs it.
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import trio
@@ -58,14 +58,16 @@ async def call_trio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     return await trio_asyncio.trio_as_aio(fn)(*args)
 
 
-async def iterate_trio(make_iterator: Callable[[], Any]) -> AsyncIterator[Any]:
-    """Iterate, from asyncio code, the Trio async iterator that ``make_iterator()`` returns.
+async def iterate_trio_batches(make_iterator: Callable[[], Any]) -> AsyncIterator[list[Any]]:
+    """Iterate, from asyncio code, the Trio async iterator that ``make_iterator()`` returns, in batches: each
+    batch is every item that had arrived when the consumer asked (at least one), in order.
 
     ``make_iterator`` is called in Trio (so a Trio async generator is created, and later finalized, there). One
     Trio task pumps the items into an asyncio queue (both loops share this thread, so handing an item over is a
     plain ``put_nowait``; no Trio call per item). Cancelling the asyncio consumer, or leaving the loop early,
     cancels the pump; however the loop ends, the Trio iterator's ``aclose()`` has run in Trio (or is running,
-    bounded by the pump's cancellation) when this returns. An exception raised by the iterator is re-raised here.
+    bounded by the pump's cancellation) when this returns. An exception raised by the iterator is re-raised here
+    (after the items that came before it).
     """
     import asyncio
 
@@ -88,12 +90,19 @@ async def iterate_trio(make_iterator: Callable[[], Any]) -> AsyncIterator[Any]:
     pumping = asyncio.ensure_future(trio_asyncio.trio_as_aio(pump)())
     try:
         while True:
+            batch: list[Any] = []
             kind, value = await queue.get()
+            while kind == "item":
+                batch.append(value)
+                if queue.empty():
+                    break
+                kind, value = queue.get_nowait()
+            if batch:
+                yield batch
             if kind == "end":
                 return
             if kind == "error":
                 raise value
-            yield value
     finally:
         if not pumping.done():
             pumping.cancel()
@@ -103,6 +112,14 @@ async def iterate_trio(make_iterator: Callable[[], Any]) -> AsyncIterator[Any]:
                 pass
 
 
+async def iterate_trio(make_iterator: Callable[[], Any]) -> AsyncIterator[Any]:
+    """Like :func:`iterate_trio_batches`, one item at a time."""
+    async with aclosing(iterate_trio_batches(make_iterator)) as batches:
+        async for batch in batches:
+            for item in batch:
+                yield item
+
+
 def _current_loop() -> Any:
     try:
         return trio_asyncio.current_loop.get()
@@ -110,4 +127,5 @@ def _current_loop() -> Any:
         return None
 
 
-__all__ = ["call_asyncio", "call_trio", "iterate_asyncio", "iterate_trio", "open_asyncio_bridge"]
+__all__ = ["call_asyncio", "call_trio", "iterate_asyncio", "iterate_trio", "iterate_trio_batches",
+           "open_asyncio_bridge"]

@@ -110,6 +110,22 @@ async def test_stdout_that_arrives_after_the_runners_marker_is_relayed_before_th
         assert kinds[-1] == "result" and record.state is JobState.COMPLETED
 
 
+async def test_a_finished_job_whose_process_lingers_is_completed_and_then_stopped(autojump_clock):
+    """The runner said "finished" and the result is written: the job is COMPLETED at once; a container that then
+    does not exit (a non-daemon thread left behind) is stopped after EXIT_AFTER_FINISH_SECONDS, not at its
+    duration."""
+    from cumulus.actors.job import EXIT_AFTER_FINISH_SECONDS
+
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec(env={"FAKE_LINGER": "1000"}, duration=3600))
+        await record.finished.wait()
+        completed_at = trio.current_time()
+        assert record.state is JobState.COMPLETED and record.result is not None
+        await record.torn_down.wait()
+        assert trio.current_time() - completed_at < EXIT_AFTER_FINISH_SECONDS + 5
+        assert not record.teardown.leaked and world.services == {} and world.partitions == {}
+
+
 async def test_user_exception_fails_the_job_with_its_envelope(autojump_clock):
     async with fake_cluster() as (sup, world):
         record = await sup.submit(spec(exit_code=1))

@@ -50,6 +50,7 @@ LOG_IDLE_SECONDS = 1.0  # after the task ended, output without end markers is co
 LOG_DRAIN_MAX_SECONDS = 60.0  # ... and relaying stops at the latest this long after the task ended
 #: The runner's last stdout line (after the job's own output; not relayed): with the stderr marker, all is in.
 STDOUT_END_MARKER = "[cumulus] end of stdout"
+EXIT_AFTER_FINISH_SECONDS = 10.0  # a finished job's container gets this long to exit before it is stopped
 STOP_WAIT_SECONDS = 5.0
 MAX_RESULT_BYTES = 256 * 1024 * 1024
 
@@ -463,33 +464,36 @@ class JobActor(Actor):
         )
 
     async def _follow(self, service: Any, updates: trio.MemoryReceiveChannel[TaskState], lease: Any,
-                      files: Any) -> TaskState:
+                      files: Any) -> TaskState | None:
         """Relay logs while waiting for the task to end; return its terminal state. Raises JobStopped if the
         partition is lost meanwhile.
 
         The runner's last line says how the job ended; on "finished" the result is already written, so it is
         fetched and the job recorded COMPLETED at once, without waiting for Swarm to report the task's end
-        (which takes a few hundred ms); that report still ends this wait (and the teardown follows it)."""
+        (which takes a few hundred ms). That report still ends this wait, and the teardown follows it; a
+        container that does not exit within ``EXIT_AFTER_FINISH_SECONDS`` of that (a job that left a non-daemon
+        thread behind) is not waited for any longer: ``None`` is returned and the teardown stops it."""
         record = self.record
         logs_done = trio.Event()
         finished = trio.Event()
         exit_task: TaskState | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._relay_logs, service.id, logs_done, finished)
-            nursery.start_soon(self._watch_lease, lease)
-            nursery.start_soon(self._complete_when_finished, finished, files)
-            async for task in updates:
-                if task.service_id != service.id:
-                    continue  # an earlier attempt's task, reported late (e.g. by a node that came back)
-                if task.state == "running" or task.terminal:
-                    record.set_state(JobState.RUNNING)
-                if task.terminal:
-                    exit_task = task
-                    self._exited = True
-                    break
-            await self._drain_logs(logs_done)
+            with trio.CancelScope() as waiting:
+                nursery.start_soon(self._relay_logs, service.id, logs_done, finished)
+                nursery.start_soon(self._watch_lease, lease)
+                nursery.start_soon(self._complete_when_finished, finished, files, waiting)
+                async for task in updates:
+                    if task.service_id != service.id:
+                        continue  # an earlier attempt's task, reported late (e.g. by a node that came back)
+                    if task.state == "running" or task.terminal:
+                        record.set_state(JobState.RUNNING)
+                    if task.terminal:
+                        exit_task = task
+                        self._exited = True
+                        break
+                await self._drain_logs(logs_done)
             nursery.cancel_scope.cancel()
-        if exit_task is None:
+        if exit_task is None and not (waiting.cancelled_caught and record.state is JobState.COMPLETED):
             raise JobStopped(JobState.FAILED, "task watch ended before the job's task finished")
         return exit_task
 
@@ -509,7 +513,7 @@ class JobActor(Actor):
                                         f"after {self._lines_relayed} lines: later lines may be missing")
                 return
 
-    async def _complete_when_finished(self, finished: trio.Event, files: Any) -> None:
+    async def _complete_when_finished(self, finished: trio.Event, files: Any, waiting: trio.CancelScope) -> None:
         await finished.wait()
         try:
             envelope = await files.fetch_result(MAX_RESULT_BYTES)
@@ -518,6 +522,7 @@ class JobActor(Actor):
         if envelope is not None:
             self.record.set_result(envelope)
             self.record.set_state(JobState.COMPLETED)
+            waiting.deadline = trio.current_time() + EXIT_AFTER_FINISH_SECONDS
 
     async def _relay_logs(self, service_id: str, done: trio.Event, finished: trio.Event | None = None) -> None:
         """Relay the service's log lines into the record. ``done`` is set once the runner's end markers of both
@@ -558,13 +563,14 @@ class JobActor(Actor):
             self._service.node_unreachable = True  # its removal cannot be confirmed: do not wait for it
         self._attempt_failed(JobStopped(JobState.FAILED, f"{kind}: {lease.lost_reason}"))
 
-    async def _conclude(self, task: TaskState, files: Any) -> JobStopped:
+    async def _conclude(self, task: TaskState | None, files: Any) -> JobStopped:
         """How a job that ended by itself ended. A completed job is recorded at once (its result reaches the
         caller before teardown); a failure is left to the retry policy."""
         record = self.record
         if record.state is JobState.COMPLETED:  # concluded on the runner's last line already
             return JobStopped(JobState.COMPLETED)
         envelope = await files.fetch_result(MAX_RESULT_BYTES)
+        assert task is not None  # only a COMPLETED job may be concluded without its task's end
         if task.state == "complete" and task.exit_code == 0 and envelope is not None:
             record.set_result(envelope)
             record.set_state(JobState.COMPLETED)

@@ -202,7 +202,7 @@ class CumulusClient:
         try:
             if idle_timeout is None:
                 for ev in call:
-                    yield JobUpdate.from_pb(ev)
+                    yield from JobUpdate.all_from_pb(ev)
                 return
             items: queue.Queue[Any] = queue.Queue()
 
@@ -224,7 +224,7 @@ class CumulusClient:
                     return
                 if isinstance(item, grpc.RpcError):
                     raise item
-                yield JobUpdate.from_pb(item)
+                yield from JobUpdate.all_from_pb(item)
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.CANCELLED and call.done():
                 return
@@ -402,8 +402,28 @@ class JobRef:
             with contextlib.suppress(Exception):
                 callback()
 
+    def _handle_logs(self, ev: pb.JobEvent) -> None:
+        """A ``logs`` batch: each line as if it had come alone (skipped if already seen before a re-attach)."""
+        printed = []
+        for update, stamp in zip(JobUpdate.all_from_pb(ev), ev.logs.time_unix_nanos):
+            if stamp and stamp <= self._skip_until[True]:
+                continue
+            if stamp:
+                self._last_time[True] = max(stamp, self._last_time[True])
+            if self.log_to_driver:
+                printed.append(f"(job {self.job_id}) {update.text}\n")
+            if self._on_event is not None:
+                with contextlib.suppress(Exception):
+                    self._on_event(update)
+        if printed:
+            sys.stdout.write("".join(printed))
+            sys.stdout.flush()
+
     def _handle(self, ev: pb.JobEvent) -> None:
         kind = ev.WhichOneof("kind")
+        if kind == "logs":
+            self._handle_logs(ev)
+            return
         is_log = kind == "log"
         stamp = ev.time.seconds * 1_000_000_000 + ev.time.nanos
         if stamp and stamp <= self._skip_until[is_log]:

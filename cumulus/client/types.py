@@ -135,6 +135,14 @@ class JobUpdate:
     attempt: int = 0
 
     @classmethod
+    def all_from_pb(cls, ev: pb.JobEvent) -> list[JobUpdate]:
+        """The updates one message carries: a ``logs`` batch is one "log" update per line, others one update."""
+        if ev.WhichOneof("kind") != "logs":
+            return [cls.from_pb(ev)]
+        return [cls(job_id=ev.job_id, time=ns / 1e9, kind="log", stream=line.stream, text=line.text,
+                    attempt=ev.attempt) for line, ns in zip(ev.logs.lines, ev.logs.time_unix_nanos)]
+
+    @classmethod
     def from_pb(cls, ev: pb.JobEvent) -> JobUpdate:
         kind = ev.WhichOneof("kind") or "message"
         return cls(

@@ -202,6 +202,35 @@ def event_to_pb(event: JobEvent) -> pb.JobEvent:
     return msg
 
 
+def events_to_pb(events: list[JobEvent], *, max_lines: int = 1000) -> list[pb.JobEvent]:
+    """``events`` as messages, in order; runs of consecutive log lines become ``logs`` batches of at most
+    ``max_lines`` lines (a lone line stays a ``log`` event)."""
+    messages: list[pb.JobEvent] = []
+    run: list[JobEvent] = []
+
+    def flush() -> None:
+        for start in range(0, len(run), max_lines):
+            chunk = run[start:start + max_lines]
+            if len(chunk) == 1:
+                messages.append(event_to_pb(chunk[0]))
+                continue
+            last = chunk[-1]
+            msg = pb.JobEvent(job_id=last.job_id, time=timestamp(last.time), attempt=last.attempt)
+            msg.logs.lines.extend(pb.LogLine(stream=e.log[0], text=e.log[1]) for e in chunk)
+            msg.logs.time_unix_nanos.extend(int(e.time * 1e9) for e in chunk)
+            messages.append(msg)
+        run.clear()
+
+    for event in events:
+        if event.log is not None:
+            run.append(event)
+            continue
+        flush()
+        messages.append(event_to_pb(event))
+    flush()
+    return messages
+
+
 def message_event(job_id: str, text: str, when: float) -> pb.JobEvent:
     return pb.JobEvent(job_id=job_id, time=timestamp(when), message=text)
 

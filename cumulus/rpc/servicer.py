@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Callable
 import grpc
 
 from cumulus._version import __version__
-from cumulus.asyncio_bridge import call_trio, iterate_trio
+from cumulus.asyncio_bridge import call_trio, iterate_trio_batches
 from cumulus.errors import CumulusError, InvalidRequest
 from cumulus.rpc import convert
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
@@ -30,6 +30,7 @@ from cumulus.rpc.status import status_for
 log = logging.getLogger(__name__)
 
 MAX_JOB_ID_LEN = 256
+MAX_LINES_PER_MESSAGE = 1000  # log lines per ``logs`` message (each line is at most 64 KiB)
 
 
 def _unary(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -75,9 +76,12 @@ class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
         self._api = api
 
     async def _follow(self, record: Any, *, replay_logs: bool) -> AsyncIterator[pb.JobEvent]:
-        async with aclosing(iterate_trio(lambda: record.events(replay_logs=replay_logs))) as events:
-            async for event in events:
-                yield convert.event_to_pb(event)
+        """The record's events as messages; log lines that arrived together go out as one ``logs`` batch (a
+        message per line would cost a write per line)."""
+        async with aclosing(iterate_trio_batches(lambda: record.events(replay_logs=replay_logs))) as batches:
+            async for batch in batches:
+                for message in convert.events_to_pb(batch, max_lines=MAX_LINES_PER_MESSAGE):
+                    yield message
 
     @_streaming
     async def SubmitJob(self, request: pb.JobSubmission, context: Any) -> AsyncIterator[pb.JobEvent]:

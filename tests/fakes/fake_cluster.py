@@ -148,6 +148,12 @@ class FakeWorld:
             container.logs.extend(("stdout", f"late line {i}") for i in range(late))
             container.logs.append(("stdout", "[cumulus] end of stdout"))
             container.log_event.set()
+            # FAKE_LINGER: the process does not exit after the runner's last line (a non-daemon thread left).
+            with trio.move_on_after(float(container.env.get("FAKE_LINGER", "0"))):
+                await container.stop.wait()
+            if container.stop.is_set():
+                container.state, container.exit_code = "shutdown", 143
+                return
             container.state, container.exit_code = ("complete" if exit_code == 0 else "failed"), exit_code
         finally:
             self.running.discard(container.service_id)

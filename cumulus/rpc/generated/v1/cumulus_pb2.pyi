@@ -70,6 +70,14 @@ class LogLine(_message.Message):
     text: str
     def __init__(self, stream: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
+class LogBatch(_message.Message):
+    __slots__ = ("lines", "time_unix_nanos")
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[LogLine]
+    time_unix_nanos: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., time_unix_nanos: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class JobResult(_message.Message):
     __slots__ = ("envelope",)
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
@@ -85,13 +93,14 @@ class TeardownReport(_message.Message):
     def __init__(self, released: _Optional[_Iterable[str]] = ..., leaked: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "time", "state", "log", "result", "message", "reason", "queue_position", "attempt")
+    __slots__ = ("job_id", "time", "state", "log", "result", "message", "logs", "reason", "queue_position", "attempt")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -101,10 +110,11 @@ class JobEvent(_message.Message):
     log: LogLine
     result: JobResult
     message: str
+    logs: LogBatch
     reason: str
     queue_position: int
     attempt: int
-    def __init__(self, job_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., log: _Optional[_Union[LogLine, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., queue_position: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., log: _Optional[_Union[LogLine, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., message: _Optional[str] = ..., logs: _Optional[_Union[LogBatch, _Mapping]] = ..., reason: _Optional[str] = ..., queue_position: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id", "include_logs")
