@@ -118,7 +118,7 @@ def test_old_finished_jobs_are_forgotten_after_the_retention(tmp_path):
     assert store.load("unit-000000000002") is None
 
 
-async def _crash_and_restart(tmp_path, *, downtime: float):
+async def _crash_and_restart(tmp_path, *, downtime: float, runtime: float = 3):
     """Run jobs, 'SIGKILL' the supervisor (nothing released, unflushed journal writes lost), restart it."""
     import sqlite3
 
@@ -131,7 +131,7 @@ async def _crash_and_restart(tmp_path, *, downtime: float):
                                    serve_rpc=False) as sup:
             while not (ws := await sup.list_workers()) or not all(w.healthy for w in ws):
                 await trio.sleep(0.05)
-            records = [await sup.submit(spec(gpu=0.25, runtime=3)) for _ in range(3)]
+            records = [await sup.submit(spec(gpu=0.25, runtime=runtime)) for _ in range(3)]
             for record in records:
                 async for event in record.events():
                     if event.state is JobState.RUNNING:
@@ -165,9 +165,19 @@ async def test_running_jobs_survive_a_supervisor_crash_shorter_than_the_lease(tm
 
 
 async def test_jobs_are_lost_when_the_supervisor_stays_away_longer_than_the_lease(tmp_path):
-    recovered, workers, leftovers = await _crash_and_restart(tmp_path, downtime=4.5)
+    """Still running when their leases expired (the supervisor away past the TTL): stopped, so lost."""
+    recovered, workers, leftovers = await _crash_and_restart(tmp_path, downtime=6, runtime=20)
     for record in recovered:
-        assert record.state is JobState.FAILED and record.reason.startswith("lost"), record.reason
+        assert record.state is JobState.FAILED and record.reason.startswith("lost"), (record.state, record.reason)
+    assert all(d.used_share == 0 for w in workers for d in w.devices)
+    assert leftovers == ({}, set(), {})
+
+
+async def test_jobs_that_finished_while_the_supervisor_was_away_keep_their_results(tmp_path):
+    """Finished before their leases expired, while no supervisor ran: concluded from their job dirs."""
+    recovered, workers, leftovers = await _crash_and_restart(tmp_path, downtime=4.5, runtime=3)
+    for record in recovered:
+        assert record.state is JobState.COMPLETED and record.result is not None, (record.state, record.reason)
     assert all(d.used_share == 0 for w in workers for d in w.devices)
     assert leftovers == ({}, set(), {})
 

@@ -361,7 +361,7 @@ class JobActor(Actor):
         record.service_id = service.id
         record.persist()  # a restarted supervisor must find (and re-adopt) the service even before RUNNING
         self._service = service
-        await own(self._stopped_on_its_node(node), what="container stop")
+        await own(self._stopped_on_its_node(node, lease), what="container stop")
         with trio.move_on_after(spec.duration) as deadline:
             exit_task = await self._follow(service, updates, lease, files)
         if deadline.cancelled_caught:
@@ -429,10 +429,12 @@ class JobActor(Actor):
         raise JobStopped(JobState.FAILED, f"lost: could not re-adopt after a supervisor restart: {lost}")
 
     @asynccontextmanager
-    async def _stopped_on_its_node(self, node: Any) -> AsyncIterator[None]:
+    async def _stopped_on_its_node(self, node: Any, lease: Any) -> AsyncIterator[None]:
         """On release, if the job still runs: tell its node to stop it at once (the lease's stop mark, which the
         runner acts on within 0.1 s) and wait until the Swarm task has ended. Removing the service through Swarm
-        alone takes seconds; this way the container is stopped first and the removal has nothing to wait for."""
+        alone takes seconds; this way the container is stopped first and the removal has nothing to wait for.
+        Once the container is stopped nothing uses the partition any more, so its holder is told to release it
+        meanwhile (the partition's own release, after the service's, then only confirms it)."""
         try:
             yield
         finally:
@@ -442,6 +444,7 @@ class JobActor(Actor):
                         await node.stop_job(self.record.job_id)
                         while not await self._task_ended():
                             await trio.sleep(0.05)
+                        self.start_soon(node.kill_holder, lease.holder_pid)  # bounded, never raises
                     except CumulusError as error:
                         # Only a shortcut: the service removal that follows stops the container anyway (and
                         # with the node unreachable, its lease expires by itself).
