@@ -49,9 +49,15 @@ def test_random_fault_schedules_leave_nothing_behind(jobs, faults, shutdown_at):
     trio.run(_schedule, jobs, faults, shutdown_at, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+def CHAOS_SUMMARY() -> str:  # noqa: N802 - read by tests/conftest.py for the run's summary
+    if not COUNTS["schedules"]:
+        return ""
+    return (f"chaos (fakes): {COUNTS['schedules']} schedules, {COUNTS['faults']} faults injected, "
+            f"{COUNTS['leaks']} leaks found")
+
+
 def teardown_module():
-    print(f"\nchaos (fakes): {COUNTS['schedules']} schedules, {COUNTS['faults']} faults injected, "
-          f"{COUNTS['leaks']} leaks found")
+    print("\n" + CHAOS_SUMMARY())
 
 
 async def _schedule(jobs, faults, shutdown_at):

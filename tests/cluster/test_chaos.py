@@ -33,7 +33,7 @@ pytestmark = pytest.mark.chaos
 
 SEED = int(os.environ.get("CUMULUS_CHAOS_SEED") or secrets.randbelow(2**32))
 TTL = 6
-TOTALS = {"faults": 0, "leaks": 0}
+TOTALS = {"faults": 0, "leaks": 0, "scenarios": []}
 DEAD_WAIT = 25  # lease TTL + renewal + SSH probe, with margin: jobs on a dead node end within this
 CANCEL_TIMEOUT = 30  # a cancel returns once the job is torn down: seconds, not minutes
 INFRA_REASONS = ("lost", "node_lost", "partition_lost", "container_failed", "infrastructure")
@@ -44,8 +44,15 @@ def rng_for(scenario: str) -> random.Random:
     return random.Random(f"{SEED}-{scenario}")
 
 
+def CHAOS_SUMMARY() -> str:  # noqa: N802 - read by tests/conftest.py for the run's summary
+    if not TOTALS["faults"]:
+        return ""
+    return (f"chaos (local cluster): {TOTALS['faults']} faults, {TOTALS['leaks']} leaks (seed {SEED}); "
+            + "; ".join(TOTALS["scenarios"]))
+
+
 def teardown_module():
-    print(f"\nchaos (local cluster): {TOTALS['faults']} faults, {TOTALS['leaks']} leaks (seed {SEED})")
+    print("\n" + CHAOS_SUMMARY())
 
 
 # ------------------------------------------------------------------------------------------ job functions
@@ -78,6 +85,7 @@ def report(counts: Counts) -> None:
     """Print the scenario's ``chaos: N faults, M leaks`` line and add it to the module totals."""
     TOTALS["faults"] += counts.faults
     TOTALS["leaks"] += counts.leaks
+    TOTALS["scenarios"].append(f"{counts.scenario}: {counts.faults} faults, {counts.leaks} leaks")
     print(counts.line(), flush=True)
 
 
