@@ -470,8 +470,7 @@ async def follow_logs(
     def _reader() -> None:
         buffers: dict[str, bytes] = {"stdout": b"", "stderr": b""}
 
-        def emit(stream: str, chunks: list[bytes]) -> None:
-            batch = [(stream, data.decode("utf-8", errors="replace")[:max_line]) for data in chunks]
+        def emit(batch: list[tuple[str, str]]) -> None:
             with condition:
                 while len(pending) >= MAX_PENDING_LINES and not state["closed"]:
                     condition.wait(0.5)
@@ -482,27 +481,36 @@ async def follow_logs(
             if wake:
                 token.run_sync_soon(_wake)
 
+        def decode(data: bytes) -> str:
+            return data.decode("utf-8", errors="replace")[:max_line]
+
         try:
             raw = response.raw
+            pending_bytes = bytearray()
             while True:
-                header = _read_exact(raw, 8)
-                if header is None:
+                # Whatever has arrived (up to 64 KiB), not one read per frame: Docker frames every line.
+                chunk = raw.read1(65536)
+                if not chunk:
                     break
-                kind, length = struct.unpack(">BxxxL", header)
-                if not length:
-                    continue
-                data = _read_exact(raw, length)
-                if data is None:
-                    break
-                stream = _STREAMS.get(kind, "stdout")
-                buf = buffers.setdefault(stream, b"") + data
-                *lines, rest = buf.split(b"\n")
-                buffers[stream] = rest
-                if lines:
-                    emit(stream, lines)
-            for stream, rest in buffers.items():
-                if rest:
-                    emit(stream, [rest])
+                pending_bytes += chunk
+                batch: list[tuple[str, str]] = []
+                pos = 0
+                while len(pending_bytes) - pos >= 8:
+                    kind, length = struct.unpack_from(">BxxxL", pending_bytes, pos)
+                    if len(pending_bytes) - pos - 8 < length:
+                        break  # the rest of this frame has not arrived yet
+                    data = bytes(pending_bytes[pos + 8:pos + 8 + length])
+                    pos += 8 + length
+                    stream = _STREAMS.get(kind, "stdout")
+                    *lines, rest = (buffers.get(stream, b"") + data).split(b"\n")
+                    buffers[stream] = rest
+                    batch.extend((stream, decode(line)) for line in lines)
+                del pending_bytes[:pos]
+                if batch:
+                    emit(batch)
+            tail = [(stream, decode(rest)) for stream, rest in buffers.items() if rest]
+            if tail:
+                emit(tail)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError, trio.Cancelled):
             pass
         except Exception:  # noqa: BLE001  (socket shut down under us: that is how we stop)
@@ -559,16 +567,6 @@ async def follow_logs(
             except Exception:  # noqa: BLE001
                 pass
             nursery.cancel_scope.cancel()
-
-
-def _read_exact(raw: Any, n: int) -> bytes | None:
-    data = b""
-    while len(data) < n:
-        chunk = raw.read(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 __all__ = [
