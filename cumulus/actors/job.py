@@ -431,7 +431,7 @@ class JobActor(Actor):
     @asynccontextmanager
     async def _stopped_on_its_node(self, node: Any, lease: Any) -> AsyncIterator[None]:
         """On release, if the job still runs: tell its node to stop it at once (the lease's stop mark, which the
-        runner acts on within 0.1 s) and wait until the Swarm task has ended. Removing the service through Swarm
+        runner acts on within 0.05 s) and wait until the Swarm task has ended. Removing the service through Swarm
         alone takes seconds; this way the container is stopped first and the removal has nothing to wait for.
         Once the container is stopped nothing uses the partition any more, so its holder is told to release it
         meanwhile (the partition's own release, after the service's, then only confirms it)."""
@@ -443,7 +443,7 @@ class JobActor(Actor):
                     try:
                         await node.stop_job(self.record.job_id)
                         while not await self._task_ended():
-                            await trio.sleep(0.05)
+                            await trio.sleep(0.02)
                         self.start_soon(node.kill_holder, lease.holder_pid)  # bounded, never raises
                     except CumulusError as error:
                         # Only a shortcut: the service removal that follows stops the container anyway (and

@@ -339,7 +339,7 @@ class SwarmClient:
         except docker.errors.NotFound:
             return False
 
-    async def wait_gone(self, service_id: str, job_id: str, *, timeout: float, poll: float = 0.05,
+    async def wait_gone(self, service_id: str, job_id: str, *, timeout: float, poll: float = 0.02,
                         give_up: Callable[[], bool] = lambda: False) -> bool:
         """Wait until no task of ``service_id`` (labelled ``job_id``) is left; Swarm drops a removed service's
         tasks only after the worker removed their containers. ``True`` if that happened within ``timeout``
