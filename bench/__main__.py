@@ -33,6 +33,15 @@ def fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
+def goal_met(row: dict) -> bool:
+    """Whether the row meets its goal: "<= 1.1x" / ">= 0.8x" compare the ratio; "<= 100 KB/job" or ">= 1000/s"
+    compare the Cumulus figure itself."""
+    op, _, target = row["goal"].partition(" ")
+    number = float(target.rstrip("x/sKBjob ").replace(",", ""))
+    value = row["ratio"] if target.endswith("x") else row["cumulus"]
+    return value <= number if op == "<=" else value >= number
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -58,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Every figure is a median; ratios are Cumulus / baseline measured in the same run (see bench/README.md).",
         "",
-        "| metric | Cumulus | baseline | ratio | goal |",
-        "|---|---|---|---|---|",
+        "| metric | Cumulus | baseline | ratio | goal | met |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
         unit = row.get("unit", "s")
         lines.append(f"| {row['metric']} | {fmt(row['cumulus'])} {unit} | {fmt(row['baseline'])} {unit} | "
-                     f"{row['ratio']:.2f}x | {row['goal']} |")
+                     f"{row['ratio']:.2f}x | {row['goal']} | {'yes' if goal_met(row) else '**no**'} |")
     out = ROOT / "bench" / "RESULTS.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
