@@ -276,3 +276,38 @@ async def test_own_together_is_all_or_nothing_and_keeps_the_given_order(autojump
             await owner.own_together([(resource("a", 1), "a"), (resource("b", 2, fail=True), "b")])
         assert events[-1] == "release a"  # the half that succeeded was released at once
     assert events[-2:] == ["release files", "release partition"]  # nested order, whatever finished first
+
+
+async def test_same_task_resources_keep_the_order_shield_and_bound_of_the_others(autojump_clock):
+    """``own(..., same_task=True)`` holds without a task of its own but is released exactly like the others:
+    newest first among all resources, shielded from the owner's cancellation, bounded, failures recorded."""
+    order = []
+
+    def resource(name, release_takes=0.0, fails=False):
+        @asynccontextmanager
+        async def manager():
+            order.append(f"+{name}")
+            try:
+                yield name
+            finally:
+                await trio.sleep(release_takes)  # Cancelled at once if not shielded
+                order.append(f"-{name}")
+                if fails:
+                    raise RuntimeError(f"{name} would not go")
+        return manager()
+
+    owner = ResourceOwner("test")
+    with trio.CancelScope() as scope:
+        async with owner:
+            assert await owner.own(resource("a"), what="a") == "a"
+            assert await owner.own(resource("b", release_takes=1), what="b", same_task=True) == "b"
+            await owner.own(resource("c"), what="c")
+            await owner.own(resource("d", fails=True), what="d", same_task=True)
+            await owner.own(resource("e", release_takes=100), what="e", same_task=True,
+                            release_timeout=5)
+            scope.cancel()
+            await trio.sleep_forever()
+    assert order == ["+a", "+b", "+c", "+d", "+e", "-d", "-c", "-b", "-a"]  # e never finished releasing
+    assert owner.released == ["c", "b", "a"]
+    assert [(leak.what, leak.reason) for leak in owner.leaks] == [
+        ("e", "release did not finish within 5 s"), ("d", "RuntimeError: d would not go")]

@@ -338,7 +338,7 @@ class JobActor(Actor):
         record.set_state(JobState.SCHEDULING)
         allocation = await own(open_reservation(self.cluster, record, timeout,
                                                 allow_non_gpu=self.settings.cluster.allow_non_gpu_devices),
-                               what="reservation")
+                               what="reservation", same_task=True)
         record.placement = Placement(
             worker=allocation.worker, node_id=allocation.node_id, device_index=allocation.device_indexes[0],
             share=allocation.share, device_indexes=allocation.device_indexes, gpu_uuids=allocation.gpu_uuids,
@@ -355,13 +355,13 @@ class JobActor(Actor):
             (node.open_job_files(job_id=record.job_id, package=spec.package), "files"),
         ])
         record.partition_id = lease.partition_id
-        updates = await own(open_task_watch(self.watcher, record.job_id), what="task watch")
+        updates = await own(open_task_watch(self.watcher, record.job_id), what="task watch", same_task=True)
         service = await own(self.swarm.open_service(self._service_request(allocation, lease, files)),
-                            what="service")
+                            what="service", same_task=True)
         record.service_id = service.id
         record.persist()  # a restarted supervisor must find (and re-adopt) the service even before RUNNING
         self._service = service
-        await own(self._stopped_on_its_node(node, lease), what="container stop")
+        await own(self._stopped_on_its_node(node, lease), what="container stop", same_task=True)
         with trio.move_on_after(spec.duration) as deadline:
             exit_task = await self._follow(service, updates, lease, files)
         if deadline.cancelled_caught:
@@ -381,7 +381,7 @@ class JobActor(Actor):
         record.add_message(f"re-adopting after a supervisor restart (on {placement.worker})")
         allocation = await own(open_reservation(self.cluster, record, self.settings.jobs.release_timeout,
                                                 allow_non_gpu=True, adopt_within=max(self.settings.lease.ttl, 5.0)),
-                               what="reservation")
+                               what="reservation", same_task=True)
         node = allocation.backend
         lost: Exception | None = None
         lease = files = service = None
@@ -395,10 +395,10 @@ class JobActor(Actor):
             files = await own(node.adopt_job_files(job_id=record.job_id), what="files")
         except CumulusError as error:
             lost = lost or error
-        updates = await own(open_task_watch(self.watcher, record.job_id), what="task watch")
+        updates = await own(open_task_watch(self.watcher, record.job_id), what="task watch", same_task=True)
         try:
             service = self._service = await own(self.swarm.adopt_service(record.service_id, record.job_id),
-                                                what="service")
+                                                what="service", same_task=True)
         except CumulusError as error:
             lost = lost or error
         if files is None or service is None:

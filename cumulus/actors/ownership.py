@@ -16,7 +16,9 @@ exception that stopped the actor and is never dropped.
 
 Why a task per resource: a resource's context manager may hold Trio cancel scopes or nurseries of its own, and
 Trio requires those to be exited in the task, and in the order, in which they were entered. Holding each one in its
-own task keeps that true whichever task acquires or releases it.
+own task keeps that true whichever task acquires or releases it. A context manager that keeps no scope or nursery
+open while held may be owned with ``same_task=True`` instead: it is entered and, when the owner exits, released
+in the owner's own task (the same order, shield and time bound), which saves a task per resource.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class _Held:
     done: trio.Event = field(default_factory=trio.Event)
     entered: bool = False
     clean: bool = False
+    task: Any = None  # same_task: the task that entered it (and must release it)
 
 
 class ResourceOwner:
@@ -84,16 +87,24 @@ class ResourceOwner:
         *,
         what: str,
         release_timeout: float = DEFAULT_RELEASE_TIMEOUT,
+        same_task: bool = False,
     ) -> T:
         """Enter ``manager`` and hold it until the owner exits (or :meth:`release` names it); return its value.
 
         If entering raises or the caller is cancelled while entering, nothing is held and the exception
         propagates (a context manager cleans up after its own failed ``__aenter__``).
+
+        ``same_task``: enter it in the calling task and release it there too. Only for a context manager that
+        keeps no cancel scope or nursery open while held, owned by the task that also exits the owner.
         """
         if self._nursery is None:
             raise RuntimeError(f"{self.name}: own() needs the owner to be entered (async with owner)")
         held = _Held(what, manager, release_timeout)
-        value = await self._nursery.start(self._hold, held)
+        if same_task:
+            value = await manager.__aenter__()
+            held.entered, held.task = True, trio.lowlevel.current_task()
+        else:
+            value = await self._nursery.start(self._hold, held)
         self._held.append(held)
         return value
 
@@ -197,10 +208,29 @@ class ResourceOwner:
             self._leak(held, f"release did not finish within {held.timeout:g} s")
 
     async def _release_one(self, held: _Held) -> bool:
+        if held.task is not None:
+            return await self._release_here(held)
         held.scope.deadline = trio.current_time() + held.timeout
         held.release_requested.set()
         await held.done.wait()
         await trio.lowlevel.checkpoint()  # let the holder finish recording before we look
+        if held.clean:
+            self.released.append(held.what)
+        return held.clean
+
+    async def _release_here(self, held: _Held) -> bool:
+        """Release a ``same_task`` resource in this task: shielded, bounded, failures recorded as leaks."""
+        if trio.lowlevel.current_task() is not held.task:
+            raise RuntimeError(f"{self.name}: {held.what} was owned with same_task=True by another task")
+        with trio.move_on_after(held.timeout, shield=True) as scope:
+            try:
+                await held.manager.__aexit__(None, None, None)
+                held.clean = True
+            except Exception as error:
+                self._leak(held, f"{type(error).__name__}: {error}")
+        if scope.cancelled_caught:
+            held.clean = False
+            self._leak(held, f"release did not finish within {held.timeout:g} s")
         if held.clean:
             self.released.append(held.what)
         return held.clean

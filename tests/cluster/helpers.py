@@ -189,7 +189,8 @@ def _external_problems(sid: str, job_ids: list[str], records: list[JobRecord], d
     # Swarm forgets a removed service's task once its container has stopped; the worker removes the exited
     # container a moment later, on its own. Stopped-but-not-yet-removed is not a leak unless it stays.
     deadline = time.monotonic() + EXITED_CONTAINER_GRACE
-    while containers and all(c.endswith("(exited)") for c in containers) and time.monotonic() < deadline:
+    while containers and all(c.endswith(("(exited)", "(removing)")) for c in containers) \
+            and time.monotonic() < deadline:
         time.sleep(0.1)
         containers = worker_containers(job_ids, desc)
     problems += [f"container left: {c}" for c in containers]
