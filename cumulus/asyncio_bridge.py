@@ -106,10 +106,11 @@ async def iterate_trio_batches(make_iterator: Callable[[], Any]) -> AsyncIterato
     finally:
         if not pumping.done():
             pumping.cancel()
-            try:
-                await asyncio.shield(pumping)
-            except BaseException:  # noqa: BLE001 - cancelled (as asked) or being cancelled ourselves
-                pass
+            # Wait for the pump to finish (asyncio.wait never raises the pump's own cancellation or error, while a
+            # cancellation of this consumer still propagates).
+            await asyncio.wait({pumping})
+        if not pumping.cancelled():
+            pumping.exception()  # retrieved: its outcome already reached us through the queue
 
 
 async def iterate_trio(make_iterator: Callable[[], Any]) -> AsyncIterator[Any]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Iterable
 
-from helpers import _external_problems, cluster_description
+from helpers import _external_problems, cluster_description, share_problems
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_JSON = "/var/lib/cumulus-local/cluster.json"
@@ -272,17 +272,6 @@ def _record_problems(client, job_ids: list[str]) -> tuple[list[str], list]:
     return problems, records
 
 
-def _accounting_problems(client) -> list[str]:
-    problems = []
-    for worker in client.list_workers():
-        for device in worker.devices:
-            if abs(device.used_share) > 1e-9:
-                problems.append(f"{worker.hostname} device {device.index}: used_share {device.used_share}")
-        if worker.running_jobs:
-            problems.append(f"{worker.hostname}: running_jobs {worker.running_jobs}")
-    return problems
-
-
 def lease_dirs(job_ids: Iterable[str], jobs_dir: str) -> list[str]:
     base = Path(jobs_dir) / LEASES_DIR
     return [str(base / j) for j in job_ids if (base / j).exists()]
@@ -297,7 +286,7 @@ def leftovers(sup: SupervisorProcess, job_ids: Iterable[str], *, settle: float =
     while True:
         try:
             problems, records = _record_problems(client, job_ids)
-            problems += _accounting_problems(client)
+            problems += share_problems(client.list_workers())
             problems += _external_problems(sup.supervisor_id, job_ids, records, desc)
             problems += [f"lease dir left: {d}" for d in lease_dirs(job_ids, desc.get("jobs_dir",
                                                                                        "/var/lib/cumulus/jobs"))]

@@ -172,15 +172,20 @@ async def _record_problems(sup: Any, job_ids: list[str],
     return problems, records
 
 
-async def _accounting_problems(sup: Any) -> list[str]:
+def share_problems(workers: Iterable[Any]) -> list[str]:
+    """Workers (WorkerInfo, from the API or the SDK) whose share accounting is not back to zero."""
     problems = []
-    for worker in await sup.list_workers():
+    for worker in workers:
         for device in worker.devices:
             if abs(device.used_share) > 1e-9:
                 problems.append(f"{worker.hostname} device {device.index}: used_share {device.used_share}")
         if worker.running_jobs:
             problems.append(f"{worker.hostname}: running_jobs {worker.running_jobs}")
     return problems
+
+
+async def _accounting_problems(sup: Any) -> list[str]:
+    return share_problems(await sup.list_workers())
 
 
 def _external_problems(sid: str, job_ids: list[str], records: list[JobRecord], desc: dict) -> list[str]:
@@ -244,5 +249,5 @@ async def wait_workers_healthy(sup: Any, count: int, timeout: float = 30.0) -> l
             await trio.sleep(0.05)
 
 
-__all__ = ["assert_nothing_left", "find_leftovers", "holder_processes", "lock_files", "stale_locks",
+__all__ = ["assert_nothing_left", "find_leftovers", "holder_processes", "lock_files", "share_problems", "stale_locks",
            "swarm_services", "terminal_state_events", "wait_workers_healthy", "worker_containers"]

@@ -113,6 +113,21 @@ def finish(counts: Counts, sup: SupervisorProcess, ids: list[str], *, settle: fl
     return infos
 
 
+def finish_node_fault(counts: Counts, sup: SupervisorProcess, client, ids: list[str], on_victim: list[str],
+                      args: dict[str, int]) -> None:
+    """After a node fault: every job terminal, the invariants, and each job that was on the victim completed
+    (retried elsewhere, or after the node returned) or ended node_lost / partition_lost."""
+    infos = wait_terminal(client, ids, timeout=90)
+    for job_id, info in infos.items():
+        counts.note(f"{job_id} on {info.worker}: {info.state} {info.reason[:70]} (attempt {info.attempt})")
+    sup.wait_workers(2, timeout=60)
+    finish(counts, sup, ids, settle=30, args=args)
+    for job_id in on_victim:
+        info = infos[job_id]
+        assert info.state == "COMPLETED" or info.reason.split(":")[0] in ("node_lost", "partition_lost"), \
+            (job_id, info.state, info.reason)
+
+
 # ----------------------------------------------------------------------------- (a) supervisor SIGKILLs
 def test_supervisor_sigkilled_while_jobs_run(tmp_path, two_workers):
     rng = rng_for("a")
@@ -230,15 +245,7 @@ def test_worker_node_killed_mid_job(tmp_path, two_workers):
         finally:
             local("revive-node", "1", "-q", timeout=150)
             counts.note(f"revived {victim}")
-        infos = wait_terminal(client, ids, timeout=90)
-        for job_id, info in infos.items():
-            counts.note(f"{job_id} on {info.worker}: {info.state} {info.reason[:60]} (attempt {info.attempt})")
-        sup.wait_workers(2, timeout=60)
-        finish(counts, sup, ids, settle=30, args=args)
-        for job_id in on_victim:
-            info = infos[job_id]
-            assert info.state == "COMPLETED" or info.reason.split(":")[0] in ("node_lost", "partition_lost"), \
-                (job_id, info.state, info.reason)
+        finish_node_fault(counts, sup, client, ids, on_victim, args)
         assert ended_while_dead, "jobs on the dead node did not end while it was dead (see the notes)"
         assert sup.stop() == 0, sup.log_tail()
 
@@ -275,15 +282,7 @@ def test_worker_network_cut_longer_than_ttl(tmp_path, two_workers):
         finally:
             link(veth, up=True)
             counts.note(f"{veth} up")
-        infos = wait_terminal(client, ids, timeout=90)
-        for job_id, info in infos.items():
-            counts.note(f"{job_id} on {info.worker}: {info.state} {info.reason[:70]} (attempt {info.attempt})")
-        sup.wait_workers(2, timeout=60)
-        finish(counts, sup, ids, settle=30, args=args)
-        for job_id in on_victim:
-            info = infos[job_id]
-            assert info.state == "COMPLETED" or info.reason.split(":")[0] in ("node_lost", "partition_lost"), \
-                (job_id, info.state, info.reason)
+        finish_node_fault(counts, sup, client, ids, on_victim, args)
         assert sup.stop() == 0, sup.log_tail()
 
 
