@@ -245,12 +245,15 @@ class Supervisor:
         assert self._nursery is not None
         relay = _StartRelay(task_status, child, self._nursery)
         error: Exception | None = None
-        with child.scope:
-            try:
+        try:
+            # The scope first takes out its own Cancelled, so a crash that raced with a stop (a group of that
+            # Cancelled and the child's error) is caught below as the error it is.
+            with child.scope:
                 await child.spec.start(task_status=relay)
-            except Exception as crash:
-                error = _unwrap(crash)
-        child.done.set()
+        except Exception as crash:
+            error = _unwrap(crash)
+        finally:
+            child.done.set()  # whoever waits in _stop must never wait for a task that is gone
         if not relay.started_ok:
             task_status.started(_StartFailed(error))
             return

@@ -216,6 +216,38 @@ async def test_failed_and_stuck_releases_are_recorded_as_leaks(autojump_clock):
     assert await owner.release("partition") is True  # idempotent: nothing held any more
 
 
+
+@pytest.mark.parametrize("same_task", [False, True])
+async def test_release_that_fails_as_its_deadline_cancels_it_is_a_leak_not_a_crash(autojump_clock, same_task):
+    """The release's own nursery raises while the deadline cancels it (a group of Cancelled and the error): the
+    owner records a leak and goes on releasing the rest; nothing escapes its exit."""
+
+    @asynccontextmanager
+    async def racing():
+        yield
+        async def fails_when_cancelled():
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise OSError("ssh connection lost")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fails_when_cancelled)
+            await trio.sleep_forever()
+
+    @asynccontextmanager
+    async def plain():
+        yield
+
+    owner = ResourceOwner("job-1")
+    async with owner:
+        await owner.own(plain(), what="partition")
+        await owner.own(racing(), what="service", release_timeout=3, same_task=same_task)
+    assert owner.released == ["partition"]
+    assert [leak.what for leak in owner.leaks] == ["service", "service"]
+    assert {leak.reason for leak in owner.leaks} == {"release did not finish within 3 s",
+                                                     "OSError: ssh connection lost"}
+
 async def test_on_start_failure_releases_what_was_acquired():
     events = []
 

@@ -2,7 +2,9 @@
 and supervisor shutdowns, at random moments of random jobs. After each schedule: nothing held anywhere, exactly
 one terminal state per job, every completed job's result kept, every share back to zero.
 
-10,000 schedules by default (about 4-5 minutes on 2 cores); CUMULUS_CHAOS_EXAMPLES=N for more or fewer.
+10,000 schedules by default (about 4 minutes on 2 cores); CUMULUS_CHAOS_EXAMPLES=N for more or fewer. Under CI
+(env CI set) Hypothesis derandomizes: every run tries the same schedules. A schedule that hangs ends the run at
+once, printing itself and the stuck tasks (tests/trio_watchdog.py).
 Marker `chaos`.
 """
 
@@ -22,6 +24,7 @@ from cumulus.jobs import JobState
 from tests.fakes.fake_cluster import FakeWorld, fake_node
 from tests.test_job_lifecycle import settings as supervisor_settings
 from tests.test_job_lifecycle import spec
+from tests.trio_watchdog import hang_watchdog
 
 pytestmark = pytest.mark.chaos
 EXAMPLES = int(os.environ.get("CUMULUS_CHAOS_EXAMPLES", "10000"))
@@ -46,7 +49,7 @@ job = st.fixed_dictionaries({
 def test_random_fault_schedules_leave_nothing_behind(jobs, faults, shutdown_at):
     COUNTS["schedules"] += 1
     COUNTS["faults"] += len(faults) + (shutdown_at is not None)
-    trio.run(_schedule, jobs, faults, shutdown_at, clock=trio.testing.MockClock(autojump_threshold=0))
+    trio.run(_watched_schedule, jobs, faults, shutdown_at, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def CHAOS_SUMMARY() -> str:  # noqa: N802 - read by tests/conftest.py for the run's summary
@@ -58,6 +61,12 @@ def CHAOS_SUMMARY() -> str:  # noqa: N802 - read by tests/conftest.py for the ru
 
 def teardown_module():
     print("\n" + CHAOS_SUMMARY())
+
+
+async def _watched_schedule(jobs, faults, shutdown_at):
+    # One schedule takes well under a second of wall-clock time; a stuck one ends the run with its schedule.
+    async with hang_watchdog(120, f"schedule jobs={jobs} faults={faults} shutdown_at={shutdown_at}"):
+        await _schedule(jobs, faults, shutdown_at)
 
 
 async def _schedule(jobs, faults, shutdown_at):

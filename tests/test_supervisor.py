@@ -212,3 +212,41 @@ async def test_child_that_fails_to_start_fails_the_supervisor_start(autojump_clo
         with pytest.raises(OSError, match="docker socket"):
             await nursery.start(sup.run)
     assert log.events == ["start a", "stop a"]  # what had started is stopped again
+
+
+async def test_child_that_crashes_while_being_stopped_is_stopped(autojump_clock):
+    """A crash racing with the stop (the child raises a group of the stop's Cancelled and its own error): the
+    stop returns, the error is logged as the child's, and the supervisor goes on. Found by the fakes chaos test."""
+
+    async def fails_while_stopping(*, task_status=trio.TASK_STATUS_IGNORED):
+        async def release_that_fails():
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise OSError("ssh fw1: connection lost")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(release_that_fails)
+            task_status.started("racer")
+            await trio.sleep_forever()
+
+    jobs = DynamicSupervisor(name="jobs")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jobs.run)
+        await jobs.start_child(ChildSpec("racer", fails_while_stopping, Restart.TEMPORARY))
+        stopped = trio.Event()
+
+        async def stop():
+            await jobs.terminate_child("racer")
+            stopped.set()
+
+        nursery.start_soon(stop)
+        with trio.move_on_after(5):
+            await stopped.wait()
+        if not stopped.is_set():
+            for child in jobs._children:  # the stop is shielded: unblock it, so that the test fails, not hangs
+                child.done.set()
+            pytest.fail("terminate_child never returned: the child's task ended without marking it done")
+        assert jobs.which_children() == []
+        await jobs.start_child(ChildSpec("racer", fails_while_stopping, Restart.TEMPORARY))
+        nursery.cancel_scope.cancel()

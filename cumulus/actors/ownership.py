@@ -184,8 +184,10 @@ class ResourceOwner:
         return None
 
     async def _hold(self, held: _Held, *, task_status: trio.TaskStatus[Any]) -> None:
-        with held.scope:
-            try:
+        # The try is outside the scope, so that a release that fails while its deadline cancels it (a group of
+        # that Cancelled and the error) is caught as the error, once the scope has taken out its Cancelled.
+        try:
+            with held.scope:
                 async with held.manager as value:
                     held.entered = True
                     task_status.started(value)
@@ -198,12 +200,12 @@ class ResourceOwner:
                     # was, nobody will own the resource, and leaving the block now releases it (the cancellation
                     # reaches us at the next checkpoint; the resource shields its own release).
                 held.clean = True
-            except Exception as error:
-                if not held.entered:
-                    raise  # acquisition failed: the caller of own() gets the error
-                self._leak(held, f"{type(error).__name__}: {error}")
-            finally:
-                held.done.set()
+        except Exception as error:
+            if not held.entered:
+                raise  # acquisition failed: the caller of own() gets the error
+            self._leak(held, describe_error(error))
+        finally:
+            held.done.set()
         if held.scope.cancelled_caught:  # only our release deadline cancels a held resource's scope
             self._leak(held, f"release did not finish within {held.timeout:g} s")
 
@@ -222,12 +224,12 @@ class ResourceOwner:
         """Release a ``same_task`` resource in this task: shielded, bounded, failures recorded as leaks."""
         if trio.lowlevel.current_task() is not held.task:
             raise RuntimeError(f"{self.name}: {held.what} was owned with same_task=True by another task")
-        with trio.move_on_after(held.timeout, shield=True) as scope:
-            try:
+        try:  # outside the scope, for the same reason as in _hold
+            with trio.move_on_after(held.timeout, shield=True) as scope:
                 await held.manager.__aexit__(None, None, None)
                 held.clean = True
-            except Exception as error:
-                self._leak(held, f"{type(error).__name__}: {error}")
+        except Exception as error:
+            self._leak(held, describe_error(error))
         if scope.cancelled_caught:
             held.clean = False
             self._leak(held, f"release did not finish within {held.timeout:g} s")
@@ -238,3 +240,10 @@ class ResourceOwner:
     def _leak(self, held: _Held, reason: str) -> None:
         log.error("%s: releasing %s failed: %s", self.name, held.what, reason)
         self.leaks.append(Leak(self.name, held.what, reason, time.time()))
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` of the error; for an exception group, of each error inside it (``; ``-separated)."""
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(describe_error(inner) for inner in error.exceptions)
+    return f"{type(error).__name__}: {error}"

@@ -10,7 +10,6 @@ Only the manager's socket is used; nothing here talks to a worker's own dockerd.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import math
 import re
@@ -248,29 +247,47 @@ class SwarmClient:
     """The manager's Docker API, Trio-facing. ``docker_url``: ``unix:///path/docker.sock`` or ``tcp://...``."""
 
     def __init__(self, docker_url: str, *, timeout: float = 30.0, max_pool_size: int = 32) -> None:
+        """Contacts nothing: the engine is first asked (for its API version) by the first call, so a supervisor
+        starts, and serves, while its manager is still unreachable."""
         self.docker_url = docker_url
-        self._api = docker.APIClient(base_url=docker_url, version="auto", timeout=timeout,
-                                     max_pool_size=max_pool_size)
+        self._timeout = timeout
+        self._max_pool_size = max_pool_size
+        self._api: docker.APIClient | None = None
+        self._api_lock = threading.Lock()
 
     @property
     def api(self) -> docker.APIClient:
-        """The underlying docker-py client (blocking; use only from a thread)."""
-        return self._api
+        """The underlying docker-py client. Blocking (its first use negotiates the API version with the engine,
+        and fails if the engine cannot be reached); use only from a thread."""
+        with self._api_lock:
+            if self._api is None:
+                self._api = docker.APIClient(base_url=self.docker_url, version="auto", timeout=self._timeout,
+                                             max_pool_size=self._max_pool_size)
+            return self._api
 
-    async def _call(self, what: str, fn: Callable[..., T], *args: Any, abandon: bool = True, **kw: Any) -> T:
+    async def _call(self, what: str, fn: str | Callable[..., T], *args: Any, abandon: bool = True, **kw: Any) -> T:
+        """``fn``: the name of a docker-py client method, or a function (that uses :attr:`api`); run in a thread.
+        Raises :class:`SwarmError` for an engine that is unreachable or says no, ``docker.errors.NotFound`` as
+        itself."""
+
+        def run() -> T:
+            target = getattr(self.api, fn) if isinstance(fn, str) else fn
+            return target(*args, **kw)
+
         try:
-            return await trio.to_thread.run_sync(functools.partial(fn, *args, **kw), abandon_on_cancel=abandon)
+            return await trio.to_thread.run_sync(run, abandon_on_cancel=abandon)
         except docker.errors.NotFound:
             raise
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
             raise SwarmError(f"{what}: {exc}") from exc
 
     async def aclose(self) -> None:
-        await trio.to_thread.run_sync(self._api.close)
+        if self._api is not None:
+            await trio.to_thread.run_sync(self._api.close)
 
     async def list_nodes(self) -> list[NodeInfo]:
         """Every node of the Swarm. Raises :class:`SwarmError`."""
-        nodes = await self._call("list nodes", self._api.nodes)
+        nodes = await self._call("list nodes", "nodes")
         out = []
         for n in nodes:
             spec, status, desc = n.get("Spec") or {}, n.get("Status") or {}, n.get("Description") or {}
@@ -289,13 +306,13 @@ class SwarmClient:
         """Every task whose container spec carries ``labels`` (e.g. ``{"cumulus.supervisor_id": S}``), in one API
         call (cheap enough to poll every 100-250 ms). Raises :class:`SwarmError`."""
         filters = {"label": _label_filter(labels)} if labels else None
-        tasks = await self._call("list tasks", self._api.tasks, filters=filters)
+        tasks = await self._call("list tasks", "tasks", filters=filters)
         return [_task_state(t) for t in tasks]
 
     async def list_services(self, labels: dict[str, str] | None = None) -> list[ServiceInfo]:
         """Services carrying ``labels``. Raises :class:`SwarmError`."""
         filters = {"label": _label_filter(labels)} if labels else None
-        services = await self._call("list services", self._api.services, filters=filters)
+        services = await self._call("list services", "services", filters=filters)
         return [ServiceInfo(s["ID"], (s.get("Spec") or {}).get("Name", ""),
                             dict((s.get("Spec") or {}).get("Labels") or {}), s.get("CreatedAt"))
                 for s in services]
@@ -306,7 +323,7 @@ class SwarmClient:
         Raises :class:`InvalidRequest` or :class:`SwarmError` (e.g. a service of that name already exists)."""
         kwargs = build_service_spec(req)
         try:
-            res = await self._call(f"create service {req.service_name}", self._api.create_service,
+            res = await self._call(f"create service {req.service_name}", "create_service",
                                    abandon=False, **kwargs)
         except docker.errors.NotFound as exc:
             raise SwarmError(f"create service {req.service_name}: {exc}") from exc
@@ -316,7 +333,7 @@ class SwarmClient:
         """Remove a service (by id or name). ``True`` if it was removed, ``False`` if it did not exist (fine).
         Returns as soon as the manager accepted it; the container stops afterwards (see :func:`wait_gone`)."""
         try:
-            await self._call(f"remove service {service_id}", self._api.remove_service, service_id, abandon=False)
+            await self._call(f"remove service {service_id}", "remove_service", service_id, abandon=False)
             return True
         except docker.errors.NotFound:
             return False
@@ -326,9 +343,9 @@ class SwarmClient:
         ``False`` if the service does not exist."""
 
         def _scale() -> None:
-            info = self._api.inspect_service(service_id)
+            info = self.api.inspect_service(service_id)
             spec = info["Spec"]
-            self._api.update_service(
+            self.api.update_service(
                 service_id, version=info["Version"]["Index"], task_template=spec["TaskTemplate"],
                 name=spec["Name"], labels=spec.get("Labels"), mode=ServiceMode("replicated", replicas=0),
             )
@@ -397,7 +414,7 @@ async def adopt_service(
     removes the service and waits until its task is gone, exactly as :func:`open_service` does.
     """
     try:
-        info = await client._call(f"inspect service {service_id}", client.api.inspect_service, service_id)
+        info = await client._call(f"inspect service {service_id}", "inspect_service", service_id)
     except docker.errors.NotFound as exc:
         raise SwarmError(f"adopt service {service_id}: no such service") from exc
     handle = ServiceHandle(info["ID"], (info.get("Spec") or {}).get("Name", ""), job_id)
@@ -439,12 +456,11 @@ async def follow_logs(
     the thread, if still blocked, is abandoned; it can only exit). Raises :class:`SwarmError` if the logs
     cannot be opened (e.g. no such service: ``docker.errors.NotFound`` is turned into ``SwarmError`` too).
     """
-    api = client.api
-    url = api._url("/services/{0}/logs", service_id)
     params = {"follow": True, "stdout": True, "stderr": True, "details": False, "timestamps": False, "tail": "all"}
 
     def _open() -> Any:
-        res = api._get(url, params=params, stream=True, timeout=None)
+        api = client.api
+        res = api._get(api._url("/services/{0}/logs", service_id), params=params, stream=True, timeout=None)
         api._raise_for_status(res)
         return res
 
@@ -452,7 +468,7 @@ async def follow_logs(
         response = await client._call(f"logs of {service_id}", _open, abandon=False)
     except docker.errors.NotFound as exc:
         raise SwarmError(f"logs of {service_id}: {exc}") from exc
-    raw_sock = api._get_raw_response_socket(response)
+    raw_sock = client.api._get_raw_response_socket(response)
     sock = getattr(raw_sock, "_sock", raw_sock)
     # Docker sends a frame per line. The reader thread queues lines and wakes the Trio side only when it is not
     # already awake, so a burst of output crosses threads in a few batches instead of one call per line; it
