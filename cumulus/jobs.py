@@ -22,6 +22,7 @@ from cumulus.errors import InvalidRequest
 
 MAX_WHOLE_GPUS = 8
 LOG_HISTORY_LINES = 10_000
+EVENTS_PER_CHECKPOINT = 256  # a subscriber draining a burst yields to the scheduler this often
 
 
 class JobState(enum.Enum):
@@ -201,7 +202,23 @@ class JobRecord:
         else:
             self._subscribers.add(send)
         try:
-            async for event in receive:
+            # What is buffered goes out without a checkpoint per event (a burst of log lines would otherwise cost
+            # the subscriber one trip through the scheduler per line), with one every EVENTS_PER_CHECKPOINT.
+            burst = 0
+            while True:
+                try:
+                    event = receive.receive_nowait()
+                    burst += 1
+                    if burst % EVENTS_PER_CHECKPOINT == 0:
+                        await trio.lowlevel.checkpoint()
+                except trio.WouldBlock:
+                    try:
+                        event = await receive.receive()
+                    except trio.EndOfChannel:
+                        return
+                    burst = 0
+                except trio.EndOfChannel:
+                    return
                 yield event
         finally:
             self._subscribers.discard(send)

@@ -95,7 +95,8 @@ async def test_state_order_and_logs_before_result(autojump_clock):
 
 async def test_stdout_that_arrives_after_the_runners_marker_is_relayed_before_the_result(autojump_clock):
     """Docker does not keep stdout and stderr in order relative to each other: lines of the job's stdout can come
-    after the runner's stderr "job finished" marker. None may be lost, and all come before the result."""
+    after the runner's stderr "job finished" marker. None may be lost, and all come before the result; the
+    runner's "job finished" line is relayed last, after them."""
     async with fake_cluster() as (sup, world):
         record = await sup.submit(spec(env={"FAKE_LATE_STDOUT": "50"}))
         kinds, lines = [], []
@@ -107,6 +108,7 @@ async def test_stdout_that_arrives_after_the_runners_marker_is_relayed_before_th
                 kinds.append("result")
         assert [line for line in lines if line.startswith("late line")] == [f"late line {i}" for i in range(50)]
         assert "[cumulus] end of stdout" not in lines  # the runner's, not the job's
+        assert lines[-1] == "[cumulus] job finished in 1 s", lines[-3:]
         assert kinds[-1] == "result" and record.state is JobState.COMPLETED
 
 

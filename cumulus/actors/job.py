@@ -531,25 +531,35 @@ class JobActor(Actor):
         """Relay the service's log lines into the record. ``done`` is set once the runner's end markers of both
         streams have come (Docker keeps each stream in order, but not the two relative to each other, so only
         both markers prove that every line was relayed), or when the log stream ends; ``finished`` too if the
-        runner said the job finished (its result is written)."""
+        runner said the job finished (its result is written).
+
+        The runner's "[cumulus] job finished|failed" line is relayed last, after every line of the job's stdout
+        (it is held back until the stdout end marker has come, or the stream ends)."""
         stdout_ended = stderr_ended = job_finished = False
+        held_back: str | None = None
         try:
             async with self.swarm.follow_logs(service_id) as lines:
                 async for stream, line in lines:
                     self.record.set_state(JobState.RUNNING)  # output proves it runs, even before the next poll
+                    self._lines_relayed += 1
                     if stream == "stdout" and line == STDOUT_END_MARKER:
                         stdout_ended = True  # the runner's, not the job's: not relayed
+                        if held_back is not None:
+                            self.record.add_log("stderr", held_back)
+                            held_back = None
+                    elif stream == "stderr" and (marker := END_OF_JOB_MARKER.match(line)):
+                        stderr_ended = True
+                        job_finished = marker.group(1) == "finished" and not marker.group(2)
+                        if stdout_ended:
+                            self.record.add_log(stream, line)
+                        else:
+                            held_back = line
+                        try:
+                            self.watcher.cast_nowait(PollNow())  # its exit follows: see it at once
+                        except (ActorDied, trio.WouldBlock):
+                            pass
                     else:
                         self.record.add_log(stream, line)
-                        self._lines_relayed += 1
-                        marker = END_OF_JOB_MARKER.match(line) if stream == "stderr" else None
-                        if marker:
-                            stderr_ended = True
-                            job_finished = marker.group(1) == "finished" and not marker.group(2)
-                            try:
-                                self.watcher.cast_nowait(PollNow())  # its exit follows: see it at once
-                            except (ActorDied, trio.WouldBlock):
-                                pass
                     if stdout_ended and stderr_ended and not done.is_set():
                         if finished is not None and job_finished:
                             finished.set()
@@ -557,6 +567,8 @@ class JobActor(Actor):
         except CumulusError as error:  # logs are for humans: losing them must not fail the job
             self.record.add_message(f"log stream ended: {error}")
         finally:
+            if held_back is not None:  # the stdout end marker never came: the line still belongs to the output
+                self.record.add_log("stderr", held_back)
             done.set()
 
     async def _watch_lease(self, lease: Any) -> None:

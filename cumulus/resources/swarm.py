@@ -443,6 +443,65 @@ async def _removed_on_exit(client: SwarmClient, handle: ServiceHandle, remove_ti
 _STREAMS = {0: "stdin", 1: "stdout", 2: "stderr"}
 
 
+class _ChunkedBody:
+    """The body of a streamed HTTP/1.1 response, read whatever has arrived at a time (``read``; ``b""`` at its
+    end). Docker sends a followed log as one HTTP chunk per frame, and urllib3/http.client return at most one
+    chunk per read (several Python calls each), which made reading, not relaying, the cost of every log line.
+    This reads the connection's buffered socket file (``http.client.HTTPResponse.fp``, untouched by them before
+    the first read) and decodes the chunked coding itself, a buffer at a time. A body that is not chunked is
+    passed through."""
+
+    def __init__(self, fp: Any, chunked: bool) -> None:
+        self._fp = fp
+        self._chunked = chunked
+        self._buffer = bytearray()
+        self._left = 0  # bytes left of the current chunk, its closing CRLF included
+        self._ended = False
+
+    @classmethod
+    def of(cls, response: requests.Response) -> Callable[[], bytes]:
+        """``read`` for ``response`` (a ``requests`` response opened with ``stream=True``, nothing read yet)."""
+        inner = getattr(response.raw, "_fp", None)
+        fp = getattr(inner, "fp", None)
+        if fp is None or not hasattr(fp, "read1"):  # not the http.client we know: read through urllib3
+            return lambda: response.raw.read1(65536)
+        return cls(fp, bool(getattr(inner, "chunked", False))).read
+
+    def read(self) -> bytes:
+        if not self._chunked:
+            return self._fp.read1(65536)
+        out = bytearray()
+        while not out and not self._ended:
+            data = self._fp.read1(65536)
+            if not data:
+                break
+            self._buffer += data
+            out += self._decode()
+        return bytes(out)
+
+    def _decode(self) -> bytearray:
+        buffer, out, pos = self._buffer, bytearray(), 0
+        while pos < len(buffer):
+            if self._left == 0:
+                end = buffer.find(b"\r\n", pos)
+                if end < 0:
+                    break  # the size line has not all arrived
+                size = int(bytes(buffer[pos:end]).split(b";")[0], 16)
+                pos = end + 2
+                if size == 0:
+                    self._ended = True  # the last chunk (trailers, if any, are not read)
+                    break
+                self._left = size + 2
+                continue
+            take = min(self._left, len(buffer) - pos)
+            data = min(take, max(self._left - 2, 0))
+            out += buffer[pos:pos + data]
+            pos += take
+            self._left -= take
+        del buffer[:pos]
+        return out
+
+
 @asynccontextmanager
 async def follow_logs(
     client: SwarmClient, service_id: str, *, close_timeout: float = 5.0, max_line: int = 64 * 1024
@@ -501,11 +560,11 @@ async def follow_logs(
             return data.decode("utf-8", errors="replace")[:max_line]
 
         try:
-            raw = response.raw
+            read_body = _ChunkedBody.of(response)
             pending_bytes = bytearray()
             while True:
                 # Whatever has arrived (up to 64 KiB), not one read per frame: Docker frames every line.
-                chunk = raw.read1(65536)
+                chunk = read_body()
                 if not chunk:
                     break
                 pending_bytes += chunk

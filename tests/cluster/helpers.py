@@ -38,7 +38,7 @@ from cumulus.jobs import JobRecord, JobState
 
 CHRONOS_LOCKS = Path("/tmp/chronos_locks")
 HOLDER_NAME = "cumulus-partition-holder"
-EXITED_CONTAINER_GRACE = 5.0
+EXITED_CONTAINER_GRACE = 10.0
 _LOCK_RE = re.compile(r"^partition_(\d+)_(\d+)_\d+\.lock$")
 
 
