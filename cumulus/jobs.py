@@ -208,9 +208,6 @@ class JobRecord:
             while True:
                 try:
                     event = receive.receive_nowait()
-                    burst += 1
-                    if burst % EVENTS_PER_CHECKPOINT == 0:
-                        await trio.lowlevel.checkpoint()
                 except trio.WouldBlock:
                     try:
                         event = await receive.receive()
@@ -219,6 +216,10 @@ class JobRecord:
                     burst = 0
                 except trio.EndOfChannel:
                     return
+                else:
+                    burst += 1
+                    if burst % EVENTS_PER_CHECKPOINT == 0:
+                        await trio.lowlevel.checkpoint()
                 yield event
         finally:
             self._subscribers.discard(send)

@@ -312,3 +312,38 @@ async def test_supervisor_shutdown_tears_every_job_down(autojump_clock):
             assert record.state is JobState.CANCELLED
         assert world.partitions == {} and world.services == {} and world.job_dirs == set()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_subscriber_drains_a_burst_in_order_and_still_lets_other_tasks_run():
+    """A burst of buffered events reaches a subscriber whole and in order, without a trip through the scheduler
+    per event, but with a checkpoint every EVENTS_PER_CHECKPOINT, so a long burst does not hold the loop."""
+    from cumulus.jobs import EVENTS_PER_CHECKPOINT, TeardownReport
+
+    record = JobRecord("job-burst", spec())
+    record.announce()
+    lines, other_task_ran = [], []
+    async with trio.open_nursery() as nursery:
+        async def other_task():
+            while True:
+                other_task_ran.append(len(lines))
+                await trio.lowlevel.checkpoint()
+
+        async def subscriber(task_status=trio.TASK_STATUS_IGNORED):
+            events = record.events()
+            task_status.started()
+            async for event in events:
+                if event.log is not None:
+                    lines.append(event.log[1])
+
+        await nursery.start(subscriber)
+        for i in range(2_000):
+            record.add_log("stdout", f"line {i}")
+        record.set_torn_down(TeardownReport())
+        nursery.start_soon(other_task)
+        with trio.fail_after(5):
+            while len(lines) < 2_000:
+                await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    assert lines == [f"line {i}" for i in range(2_000)]
+    during_burst = {seen for seen in other_task_ran if 0 < seen < 2_000}
+    assert len(during_burst) >= 2_000 // EVENTS_PER_CHECKPOINT - 2, sorted(during_burst)
