@@ -9,6 +9,7 @@ import trio
 
 from cumulus.actors import Actor, ActorDied, ResourceOwner, run_actor
 from cumulus.errors import InvalidRequest
+from tests.races import fail_as_cancelled
 
 
 class Counter(Actor):
@@ -225,15 +226,7 @@ async def test_release_that_fails_as_its_deadline_cancels_it_is_a_leak_not_a_cra
     @asynccontextmanager
     async def racing():
         yield
-        async def fails_when_cancelled():
-            try:
-                await trio.sleep_forever()
-            finally:
-                raise OSError("ssh connection lost")
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(fails_when_cancelled)
-            await trio.sleep_forever()
+        await fail_as_cancelled("ssh connection lost")
 
     @asynccontextmanager
     async def plain():
@@ -241,12 +234,14 @@ async def test_release_that_fails_as_its_deadline_cancels_it_is_a_leak_not_a_cra
 
     owner = ResourceOwner("job-1")
     async with owner:
-        await owner.own(plain(), what="partition")
+        # held in the test's own task: were the error to escape, the test fails instead of waiting on a holder
+        await owner.own(plain(), what="partition", same_task=True)
         await owner.own(racing(), what="service", release_timeout=3, same_task=same_task)
     assert owner.released == ["partition"]
     assert [leak.what for leak in owner.leaks] == ["service", "service"]
     assert {leak.reason for leak in owner.leaks} == {"release did not finish within 3 s",
                                                      "OSError: ssh connection lost"}
+
 
 async def test_on_start_failure_releases_what_was_acquired():
     events = []

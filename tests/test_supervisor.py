@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from contextlib import asynccontextmanager
 
 import pytest
@@ -10,6 +11,7 @@ import trio
 from cumulus.actors import Actor, ActorDied
 from cumulus.errors import NotFound, SupervisorGaveUp
 from cumulus.supervisor import ChildSpec, DynamicSupervisor, Restart, Strategy, Supervisor
+from tests.races import fail_as_cancelled
 
 
 class Recorder:
@@ -218,17 +220,7 @@ async def test_child_that_crashes_while_being_stopped_is_stopped(autojump_clock)
     """A crash racing with the stop (the child raises a group of the stop's Cancelled and its own error): the
     stop returns, the error is logged as the child's, and the supervisor goes on. Found by the fakes chaos test."""
 
-    async def fails_while_stopping(*, task_status=trio.TASK_STATUS_IGNORED):
-        async def release_that_fails():
-            try:
-                await trio.sleep_forever()
-            finally:
-                raise OSError("ssh fw1: connection lost")
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(release_that_fails)
-            task_status.started("racer")
-            await trio.sleep_forever()
+    fails_while_stopping = functools.partial(fail_as_cancelled, "ssh fw1: connection lost")
 
     jobs = DynamicSupervisor(name="jobs")
     async with trio.open_nursery() as nursery:
