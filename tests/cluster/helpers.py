@@ -66,7 +66,7 @@ def swarm_services(sid: str, desc: dict | None = None) -> list[str]:
 
 
 def worker_containers(job_ids: Iterable[str], desc: dict | None = None) -> list[str]:
-    """``"<node>: <container name> (<status>)"`` for every container of one of ``job_ids`` on any worker's dockerd
+    """``"<node>: <container name> (<state>)"`` for every container of one of ``job_ids`` on any worker's dockerd
     (running or not)."""
     desc = desc or cluster_description()
     wanted = set(job_ids)
@@ -76,12 +76,32 @@ def worker_containers(job_ids: Iterable[str], desc: dict | None = None) -> list[
             continue
         client = _docker(node["docker_socket"])
         try:
-            for c in client.containers.list(all=True, filters={"label": "cumulus.job_id"}):
-                if c.labels.get("cumulus.job_id") in wanted:
-                    found.append(f"{node['name']}: {c.name} ({c.status})")
+            # The summary listing, not containers.list(): that inspects each container after listing them, and a
+            # container removed in between (as a job's teardown does) raises NotFound.
+            for c in client.api.containers(all=True, filters={"label": "cumulus.job_id"}):
+                if (c.get("Labels") or {}).get("cumulus.job_id") in wanted:
+                    name = (c.get("Names") or ["?"])[0].lstrip("/")
+                    found.append(f"{node['name']}: {name} ({c.get('State')})")
         finally:
             client.close()
     return found
+
+
+def lingering_containers(job_ids: Iterable[str], desc: dict | None = None) -> list[str]:
+    """:func:`worker_containers` of ``job_ids`` that are still there once stopped ones had
+    ``EXITED_CONTAINER_GRACE`` seconds to go.
+
+    Swarm forgets a removed service's task once its container has stopped; the worker removes the exited container
+    a moment later, on its own. Stopped-but-not-yet-removed is not a leak unless it stays.
+    """
+    job_ids = list(job_ids)
+    containers = worker_containers(job_ids, desc)
+    deadline = time.monotonic() + EXITED_CONTAINER_GRACE
+    while containers and all(c.endswith(("(exited)", "(removing)")) for c in containers) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+        containers = worker_containers(job_ids, desc)
+    return containers
 
 
 def holder_processes(job_ids: Iterable[str]) -> list[str]:
@@ -190,15 +210,7 @@ async def _accounting_problems(sup: Any) -> list[str]:
 
 def _external_problems(sid: str, job_ids: list[str], records: list[JobRecord], desc: dict) -> list[str]:
     problems = [f"service left: {s}" for s in swarm_services(sid, desc)]
-    containers = worker_containers(job_ids, desc)
-    # Swarm forgets a removed service's task once its container has stopped; the worker removes the exited
-    # container a moment later, on its own. Stopped-but-not-yet-removed is not a leak unless it stays.
-    deadline = time.monotonic() + EXITED_CONTAINER_GRACE
-    while containers and all(c.endswith(("(exited)", "(removing)")) for c in containers) \
-            and time.monotonic() < deadline:
-        time.sleep(0.1)
-        containers = worker_containers(job_ids, desc)
-    problems += [f"container left: {c}" for c in containers]
+    problems += [f"container left: {c}" for c in lingering_containers(job_ids, desc)]
     problems += [f"holder process left: {p}" for p in holder_processes(job_ids)]
     problems += [f"chronos lock left: {lock}" for lock in stale_locks(records)]
     problems += [f"job dir left: {d}" for d in job_dirs(job_ids, desc.get("jobs_dir", "/var/lib/cumulus/jobs"))]
@@ -249,5 +261,6 @@ async def wait_workers_healthy(sup: Any, count: int, timeout: float = 30.0) -> l
             await trio.sleep(0.05)
 
 
-__all__ = ["assert_nothing_left", "find_leftovers", "holder_processes", "lock_files", "share_problems", "stale_locks",
-           "swarm_services", "terminal_state_events", "wait_workers_healthy", "worker_containers"]
+__all__ = ["assert_nothing_left", "find_leftovers", "holder_processes", "lingering_containers", "lock_files",
+           "share_problems", "stale_locks", "swarm_services", "terminal_state_events", "wait_workers_healthy",
+           "worker_containers"]

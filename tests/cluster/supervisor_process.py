@@ -38,8 +38,8 @@ from typing import Any, Iterable, Mapping
 
 import pytest
 
-from helpers import (cluster_description, holder_processes, job_dirs, stale_locks, swarm_services,
-                     worker_containers)
+from helpers import (cluster_description, holder_processes, job_dirs, lingering_containers, stale_locks,
+                     swarm_services)
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_JSON = "/var/lib/cumulus-local/cluster.json"
@@ -194,12 +194,7 @@ class SupervisorProcess:
                     if worker.running_jobs:
                         problems.append(f"{worker.hostname}: running_jobs {worker.running_jobs}")
                 problems += [f"service left: {s}" for s in swarm_services(self.sid, desc)]
-                containers = worker_containers(job_ids, desc)
-                grace = time.monotonic() + 5.0  # an exited container is removed by its worker a moment later
-                while containers and all(c.endswith("(exited)") for c in containers) and time.monotonic() < grace:
-                    time.sleep(0.1)
-                    containers = worker_containers(job_ids, desc)
-                problems += [f"container left: {c}" for c in containers]
+                problems += [f"container left: {c}" for c in lingering_containers(job_ids, desc)]
                 problems += [f"holder process left: {p}" for p in holder_processes(job_ids)]
                 problems += [f"chronos lock left: {lock}" for lock in stale_locks(records)]
                 problems += [f"job dir left: {d}"
