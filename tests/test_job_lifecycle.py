@@ -112,6 +112,23 @@ async def test_stdout_that_arrives_after_the_runners_marker_is_relayed_before_th
         assert kinds[-1] == "result" and record.state is JobState.COMPLETED
 
 
+async def test_the_engines_message_about_the_log_stream_is_a_job_message_not_output(autojump_clock):
+    """Docker's own line in a followed log ("Error grabbing logs: ... node X is not available") says lines may be
+    missing: it reaches the caller as a message of the job, never as the job's output, and the job completes."""
+    async with fake_cluster() as (sup, world):
+        problem = "Error grabbing logs: rpc error: node n1 is not available"
+        record = await sup.submit(spec(env={"FAKE_ENGINE_MESSAGE": problem}))
+        logs, messages = [], []
+        async for event in record.events():
+            if event.log is not None:
+                logs.append(event.log)
+            elif event.message is not None:
+                messages.append(event.message)
+        assert all(problem not in line for _, line in logs), logs
+        assert f"log stream: {problem} (lines of the job may be missing)" in messages, messages
+        assert ("stdout", f"hello from {record.job_id}") in logs and record.state is JobState.COMPLETED
+
+
 async def test_a_finished_job_whose_process_lingers_is_completed_and_then_stopped(autojump_clock):
     """The runner said "finished" and the result is written: the job is COMPLETED at once; a container that then
     does not exit (a non-daemon thread left behind) is stopped after EXIT_AFTER_FINISH_SECONDS, not at its
@@ -345,5 +362,7 @@ async def test_a_subscriber_drains_a_burst_in_order_and_still_lets_other_tasks_r
                 await trio.sleep(0.001)
         nursery.cancel_scope.cancel()
     assert lines == [f"line {i}" for i in range(2_000)]
-    during_burst = {seen for seen in other_task_ran if 0 < seen < 2_000}
-    assert len(during_burst) >= 2_000 // EVENTS_PER_CHECKPOINT - 2, sorted(during_burst)
+    # How often the other task ran mid-burst (not at how many distinct points: Trio may run the two tasks in
+    # either order in each batch, so the other task can see the same point twice and skip the next one).
+    during_burst = [seen for seen in other_task_ran if 0 < seen < 2_000]
+    assert len(during_burst) >= 2_000 // EVENTS_PER_CHECKPOINT - 2, during_burst

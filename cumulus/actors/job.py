@@ -540,6 +540,9 @@ class JobActor(Actor):
         try:
             async with self.swarm.follow_logs(service_id) as lines:
                 async for stream, line in lines:
+                    if stream == "system":  # the engine's, about the stream: not the job's output
+                        self.record.add_message(f"log stream: {line} (lines of the job may be missing)")
+                        continue
                     self.record.set_state(JobState.RUNNING)  # output proves it runs, even before the next poll
                     self._lines_relayed += 1
                     if stream == "stdout" and line == STDOUT_END_MARKER:

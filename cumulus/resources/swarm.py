@@ -440,7 +440,9 @@ async def _removed_on_exit(client: SwarmClient, handle: ServiceHandle, remove_ti
 
 
 # --------------------------------------------------------------------------------------------------------- logs
-_STREAMS = {0: "stdin", 1: "stdout", 2: "stderr"}
+# Docker's multiplexed stream kinds. Kind 3 ("systemerr") is the engine's own message, e.g. "Error grabbing logs:
+# ... node X is not available" when the manager cannot reach the node that holds a task's log: not the job's.
+_STREAMS = {0: "stdin", 1: "stdout", 2: "stderr", 3: "system"}
 
 
 class _ChunkedBody:
@@ -507,8 +509,10 @@ async def follow_logs(
     client: SwarmClient, service_id: str, *, close_timeout: float = 5.0, max_line: int = 64 * 1024
 ) -> AsyncIterator[AsyncIterator[tuple[str, str]]]:
     """Follow a service's logs; yields an async iterator of ``(stream, line)`` (``stream`` is ``"stdout"`` or
-    ``"stderr"``; ``line`` without its newline, decoded as UTF-8 with replacement, cut at ``max_line`` chars).
-    Lines arrive while the job runs. The iterator ends if Docker ends the stream.
+    ``"stderr"``, or ``"system"`` for the engine's own message about the stream, such as a node whose log cannot
+    be read: lines of the job may be missing then; ``line`` without its newline, decoded as UTF-8 with
+    replacement, cut at ``max_line`` chars). Lines arrive while the job runs. The iterator ends if Docker ends the
+    stream.
 
     Docker never ends a followed service log by itself, so leaving the block shuts the HTTP connection's socket
     down, which ends the reader thread promptly; that is shielded and bounded by ``close_timeout`` (after which
@@ -543,7 +547,7 @@ async def follow_logs(
         arrived[0].set()
 
     def _reader() -> None:
-        buffers: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+        buffers: dict[str, bytes] = {"stdout": b"", "stderr": b"", "system": b""}
 
         def emit(batch: list[tuple[str, str]]) -> None:
             with condition:
@@ -576,7 +580,7 @@ async def follow_logs(
                         break  # the rest of this frame has not arrived yet
                     data = bytes(pending_bytes[pos + 8:pos + 8 + length])
                     pos += 8 + length
-                    stream = _STREAMS.get(kind, "stdout")
+                    stream = _STREAMS.get(kind, "system")
                     *lines, rest = (buffers.get(stream, b"") + data).split(b"\n")
                     buffers[stream] = rest
                     batch.extend((stream, decode(line)) for line in lines)

@@ -220,8 +220,13 @@ def _run_pinned_service(client, cluster, node, network="none", timeout=60):
             assert time.monotonic() < deadline, tasks
             time.sleep(0.2)
         task = tasks[0]
-        logs = b"".join(svc.logs(stdout=True, stderr=True)).decode()
-        return task, logs
+        # The manager reads a task's log from its node; a node that has just (re)joined may not be reachable for
+        # that yet ("Error grabbing logs: ... node ... is not available"), while the log itself is there.
+        while True:
+            logs = b"".join(svc.logs(stdout=True, stderr=True)).decode()
+            if "Error grabbing logs" not in logs or time.monotonic() >= deadline:
+                return task, logs
+            time.sleep(0.5)
     finally:
         svc.remove()
 

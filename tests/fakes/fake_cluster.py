@@ -132,6 +132,8 @@ class FakeWorld:
         self.running.add(container.service_id)
         try:
             container.logs.append(("stdout", f"hello from {container.job_id}"))
+            if engine_message := container.env.get("FAKE_ENGINE_MESSAGE"):  # the manager's, about the stream
+                container.logs.append(("system", engine_message))
             container.log_event.set()
             with trio.move_on_after(runtime):
                 await container.stop.wait()

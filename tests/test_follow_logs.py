@@ -1,0 +1,91 @@
+"""``swarm.follow_logs`` against a loopback HTTP server that speaks the Docker Engine API's followed service log:
+chunked transfer coding around Docker's multiplexed frames, cut at arbitrary places. No Docker needed."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
+
+import pytest
+
+from cumulus.resources.swarm import SwarmClient, follow_logs
+
+
+def frame(kind: int, data: bytes) -> bytes:
+    return struct.pack(">BxxxL", kind, len(data)) + data
+
+
+class EngineLogs(BaseHTTPRequestHandler):
+    """``GET /version`` and ``GET /v*/services/<id>/logs``; the log body is ``server.body``, sent in the HTTP
+    chunks ``server.cuts`` marks (so a frame may span chunks and a chunk may hold several frames)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+        if self.path.startswith("/version"):
+            payload = json.dumps({"ApiVersion": "1.41", "Version": "24.0.0"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        assert "/services/svc-1/logs?follow=true" in self.path.lower(), self.path
+        body, cuts = self.server.body, self.server.cuts  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.docker.raw-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        bounds = sorted({0, len(body), *(c for c in cuts if 0 < c < len(body))})
+        for start, end in zip(bounds, bounds[1:]):
+            self.wfile.write(b"%x\r\n%s\r\n" % (end - start, body[start:end]))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+@pytest.fixture
+def engine() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EngineLogs)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def relayed(server: ThreadingHTTPServer, body: bytes, cuts: list[int]) -> list[tuple[str, str]]:
+    server.body, server.cuts = body, cuts  # type: ignore[attr-defined]
+    client = SwarmClient(f"tcp://127.0.0.1:{server.server_address[1]}", timeout=10)
+    try:
+        async with follow_logs(client, "svc-1") as lines:
+            return [item async for item in lines]
+    finally:
+        await client.aclose()
+
+
+JOB_LOG = (frame(1, b"hello\n") + frame(2, b"warming up\npart") + frame(1, b"world\n") + frame(2, b"ial line\n")
+           + frame(3, b"Error grabbing logs: rpc error: node n1 is not available\n") + frame(1, b"no newline"))
+
+
+@pytest.mark.parametrize("cuts", [[], [1], [3, 9, 10, 11, 40], list(range(0, len(JOB_LOG), 7))])
+async def test_frames_become_lines_of_their_stream_and_engine_messages_are_not_the_jobs(engine, cuts):
+    lines = await relayed(engine, JOB_LOG, cuts)
+    assert lines == [
+        ("stdout", "hello"), ("stderr", "warming up"), ("stdout", "world"), ("stderr", "partial line"),
+        ("system", "Error grabbing logs: rpc error: node n1 is not available"), ("stdout", "no newline"),
+    ]
+
+
+async def test_an_unknown_frame_kind_is_reported_as_the_engines_not_as_job_output(engine):
+    lines = await relayed(engine, frame(1, b"job\n") + frame(7, b"something new\n"), [])
+    assert lines == [("stdout", "job"), ("system", "something new")]
