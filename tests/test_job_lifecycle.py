@@ -112,21 +112,44 @@ async def test_stdout_that_arrives_after_the_runners_marker_is_relayed_before_th
         assert kinds[-1] == "result" and record.state is JobState.COMPLETED
 
 
-async def test_the_engines_message_about_the_log_stream_is_a_job_message_not_output(autojump_clock):
-    """Docker's own line in a followed log ("Error grabbing logs: ... node X is not available") says lines may be
-    missing: it reaches the caller as a message of the job, never as the job's output, and the job completes."""
+async def logs_and_messages(record: JobRecord) -> tuple[list[tuple[str, str]], list[str]]:
+    logs, messages = [], []
+    async for event in record.events():
+        if event.log is not None:
+            logs.append(event.log)
+        elif event.message is not None:
+            messages.append(event.message)
+    return logs, messages
+
+
+ENGINE_PROBLEM = "Error grabbing logs: rpc error: node n1 is not available"
+
+
+async def test_a_log_the_engine_could_not_read_is_followed_again_and_each_line_relayed_once(autojump_clock):
+    """Docker's own line in a followed log ("Error grabbing logs: ... node X is not available") means the node's
+    lines will not come on that stream: the log is followed again from its start, the lines already relayed are
+    skipped, and the engine's line is a message of the job, never its output."""
     async with fake_cluster() as (sup, world):
-        problem = "Error grabbing logs: rpc error: node n1 is not available"
-        record = await sup.submit(spec(env={"FAKE_ENGINE_MESSAGE": problem}))
-        logs, messages = [], []
-        async for event in record.events():
-            if event.log is not None:
-                logs.append(event.log)
-            elif event.message is not None:
-                messages.append(event.message)
-        assert all(problem not in line for _, line in logs), logs
-        assert f"log stream: {problem} (lines of the job may be missing)" in messages, messages
-        assert ("stdout", f"hello from {record.job_id}") in logs and record.state is JobState.COMPLETED
+        record = await sup.submit(spec(env={"FAKE_ENGINE_MESSAGE": ENGINE_PROBLEM, "FAKE_ENGINE_MESSAGE_TIMES": "2",
+                                            "FAKE_LATE_STDOUT": "3"}))
+        logs, messages = await logs_and_messages(record)
+        assert logs == [("stdout", f"hello from {record.job_id}"), *(("stdout", f"late line {i}") for i in range(3)),
+                        ("stderr", "[cumulus] job finished in 1 s")], logs
+        assert messages.count(f"log stream: {ENGINE_PROBLEM}; following the log again") == 2, messages
+        assert record.state is JobState.COMPLETED and record.result is not None
+
+
+async def test_a_log_the_engine_never_reads_is_given_up_and_the_job_still_ends(autojump_clock):
+    from cumulus.actors.log_relay import LOG_REFOLLOW_ATTEMPTS
+
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(spec(env={"FAKE_ENGINE_MESSAGE": ENGINE_PROBLEM, "FAKE_ENGINE_MESSAGE_TIMES": "99"}))
+        logs, messages = await logs_and_messages(record)
+        assert logs == [("stdout", f"hello from {record.job_id}")], logs
+        assert messages.count(f"log stream: {ENGINE_PROBLEM}; following the log again") == LOG_REFOLLOW_ATTEMPTS
+        assert f"log stream: {ENGINE_PROBLEM} (lines of the job may be missing)" in messages, messages
+        assert record.state is JobState.COMPLETED and record.result is not None
+        assert not record.teardown.leaked and world.services == {} and world.partitions == {}
 
 
 async def test_a_finished_job_whose_process_lingers_is_completed_and_then_stopped(autojump_clock):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from cumulus.actors.base import Actor, ActorRef
+from cumulus.actors.log_relay import LogRelay
 from cumulus.actors.ownership import ResourceOwner
 from cumulus.actors.watcher import PollNow, Unwatch, Watch
 from cumulus.actors.worker import Release, Reserve, WorkerUnavailable
@@ -38,18 +38,11 @@ from cumulus.resources.swarm import LABEL_JOB, ServiceRequest, TaskState
 
 log = logging.getLogger(__name__)
 
-#: The runner's last line ("[cumulus] job finished in 0.03 s", "... job failed in ...", "... job failed
-#: (infrastructure) in ..."): every line before it has been relayed once it is seen.
-END_OF_JOB_MARKER = re.compile(r"^\[cumulus\] job (finished|failed)( \(infrastructure\))? in ")
 RETRY_BACKOFF_SECONDS = 1.0
 RETRY_BACKOFF_MAX_SECONDS = 30.0
 #: Failures of the infrastructure, not of the job: retried by default (jobs.default_retries).
 RETRIED_FAILURES = frozenset({"infrastructure", "node_lost", "partition_lost", "container_failed", "lost"})
 # ("lost" - in a supervisor restart - is retried only when the job set retries itself.)
-LOG_IDLE_SECONDS = 1.0  # after the task ended, output without end markers is complete after this much quiet
-LOG_DRAIN_MAX_SECONDS = 60.0  # ... and relaying stops at the latest this long after the task ended
-#: The runner's last stdout line (after the job's own output; not relayed): with the stderr marker, all is in.
-STDOUT_END_MARKER = "[cumulus] end of stdout"
 EXIT_AFTER_FINISH_SECONDS = 10.0  # a finished job's container gets this long to exit before it is stopped
 STOP_WAIT_SECONDS = 5.0
 MAX_RESULT_BYTES = 256 * 1024 * 1024
@@ -230,7 +223,6 @@ class JobActor(Actor):
         self._exited = False  # the current attempt's container has exited
         self._attempt_failure: JobStopped | None = None
         self._service: Any = None  # the current attempt's service handle, once created
-        self._lines_relayed = 0
 
     async def on_start(self) -> None:
         self.start_soon(self._live)
@@ -477,14 +469,13 @@ class JobActor(Actor):
         container that does not exit within ``EXIT_AFTER_FINISH_SECONDS`` of that (a job that left a non-daemon
         thread behind) is not waited for any longer: ``None`` is returned and the teardown stops it."""
         record = self.record
-        logs_done = trio.Event()
-        finished = trio.Event()
+        relay = LogRelay(self.swarm, record, on_end_of_job=self._poll_now)
         exit_task: TaskState | None = None
         async with trio.open_nursery() as nursery:
             with trio.CancelScope() as waiting:
-                nursery.start_soon(self._relay_logs, service.id, logs_done, finished)
+                nursery.start_soon(relay.run, service.id)
                 nursery.start_soon(self._watch_lease, lease)
-                nursery.start_soon(self._complete_when_finished, finished, files, waiting)
+                nursery.start_soon(self._complete_when_finished, relay.finished, files, waiting)
                 async for task in updates:
                     if task.service_id != service.id:
                         continue  # an earlier attempt's task, reported late (e.g. by a node that came back)
@@ -494,27 +485,11 @@ class JobActor(Actor):
                         exit_task = task
                         self._exited = True
                         break
-                await self._drain_logs(logs_done)
+                await relay.drain()
             nursery.cancel_scope.cancel()
         if exit_task is None and not (waiting.cancelled_caught and record.state is JobState.COMPLETED):
             raise JobStopped(JobState.FAILED, "task watch ended before the job's task finished")
         return exit_task
-
-    async def _drain_logs(self, logs_done: trio.Event) -> None:
-        """After the task ended: wait until every line was relayed - the runner's end markers came - or, for
-        output without them (a runner that was killed), until no line came for ``LOG_IDLE_SECONDS``; at most
-        ``LOG_DRAIN_MAX_SECONDS``, after which the job's messages say that lines may be missing."""
-        deadline = trio.current_time() + LOG_DRAIN_MAX_SECONDS
-        while not logs_done.is_set():
-            relayed = self._lines_relayed
-            with trio.move_on_after(LOG_IDLE_SECONDS):
-                await logs_done.wait()
-            if logs_done.is_set() or self._lines_relayed == relayed:
-                return
-            if trio.current_time() >= deadline:
-                self.record.add_message(f"log relay stopped {LOG_DRAIN_MAX_SECONDS:g} s after the job ended, "
-                                        f"after {self._lines_relayed} lines: later lines may be missing")
-                return
 
     async def _complete_when_finished(self, finished: trio.Event, files: Any, waiting: trio.CancelScope) -> None:
         await finished.wait()
@@ -527,52 +502,12 @@ class JobActor(Actor):
             self.record.set_state(JobState.COMPLETED)
             waiting.deadline = trio.current_time() + EXIT_AFTER_FINISH_SECONDS
 
-    async def _relay_logs(self, service_id: str, done: trio.Event, finished: trio.Event | None = None) -> None:
-        """Relay the service's log lines into the record. ``done`` is set once the runner's end markers of both
-        streams have come (Docker keeps each stream in order, but not the two relative to each other, so only
-        both markers prove that every line was relayed), or when the log stream ends; ``finished`` too if the
-        runner said the job finished (its result is written).
-
-        The runner's "[cumulus] job finished|failed" line is relayed last, after every line of the job's stdout
-        (it is held back until the stdout end marker has come, or the stream ends)."""
-        stdout_ended = stderr_ended = job_finished = False
-        held_back: str | None = None
+    def _poll_now(self) -> None:
+        """The runner wrote its last line: the container's exit follows, so have its task's state read at once."""
         try:
-            async with self.swarm.follow_logs(service_id) as lines:
-                async for stream, line in lines:
-                    if stream == "system":  # the engine's, about the stream: not the job's output
-                        self.record.add_message(f"log stream: {line} (lines of the job may be missing)")
-                        continue
-                    self.record.set_state(JobState.RUNNING)  # output proves it runs, even before the next poll
-                    self._lines_relayed += 1
-                    if stream == "stdout" and line == STDOUT_END_MARKER:
-                        stdout_ended = True  # the runner's, not the job's: not relayed
-                        if held_back is not None:
-                            self.record.add_log("stderr", held_back)
-                            held_back = None
-                    elif stream == "stderr" and (marker := END_OF_JOB_MARKER.match(line)):
-                        stderr_ended = True
-                        job_finished = marker.group(1) == "finished" and not marker.group(2)
-                        if stdout_ended:
-                            self.record.add_log(stream, line)
-                        else:
-                            held_back = line
-                        try:
-                            self.watcher.cast_nowait(PollNow())  # its exit follows: see it at once
-                        except (ActorDied, trio.WouldBlock):
-                            pass
-                    else:
-                        self.record.add_log(stream, line)
-                    if stdout_ended and stderr_ended and not done.is_set():
-                        if finished is not None and job_finished:
-                            finished.set()
-                        done.set()
-        except CumulusError as error:  # logs are for humans: losing them must not fail the job
-            self.record.add_message(f"log stream ended: {error}")
-        finally:
-            if held_back is not None:  # the stdout end marker never came: the line still belongs to the output
-                self.record.add_log("stderr", held_back)
-            done.set()
+            self.watcher.cast_nowait(PollNow())
+        except (ActorDied, trio.WouldBlock):
+            pass
 
     async def _watch_lease(self, lease: Any) -> None:
         await lease.lost.wait()

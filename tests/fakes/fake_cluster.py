@@ -46,6 +46,7 @@ class FakeContainer:
     log_event: trio.Event = field(default_factory=trio.Event)
     stop: trio.Event = field(default_factory=trio.Event)
     gone: trio.Event = field(default_factory=trio.Event)
+    engine_messages_sent: int = 0
 
 
 @dataclass
@@ -132,8 +133,6 @@ class FakeWorld:
         self.running.add(container.service_id)
         try:
             container.logs.append(("stdout", f"hello from {container.job_id}"))
-            if engine_message := container.env.get("FAKE_ENGINE_MESSAGE"):  # the manager's, about the stream
-                container.logs.append(("system", engine_message))
             container.log_event.set()
             with trio.move_on_after(runtime):
                 await container.stop.wait()
@@ -218,6 +217,14 @@ class FakeSwarm:
                 while sent < len(container.logs):
                     yield container.logs[sent]
                     sent += 1
+                    # FAKE_ENGINE_MESSAGE: like a manager that cannot read the node's log (the first
+                    # FAKE_ENGINE_MESSAGE_TIMES follows): its message after the first line, then nothing more.
+                    message = container.env.get("FAKE_ENGINE_MESSAGE")
+                    if message and container.engine_messages_sent < int(
+                            container.env.get("FAKE_ENGINE_MESSAGE_TIMES", "1")):
+                        container.engine_messages_sent += 1
+                        yield "system", message
+                        await trio.sleep_forever()
                 container.log_event = trio.Event()
                 await container.log_event.wait()
 
