@@ -14,6 +14,7 @@ process by :func:`open_asyncio_bridge` around everything that needs it.
 
 from __future__ import annotations
 
+import logging
 from contextlib import aclosing, asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
@@ -21,6 +22,7 @@ import trio
 import trio_asyncio
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
@@ -29,12 +31,31 @@ async def open_asyncio_bridge() -> AsyncIterator[None]:
 
     Nested use is allowed and reuses the loop that is already open. On exit every asyncio task still running on
     the loop is cancelled.
+
+    An error that no one retrieves - an asyncio task a library abandoned, e.g. asyncssh's parallel SFTP reads
+    left behind by a cancelled read, that later fail - is logged (at ERROR, with asyncio's context) and counted in
+    :data:`unhandled_errors`. trio-asyncio's own handler would instead raise it into the loop, ending the whole
+    process and every job's actor with it.
     """
     if _current_loop() is not None:
         yield
         return
-    async with trio_asyncio.open_loop():
+    async with trio_asyncio.open_loop() as loop:
+        loop.set_exception_handler(_log_unhandled_error)
         yield
+
+
+#: How many unretrieved asyncio errors this process has logged (see :func:`open_asyncio_bridge`).
+unhandled_errors = 0
+
+
+def _log_unhandled_error(loop: Any, context: dict[str, Any]) -> None:
+    global unhandled_errors
+    unhandled_errors += 1
+    error = context.get("exception")
+    log.error("asyncio: %s (an error no task retrieved; the supervisor goes on)%s",
+              context.get("message") or "unhandled error", f": {type(error).__name__}: {error}" if error else "",
+              exc_info=error)
 
 
 async def call_asyncio(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
@@ -129,4 +150,4 @@ def _current_loop() -> Any:
 
 
 __all__ = ["call_asyncio", "call_trio", "iterate_asyncio", "iterate_trio", "iterate_trio_batches",
-           "open_asyncio_bridge"]
+           "open_asyncio_bridge", "unhandled_errors"]

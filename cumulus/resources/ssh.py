@@ -317,15 +317,18 @@ class SshConnection:
 
     async def get_bytes(self, remote_path: str, max_bytes: int) -> bytes:
         """Read the whole of ``remote_path``. Raises :class:`RemotePathNotFound` if it does not exist and
-        :class:`SshError` if it is larger than ``max_bytes`` (nothing beyond ``max_bytes + 1`` bytes is read)."""
+        :class:`SshError` if it is larger than ``max_bytes`` (then nothing is read)."""
         sftp = await self._sftp_client()
 
-        async def _get() -> bytes:
+        async def _get() -> bytes | None:
             async with sftp.open(remote_path, "rb") as f:
-                return await f.read(max_bytes + 1)
+                # Read what the file holds, not max_bytes: asyncssh reads in parallel blocks, and every block
+                # past the end is a request answered with an EOF error.
+                size = (await f.stat()).size or 0
+                return None if size > max_bytes else await f.read(size)
 
         data = await self._aio(_get, what=f"read {remote_path}")
-        if len(data) > max_bytes:
+        if data is None:
             raise SshError(self.label, f"read {remote_path}", f"larger than {max_bytes} bytes")
         return data
 
