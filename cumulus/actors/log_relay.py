@@ -5,8 +5,8 @@ each stream with a marker ("[cumulus] end of stdout"; "[cumulus] job finished|fa
 both markers prove that every line has been relayed.
 
 The engine may say, inside the stream, that it cannot read the log (a ``"system"`` line such as "Error grabbing
-logs: ... node ... is not available", as when the task's node has just rejoined the swarm): the lines of that node
-then never come on this stream. The relay follows the log again from its start, after a backoff, and skips the
+logs: ... node ... is not available", as after a network cut: moby/moby#35011): the lines of that node then never
+come on this stream. The relay follows the log again from its start, after a backoff, and skips the
 lines of each stream it has already relayed, so each line reaches the caller once and in order.
 """
 
@@ -78,12 +78,12 @@ class LogRelay:
     async def _follow(self, service_id: str) -> str | None:
         """Follow the log from its start, skipping the lines already taken; return the engine's message if it
         said that it cannot read the log, ``None`` if the stream ended or every line has been relayed."""
-        skip = dict(self._seen)
+        skip = {stream: count for stream, count in self._seen.items() if count}  # empty on the first follow
         async with self.swarm.follow_logs(service_id) as lines:
             async for stream, line in lines:
                 if stream == "system":
                     return line
-                if skip.get(stream, 0) > 0:
+                if skip and skip.get(stream):
                     skip[stream] -= 1
                     continue
                 self._refollowing = False

@@ -51,7 +51,7 @@ MAX_MEMBERS = 10_000
 PIP_TIMEOUT_S = float(os.environ.get("CUMULUS_PIP_TIMEOUT", "900"))
 
 EXIT_OK, EXIT_USER, EXIT_INFRA = 0, 1, 2
-STDOUT_END_MARKER = "[cumulus] end of stdout"  # cumulus.actors.job.STDOUT_END_MARKER
+STDOUT_END_MARKER = "[cumulus] end of stdout"  # cumulus.actors.log_relay.STDOUT_END_MARKER
 
 
 class InfraFailure(Exception):
