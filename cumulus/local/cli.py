@@ -22,9 +22,9 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from cumulus.local import cluster
+    from cumulus.local import teardown
 
-    cluster.down(purge=args.purge, quiet=args.quiet)
+    teardown.down(purge=args.purge, quiet=args.quiet)
     return 0
 
 

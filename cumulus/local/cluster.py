@@ -9,18 +9,17 @@ cw1..cwN are workers, each with an sshd on <address>:22 for user ``cumulus`` and
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
-import os
-import shutil
 import signal
 import subprocess
+import sys
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
-from cumulus.local import daemons, image, netns, state
+from cumulus.local import children, daemons, image, netns, state, teardown
 from cumulus.local import supervisor as local_supervisor
-from cumulus.local.util import LocalClusterError, Progress, kill_pids, pid_cmdline, run, unmount_under
+from cumulus.local.util import LocalClusterError, Progress, require_root, run
 
 APT_PACKAGES = [
     "docker.io", "debootstrap", "openssh-server", "openssh-client", "iproute2", "util-linux", "kmod", "procps",
@@ -30,24 +29,24 @@ APT_PACKAGES = [
 DISPATCHER_HEARTBEAT = "2s"  # a killed node is reported Down after a few heartbeats (~6-10 s)
 
 
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        raise LocalClusterError("the local cluster needs root (network namespaces, dockerd, sshd)")
-
-
 def missing_packages(pkgs: list[str]) -> list[str]:
     proc = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${Status}\n", *pkgs], capture_output=True, text=True)
     installed = {line.split()[0] for line in proc.stdout.splitlines() if line.endswith("install ok installed")}
     return [p for p in pkgs if p not in installed]
 
 
-def ensure_packages() -> str:
+def ensure_packages(on_line: Callable[[str], None] | None = None) -> str:
+    """Install the Debian packages the cluster needs that are missing. An apt or dpkg run that an interrupted
+    `up` left behind is waited for (apt's lock timeout) and a half-configured dpkg is finished first."""
     missing = missing_packages(APT_PACKAGES)
     if not missing:
         return "all present"
     env = {"DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "update", "-q"], env=env, timeout=900)
-    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=env, timeout=1800)
+    wait_lock = ["-o", "DPkg::Lock::Timeout=600"]
+    children.run(["apt-get", *wait_lock, "update", "-q"], env=env, timeout=900, on_line=on_line)
+    children.run(["dpkg", "--configure", "-a"], env=env, timeout=900, on_line=on_line)
+    children.run(["apt-get", *wait_lock, "install", "-y", "-q", "--no-install-recommends", *missing], env=env,
+                 timeout=1800, on_line=on_line)
     return "installed " + " ".join(missing)
 
 
@@ -65,7 +64,7 @@ def _manager_nodes(manager: state.Node) -> list[dict[str, Any]]:
 
 def ensure_swarm(manager: state.Node) -> tuple[str, str]:
     """Init the Swarm on the manager (cw0) if needed. Returns (worker join token, note)."""
-    docker = [image.DOCKER, "-H", manager.docker_url]
+    docker = [image.docker(), "-H", manager.docker_url]
     note = "already active"
     if _swarm_info(manager).get("LocalNodeState") != "active":
         run(docker + ["swarm", "init", "--advertise-addr", manager.address,
@@ -88,7 +87,8 @@ def ensure_supervisor_key() -> bool:
     return True
 
 
-def run_setup_worker(node: state.Node, manager: state.Node, token: str, verbose: bool) -> str:
+def run_setup_worker(node: state.Node, manager: state.Node, token: str, verbose: bool,
+                     on_line: Callable[[str], None] | None = None) -> str:
     script = state.worker_image_dir() / "setup-worker.sh"
     cmd = ["bash", str(script),
            "--manager", f"{manager.address}:{state.SWARM_PORT}", "--token", token,
@@ -99,13 +99,17 @@ def run_setup_worker(node: state.Node, manager: state.Node, token: str, verbose:
            "--hostname", node.name,
            "--host-key-file", str(node.host_key.with_suffix(".pub")),
            "--output", str(node.worker_json)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    def show(line: str) -> None:
+        if verbose:
+            print(f"{node.name}: {line}", file=sys.stderr, flush=True)
+        elif on_line is not None:
+            on_line(f"{node.name}: {line}")
+
+    proc = children.run(cmd, timeout=1800, check=False, on_line=show)
     if proc.returncode != 0:
         raise LocalClusterError(f"setup-worker.sh failed on {node.name} (rc={proc.returncode}):\n"
-                                f"{proc.stderr[-4000:]}")
-    if verbose:
-        print(proc.stderr, end="", flush=True)
-    last = [line for line in proc.stderr.splitlines() if "done:" in line]
+                                f"{proc.stdout[-4000:]}")
+    last = [line for line in proc.stdout.splitlines() if "done:" in line]
     return last[-1].split("done:", 1)[1].strip() if last else "ok"
 
 
@@ -115,7 +119,7 @@ def ensure_labels(manager: state.Node, node_id: str, labels: dict[str, str]) -> 
     todo = {k: v for k, v in labels.items() if current.get(k) != v}
     if not todo:
         return False
-    cmd = [image.DOCKER, "-H", manager.docker_url, "node", "update"]
+    cmd = [image.docker(), "-H", manager.docker_url, "node", "update"]
     for k, v in todo.items():
         cmd += ["--label-add", f"{k}={v}"]
     run(cmd + [node_id])
@@ -142,7 +146,13 @@ def existing_worker_count() -> int | None:
 
 
 def up(workers: int | None, verbose: bool = False, quiet: bool = False) -> dict[str, Any]:
-    _require_root()
+    """Create or complete the cluster (idempotent). One `up` or `down` runs at a time (a machine-wide lock).
+
+    Interrupted at any step (Ctrl-C, SIGTERM, an error; SIGKILL too, by the next run), it leaves nothing
+    running, and the next `up` completes the cluster: what an interrupted run left running is stopped first,
+    and the unfinished base rootfs is released (processes, mounts) before it is deleted.
+    """
+    require_root()
     p = Progress(quiet)
     existing = existing_worker_count()
     if workers is None:
@@ -151,16 +161,53 @@ def up(workers: int | None, verbose: bool = False, quiet: bool = False) -> dict[
         raise LocalClusterError(f"the cluster has {existing} workers; run `cumulus local down` to shrink it")
     if not 1 <= workers < state.MAX_NODES:
         raise LocalClusterError(f"--workers must be between 1 and {state.MAX_NODES - 1}")
-    nodes = state.nodes_for(workers)
-    manager, worker_nodes = nodes[0], nodes[1:]
-    p.log(f"cumulus local up: 1 manager + {workers} workers, state in {state.STATE_DIR}")
+    with _sigterm_as_exit(), children.run_lock("up", p.log):
+        stopped = children.stop_leftovers()
+        if stopped:
+            p.log(f"stopped {stopped} process(es) left running by an interrupted earlier run")
+        try:
+            return _up(p, state.nodes_for(workers), verbose)
+        except BaseException:
+            children.stop_all()
+            raise
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C (so the steps' children are stopped), not a silent death."""
+    def on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _up(p: Progress, nodes: list[state.Node], verbose: bool) -> dict[str, Any]:
+    p.log(f"cumulus local up: 1 manager + {len(nodes) - 1} workers, state in {state.STATE_DIR}")
     t0 = time.monotonic()
 
-    with p.step("packages") as s:
-        s["note"] = ensure_packages()
+    with p.step("packages (apt)") as s:
+        s["note"] = ensure_packages(p.detail("apt"))
     # The offline base image (debootstrap, ~45 s the first time) is made in the background meanwhile.
     base_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    base_future = base_pool.submit(image.ensure_base_tarball)
+    base_future = base_pool.submit(image.ensure_base_tarball, p.detail("debootstrap"))
+    try:
+        return _up_nodes(p, nodes, verbose, base_future, t0)
+    except BaseException:
+        children.stop_all()  # the background debootstrap too
+        base_pool.shutdown(wait=True, cancel_futures=True)
+        image.release_rootfs()
+        raise
+    finally:
+        base_pool.shutdown(wait=False)
+
+
+def _up_nodes(p: Progress, nodes: list[state.Node], verbose: bool,
+              base_future: concurrent.futures.Future[str], t0: float) -> dict[str, Any]:
+    manager, worker_nodes = nodes[0], nodes[1:]
     with p.step("network: bridge + namespaces") as s:
         s["note"] = netns.disable_bridge_netfilter()
         changed = netns.ensure_bridge()
@@ -185,17 +232,17 @@ def up(workers: int | None, verbose: bool = False, quiet: bool = False) -> dict[
                      + (f"started {', '.join(started)}" if started else "all running"))
     with p.step("setup-worker.sh per worker") as s:
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(worker_nodes)) as ex:
-            results = list(ex.map(lambda n: run_setup_worker(n, manager, token, verbose), worker_nodes))
+            detail = p.detail("setup-worker")
+            results = list(ex.map(lambda n: run_setup_worker(n, manager, token, verbose, detail), worker_nodes))
         s["note"] = "; ".join(f"{n.name}: {r}" for n, r in zip(worker_nodes, results))
     with p.step("worker image on every node") as s:
         base_note = base_future.result()
-        base_pool.shutdown()
         previous = None
         try:
             previous = state.load_cluster().get("image_id")
         except (FileNotFoundError, ValueError):
             pass
-        image_id, note = image.ensure_image(nodes, previous)
+        image_id, note = image.ensure_image(nodes, previous, p.detail("image"))
         s["note"] = f"base {base_note}; {note}"
     with p.step("node labels + cluster description") as s:
         node_ids = {n: _swarm_info(n).get("NodeID") for n in nodes}
@@ -204,7 +251,7 @@ def up(workers: int | None, verbose: bool = False, quiet: bool = False) -> dict[
         # forget nodes that a previous, broken run left behind in the manager's list
         for entry in _manager_nodes(manager):
             if entry["ID"] not in node_ids.values() and entry.get("Status", {}).get("State") == "down":
-                subprocess.run([image.DOCKER, "-H", manager.docker_url, "node", "rm", "--force", entry["ID"]],
+                subprocess.run([image.docker(), "-H", manager.docker_url, "node", "rm", "--force", entry["ID"]],
                                capture_output=True)
         changed = ensure_labels(manager, node_ids[manager], {"cumulus.worker": "false", "cumulus.role": "manager"})
         worker_docs = {}
@@ -221,7 +268,7 @@ def up(workers: int | None, verbose: bool = False, quiet: bool = False) -> dict[
         if not state.known_hosts().exists() or state.known_hosts().read_text() != kh_text:
             state.known_hosts().write_text(kh_text)
             changed = True
-        description = build_description(nodes, node_ids, worker_docs, image_id)
+        description = state.build_description(nodes, node_ids, worker_docs, image_id)
         changed |= state.write_json(state.CLUSTER_JSON, description)
         s["note"] = "changed" if changed else "unchanged"
     with p.step("all nodes Ready"):
@@ -230,162 +277,6 @@ def up(workers: int | None, verbose: bool = False, quiet: bool = False) -> dict[
         s["note"] = local_supervisor.ensure_running()
     p.log(f"cluster up in {time.monotonic() - t0:.1f}s: {state.CLUSTER_JSON}")
     return description
-
-
-def build_description(nodes, node_ids, worker_docs, image_id) -> dict[str, Any]:
-    manager = nodes[0]
-    key = state.supervisor_key()
-    out_nodes = []
-    for n in nodes:
-        doc = worker_docs.get(n, {})
-        out_nodes.append({
-            "index": n.index,
-            "name": n.name,
-            "role": n.role,
-            "node_id": node_ids[n],
-            "hostname": n.name,
-            "address": n.address,
-            "ssh": n.ssh,
-            "netns": n.name,
-            "docker_socket": str(n.docker_socket),
-            "docker_pidfile": str(n.docker_pidfile),
-            "sshd_pidfile": str(n.sshd_pidfile) if n.index else None,
-            "worker_json": str(n.worker_json) if n.index else None,
-            "host_key": doc.get("host_key"),
-            "labels": doc.get("labels") or ({"cumulus.worker": "false", "cumulus.role": "manager"}
-                                            if n.index == 0 else {}),
-            "inventory": doc.get("inventory", {"devices": [], "gpu_count": 0}),
-        })
-    return {
-        "version": 1,
-        "state_dir": str(state.STATE_DIR),
-        "manager_socket": str(manager.docker_socket),
-        "manager_address": f"{manager.address}:{state.SWARM_PORT}",
-        "bridge": state.BRIDGE,
-        "subnet": state.SUBNET,
-        "image_id": image_id,
-        "image_tag": state.IMAGE_TAG,
-        "ssh_user": state.SSH_USER,
-        "ssh_key": str(key),
-        "ssh_public_key": " ".join(key.with_suffix(".pub").read_text().split()[:2]),
-        "known_hosts": str(state.known_hosts()),
-        "holder": state.HOLDER,
-        "chronos_available": state.CHRONOS_AVAILABLE,
-        "jobs_dir": state.JOBS_DIR,
-        "nodes": out_nodes,
-    }
-
-
-# ------------------------------------------------------------------------------------------------ down
-def _our_stray_pids() -> list[int]:
-    """dockerd/containerd/sshd processes started for the cluster, found by the state dir in their command line."""
-    needle = str(state.STATE_DIR)
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            if any(needle in a for a in pid_cmdline(int(entry))):
-                pids.append(int(entry))
-    return pids
-
-
-def _node_indexes() -> set[int]:
-    idx = {int(n[len(state.NETNS_PREFIX):]) for n in netns.list_netns()}
-    if state.NODES_DIR.exists():
-        for d in state.NODES_DIR.iterdir():
-            rest = d.name[len(state.NETNS_PREFIX):]
-            if d.name.startswith(state.NETNS_PREFIX) and rest.isdigit():
-                idx.add(int(rest))
-    try:
-        idx |= {n["index"] for n in state.load_cluster().get("nodes", [])}
-    except (FileNotFoundError, ValueError):
-        pass
-    return idx
-
-
-def _kill_node_processes(node: state.Node, sig: int = signal.SIGKILL) -> int:
-    pids = set(netns.netns_pids(node.name)) if node.name in netns.list_netns() else set()
-    pids |= set(daemons.cgroup_pids(node))
-    pids.discard(os.getpid())
-    kill_pids(sorted(pids), sig, wait=5)
-    return len(pids)
-
-
-def down(purge: bool = False, quiet: bool = False) -> None:
-    _require_root()
-    p = Progress(quiet)
-    nodes = [state.Node(i) for i in sorted(_node_indexes())]
-    with p.step("supervisor") as s:
-        s["note"] = local_supervisor.stop()
-    with p.step("stop sshd + dockerd") as s:
-        for n in nodes:
-            daemons.stop_sshd(n)
-        # all dockerds at once: each takes a moment to shut down its containers and containerd
-        pids = [pid for pid in (daemons.dockerd_pid(n) for n in nodes) if pid]
-        kill_pids(pids, signal.SIGTERM, wait=15)
-        killed = sum(_kill_node_processes(n) for n in nodes)
-        stray = _our_stray_pids()
-        kill_pids(stray, signal.SIGKILL, wait=5)
-        s["note"] = f"{len(pids)} dockerd, {killed} leftover process(es) in namespaces, {len(stray)} stray"
-    with p.step("mounts, namespaces, bridge") as s:
-        unmounted = unmount_under(state.STATE_DIR)
-        for n in nodes:
-            netns.delete_netns(n.name)
-            daemons.remove_cgroups(n)
-        for name in netns.list_netns():
-            netns.delete_netns(name)
-        for veth in netns.leftover_veths():
-            subprocess.run(["ip", "link", "del", veth], capture_output=True)
-        netns.delete_bridge()
-        s["note"] = f"{unmounted} mount(s), {len(nodes)} namespace(s)"
-    with p.step("files") as s:
-        _forget_supervisor_key()
-        shutil.rmtree(state.STATE_DIR, ignore_errors=True)
-        if state.STATE_DIR.exists():  # something still mounted or busy: one more pass
-            unmount_under(state.STATE_DIR)
-            shutil.rmtree(state.STATE_DIR, ignore_errors=True)
-        s["note"] = f"removed {state.STATE_DIR}"
-        if purge:
-            shutil.rmtree(state.CACHE_DIR, ignore_errors=True)
-            s["note"] += f" and {state.CACHE_DIR}"
-    left = leftovers()
-    if left:
-        raise LocalClusterError(f"down left things behind: {left}")
-    p.log("cluster down")
-
-
-def _forget_supervisor_key() -> None:
-    """Take this cluster's supervisor key out of the (shared, host-wide) cumulus user's authorized_keys."""
-    pub = state.supervisor_key().with_suffix(".pub")
-    try:
-        key = " ".join(pub.read_text().split()[:2])
-        import pwd
-
-        auth = Path(pwd.getpwnam(state.SSH_USER).pw_dir) / ".ssh" / "authorized_keys"
-        lines = auth.read_text().splitlines()
-    except (OSError, KeyError):
-        return
-    kept = [line for line in lines if " ".join(line.split()[:2]) != key]
-    if len(kept) != len(lines):
-        auth.write_text("".join(f"{line}\n" for line in kept))
-
-
-def leftovers() -> dict[str, Any]:
-    """Everything `down` is supposed to remove that still exists (empty dict = clean)."""
-    out: dict[str, Any] = {}
-    if netns.list_netns():
-        out["netns"] = netns.list_netns()
-    if netns._link_exists(state.BRIDGE):
-        out["bridge"] = state.BRIDGE
-    if netns.leftover_veths():
-        out["veths"] = netns.leftover_veths()
-    if _our_stray_pids():
-        out["processes"] = _our_stray_pids()
-    m = [line for line in open("/proc/self/mountinfo") if str(state.STATE_DIR) in line or "nsfs" in line.split(" - ")[-1].split()[0]]
-    if m:
-        out["mounts"] = m
-    if state.STATE_DIR.exists():
-        out["state_dir"] = str(state.STATE_DIR)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ status
@@ -451,11 +342,11 @@ def _node_id(index: int) -> str:
 
 def kill_node(index: int, wait: bool = True, timeout: float = 60, quiet: bool = False) -> None:
     """Like the machine dying: SIGKILL its dockerd, containerd, containers and sshd (every process in its netns)."""
-    _require_root()
+    require_root()
     node = _worker(index)
     p = Progress(quiet)
     with p.step(f"kill {node.name}") as s:
-        s["note"] = f"{_kill_node_processes(node)} process(es) killed"
+        s["note"] = f"{teardown.kill_node_processes(node)} process(es) killed"
     if wait:
         with p.step(f"manager reports {node.name} Down"):
             deadline = time.monotonic() + timeout
@@ -466,7 +357,7 @@ def kill_node(index: int, wait: bool = True, timeout: float = 60, quiet: bool = 
 
 
 def revive_node(index: int, wait: bool = True, timeout: float = 90, quiet: bool = False) -> None:
-    _require_root()
+    require_root()
     node = _worker(index)
     p = Progress(quiet)
     with p.step(f"restart dockerd + sshd of {node.name}"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,11 +12,9 @@ import time
 from pathlib import Path
 
 from cumulus.local import state
-from cumulus.local.util import (LocalClusterError, kill_pids, pid_alive, pid_cmdline, read_pid, run,
+from cumulus.local.util import (LocalClusterError, binary, kill_pids, pid_alive, pid_cmdline, read_pid, run,
                                 unmount_under)
 
-DOCKERD = shutil.which("dockerd") or "/usr/bin/dockerd"
-SSHD = "/usr/sbin/sshd"
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -78,7 +75,7 @@ def start_dockerd(node: state.Node) -> subprocess.Popen | None:
     # --config-file: never pick up the host's /etc/docker/daemon.json.
     node.docker_config.write_text("{}\n")
     args = [
-        DOCKERD,
+        binary("dockerd"),
         "--config-file", str(node.docker_config),
         "--data-root", str(node.data_root),
         "--exec-root", str(node.exec_root),
@@ -179,7 +176,8 @@ def start_sshd(node: state.Node) -> bool:
     write_sshd_config(node)
     node.sshd_pidfile.unlink(missing_ok=True)
     # own UTS namespace too, so `hostname` in an SSH session says cwN like a real host would
-    script = f"hostname {node.name} && exec {SSHD} -f {_q(str(node.sshd_config))} -E {_q(str(node.sshd_log))}"
+    sshd = binary("sshd")
+    script = f"hostname {node.name} && exec {sshd} -f {_q(str(node.sshd_config))} -E {_q(str(node.sshd_log))}"
     run(["nsenter", f"--net={node.netns_path}", "unshare", "--uts", "sh", "-c", script])
     return True
 

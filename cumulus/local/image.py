@@ -7,12 +7,14 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
-from cumulus.local import state
-from cumulus.local.util import LocalClusterError, run
+from cumulus.local import children, state
+from cumulus.local.util import LocalClusterError, binary, kill_pids, remove_tree, unmount_under
 
 MIRROR = os.environ.get("CUMULUS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
@@ -23,8 +25,13 @@ BASE_PACKAGES = "python3,python3-cloudpickle,python3-msgpack"
 # wheel bootstraps pip in the image (the debootstrap base has none), which the runner needs for job requirements.
 IMAGE_PYTHON = "3.11"
 RUNNER_DISTS = ("cloudpickle", "msgpack", "pip")
-# The 20.10 client of docker.io matches the 20.10 daemon and has the classic builder (no buildx needed).
-DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else (shutil.which("docker") or "docker")
+
+
+def docker() -> str:
+    """The docker client, looked up when used: docker.io's 20.10 client (it matches the 20.10 daemon and has the
+    classic builder, no buildx needed) once the packages step has installed it, else any client on PATH."""
+    return binary("docker", prefer=("/usr/bin/docker",))
+
 _STRIP = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/cache/apt",
           "var/lib/apt/lists"]
 
@@ -33,33 +40,55 @@ def base_tarball() -> Path:
     return state.CACHE_DIR / f"base-{SUITE}.tar"
 
 
-def ensure_base_tarball() -> str:
-    """debootstrap a minimal Debian with python3 once; cached as a tarball under the cache dir."""
+def rootfs_dir() -> Path:
+    return state.CACHE_DIR / f"rootfs-{SUITE}"
+
+
+def release_rootfs() -> str:
+    """Stop whatever still works in the unfinished base rootfs (an interrupted debootstrap's chrooted processes)
+    and unmount what it mounted there (its /proc, /sys, ...). Call when no debootstrap of this run is running."""
+    rootfs = rootfs_dir()
+    pids = children.processes_rooted_under(rootfs)
+    kill_pids(pids, signal.SIGKILL, wait=5)
+    unmounted = unmount_under(rootfs)
+    return f"{len(pids)} process(es) stopped, {unmounted} mount(s) released" if pids or unmounted else ""
+
+
+def ensure_base_tarball(on_line: Callable[[str], None] | None = None) -> str:
+    """debootstrap a minimal Debian with python3 once; cached as a tarball under the cache dir.
+
+    Recovers from an interrupted earlier run: its leftover processes and mounts in the rootfs are released
+    before the rootfs is deleted (a delete never crosses a mount point). ``on_line`` gets debootstrap's output.
+    """
     tar = base_tarball()
     if tar.exists():
         return "cached"
     state.CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    rootfs = state.CACHE_DIR / f"rootfs-{SUITE}"
+    rootfs = rootfs_dir()
     done_marker = state.CACHE_DIR / f"rootfs-{SUITE}.complete"
+    recovered = release_rootfs()
     if not (done_marker.exists() and (rootfs / "usr/bin/python3").exists()):
-        shutil.rmtree(rootfs, ignore_errors=True)
-        run(["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", SUITE, str(rootfs), MIRROR],
-            timeout=1800)
+        done_marker.unlink(missing_ok=True)
+        remove_tree(rootfs)
+        children.run([binary("debootstrap"), "--variant=minbase", f"--include={BASE_PACKAGES}", SUITE, str(rootfs),
+                      MIRROR], timeout=1800, on_line=on_line)
+        release_rootfs()
         done_marker.touch()
     for rel in _STRIP:
         p = rootfs / rel
         if p.is_dir():
             for child in p.iterdir():
                 if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
+                    remove_tree(child)
                 else:
                     child.unlink(missing_ok=True)
     tmp = tar.with_suffix(".tmp")
-    run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tmp), "."], timeout=600)
+    children.run(["tar", "--numeric-owner", "--one-file-system", "-C", str(rootfs), "-cf", str(tmp), "."],
+                 timeout=600)
     os.replace(tmp, tar)
-    shutil.rmtree(rootfs, ignore_errors=True)
+    remove_tree(rootfs)
     done_marker.unlink(missing_ok=True)
-    return "debootstrapped"
+    return "debootstrapped" + (f" (after an interrupted run: {recovered})" if recovered else "")
 
 
 def runner_versions() -> dict[str, str]:
@@ -86,13 +115,13 @@ def ensure_wheels() -> tuple[Path, str]:
     cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input", "--no-deps",
            "--only-binary", ":all:", "--python-version", IMAGE_PYTHON, "--implementation", "cp",
            "-d", str(tmp)] + [f"{k}=={v}" for k, v in sorted(versions.items())]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = children.run(cmd, timeout=600, check=False)
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise LocalClusterError(
             "cannot download the worker image's Python wheels (" + ", ".join(f"{k}=={v}" for k, v in
                                                                               versions.items())
-            + f") from PyPI: {(proc.stderr or proc.stdout).strip()[-800:]}\n"
+            + f") from PyPI: {proc.stdout.strip()[-800:]}\n"
               f"The image needs the client's exact cloudpickle; put the wheels in {d} (with an empty .complete "
               f"file) on an offline machine.")
     got = sorted(p.name for p in tmp.glob("*.whl"))
@@ -148,7 +177,7 @@ def stage_context(dest: Path) -> Path:
 
 
 def image_label(sock: Path, ref: str, label: str) -> str | None:
-    proc = subprocess.run([DOCKER, "-H", f"unix://{sock}", "image", "inspect", "--format",
+    proc = subprocess.run([docker(), "-H", f"unix://{sock}", "image", "inspect", "--format",
                            f'{{{{index .Config.Labels "{label}"}}}}', ref], capture_output=True, text=True)
     return proc.stdout.strip() if proc.returncode == 0 else None
 
@@ -158,24 +187,25 @@ def saved_image(chash: str) -> Path:
 
 
 def image_id(sock: Path, ref: str) -> str | None:
-    proc = subprocess.run([DOCKER, "-H", f"unix://{sock}", "image", "inspect", "--format", "{{.Id}}", ref],
+    proc = subprocess.run([docker(), "-H", f"unix://{sock}", "image", "inspect", "--format", "{{.Id}}", ref],
                           capture_output=True, text=True)
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def build_on(manager: state.Node, chash: str) -> str:
+def build_on(manager: state.Node, chash: str, on_line: Callable[[str], None] | None = None) -> str:
     """Import the base and build the worker image on the manager's dockerd (no network). Returns the image id."""
     sock = manager.docker_socket
     if not image_id(sock, state.BASE_TAG):
-        run([DOCKER, "-H", manager.docker_url, "import", str(base_tarball()), state.BASE_TAG], timeout=600)
+        children.run([docker(), "-H", manager.docker_url, "import", str(base_tarball()), state.BASE_TAG],
+                     timeout=600)
     env = {"DOCKER_BUILDKIT": "0"}
     ctx = stage_context(state.CACHE_DIR / "build-context")
-    cmd = [DOCKER, "-H", manager.docker_url, "build", "-q", "--network", "none", "--label",
+    cmd = [docker(), "-H", manager.docker_url, "build", "--network", "none", "--label",
            f"cumulus.context={chash}", "-t", state.IMAGE_TAG]
     for k, v in build_args().items():
         cmd += ["--build-arg", f"{k}={v}"]
     try:
-        run(cmd + [str(ctx)], env=env, timeout=900)
+        children.run(cmd + [str(ctx)], env=env, timeout=900, on_line=on_line)
     finally:
         shutil.rmtree(ctx, ignore_errors=True)
     iid = image_id(sock, state.IMAGE_TAG)
@@ -186,16 +216,16 @@ def build_on(manager: state.Node, chash: str) -> str:
 
 def load_into(node: state.Node, tar: Path) -> None:
     with open(tar, "rb") as f:
-        proc = subprocess.run([DOCKER, "-H", node.docker_url, "load", "-q"], stdin=f, capture_output=True,
-                              text=True, timeout=900)
+        proc = children.run([docker(), "-H", node.docker_url, "load", "-q"], stdin=f, timeout=900, check=False)
     if proc.returncode != 0:
-        raise LocalClusterError(f"docker load on {node.name} failed: {proc.stderr.strip()}")
+        raise LocalClusterError(f"docker load on {node.name} failed: {proc.stdout.strip()}")
 
 
-def ensure_image(nodes: list[state.Node], wanted_id: str | None) -> tuple[str, str]:
-    """Make the worker image present on every node. Returns (image id, note)."""
+def ensure_image(nodes: list[state.Node], wanted_id: str | None,
+                 on_line: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """Make the worker image present on every node. Returns (image id, note). ``on_line``: build progress."""
     manager = nodes[0]
-    ensure_base_tarball()  # normally already done by the caller, in the background
+    ensure_base_tarball(on_line)  # normally already done by the caller, in the background
     _, wheels_note = ensure_wheels()
     chash = context_hash()
     # Fast path: every node already has the image the cluster description names, built from these inputs.
@@ -205,9 +235,9 @@ def ensure_image(nodes: list[state.Node], wanted_id: str | None) -> tuple[str, s
     note = f"wheels {wheels_note}; image {chash}"
     tar = saved_image(chash)
     if not tar.exists():
-        build_on(manager, chash)
+        build_on(manager, chash, on_line)
         tmp = tar.with_suffix(".tmp")
-        run([DOCKER, "-H", manager.docker_url, "save", "-o", str(tmp), state.IMAGE_TAG], timeout=900)
+        children.run([docker(), "-H", manager.docker_url, "save", "-o", str(tmp), state.IMAGE_TAG], timeout=900)
         os.replace(tmp, tar)
         for old in state.CACHE_DIR.glob("worker-image-*.tar"):
             if old != tar:
@@ -226,7 +256,7 @@ def ensure_image(nodes: list[state.Node], wanted_id: str | None) -> tuple[str, s
             raise LocalClusterError(f"image id mismatch on {n.name}: {got} != {iid}")
     if wanted_id and wanted_id != iid:  # the replaced image; kept where a container still uses it
         for n in nodes:
-            subprocess.run([DOCKER, "-H", n.docker_url, "image", "rm", wanted_id], capture_output=True)
+            subprocess.run([docker(), "-H", n.docker_url, "image", "rm", wanted_id], capture_output=True)
     return iid, f"{note}, loaded into {len(targets)} node(s)"
 
 

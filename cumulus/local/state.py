@@ -182,3 +182,49 @@ def write_json(path: Path, data: Any) -> bool:
     tmp.write_text(text)
     os.replace(tmp, path)
     return True
+
+
+def build_description(nodes: list[Node], node_ids: dict[Node, str], worker_docs: dict[Node, dict[str, Any]],
+                      image_id: str) -> dict[str, Any]:
+    """The cluster description `up` writes to cluster.json (see the module docstring)."""
+    manager = nodes[0]
+    key = supervisor_key()
+    out_nodes = []
+    for n in nodes:
+        doc = worker_docs.get(n, {})
+        out_nodes.append({
+            "index": n.index,
+            "name": n.name,
+            "role": n.role,
+            "node_id": node_ids[n],
+            "hostname": n.name,
+            "address": n.address,
+            "ssh": n.ssh,
+            "netns": n.name,
+            "docker_socket": str(n.docker_socket),
+            "docker_pidfile": str(n.docker_pidfile),
+            "sshd_pidfile": str(n.sshd_pidfile) if n.index else None,
+            "worker_json": str(n.worker_json) if n.index else None,
+            "host_key": doc.get("host_key"),
+            "labels": doc.get("labels") or ({"cumulus.worker": "false", "cumulus.role": "manager"}
+                                            if n.index == 0 else {}),
+            "inventory": doc.get("inventory", {"devices": [], "gpu_count": 0}),
+        })
+    return {
+        "version": 1,
+        "state_dir": str(STATE_DIR),
+        "manager_socket": str(manager.docker_socket),
+        "manager_address": f"{manager.address}:{SWARM_PORT}",
+        "bridge": BRIDGE,
+        "subnet": SUBNET,
+        "image_id": image_id,
+        "image_tag": IMAGE_TAG,
+        "ssh_user": SSH_USER,
+        "ssh_key": str(key),
+        "ssh_public_key": " ".join(key.with_suffix(".pub").read_text().split()[:2]),
+        "known_hosts": str(known_hosts()),
+        "holder": HOLDER,
+        "chronos_available": CHRONOS_AVAILABLE,
+        "jobs_dir": JOBS_DIR,
+        "nodes": out_nodes,
+    }

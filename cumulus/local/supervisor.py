@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from cumulus.local import state
+from cumulus.local.util import LocalClusterError
 
 ADDRESS = os.environ.get("CUMULUS_LOCAL_ADDRESS", "127.0.0.1:50051")
 SUPERVISOR_ID = "local"
@@ -42,17 +43,25 @@ def read_info() -> dict[str, Any] | None:
 
 
 def running_pid() -> int | None:
-    """The pid of the local supervisor if it runs (and is ours), else None."""
+    """The pid of the local supervisor if it runs (and is ours), else None. Found by its info file, or by its
+    command line (a `local up` killed right after starting it had no time to write the info file)."""
     info = read_info()
     pid = int(info.get("pid", 0)) if info else 0
-    if pid <= 0:
-        return None
+    if pid > 0 and _is_ours(pid):
+        return pid
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _is_ours(int(entry)):
+            return int(entry)
+    return None
+
+
+def _is_ours(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read().split(b"\0")
     except OSError:
-        return None
-    return pid if b"supervisor" in cmdline and str(config_path()).encode() in cmdline else None
+        return False
+    return b"supervisor" in cmdline and str(config_path()).encode() in cmdline
 
 
 def healthy(address: str = ADDRESS, timeout: float = 2.0) -> bool:
@@ -97,11 +106,11 @@ def ensure_running(timeout: float = 60.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the local supervisor exited with status {proc.returncode}; see {log_path()}")
+            raise LocalClusterError(f"the local supervisor exited with status {proc.returncode}; see {log_path()}")
         if healthy(timeout=1.0):
             return f"started (pid {proc.pid}, {ADDRESS})"
         time.sleep(0.2)
-    raise RuntimeError(f"the local supervisor did not answer within {timeout:g} s; see {log_path()}")
+    raise LocalClusterError(f"the local supervisor did not answer within {timeout:g} s; see {log_path()}")
 
 
 def stop(timeout: float = 10.0) -> str:

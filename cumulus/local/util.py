@@ -1,19 +1,26 @@
-"""Small helpers: running commands, progress lines, pids, mounts."""
+"""Small helpers: finding and running commands, progress lines, pids, mounts, removal that never crosses a mount."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 
 class LocalClusterError(RuntimeError):
     pass
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise LocalClusterError("the local cluster needs root (network namespaces, dockerd, sshd): run it as root, "
+                                "or with sudo")
 
 
 def run(cmd: Sequence[str], *, check: bool = True, input: str | bytes | None = None, timeout: float = 600,
@@ -30,28 +37,70 @@ def run(cmd: Sequence[str], *, check: bool = True, input: str | bytes | None = N
     return proc
 
 
-class Progress:
-    """Prints each step and its duration to stderr."""
+# Debian keeps daemons in sbin, which a non-login root shell may not have on PATH.
+_SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
-    def __init__(self, quiet: bool = False) -> None:
+
+def binary(name: str, *, prefer: Sequence[str] = ()) -> str:
+    """The absolute path of command ``name``, looked up now (not at import: the packages step may install it).
+
+    ``prefer``: paths tried first (e.g. the distribution's client matching its daemon). Raises LocalClusterError
+    saying which package provides it when it is nowhere.
+    """
+    for path in prefer:
+        if os.access(path, os.X_OK):
+            return path
+    search = os.pathsep.join([os.environ.get("PATH", ""), *_SYSTEM_PATH])
+    found = shutil.which(name, path=search)
+    if not found:
+        raise LocalClusterError(f"{name} not found on PATH or in {', '.join(_SYSTEM_PATH)}; `cumulus local up` "
+                                f"installs it (package {PROVIDED_BY.get(name, name)})")
+    return found
+
+
+PROVIDED_BY = {"dockerd": "docker.io", "docker": "docker.io", "sshd": "openssh-server", "debootstrap": "debootstrap",
+               "ssh-keygen": "openssh-client", "nsenter": "util-linux", "unshare": "util-linux", "ip": "iproute2"}
+
+
+class Progress:
+    """Prints each step to stderr when it starts and when it ends (with its duration), and, for long steps, the
+    latest line of what they are doing (at most one every ``detail_every`` seconds)."""
+
+    def __init__(self, quiet: bool = False, detail_every: float = 3.0) -> None:
         self.quiet = quiet
         self.t0 = time.monotonic()
+        self.detail_every = detail_every
+        self._last_detail = 0.0
 
     def log(self, msg: str) -> None:
         if not self.quiet:
             print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
+    def detail(self, label: str) -> Callable[[str], None]:
+        """A line callback for a long command: shows its progress as ``label: <line>``, throttled."""
+
+        def show(line: str) -> None:
+            now = time.monotonic()
+            line = line.strip()
+            if line and now - self._last_detail >= self.detail_every:
+                self._last_detail = now
+                self.log(f"  {label}: {line[:150]}")
+
+        return show
+
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[dict]:
         info: dict = {"note": ""}
         start = time.monotonic()
+        self.log(f"{name} ...")
         try:
             yield info
-        except Exception:
-            self.log(f"{name}: FAILED after {time.monotonic() - start:.2f}s")
+        except BaseException as exc:
+            how = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+            self.log(f"{name}: {how} after {time.monotonic() - start:.2f}s")
             raise
         note = f" ({info['note']})" if info.get("note") else ""
-        self.log(f"{name}: {time.monotonic() - start:.2f}s{note}")
+        self.log(f"{name}: done in {time.monotonic() - start:.2f}s{note}")
 
 
 def read_pid(pidfile: Path) -> int | None:
@@ -121,3 +170,22 @@ def unmount_under(prefix: Path | str) -> int:
                 subprocess.run(["umount", "-l", mp], capture_output=True)
             n += 1
     return n
+
+
+def remove_tree(path: Path | str) -> None:
+    """Delete ``path`` recursively without ever crossing a mount point.
+
+    Mounts at or below it are unmounted first; if one cannot be, nothing is deleted and LocalClusterError says
+    which. The delete itself (``rm --one-file-system``) also stops at any other file system it meets.
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    unmount_under(path)
+    left = mounts_under(path)
+    if left:
+        raise LocalClusterError(f"not deleting {path}: still mounted there: {', '.join(left)}")
+    proc = subprocess.run(["rm", "-rf", "--one-file-system", "--preserve-root=all", "--", str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or path.exists():
+        raise LocalClusterError(f"could not delete {path}: {proc.stderr.strip()[-800:]}")
