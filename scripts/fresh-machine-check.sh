@@ -85,14 +85,20 @@ SIGNAL=$([ $(( (SEED / ${#STEPS[@]}) % 2 )) = 0 ] && echo KILL || echo INT)
 DELAY_TENTHS=$(( (SEED / (2 * ${#STEPS[@]})) % 10 ))
 [ "$STEP" != supervisor ] || DELAY_TENTHS=0  # its step ends the run: kill it at once
 say "seed $SEED (replay: CUMULUS_FRESH_SEED=$SEED): SIG$SIGNAL to \`cumulus local up\` $((DELAY_TENTHS / 10)).$((DELAY_TENTHS % 10)) s into step '$STEP'"
+# In its own process group, as a terminal's foreground job is (and with SIGINT not ignored, which a
+# non-interactive shell does to its background jobs): Ctrl-C is SIGINT to that whole group.
+set -m
 bash scripts/quickstart.sh >"$OUT/interrupted.log" 2>&1 &
 qs=$!
+set +m
 killed=no
 while kill -0 $qs 2>/dev/null; do
   if grep -qF "] $STEP ..." "$OUT/interrupted.log"; then
     sleep "$((DELAY_TENTHS / 10)).$((DELAY_TENTHS % 10))"
     pid=$(local_up_pid)
-    if [ -n "$pid" ]; then kill -s "$SIGNAL" "$pid" && killed=yes; fi
+    if [ -n "$pid" ]; then
+      if [ $SIGNAL = INT ]; then kill -s INT -- "-$qs" && killed=yes; else kill -s KILL "$pid" && killed=yes; fi
+    fi
     break
   fi
   sleep 0.1
