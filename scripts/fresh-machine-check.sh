@@ -21,6 +21,8 @@ OUT=$(mktemp -d /tmp/cumulus-fresh.XXXXXX)
 STEPS=("packages (apt)" "network: bridge + namespaces" "dockerd per node" "swarm init (manager cw0)"
        "ssh keys + sshd per worker" "setup-worker.sh per worker" "worker image on every node"
        "node labels + cluster description" "all nodes Ready" "supervisor")
+# The longest delay (tenths of a second) drawn for each step: about how long the step lasts on a fresh machine.
+MAX_DELAY=(200 5 5 5 5 900 600 2 2 0)
 # What `cumulus local up` (and setup-worker.sh) install that a fresh Debian 12 does not have.
 PACKAGES=(docker.io containerd runc tini debootstrap openssh-server openssh-sftp-server pocl-opencl-icd libpocl2
           ocl-icd-opencl-dev ocl-icd-libopencl1 opencl-headers opencl-c-headers clinfo)
@@ -82,8 +84,7 @@ fi
 SEED=${CUMULUS_FRESH_SEED:-$(( (RANDOM << 15) | RANDOM ))}
 STEP=${STEPS[$(( SEED % ${#STEPS[@]} ))]}
 SIGNAL=$([ $(( (SEED / ${#STEPS[@]}) % 2 )) = 0 ] && echo KILL || echo INT)
-DELAY_TENTHS=$(( (SEED / (2 * ${#STEPS[@]})) % 10 ))
-[ "$STEP" != supervisor ] || DELAY_TENTHS=0  # its step ends the run: kill it at once
+DELAY_TENTHS=$(( (SEED / (2 * ${#STEPS[@]})) % (MAX_DELAY[SEED % ${#STEPS[@]}] + 1) ))
 say "seed $SEED (replay: CUMULUS_FRESH_SEED=$SEED): SIG$SIGNAL to \`cumulus local up\` $((DELAY_TENTHS / 10)).$((DELAY_TENTHS % 10)) s into step '$STEP'"
 # In its own process group, as a terminal's foreground job is (and with SIGINT not ignored, which a
 # non-interactive shell does to its background jobs): Ctrl-C is SIGINT to that whole group.
@@ -94,7 +95,11 @@ set +m
 killed=no
 while kill -0 $qs 2>/dev/null; do
   if grep -qF "] $STEP ..." "$OUT/interrupted.log"; then
-    sleep "$((DELAY_TENTHS / 10)).$((DELAY_TENTHS % 10))"
+    # the delay, cut short if the last step starts meanwhile (`up` must still be running when it is killed)
+    for _ in $(seq "$DELAY_TENTHS"); do
+      ! grep -qF "] supervisor ..." "$OUT/interrupted.log" || break
+      sleep 0.1
+    done
     pid=$(local_up_pid)
     if [ -n "$pid" ]; then
       if [ $SIGNAL = INT ]; then kill -s INT -- "-$qs" && killed=yes; else kill -s KILL "$pid" && killed=yes; fi
