@@ -29,12 +29,13 @@ from typing import AsyncIterator
 import trio
 
 from cumulus.actors.base import ActorRef
-from cumulus.actors.cluster import CancelJob, ClusterActor, GetJob, ListJobs, ListWorkers, Submit
+from cumulus.actors.cluster import CancelJob, ClusterActor, DescribeJob, GetJob, ListJobs, ListWorkers, Submit
 from cumulus.actors.watcher import TaskWatcher
 from cumulus.asyncio_bridge import open_asyncio_bridge
 from cumulus.backends import Backends
 from cumulus.config import Settings, apply_cluster_description
 from cumulus.errors import SupervisorUnavailable
+from cumulus.history import HistoryEvent
 from cumulus.jobs import JobRecord, JobSpec, WorkerInfo
 from cumulus.journal import Journal
 from cumulus.supervisor import ChildSpec, DynamicSupervisor, Restart, Strategy, Supervisor
@@ -76,6 +77,10 @@ class SupervisorApi:
 
     async def get(self, job_id: str) -> JobRecord:
         return await self._cluster().call(GetJob(job_id))
+
+    async def describe(self, job_id: str) -> tuple[JobRecord, list[HistoryEvent]]:
+        """The job's record and its history from the journal, oldest first."""
+        return await self._cluster().call(DescribeJob(job_id))
 
     async def cancel(self, job_id: str) -> tuple[JobRecord, bool]:
         """Cancel a job and wait until its teardown finished; returns the record and whether it was still live."""

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, get_type_hints
 
-import yaml
-
 from cumulus.errors import ConfigError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -226,6 +224,8 @@ def default_address(environ: Mapping[str, str] | None = None) -> str:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml  # imported here: a client-only install (no PyYAML) imports this module for default_address
+
     try:
         text = path.read_text()
     except OSError as error:

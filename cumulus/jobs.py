@@ -18,9 +18,8 @@ from typing import Any, AsyncIterator
 
 import trio
 
-from cumulus.errors import InvalidRequest
+from cumulus.history import MAX_QUEUE_EVENTS, HistoryEvent, scrub, secrets_of
 
-MAX_WHOLE_GPUS = 8
 LOG_HISTORY_LINES = 10_000
 EVENTS_PER_CHECKPOINT = 256  # a subscriber draining a burst yields to the scheduler this often
 
@@ -37,16 +36,6 @@ class JobState(enum.Enum):
     @property
     def terminal(self) -> bool:
         return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
-
-
-def check_gpu_share(gpu: float) -> float:
-    """Return ``gpu`` if it is a valid request: a share 0 < g <= 1 of one device, or a whole number 1..8."""
-    allowed = "a share of one device 0 < gpu <= 1 (e.g. 0.25, 0.5) or a whole number of devices 1..8"
-    if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or not math.isfinite(gpu):
-        raise InvalidRequest(f"gpu={gpu!r} is not a number; use {allowed}")
-    if 0 < gpu <= 1 or (float(gpu).is_integer() and 1 <= gpu <= MAX_WHOLE_GPUS):
-        return float(gpu)
-    raise InvalidRequest(f"gpu={gpu!r} is not allowed; use {allowed}")
 
 
 @dataclass(frozen=True)
@@ -133,6 +122,9 @@ class JobRecord:
         self._logs: deque[tuple[int, JobEvent]] = deque(maxlen=LOG_HISTORY_LINES)
         self._subscribers: set[trio.MemorySendChannel[JobEvent]] = set()
         self.on_change: Any = None  # called with the record after each state, result or teardown change
+        # Called with each HistoryEvent (state, placement, queue, retry, teardown, message): the journal keeps them.
+        self.on_history: Any = None
+        self._queue_notes = 0
 
     # ---- written by the job actor -----------------------------------------------------------------------------
 
@@ -145,6 +137,8 @@ class JobRecord:
             self._publish(JobEvent(self.job_id, time.time(), result=self.result, attempt=self.attempt))
         self._publish(JobEvent(self.job_id, time.time(), state=self.state, reason=self.reason,
                                attempt=self.attempt))
+        self._note("state", self.state.value + (f": {self.reason}" if self.reason else ""), state=self.state.value,
+                   reason=self.reason)
 
     def set_state(self, state: JobState, reason: str = "") -> None:
         """Move to ``state``. The terminal state is written once: later calls after it are ignored."""
@@ -158,6 +152,7 @@ class JobRecord:
             self.finished_at = time.time()
         self._publish(JobEvent(self.job_id, time.time(), state=state, reason=reason,
                                queue_position=self.queue_position, attempt=self.attempt))
+        self._note("state", state.value + (f": {reason}" if reason else ""), state=state.value, reason=reason)
         if state.terminal:
             self.finished.set()
 
@@ -166,6 +161,35 @@ class JobRecord:
 
     def add_message(self, text: str) -> None:
         self._publish(JobEvent(self.job_id, time.time(), message=text, attempt=self.attempt))
+        self._note("message", text)
+
+    def set_placement(self, placement: Placement) -> None:
+        """Record where the job's share is reserved (a progress message, and a ``placement`` history event)."""
+        self.placement = placement
+        devices = placement.device_indexes or (placement.device_index,)
+        text = f"placed on {placement.worker} device {devices[0]}"
+        self._publish(JobEvent(self.job_id, time.time(), message=text, attempt=self.attempt))
+        self._note("placement", text + (f" (devices {', '.join(map(str, devices))})" if len(devices) > 1 else "")
+                   + f", share {placement.share:g}",
+                   data={"worker": placement.worker, "node_id": placement.node_id,
+                         "device_indexes": list(devices), "share": placement.share})
+
+    def note_retry(self, reason: str, backoff: float) -> None:
+        """Attempt ``attempt - 1`` failed with ``reason``; attempt ``attempt`` starts after ``backoff`` s."""
+        failed = self.attempt - 1
+        text = f"attempt {failed} failed ({reason}); retrying in {backoff:g} s"
+        self._publish(JobEvent(self.job_id, time.time(), message=text, attempt=self.attempt))
+        self._note("retry", text, reason=reason, data={"failed_attempt": failed, "backoff_seconds": backoff})
+
+    def set_queue_position(self, position: int) -> None:
+        """The job's place in the cluster's queue (written by the cluster, which owns the queue). A change of an
+        existing position is a ``queue`` history event (at most MAX_QUEUE_EVENTS of them); the first position
+        is in the QUEUED state event's reason. 0: not in the queue."""
+        previous, self.queue_position = self.queue_position, position
+        if previous and position and position != previous and self._queue_notes < MAX_QUEUE_EVENTS:
+            self._queue_notes += 1
+            self._note("queue", f"queue position {position} (was {previous})",
+                       data={"position": position, "previous": previous})
 
     def persist(self) -> None:
         """Journal the record as it is now (e.g. its new partition and service ids, before any state change)."""
@@ -180,6 +204,9 @@ class JobRecord:
         """Record the teardown outcome (separately from the terminal state) and end every event stream."""
         self.teardown = report
         self.torn_down.set()
+        self._note("teardown", "teardown: released " + (", ".join(report.released) or "nothing")
+                   + ("; leaked " + "; ".join(report.leaked) if report.leaked else ", nothing leaked"),
+                   data={"released": list(report.released), "leaked": list(report.leaked)})
         if self.on_change is not None:
             self.on_change(self)
         for channel in self._subscribers:
@@ -224,6 +251,15 @@ class JobRecord:
         finally:
             self._subscribers.discard(send)
             receive.close()
+
+    def _note(self, kind: str, text: str, *, state: str = "", reason: str = "",
+              data: dict[str, Any] | None = None) -> None:
+        """Hand a history event to ``on_history`` (the journal), scrubbed of the job's env values."""
+        if self.on_history is None:
+            return
+        secrets = secrets_of(self.spec.env)
+        self.on_history(HistoryEvent(self.job_id, time.time(), kind, scrub(text, secrets), self.attempt, state,
+                                     scrub(reason, secrets), scrub(data or {}, secrets)))
 
     def _publish(self, event: JobEvent) -> None:
         (self._logs if event.log is not None else self._events).append((next(self._seq), event))

@@ -2,8 +2,12 @@
 
 One row per job: its submission metadata and package, idempotency key, state (the terminal state is written once:
 the row is never moved out of a terminal state), placement, partition and service ids, result envelope, and
-teardown outcome. The :class:`Journal` actor owns the connection; writes are casts, batched into one transaction
-per wake-up, so recording a state change never waits for the disk. Reads are calls.
+teardown outcome. And each job's history (``job_events``: one row per event, see :mod:`cumulus.history` for
+which events and their bounds: at most ``MAX_EVENTS_PER_JOB`` (200) per job, plus its end), deleted with its job.
+The :class:`Journal` actor owns the connection; writes (rows and events) are casts, batched into one transaction
+per wake-up, so recording a state change or an event never waits for the disk. Reads are calls.
+
+A journal file written before ``job_events`` existed opens as it is: the table is created if missing.
 
 All SQLite work runs in a worker thread (``trio.to_thread``), one at a time (``:memory:`` journals, for tests,
 run in the Trio thread).
@@ -18,11 +22,12 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Sequence
 
 import trio
 
 from cumulus.actors.base import Actor
+from cumulus.history import END_EVENTS_RESERVE, MAX_EVENTS_PER_JOB, HistoryEvent, limit_reached
 from cumulus.jobs import JobRecord, JobSpec, JobState, Placement, TeardownReport
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(idempotency_key) WHERE idempotency_key != '';
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id          TEXT NOT NULL,
+    seq             INTEGER NOT NULL,       -- 1, 2, ... per job, in the order the events happened
+    at              REAL NOT NULL,          -- Unix seconds
+    kind            TEXT NOT NULL,          -- state | message | placement | queue | retry | teardown
+    payload         TEXT NOT NULL,          -- JSON: text, attempt, state, reason, data
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
 """
 TERMINAL = tuple(s.value for s in JobState if s.terminal)
 
@@ -75,6 +88,20 @@ class Unfinished:
 @dataclass(frozen=True)
 class Flush:
     pass
+
+
+@dataclass(frozen=True)
+class AddEvent:
+    """Cast: append one event to its job's history (batched like ``Save``)."""
+
+    event: HistoryEvent
+
+
+@dataclass(frozen=True)
+class LoadEvents:
+    """Call: the job's history, oldest first (a list of HistoryEvent; empty for an unknown job)."""
+
+    job_id: str
 
 
 def row_of(record: JobRecord, *, with_package: bool) -> dict[str, Any]:
@@ -137,9 +164,10 @@ class JournalStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
 
-    def save_many(self, rows: list[dict[str, Any]]) -> None:
+    def save_many(self, rows: list[dict[str, Any]], events: Sequence[HistoryEvent] = ()) -> None:
         with self.db:
             self.db.execute("BEGIN")
+            self._add_events(events)
             for row in rows:
                 if "package" in row:  # a new job
                     columns = ", ".join(row)
@@ -149,6 +177,31 @@ class JournalStore:
                 updates = ", ".join(f"{c}=:{c}" for c in row if c not in ("job_id", "package"))
                 self.db.execute(f"UPDATE jobs SET {updates} WHERE job_id = :job_id "
                                 f"AND (state NOT IN {TERMINAL} OR state = :state)", row)
+
+    def _add_events(self, events: Sequence[HistoryEvent]) -> None:
+        """Append ``events`` (inside the caller's transaction), each job's bounded (see :mod:`cumulus.history`)."""
+        counts: dict[str, list[int]] = {}  # job id -> [events kept, last seq]
+        for event in events:
+            kept = counts.get(event.job_id)
+            if kept is None:
+                kept = counts[event.job_id] = list(self.db.execute(
+                    "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM job_events WHERE job_id = ?",
+                    (event.job_id,)).fetchone())
+            if kept[0] >= MAX_EVENTS_PER_JOB + END_EVENTS_RESERVE:
+                continue
+            if not event.is_end and kept[0] >= MAX_EVENTS_PER_JOB - 1:
+                if kept[0] > MAX_EVENTS_PER_JOB - 1:
+                    continue
+                event = limit_reached(event.job_id, event.at, event.attempt)
+            kept[0] += 1
+            kept[1] += 1
+            self.db.execute("INSERT INTO job_events (job_id, seq, at, kind, payload) VALUES (?, ?, ?, ?, ?)",
+                            (event.job_id, kept[1], event.at, event.kind, event.payload()))
+
+    def events(self, job_id: str) -> list[HistoryEvent]:
+        rows = self.db.execute("SELECT at, kind, payload FROM job_events WHERE job_id = ? ORDER BY seq",
+                               (job_id,)).fetchall()
+        return [HistoryEvent.from_row(job_id, row["at"], row["kind"], row["payload"]) for row in rows]
 
     def load(self, job_id: str) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
@@ -161,6 +214,8 @@ class JournalStore:
 
     def forget_before(self, horizon: float) -> int:
         with self.db:
+            self.db.execute("DELETE FROM job_events WHERE job_id IN (SELECT job_id FROM jobs WHERE state IN "
+                            f"{TERMINAL} AND finished_at < ?)", (horizon,))
             cursor = self.db.execute(f"DELETE FROM jobs WHERE state IN {TERMINAL} AND finished_at < ?", (horizon,))
         return cursor.rowcount
 
@@ -169,7 +224,8 @@ class JournalStore:
 
 
 class Journal(Actor):
-    """Owns the journal database. ``Save`` casts are batched; ``Load``/``FindKey``/``Unfinished`` are calls."""
+    """Owns the journal database. ``Save``/``AddEvent`` casts are batched; ``Load``/``FindKey``/``Unfinished``/
+    ``LoadEvents`` are calls."""
 
     name = "journal"
     mailbox_size = 100_000
@@ -180,6 +236,7 @@ class Journal(Actor):
         self.retention = retention
         self.store: JournalStore | None = None
         self._pending: dict[str, dict[str, Any]] = {}
+        self._pending_events: list[HistoryEvent] = []
         self._wake = trio.Event()
         self._lock = trio.Lock()
         self.writes = 0
@@ -209,6 +266,12 @@ class Journal(Actor):
                 self._pending[row["job_id"]] = {**pending, **row} if pending else row
                 self._wake.set()
                 return None
+            case AddEvent(event):
+                self._pending_events.append(event)
+                self._wake.set()
+                return None
+            case LoadEvents(job_id):
+                return await self._read(store.events, job_id)
             case Load(job_id):
                 return await self._read(store.load, job_id)
             case FindKey(key):
@@ -228,10 +291,11 @@ class Journal(Actor):
 
     async def _flush(self) -> None:
         async with self._lock:  # one thread at a time on the connection
-            if not self._pending or self.store is None:
+            if not (self._pending or self._pending_events) or self.store is None:
                 return
             rows, self._pending = list(self._pending.values()), {}
-            await self._run(self.store.save_many, rows)
+            events, self._pending_events = self._pending_events, []
+            await self._run(self.store.save_many, rows, events)
             self.writes += len(rows)
 
     async def _read(self, fn: Any, *args: Any) -> Any:

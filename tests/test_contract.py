@@ -11,7 +11,8 @@ def test_generated_stubs_are_up_to_date():
 def test_contract_has_the_promised_rpcs_and_states():
     service = pb.DESCRIPTOR.services_by_name["OrchestratorService"]
     assert set(service.methods_by_name) == {
-        "SubmitJob", "WatchJob", "GetJobStatus", "CancelJob", "ListWorkers", "ListJobs", "HealthCheck",
+        "SubmitJob", "WatchJob", "GetJobStatus", "DescribeJob", "CancelJob", "ListWorkers", "ListJobs",
+        "HealthCheck",
     }
     assert service.methods_by_name["SubmitJob"].server_streaming
     assert service.methods_by_name["WatchJob"].server_streaming

@@ -31,7 +31,7 @@ from cumulus.backends import Backends, SwarmBackend
 from cumulus.config import Settings
 from cumulus.errors import ActorDied, CapacityExhausted, NotFound, RequestRejected, Unsatisfiable
 from cumulus.jobs import JobRecord, JobSpec, JobState, TeardownReport, WorkerInfo
-from cumulus.journal import FindKey, Load, Save, Unfinished, record_of, row_of
+from cumulus.journal import AddEvent, FindKey, Load, LoadEvents, Save, Unfinished, record_of, row_of
 from cumulus.resources.swarm import LABEL_JOB, LABEL_SUPERVISOR, NodeInfo
 from cumulus.supervisor import DynamicSupervisor
 
@@ -50,6 +50,13 @@ class Submit:
 
 @dataclass(frozen=True)
 class GetJob:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class DescribeJob:
+    """The job's record and its history from the journal (``(JobRecord, list[HistoryEvent])``)."""
+
     job_id: str
 
 
@@ -169,6 +176,9 @@ class ClusterActor(Actor):
                 return await self._unplace(job_id)
             case GetJob(job_id):
                 return await self._job(job_id)
+            case DescribeJob(job_id):
+                record = await self._job(job_id)
+                return record, await self.journal.call(LoadEvents(job_id))
             case CancelJob(job_id):
                 return await self._cancel(job_id)
             case ListJobs(include_finished):
@@ -218,6 +228,7 @@ class ClusterActor(Actor):
         if spec.idempotency_key:
             self.by_key[spec.idempotency_key] = job_id
         self.journal.cast_nowait(Save(row_of(record, with_package=True)))
+        record.on_history = self._journal_event
         record.announce()  # QUEUED, before anything else happens to it
         record.on_change = self._persist
         await self._start_job(record)
@@ -262,6 +273,12 @@ class ClusterActor(Actor):
         except (ActorDied, trio.WouldBlock) as error:
             log.error("cluster: could not journal job %s: %s", record.job_id, error)
 
+    def _journal_event(self, event: Any) -> None:
+        try:
+            self.journal.cast_nowait(AddEvent(event))
+        except (ActorDied, trio.WouldBlock) as error:
+            log.error("cluster: could not journal an event of job %s: %s", event.job_id, error)
+
     async def _recover(self) -> None:
         """Jobs the journal has as unfinished were running under a previous supervisor process.
 
@@ -273,6 +290,7 @@ class ClusterActor(Actor):
             record = record_of(row)
             self.jobs[record.job_id] = record
             record.on_change = self._persist
+            record.on_history = self._journal_event
             if record.spec.idempotency_key:
                 self.by_key[record.spec.idempotency_key] = record.job_id
             if record.state.terminal:  # ended, but its teardown was never recorded
@@ -376,12 +394,14 @@ class ClusterActor(Actor):
             except CapacityExhausted:
                 break
             self.queue.pop(0)
+            head.record.set_queue_position(0)
             head.ready.set()
         self._number_queue()
 
     def _number_queue(self) -> None:
         for position, ticket in enumerate(self.queue, start=1):
             ticket.position = position
+            ticket.record.set_queue_position(position)
 
     async def _unplace(self, job_id: str) -> None:
         if self._adopting.pop(job_id, None) is not None:  # the re-adoption gave up
@@ -389,6 +409,7 @@ class ClusterActor(Actor):
         for ticket in self.queue:
             if ticket.job_id == job_id:
                 self.queue.remove(ticket)
+                ticket.record.set_queue_position(0)
                 self._number_queue()
                 break
         worker = self.placements.pop(job_id, None)
@@ -490,4 +511,4 @@ class ClusterActor(Actor):
             log.warning("cluster: removed %d orphan services", len(self.reaped_services))
 
 
-__all__ = ["CancelJob", "ClusterActor", "GetJob", "ListJobs", "ListWorkers", "Submit", "SyncNodes", "JobState"]
+__all__ = ["CancelJob", "ClusterActor", "DescribeJob", "GetJob", "ListJobs", "ListWorkers", "Submit", "SyncNodes", "JobState"]

@@ -261,8 +261,7 @@ class JobActor(Actor):
                         break
                     delay = min(RETRY_BACKOFF_SECONDS * 2 ** (record.attempt - 1), RETRY_BACKOFF_MAX_SECONDS)
                     record.attempt += 1
-                    record.add_message(f"attempt {record.attempt - 1} failed ({outcome.reason}); "
-                                       f"retrying in {delay:g} s")
+                    record.note_retry(outcome.reason, delay)
                     log.info("%s: attempt %d failed (%s); retrying in %g s", self.name, record.attempt - 1,
                              outcome.reason, delay)
                     await trio.sleep(delay)
@@ -331,11 +330,10 @@ class JobActor(Actor):
         allocation = await own(open_reservation(self.cluster, record, timeout,
                                                 allow_non_gpu=self.settings.cluster.allow_non_gpu_devices),
                                what="reservation", same_task=True)
-        record.placement = Placement(
+        record.set_placement(Placement(
             worker=allocation.worker, node_id=allocation.node_id, device_index=allocation.device_indexes[0],
             share=allocation.share, device_indexes=allocation.device_indexes, gpu_uuids=allocation.gpu_uuids,
-        )
-        record.add_message(f"placed on {allocation.worker} device {allocation.device_indexes[0]}")
+        ))
         record.set_state(JobState.CREATING_PARTITION)
         node = allocation.backend
         # The partition and the upload go over the same SSH connection at once; they are still released in the

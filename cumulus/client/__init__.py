@@ -6,7 +6,13 @@ Submodules are imported lazily, so that ``cumulus.client.packaging`` (used by th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # real names for type checkers; loaded on first use at run time
+    from cumulus.client.client import CumulusClient, JobRef, client_for
+    from cumulus.client.remote import RemoteFunction, get, remote, wait
+    from cumulus.client.types import (CancelResult, JobCancelled, JobDescription, JobFailed, JobHistoryEvent, JobInfo,
+                                      JobUpdate, WorkerStatus)
 
 _EXPORTS = {
     "remote": "cumulus.client.remote",
@@ -20,6 +26,8 @@ _EXPORTS = {
     "JobUpdate": "cumulus.client.types",
     "CancelResult": "cumulus.client.types",
     "WorkerStatus": "cumulus.client.types",
+    "JobDescription": "cumulus.client.types",
+    "JobHistoryEvent": "cumulus.client.types",
     "JobFailed": "cumulus.client.types",
     "JobCancelled": "cumulus.client.types",
 }
@@ -27,10 +35,14 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
+def _load(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'cumulus.client' has no attribute {name!r}")
     import importlib
 
     return getattr(importlib.import_module(module), name)
+
+
+if not TYPE_CHECKING:
+    __getattr__ = _load

@@ -1,7 +1,9 @@
-"""Job commands of the ``cumulus`` CLI (submit, status, cancel, logs, jobs, workers).
+"""Job commands of the ``cumulus`` CLI (submit, status, describe, cancel, logs, jobs, workers, health).
 
 Exit status: 0 ok; 1 the job failed or was cancelled, or the supervisor refused/was unreachable (the message is
-on stderr); 2 bad usage.
+on stderr); 2 bad usage (the command line is wrong: argparse's errors and the commands' own checks).
+Output: ``-o table`` (the default) for humans, ``-o json`` (or ``--json``) for programs (sorted keys).
+Formatting lives in :mod:`cumulus.client.cli_output`, the global flags in :mod:`cumulus.client.cli_flags`.
 """
 
 from __future__ import annotations
@@ -9,67 +11,82 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import sys
-import threading
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-ADDRESS_HELP = "supervisor address (default: $CUMULUS_ADDRESS, the local cluster's, or 127.0.0.1:50051)"
-SPINNER = "|/-\\"
+from cumulus.client import cli_output as out
+from cumulus.client.cli_flags import global_flags
+
+JOB_STATES = ("QUEUED", "SCHEDULING", "CREATING_PARTITION", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
+TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+FILE_COMPLETION = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}  # = shtab.FILE
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the job commands to the ``cumulus`` parser (each sets ``func=callable(args) -> int``)."""
-    sub = commands.add_parser("submit", help="run a Python function as a job: FILE.py:FUNC",
-                              description="Submit FUNC from FILE.py as a job, stream its output, print its result.")
-    sub.add_argument("target", metavar="FILE.py:FUNC")
+
+    def add(name: str, help: str, func: Callable[[argparse.Namespace], int], *, output: bool = True,
+            **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(name, help=help, parents=[global_flags(output=output)],
+                                                              **kwargs)
+        parser.set_defaults(func=func)
+        return parser
+
+    sub = add("submit", "run a Python function as a job: FILE.py:FUNC", _submit,
+              description="Submit FUNC from FILE.py as a job, stream its output, print its result (JSON).")
+    sub.add_argument("target", metavar="FILE.py:FUNC").complete = FILE_COMPLETION  # type: ignore[attr-defined]
     sub.add_argument("--gpu", type=float, default=None, help="share of one device (0 < G <= 1) or whole devices "
                      "1..8 (default: the function's @remote option, else 0.5)")
     sub.add_argument("--duration", type=int, default=None, metavar="SECONDS", help="time limit of the job")
-    sub.add_argument("--requirements", nargs="+", default=[], metavar="REQ", help="PEP 508 requirements to install")
+    sub.add_argument("--requirements", action="append", default=[], metavar="REQ",
+                     help="a PEP 508 requirement to install; repeat for more: --requirements numpy --requirements "
+                     "'torch>=2'")
     sub.add_argument("--arg", action="append", default=[], metavar="JSON", help="a positional argument (JSON); "
                      "repeat for more")
     sub.add_argument("--kwarg", action="append", default=[], metavar="NAME=JSON", help="a keyword argument")
     sub.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment for the job")
     sub.add_argument("--name", default=None, help="a name for humans")
-    sub.add_argument("--detach", action="store_true", help="print the job id and return at once")
-    _address(sub)
-    sub.set_defaults(func=_submit)
+    sub.add_argument("--detach", action="store_true", help="print the job id (-o json: {\"job_id\": ...}) and "
+                     "return at once")
 
-    st = commands.add_parser("status", help="show a job's status")
+    st = add("status", "show a job's status", _status)
     st.add_argument("job_id", metavar="JOB")
-    st.add_argument("--json", action="store_true")
-    _address(st)
-    st.set_defaults(func=_status)
 
-    ca = commands.add_parser("cancel", help="cancel a job (returns once its resources are released)")
+    de = add("describe", "show a job's fields and its history (state changes, placement, retries, teardown)",
+             _describe)
+    de.add_argument("job_id", metavar="JOB")
+
+    ca = add("cancel", "cancel a job (returns once its resources are released)", _cancel)
     ca.add_argument("job_id", metavar="JOB")
-    _address(ca)
-    ca.set_defaults(func=_cancel)
 
-    lg = commands.add_parser("logs", help="print a job's output")
+    lg = add("logs", "print a job's output", _logs, output=False)
     lg.add_argument("job_id", metavar="JOB")
     lg.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
-    _address(lg)
-    lg.set_defaults(func=_logs)
+    lg.add_argument("--tail", type=int, default=None, metavar="N",
+                    help="only the last N lines so far (with -f: the last N, then follow)")
 
-    jb = commands.add_parser("jobs", help="list jobs (active ones; -a for finished ones too)")
+    jb = add("jobs", "list jobs (active ones; -a for finished ones too)", _jobs)
     jb.add_argument("-a", "--all", action="store_true", help="include finished jobs")
+    jb.add_argument("--state", action="extend", type=job_states, default=[], metavar="STATE",
+                    help=f"only jobs in this state (case-insensitive; repeat or comma-separate: "
+                    f"--state queued,running); one of {', '.join(JOB_STATES)}")
     jb.add_argument("--limit", type=int, default=0, help="at most this many (the most recent)")
-    jb.add_argument("--json", action="store_true")
-    _address(jb)
-    jb.set_defaults(func=_jobs)
 
-    wk = commands.add_parser("workers", help="list workers and their devices")
-    wk.add_argument("--json", action="store_true")
-    _address(wk)
-    wk.set_defaults(func=_workers)
+    add("workers", "list workers and their devices", _workers)
+
+    he = add("health", "ask a supervisor whether it is serving, and its version", _health)
+    he.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
 
 
-def _address(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", metavar="HOST:PORT", help=ADDRESS_HELP)
+def job_states(text: str) -> list[str]:
+    """``--state`` values: comma-separated, case-insensitive state names (argparse type: bad ones exit 2)."""
+    names = [part.strip().upper().replace("-", "_") for part in text.split(",") if part.strip()]
+    bad = [name for name in names if name not in JOB_STATES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown state {', '.join(bad) or repr(text)}: use one or more of "
+                                         f"{', '.join(JOB_STATES)} (any case, comma-separated)")
+    return names
 
 
 class UsageError(Exception):
@@ -85,7 +102,7 @@ def _command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
         try:
             return fn(args)
         except UsageError as error:
-            print(f"cumulus {args.command}: {error}", file=sys.stderr)
+            print(f"cumulus {args.command}: error: {error} (see `cumulus {args.command} --help`)", file=sys.stderr)
             return 2
         except CumulusError as error:
             print(f"cumulus {args.command}: {error}", file=sys.stderr)
@@ -104,6 +121,10 @@ def _client(args: argparse.Namespace) -> Any:
     return CumulusClient(args.address, log_to_driver=False)
 
 
+def _json(args: argparse.Namespace) -> bool:
+    return bool(args.output == "json")
+
+
 # ---- submit -----------------------------------------------------------------------------------------------------
 
 
@@ -114,30 +135,30 @@ def load_function(target: str) -> Callable[..., Any]:
         raise UsageError(f"{target!r}: give FILE.py:FUNC (e.g. examples/hello.py:add)")
     path = Path(path_text)
     if not path.is_file():
-        raise UsageError(f"{path}: no such file")
+        raise UsageError(f"{path}: no such file (give FILE.py:FUNC)")
     module_name = path.stem if path.stem.isidentifier() else "cumulus_job_module"
     sys.path.insert(0, str(path.resolve().parent))
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise UsageError(f"{path}: not a Python file")
+        raise UsageError(f"{path}: not a Python file (give FILE.py:FUNC)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # importable by name while it is pickled (by value)
     spec.loader.exec_module(module)
-    func = module
+    func: Any = module
     for part in func_name.split("."):
         func = getattr(func, part, None)
         if func is None:
             raise UsageError(f"{path} has no {func_name!r}")
     if not callable(func):
         raise UsageError(f"{path}:{func_name} is not callable")
-    return func  # type: ignore[return-value]
+    return func  # type: ignore[no-any-return]
 
 
 def _json_value(text: str, what: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as error:
-        raise UsageError(f"{what} {text!r} is not JSON ({error}); quote strings: --arg '\"text\"'") from None
+        raise UsageError(f"{what} {text!r} is not JSON ({error}); quote strings: {what} '\"text\"'") from None
 
 
 def _pairs(items: list[str], what: str) -> list[tuple[str, str]]:
@@ -167,11 +188,11 @@ def _submit(args: argparse.Namespace) -> int:
     if args.name:
         options["name"] = args.name
     client = _client(args)
-    progress = Progress(enabled=not args.detach and sys.stderr.isatty())
+    progress = out.Progress(enabled=not args.detach and sys.stderr.isatty(), logs_to_stderr=_json(args))
     ref = client.submit_call(func, call_args, call_kwargs, on_event=None if args.detach else progress.event,
                              **options)
     if args.detach:
-        print(ref.job_id)
+        print(out.dumps({"job_id": ref.job_id}) if _json(args) else ref.job_id)
         return 0
     print(f"job {ref.job_id} submitted to {client.address}", file=sys.stderr)
     progress.start(ref.job_id)
@@ -194,129 +215,37 @@ def _submit(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         return 1
     progress.stop()
-    print(_render_value(value))
+    if _json(args):
+        print(out.dumps({"job_id": ref.job_id, "result": out.jsonable(value)}))
+    else:
+        print(json.dumps(value) if out.jsonable(value) is value else repr(value))
     return 0
 
 
-def _render_value(value: Any) -> str:
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-class Progress:
-    """A one-line live status on stderr (a tty only): state, queue position, elapsed time; logs print above it."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.lock = threading.Lock()
-        self.state = "QUEUED"
-        self.detail = ""
-        self.job_id = ""
-        self.started = time.monotonic()
-        self._stop = threading.Event()
-        self._shown = False
-        self._thread: threading.Thread | None = None
-
-    def start(self, job_id: str) -> None:
-        self.job_id = job_id
-        if self.enabled:
-            self._thread = threading.Thread(target=self._tick, daemon=True, name="cumulus-progress")
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        with self.lock:
-            self._clear()
-
-    def event(self, update: Any) -> None:
-        with self.lock:
-            if update.kind == "log":
-                self._clear()
-                stream = sys.stderr if update.stream == "stderr" else sys.stdout
-                print(update.text, file=stream, flush=True)
-            elif update.kind == "state":
-                self.state = update.state
-                self.detail = f"#{update.queue_position} in queue" if update.queue_position else ""
-            elif update.kind == "message":
-                self.detail = update.text
-            self._draw()
-
-    def _tick(self) -> None:
-        i = 0
-        while not self._stop.wait(0.25):
-            with self.lock:
-                self._draw(SPINNER[i % len(SPINNER)])
-            i += 1
-
-    def _draw(self, spin: str = " ") -> None:
-        if not self.enabled or self._stop.is_set() or not self.job_id:
-            return
-        elapsed = int(time.monotonic() - self.started)
-        line = f"{spin} job {self.job_id} {self.state.lower()} {elapsed // 60}:{elapsed % 60:02d}"
-        if self.detail:
-            line += f"  {self.detail}"
-        width = max(20, _terminal_width() - 1)
-        sys.stderr.write("\r\x1b[2K" + line[:width])
-        sys.stderr.flush()
-        self._shown = True
-
-    def _clear(self) -> None:
-        if self._shown:
-            sys.stderr.write("\r\x1b[2K")
-            sys.stderr.flush()
-            self._shown = False
-
-
-def _terminal_width() -> int:
-    try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns
-    except (OSError, ValueError):
-        return 80
-
-
-# ---- status / cancel / logs -------------------------------------------------------------------------------------
-
-
-def _when(seconds: float | None) -> str:
-    return "-" if seconds is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+# ---- status / describe / cancel / logs --------------------------------------------------------------------------
 
 
 @_command
 def _status(args: argparse.Namespace) -> int:
     info = _client(args).status(args.job_id)
-    if args.json:
-        print(json.dumps(info.to_dict(), indent=2))
-        return 0
-    rows = [
-        ("job", info.job_id), ("name", info.name or "-"),
-        ("state", info.state + (f" ({info.reason})" if info.reason else "")),
-        ("queue position", str(info.queue_position) if info.state == "QUEUED" and info.queue_position else None),
-        ("gpu", f"{info.gpu:g}"),
-        ("worker", f"{info.worker} device {info.device_index}" if info.worker else "-"),
-        ("partition", info.partition_id or "-"), ("service", info.service_id or "-"),
-        ("attempt", str(info.attempt)),
-        ("submitted", _when(info.submitted_at)), ("started", _when(info.started_at)),
-        ("finished", _when(info.finished_at)),
-        ("duration", f"{info.finished_at - info.started_at:.1f} s" if info.finished_at and info.started_at
-         else None),
-        ("result", "yes" if info.has_result else "no"),
-        ("released", ", ".join(info.released) if info.released else None),
-        ("leaked", ", ".join(info.leaked) if info.leaked else None),
-    ]
-    width = max(len(k) for k, v in rows if v is not None)
-    for key, value in rows:
-        if value is not None:
-            print(f"{key + ':':<{width + 1}} {value}")
+    print(out.dumps(info.to_dict()) if _json(args) else out.fields(out.job_fields(info)))
+    return 0
+
+
+@_command
+def _describe(args: argparse.Namespace) -> int:
+    desc = _client(args).describe(args.job_id)
+    print(out.dumps(desc.to_dict()) if _json(args) else out.describe_text(desc))
     return 0
 
 
 @_command
 def _cancel(args: argparse.Namespace) -> int:
     result = _client(args).cancel(args.job_id)
+    if _json(args):
+        print(out.dumps({"job_id": result.job_id, "was_running": result.was_running, "state": result.state,
+                         "released": list(result.released), "leaked": list(result.leaked)}))
+        return 1 if result.leaked else 0
     what = "cancelled" if result.was_running else f"was already {result.state}"
     print(f"job {result.job_id} {what}; released: {', '.join(result.released) or 'nothing'}")
     if result.leaked:
@@ -327,12 +256,17 @@ def _cancel(args: argparse.Namespace) -> int:
 
 @_command
 def _logs(args: argparse.Namespace) -> int:
+    if args.tail is not None and args.tail < 0:
+        raise UsageError(f"--tail {args.tail}: give the number of last lines to show (0 or more)")
     client = _client(args)
     info = client.status(args.job_id)
     follow = args.follow and not info.finished
     idle = None if (follow or info.finished) else 0.5
     final = info.state
-    for update in client.watch(args.job_id, include_logs=True, idle_timeout=idle):
+    updates: Iterable[Any] = client.watch(args.job_id, include_logs=True, idle_timeout=idle)
+    if args.tail is not None:
+        updates = out.tail_updates(updates, args.tail, follow=follow)
+    for update in updates:
         if update.kind == "log":
             print(update.text, file=sys.stderr if update.stream == "stderr" else sys.stdout, flush=True)
         elif update.kind == "state":
@@ -342,69 +276,69 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- tables -----------------------------------------------------------------------------------------------------
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    return "\n".join(lines)
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    delta = max(0, int(time.time() - seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if delta >= size:
-            return f"{delta // size}{unit} ago"
-    return f"{delta}s ago"
+# ---- jobs / workers / health ------------------------------------------------------------------------------------
 
 
 @_command
 def _jobs(args: argparse.Namespace) -> int:
     if args.limit < 0:
-        raise UsageError("--limit must be >= 0")
-    jobs = _client(args).list_jobs(include_finished=args.all, limit=args.limit)
-    if args.json:
-        print(json.dumps([j.to_dict() for j in jobs], indent=2))
-        return 0
-    if not jobs:
-        print("no jobs" if args.all else "no active jobs (-a shows finished ones too)")
-        return 0
-    rows = [[j.job_id, j.name or "-", j.state + (f" ({j.reason})" if j.reason else ""), f"{j.gpu:g}",
-             f"{j.worker}/{j.device_index}" if j.worker else "-", _age(j.submitted_at)] for j in jobs]
-    print(table(["JOB", "NAME", "STATE", "GPU", "WORKER/DEV", "SUBMITTED"], rows))
+        raise UsageError(f"--limit {args.limit}: give 0 (no limit) or more")
+    states = set(args.state)
+    if states:  # filtered here: fetch every job that may match, then keep the most recent matching ones
+        jobs = _client(args).list_jobs(include_finished=args.all or bool(states & TERMINAL_STATES))
+        jobs = [j for j in jobs if j.state in states]
+        jobs = jobs[-args.limit:] if args.limit else jobs
+    else:
+        jobs = _client(args).list_jobs(include_finished=args.all, limit=args.limit)
+    if _json(args):
+        print(out.dumps([j.to_dict() for j in jobs]))
+    elif not jobs:
+        print(f"no jobs in state {', '.join(sorted(states))}" if states else
+              "no jobs" if args.all else "no active jobs (-a shows finished ones too)")
+    else:
+        print(out.jobs_table(jobs))
     return 0
-
-
-def _bytes(n: int) -> str:
-    if n >= 2**30:
-        return f"{n / 2**30:.0f} GiB"
-    if n >= 2**20:
-        return f"{n / 2**20:.0f} MiB"
-    return f"{n} B"
 
 
 @_command
 def _workers(args: argparse.Namespace) -> int:
     workers = _client(args).list_workers()
-    if args.json:
-        print(json.dumps([w.to_dict() for w in workers], indent=2))
-        return 0
-    if not workers:
-        print("no workers")
-        return 0
-    rows = []
-    for w in workers:
-        state = w.state + ("" if w.healthy else f" ({w.reason or 'unhealthy'})")
-        if not w.devices:
-            rows.append([w.hostname, state, str(w.running_jobs), "-", "-", "-", "-"])
-        for i, d in enumerate(w.devices):
-            rows.append([w.hostname if i == 0 else "", state if i == 0 else "", str(w.running_jobs) if i == 0
-                         else "", f"{d.index}: {d.name}" + ("" if d.is_gpu else f" ({d.kind}, not a GPU)"),
-                         _bytes(d.memory_bytes), f"{d.used_share:g}", f"{d.free_share:g}"])
-    print(table(["WORKER", "STATE", "JOBS", "DEVICE", "MEMORY", "USED", "FREE"], rows))
+    if _json(args):
+        print(out.dumps([w.to_dict() for w in workers]))
+    else:
+        print(out.workers_table(workers) if workers else "no workers")
     return 0
+
+
+UNREACHABLE_HINT = ("start one with `cumulus supervisor`, or `cumulus local up` for a local cluster, or pass "
+                    "--address / set CUMULUS_ADDRESS")
+
+
+@_command
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+
+    from cumulus.config import default_address
+    from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
+    from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
+    from cumulus.rpc.status import error_from_rpc
+
+    address = args.address or default_address()
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = cumulus_pb2_grpc.OrchestratorServiceStub(channel).HealthCheck(pb.HealthCheckRequest(),
+                                                                                  timeout=args.timeout)
+        except grpc.RpcError as error:
+            if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise error_from_rpc(error, address) from None
+            text = f"no supervisor reachable at {address}: {UNREACHABLE_HINT}"
+            if _json(args):  # the answer on stdout; with -o json, the reason on stderr too
+                print(out.dumps({"address": address, "serving": False, "status": "UNREACHABLE", "error": text}))
+            print(text, file=sys.stderr if _json(args) else sys.stdout)
+            return 1
+    health = {"address": address, "serving": reply.status == pb.HealthCheckResponse.SERVING,
+              "status": pb.HealthCheckResponse.Status.Name(reply.status), "reason": reply.reason,
+              "version": reply.version, "supervisor_id": reply.supervisor_id,
+              "workers_ready": reply.workers_ready, "jobs_active": reply.jobs_active}
+    print(out.dumps(health) if _json(args) else out.health_text(health))
+    return 0 if health["serving"] else 1

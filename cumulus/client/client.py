@@ -18,15 +18,18 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import (Any, Callable, Generator, Generic, Iterable, Iterator, Mapping, Sequence, TypedDict, TypeVar,
+                    Unpack, cast)
 
 import grpc
 
 from cumulus.client import packaging
 from cumulus.client.types import (TERMINAL_STATES, CancelResult, JobCancelled, JobFailed, JobInfo, JobUpdate,
                                   WorkerStatus)
+from cumulus.client.types import JobDescription
 from cumulus.config import default_address
 from cumulus.errors import CumulusError, InvalidRequest, SupervisorUnavailable
+from cumulus.jobformat import check_gpu_share
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
 from cumulus.rpc.status import error_from_rpc
@@ -39,6 +42,32 @@ OPTION_NAMES = frozenset({
     "gpu", "gpu_memory", "duration", "requirements", "env", "retries", "retry_exceptions", "timeout", "name",
     "priority", "max_queue_seconds", "idempotency_key", "log_to_driver", "address", "project_root",
 })
+
+R = TypeVar("R")
+T_co = TypeVar("T_co", covariant=True)  # a job's value: a JobRef[int] is a JobRef[object]
+
+
+class RemoteOptions(TypedDict, total=False):
+    """The options of ``@remote(...)``, ``.options(...)`` and :meth:`CumulusClient.submit_call` (None: the default).
+
+    See :class:`cumulus.client.remote.RemoteFunction` for what each one means.
+    """
+
+    gpu: float | None
+    gpu_memory: float | None
+    duration: int | None
+    requirements: str | Iterable[str] | None
+    env: dict[str, str] | None
+    retries: int | None
+    retry_exceptions: bool | None
+    timeout: float | None
+    name: str | None
+    priority: int | None
+    max_queue_seconds: int | None
+    idempotency_key: str | None
+    log_to_driver: bool | None
+    address: str | None
+    project_root: str | os.PathLike[str] | None
 
 
 def quiet_logs_default() -> bool:
@@ -87,6 +116,7 @@ class CumulusClient:
         return f"CumulusClient({self.address!r})"
 
     def _call(self, method: str, request: Any, timeout: float = RPC_TIMEOUT) -> Any:
+        """A unary call; its reply (a message of the generated module: typed by the caller)."""
         try:
             return getattr(self._stub, method)(request, timeout=timeout)
         except grpc.RpcError as error:
@@ -94,10 +124,10 @@ class CumulusClient:
 
     # ---- jobs -----------------------------------------------------------------------------------------------
 
-    def submit(self, func: Callable[..., Any], *args: Any, gpu: float | None = None,
+    def submit(self, func: Callable[..., R], *args: Any, gpu: float | None = None,
                gpu_memory: float | None = None, duration: int | None = None, requirements: Iterable[str] = (),
                env: dict[str, str] | None = None, retries: int = 0, log_to_driver: bool | None = None,
-               **kwargs: Any) -> JobRef:
+               **kwargs: Any) -> JobRef[R]:
         """Submit ``func(*args, **kwargs)`` as a job and return its :class:`JobRef` once the supervisor accepted it.
 
         Keyword arguments named like an option (``gpu``, ``gpu_memory``, ``duration``, ``requirements``, ``env``,
@@ -105,29 +135,32 @@ class CumulusClient:
         argument that has an option's name, use :meth:`submit_call`. ``func`` may be a ``@remote`` function: its
         options are the defaults.
         """
-        options = {"gpu": gpu, "gpu_memory": gpu_memory, "duration": duration, "requirements": requirements,
-                   "env": env, "retries": retries, "log_to_driver": log_to_driver}
+        options: dict[str, Any] = {"gpu": gpu, "gpu_memory": gpu_memory, "duration": duration,
+                                   "requirements": requirements, "env": env, "retries": retries,
+                                   "log_to_driver": log_to_driver}
         return self.submit_call(func, args, kwargs, **{k: v for k, v in options.items() if v not in (None, ())})
 
-    def run(self, func: Callable[..., Any], *args: Any, gpu: float | None = None, gpu_memory: float | None = None,
+    def run(self, func: Callable[..., R], *args: Any, gpu: float | None = None, gpu_memory: float | None = None,
             duration: int | None = None, requirements: Iterable[str] = (), env: dict[str, str] | None = None,
-            retries: int = 0, log_to_driver: bool | None = None, **kwargs: Any) -> Any:
+            retries: int = 0, log_to_driver: bool | None = None, **kwargs: Any) -> R:
         """Submit ``func(*args, **kwargs)``, wait for it (blocking) and return its value or raise its exception."""
         return self.submit(func, *args, gpu=gpu, gpu_memory=gpu_memory, duration=duration,
                            requirements=requirements, env=env, retries=retries, log_to_driver=log_to_driver,
                            **kwargs).result()
 
-    def submit_call(self, func: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
-                    *, on_event: Callable[[JobUpdate], None] | None = None, **options: Any) -> JobRef:
+    def submit_call(self, func: Callable[..., R], args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+                    *, on_event: Callable[[JobUpdate], None] | None = None, **options: Unpack[RemoteOptions]
+                    ) -> JobRef[R]:
         """Submit ``func(*args, **kwargs)`` with ``options`` (see :func:`cumulus.remote`) given apart from the call.
 
         ``on_event`` is called (from the JobRef's thread) with each :class:`JobUpdate`.
         """
+        given: Mapping[str, Any] = options
         base = getattr(func, "_cumulus_options", None)
         if base is not None:  # a @remote function: its options are the defaults
-            options = {**base, **options}
+            given = {**base, **options}
             func = func._cumulus_function  # type: ignore[attr-defined]
-        opts = normalize_options(options)
+        opts = normalize_options(given)
         opts.pop("address", None)
         log_to_driver = opts.pop("log_to_driver", None)
         log_to_driver = self.log_to_driver if log_to_driver is None else bool(log_to_driver)
@@ -157,13 +190,14 @@ class CumulusClient:
             raise error_from_rpc(error, self.address) from None
         except StopIteration:
             raise CumulusError(f"the supervisor at {self.address} ended the submission without a job id") from None
-        ref = JobRef(self, first.job_id, log_to_driver=log_to_driver, on_event=on_event, default_timeout=timeout)
+        ref: JobRef[R] = JobRef(self, first.job_id, log_to_driver=log_to_driver, on_event=on_event,
+                                default_timeout=timeout)
         ref._handle(first)
         ref._start(stream)
         return ref
 
     def job(self, job_id: str, *, log_to_driver: bool | None = None, replay_logs: bool = False,
-            on_event: Callable[[JobUpdate], None] | None = None) -> JobRef:
+            on_event: Callable[[JobUpdate], None] | None = None) -> JobRef[Any]:
         """A :class:`JobRef` for an existing job (submitted by anyone), following it with WatchJob.
 
         Raises :class:`~cumulus.errors.NotFound` if the supervisor does not know it. ``replay_logs`` also prints
@@ -171,12 +205,17 @@ class CumulusClient:
         """
         info = self.status(job_id)  # NotFound, unreachable: raised here
         log_to_driver = self.log_to_driver if log_to_driver is None else log_to_driver
-        ref = JobRef(self, info.job_id, log_to_driver=log_to_driver, on_event=on_event)
+        ref: JobRef[Any] = JobRef(self, info.job_id, log_to_driver=log_to_driver, on_event=on_event)
         ref._start(None, replay_logs=replay_logs)
         return ref
 
     def status(self, job_id: str) -> JobInfo:
         return JobInfo.from_pb(self._call("GetJobStatus", pb.GetJobStatusRequest(job_id=job_id)))
+
+    def describe(self, job_id: str) -> JobDescription:
+        """The job's status and its history kept in the journal (state changes with times, placement, queue
+        position changes, retries, teardown report, progress messages; never its output). NotFound if unknown."""
+        return JobDescription.from_pb(self._call("DescribeJob", pb.DescribeJobRequest(job_id=job_id)))
 
     def cancel(self, job_id: str, *, timeout: float = CANCEL_TIMEOUT) -> CancelResult:
         """Cancel a job; returns once its resources are released, saying what was (and what leaked)."""
@@ -190,7 +229,8 @@ class CumulusClient:
         return [WorkerStatus.from_pb(w) for w in self._call("ListWorkers", pb.ListWorkersRequest()).workers]
 
     def health(self) -> pb.HealthCheckResponse:
-        return self._call("HealthCheck", pb.HealthCheckRequest(), timeout=5.0)
+        reply: pb.HealthCheckResponse = self._call("HealthCheck", pb.HealthCheckRequest(), timeout=5.0)
+        return reply
 
     def watch(self, job_id: str, *, include_logs: bool = True, idle_timeout: float | None = None
               ) -> Iterator[JobUpdate]:
@@ -233,8 +273,9 @@ class CumulusClient:
             call.cancel()
 
 
-class JobRef:
-    """A submitted job: its id, its outcome when it ends, and ways to look at it.
+class JobRef(Generic[T_co]):
+    """A submitted job: its id, its outcome when it ends, and ways to look at it. ``JobRef[T]``: the job runs a
+    function that returns ``T`` (``f.remote(...)`` of a ``@remote`` function ``f(...) -> T``).
 
     A background thread follows the job's events: output lines (printed with a ``(job <id>) `` prefix when
     ``log_to_driver``), state changes and the result. If the stream breaks (supervisor restart, network), the
@@ -279,7 +320,7 @@ class JobRef:
         """True once the job reached a terminal state (or following it failed for good)."""
         return self._done.is_set()
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> T_co:
         """Block until the job ends; return its value or raise its exception (the original type, with the remote
         traceback as ``__cause__``). :class:`JobCancelled` / :class:`JobFailed` when the job ended without an
         outcome (cancelled, timed out, infrastructure). ``TimeoutError`` after ``timeout`` seconds (the job goes on).
@@ -292,7 +333,7 @@ class JobRef:
                                f"it keeps running")
         return self._outcome_value()
 
-    async def result_async(self, timeout: float | None = None) -> Any:
+    async def result_async(self, timeout: float | None = None) -> T_co:
         """:meth:`result` without blocking the event loop: works under asyncio (Jupyter) and under Trio."""
         timeout = self._default_timeout if timeout is None else timeout
         if _async_library() == "trio":
@@ -338,7 +379,7 @@ class JobRef:
                 self._remove_done_callback(wake)
         return self._outcome_value()
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[Any, None, T_co]:
         return self.result_async().__await__()
 
     def status(self) -> JobInfo:
@@ -362,14 +403,14 @@ class JobRef:
 
     # ---- internals -------------------------------------------------------------------------------------------
 
-    def _outcome_value(self) -> Any:
+    def _outcome_value(self) -> T_co:
         if self._error is not None:
             raise self._error
         if self._envelope is not None:
             with self._lock:
                 if self._outcome is None:
                     self._outcome = packaging.decode_result(self._envelope)
-            return self._outcome.result()
+            return cast(T_co, self._outcome.result())  # unpickled: what the function returned
         if self._state == "CANCELLED":
             raise JobCancelled(self.job_id, self._state, self._reason)
         detail = self._messages[-1] if self._messages else ""
@@ -502,7 +543,7 @@ def _async_library() -> str:
 # ---- options ---------------------------------------------------------------------------------------------------
 
 
-def normalize_options(options: dict[str, Any]) -> dict[str, Any]:
+def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Check ``@remote`` / submit options early (a typo or a bad gpu share fails at the call site)."""
     unknown = sorted(set(options) - OPTION_NAMES)
     if unknown:
@@ -517,8 +558,6 @@ def normalize_options(options: dict[str, Any]) -> dict[str, Any]:
             opts["gpu"] = alias
     opts = {k: v for k, v in opts.items() if v is not None}
     if "gpu" in opts:
-        from cumulus.jobs import check_gpu_share
-
         opts["gpu"] = check_gpu_share(opts["gpu"])
     if "duration" in opts:
         d = opts["duration"]

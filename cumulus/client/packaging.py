@@ -26,7 +26,7 @@ import types
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, NoReturn
 
 import cloudpickle
 import msgpack
@@ -73,7 +73,7 @@ def cloudpickle_version() -> str:
 class PackageInfo:
     """What :func:`validate_package` learnt from an archive (the manifest plus sizes)."""
 
-    manifest: dict
+    manifest: dict[str, Any]
     function: str
     requirements: list[str]
     modules: list[str]
@@ -86,7 +86,7 @@ class PackageInfo:
     sha256: str
 
 
-def build_package(func: Callable, args: Iterable = (), kwargs: dict | None = None, *,
+def build_package(func: Callable[..., Any], args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
                   requirements: Iterable[str] = (), env: dict[str, str] | None = None,
                   project_root: Path | str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """Pack ``func(*args, **kwargs)`` as a job package (zip bytes).
@@ -199,7 +199,7 @@ def _default_root(func: Any) -> Path:
     return Path.cwd()
 
 
-def _check_requirements(reqs: list) -> list[str]:
+def _check_requirements(reqs: list[Any]) -> list[str]:
     out = []
     if len(reqs) > MAX_REQUIREMENTS:
         raise InvalidRequest(f"too many requirements ({len(reqs)}; at most {MAX_REQUIREMENTS})")
@@ -220,7 +220,7 @@ def _check_requirements(reqs: list) -> list[str]:
     return out
 
 
-def _check_env(env: dict) -> dict[str, str]:
+def _check_env(env: dict[Any, Any]) -> dict[str, str]:
     if not isinstance(env, dict):
         raise InvalidRequest(f"env must be a dict of str to str, got {type(env).__name__}")
     out = {}
@@ -370,7 +370,7 @@ def _code_names(code: types.CodeType) -> set[str]:
     return names
 
 
-def _walk_values(obj: Any, depth: int = 0, budget: list | None = None):
+def _walk_values(obj: Any, depth: int = 0, budget: list[int] | None = None) -> Iterator[Any]:
     """Objects inside the call arguments (containers up to depth 3, at most 10000 items)."""
     budget = budget if budget is not None else [10_000]
     if budget[0] <= 0 or depth > 3:
@@ -388,6 +388,7 @@ def _walk_values(obj: Any, depth: int = 0, budget: list | None = None):
 
 def _source_files(name: str, mod: types.ModuleType) -> list[tuple[str, Path]]:
     """``src/``-relative archive names for a module and the ``__init__.py`` of its parent packages."""
+    assert mod.__file__ is not None  # _LocalModules.is_local() only accepts modules with a .py file
     path = Path(mod.__file__).resolve()
     parts = name.split(".")
     is_pkg = hasattr(mod, "__path__")
@@ -471,7 +472,7 @@ def validate_package(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Package
                        sha256=hashlib.sha256(data).hexdigest())
 
 
-def zlib_error() -> type:
+def zlib_error() -> type[Exception]:
     import zlib
 
     return zlib.error
@@ -493,7 +494,7 @@ def check_member_name(name: str) -> str | None:
     return None
 
 
-def _check_manifest(m: Any, names: dict) -> dict:
+def _check_manifest(m: Any, names: dict[str, zipfile.ZipInfo]) -> dict[str, Any]:
     def bad(msg: str) -> InvalidRequest:
         return InvalidRequest(f"{MANIFEST}: {msg}")
 
@@ -554,7 +555,7 @@ class Outcome:
     traceback: str = ""
     exc_pickle: bytes | None = None
     duration_s: float | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def result(self) -> Any:
         """The return value, or the remote exception re-raised (see :func:`raise_remote`)."""
@@ -566,13 +567,14 @@ class Outcome:
 def encode_result(ok: bool, *, value: bytes | None = None, exc_type: str = "", exc_message: str = "",
                   traceback: str = "", exc_pickle: bytes | None = None, **extra: Any) -> bytes:
     """The envelope as the runner writes it (the runner has its own copy; this one is for tests and tools)."""
-    env = {"format": FORMAT, "ok": ok}
+    env: dict[str, Any] = {"format": FORMAT, "ok": ok}
     if ok:
         env["value"] = value
     else:
         env.update(exc_type=exc_type, exc_message=exc_message, traceback=traceback, exc_pickle=exc_pickle)
     env.update(extra)
-    return msgpack.packb(env, use_bin_type=True)
+    packed: bytes = msgpack.packb(env, use_bin_type=True)
+    return packed
 
 
 def decode_result(envelope: bytes) -> Outcome:
@@ -614,7 +616,7 @@ def remote_exception(outcome: Outcome) -> BaseException:
     return exc
 
 
-def raise_remote(outcome: Outcome) -> None:
+def raise_remote(outcome: Outcome) -> NoReturn:
     """Re-raise a failed job's exception (see :func:`remote_exception`)."""
     if outcome.ok:
         raise ValueError("raise_remote called with a successful outcome")

@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable, Sequence, TypeVar, overload
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, Unpack, overload
 
-from cumulus.client.client import JobRef, client_for, normalize_options
+from cumulus.client.client import JobRef, RemoteOptions, client_for, normalize_options
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 
 
-class RemoteFunction:
+class RemoteFunction(Generic[P, R_co]):
     """A function that can run as a Cumulus job. Made by :func:`remote`.
+
+    ``RemoteFunction[P, R]`` wraps a function ``(P) -> R``: ``f(...)`` returns ``R``, ``f.remote(...)`` a
+    ``JobRef[R]``; both take the function's own arguments.
 
     * ``f.remote(*args, **kwargs)`` submits a job and returns a :class:`JobRef`.
     * ``f.options(**opts)`` returns a NEW RemoteFunction with those options changed; ``f`` is unchanged.
@@ -39,27 +45,27 @@ class RemoteFunction:
     ``CUMULUS_QUIET_LOGS=1``).
     """
 
-    def __init__(self, func: Callable[..., Any], options: dict[str, Any] | None = None) -> None:
+    def __init__(self, func: Callable[P, R_co], options: Mapping[str, Any] | None = None) -> None:
         if not callable(func):
             raise TypeError(f"@remote needs a function, got {type(func).__name__}")
         if isinstance(func, RemoteFunction):
             options = {**func._cumulus_options, **(options or {})}
             func = func._cumulus_function
         normalize_options(dict(options or {}))  # fail at the decoration, not at the first .remote()
-        self._cumulus_function = func
-        self._cumulus_options = dict(options or {})
+        self._cumulus_function: Callable[P, R_co] = func
+        self._cumulus_options: dict[str, Any] = dict(options or {})
         functools.update_wrapper(self, func)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
         """Run the function locally (not as a job). Use ``.remote(...)`` to run it on the cluster."""
         return self._cumulus_function(*args, **kwargs)
 
-    def remote(self, *args: Any, **kwargs: Any) -> JobRef:
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> JobRef[R_co]:
         """Submit ``f(*args, **kwargs)`` as a job; returns its JobRef as soon as the supervisor accepted it."""
         client = client_for(self._cumulus_options.get("address"))
         return client.submit_call(self._cumulus_function, args, kwargs, **self._cumulus_options)
 
-    def options(self, **options: Any) -> RemoteFunction:
+    def options(self, **options: Unpack[RemoteOptions]) -> RemoteFunction[P, R_co]:
         """A copy with ``options`` changed (this function is unchanged)."""
         return RemoteFunction(self._cumulus_function, {**self._cumulus_options, **options})
 
@@ -76,13 +82,20 @@ class RemoteFunction:
         return (RemoteFunction, (self._cumulus_function, self._cumulus_options))
 
 
-@overload
-def remote(func: F, /) -> RemoteFunction: ...
-@overload
-def remote(func: None = None, /, **options: Any) -> Callable[[F], RemoteFunction]: ...
+class RemoteDecorator(Protocol):
+    """What ``remote(**options)`` returns: a decorator that makes a :class:`RemoteFunction`."""
+
+    def __call__(self, func: Callable[P, R], /) -> RemoteFunction[P, R]: ...
 
 
-def remote(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+@overload
+def remote(func: Callable[P, R], /) -> RemoteFunction[P, R]: ...
+@overload
+def remote(func: None = None, /, **options: Unpack[RemoteOptions]) -> RemoteDecorator: ...
+
+
+def remote(func: Callable[P, R] | None = None, /, **options: Unpack[RemoteOptions]
+           ) -> RemoteFunction[P, R] | RemoteDecorator:
     """Make a function runnable as a Cumulus job: ``@remote`` or ``@remote(gpu=0.25, duration=600, ...)``.
 
     See :class:`RemoteFunction` for the options. Calling the decorated function directly runs it locally; use
@@ -90,13 +103,26 @@ def remote(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """
     if func is None:
         normalize_options(options)
-        return lambda f: RemoteFunction(f, options)
+        return _decorator(options)
     if options:
         raise TypeError("use @remote(option=...) or @remote, not remote(func, option=...)")
     return RemoteFunction(func)
 
 
-def get(refs: JobRef | Sequence[JobRef], timeout: float | None = None) -> Any:
+def _decorator(options: Mapping[str, Any]) -> RemoteDecorator:
+    def decorate(func: Callable[P, R], /) -> RemoteFunction[P, R]:
+        return RemoteFunction(func, options)
+
+    return decorate
+
+
+@overload
+def get(refs: JobRef[R], timeout: float | None = None) -> R: ...
+@overload
+def get(refs: Sequence[JobRef[R]], timeout: float | None = None) -> list[R]: ...
+
+
+def get(refs: JobRef[R] | Sequence[JobRef[R]], timeout: float | None = None) -> R | list[R]:
     """The value of one JobRef, or the list of values of a list of JobRefs (blocking; ``timeout`` in total).
 
     Raises the first failed job's exception (original type, remote traceback as ``__cause__``) or
@@ -104,18 +130,18 @@ def get(refs: JobRef | Sequence[JobRef], timeout: float | None = None) -> Any:
     """
     if isinstance(refs, JobRef):
         return refs.result(timeout)
-    if not isinstance(refs, (list, tuple)) or not all(isinstance(r, JobRef) for r in refs):
+    if not isinstance(refs, Sequence) or not all(isinstance(r, JobRef) for r in refs):
         raise TypeError(f"cumulus.get takes a JobRef or a list of JobRefs, got {type(refs).__name__}")
     deadline = None if timeout is None else time.monotonic() + timeout
-    values = []
+    values: list[R] = []
     for ref in refs:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         values.append(ref.result(remaining))
     return values
 
 
-def wait(refs: Sequence[JobRef], num_returns: int = 1, timeout: float | None = None
-         ) -> tuple[list[JobRef], list[JobRef]]:
+def wait(refs: Sequence[JobRef[R]], num_returns: int = 1, timeout: float | None = None
+         ) -> tuple[list[JobRef[R]], list[JobRef[R]]]:
     """Wait until ``num_returns`` of ``refs`` are done (or ``timeout`` seconds passed): ``(ready, not_ready)``.
 
     ``ready`` holds at most ``num_returns`` refs, in the order given; a done ref may have failed (its

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cumulus.errors import CumulusError, JobCancelled, JobFailed  # noqa: F401  (re-exported)
+from cumulus.errors import CumulusError as CumulusError  # re-exported
+from cumulus.errors import JobCancelled as JobCancelled
+from cumulus.errors import JobFailed as JobFailed
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
@@ -14,7 +16,7 @@ TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
 def _time(ts: Any) -> float | None:
     if ts is None or (ts.seconds == 0 and ts.nanos == 0):
         return None
-    return ts.seconds + ts.nanos / 1e9
+    return float(ts.seconds + ts.nanos / 1e9)
 
 
 @dataclass(frozen=True)
@@ -152,3 +154,42 @@ class JobUpdate:
             text=ev.log.text if kind == "log" else (ev.message if kind == "message" else ""),
             queue_position=ev.queue_position, attempt=ev.attempt,
         )
+
+
+@dataclass(frozen=True)
+class JobHistoryEvent:
+    """One entry of a job's history (``cumulus describe``): ``kind`` is "state", "message", "placement", "retry"
+    or "teardown"; ``text`` is one human line; ``state`` is the state's name for kind "state", else ""; ``at`` is
+    Unix seconds."""
+
+    at: float
+    kind: str
+    text: str
+    state: str = ""
+    reason: str = ""
+    attempt: int = 0
+
+    @classmethod
+    def from_pb(cls, ev: pb.JobEvent) -> JobHistoryEvent:
+        kind = ev.WhichOneof("kind")
+        kind = kind if kind in ("state", "placement", "retry", "teardown") else "message"
+        return cls(at=_time(ev.time) or 0.0, kind=kind, text=ev.detail or ev.message,
+                   state=pb.JobState.Name(ev.state) if kind == "state" else "", reason=ev.reason, attempt=ev.attempt)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JobDescription:
+    """A job's status and its history, oldest first (:meth:`CumulusClient.describe`)."""
+
+    info: JobInfo
+    events: list[JobHistoryEvent] = field(default_factory=list)
+
+    @classmethod
+    def from_pb(cls, msg: pb.JobDescription) -> JobDescription:
+        return cls(info=JobInfo.from_pb(msg.status), events=[JobHistoryEvent.from_pb(e) for e in msg.events])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"info": self.info.to_dict(), "events": [e.to_dict() for e in self.events]}

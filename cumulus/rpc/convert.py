@@ -16,7 +16,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cumulus.client.packaging import validate_package
 from cumulus.errors import InvalidRequest
-from cumulus.jobs import JobEvent, JobRecord, JobSpec, JobState, TeardownReport, WorkerInfo, check_gpu_share
+from cumulus.history import HistoryEvent
+from cumulus.jobformat import check_gpu_share
+from cumulus.jobs import JobEvent, JobRecord, JobSpec, JobState, TeardownReport, WorkerInfo
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 
 MAX_NAME_LEN = 128
@@ -257,6 +259,34 @@ def status_to_pb(record: JobRecord) -> pb.JobStatus:
     if record.teardown is not None:
         msg.teardown.CopyFrom(teardown_to_pb(record.teardown))
     return msg
+
+
+def history_event_to_pb(event: HistoryEvent) -> pb.JobEvent:
+    """One history entry as a JobEvent: ``detail`` is its human line; its kind picks the oneof (a ``queue``
+    change is a ``message`` with ``queue_position``)."""
+    data = event.data
+    msg = pb.JobEvent(job_id=event.job_id, time=timestamp(event.at), reason=event.reason, attempt=event.attempt,
+                      detail=event.text)
+    if event.kind == "state" and event.state in JobState.__members__:
+        msg.state = state_to_pb(JobState(event.state))
+    elif event.kind == "placement":
+        msg.placement.CopyFrom(pb.Placement(worker=data.get("worker", ""), node_id=data.get("node_id", ""),
+                                            device_indexes=list(data.get("device_indexes", ())),
+                                            share=data.get("share", 0.0)))
+    elif event.kind == "retry":
+        msg.retry.CopyFrom(pb.Retry(failed_attempt=data.get("failed_attempt", 0),
+                                    backoff_seconds=data.get("backoff_seconds", 0.0)))
+    elif event.kind == "teardown":
+        msg.teardown.CopyFrom(pb.TeardownReport(released=list(data.get("released", ())),
+                                                leaked=list(data.get("leaked", ()))))
+    else:  # message, queue, and any kind this version does not know
+        msg.message = event.text
+        msg.queue_position = data.get("position", 0) if event.kind == "queue" else 0
+    return msg
+
+
+def description_to_pb(record: JobRecord, events: list[HistoryEvent]) -> pb.JobDescription:
+    return pb.JobDescription(status=status_to_pb(record), events=[history_event_to_pb(e) for e in events])
 
 
 def worker_to_pb(info: WorkerInfo) -> pb.Worker:

@@ -106,6 +106,11 @@ class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
         return convert.status_to_pb(record)
 
     @_unary
+    async def DescribeJob(self, request: pb.DescribeJobRequest, context: Any) -> pb.JobDescription:
+        record, events = await call_trio(self._api.describe, _job_id(request.job_id))
+        return convert.description_to_pb(record, events)
+
+    @_unary
     async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.CancelJobResponse:
         record, was_running = await call_trio(self._api.cancel, _job_id(request.job_id))
         reply = pb.CancelJobResponse(status=convert.status_to_pb(record), was_running=was_running)

@@ -32,8 +32,9 @@ import trio
 from cumulus.app import Health
 from cumulus.config import Settings
 from cumulus.errors import CapacityExhausted, NotFound, Unsatisfiable
-from cumulus.jobs import (DeviceInfo, JobEvent, JobRecord, JobSpec, JobState, Placement, TeardownReport, WorkerInfo,
-                          check_gpu_share)
+from cumulus.history import HistoryEvent
+from cumulus.jobs import (DeviceInfo, JobEvent, JobRecord, JobSpec, JobState, Placement, TeardownReport, WorkerInfo)
+from cumulus.jobformat import check_gpu_share
 
 RUNNER = Path(__file__).resolve().parents[2] / "worker_image" / "image" / "runner.py"
 
@@ -70,6 +71,7 @@ class FakeSupervisorApi:
         self.start_delay = start_delay
         self.workers = workers
         self.jobs: dict[str, _Job] = {}
+        self.history: dict[str, list[HistoryEvent]] = {}
         self._by_key: dict[str, str] = {}
         self._ids = itertools.count(1)
         self.calls: list[str] = []
@@ -91,6 +93,8 @@ class FakeSupervisorApi:
         job_id = f"fj{next(self._ids):03d}{uuid.uuid4().hex[:5]}"
         record = JobRecord(job_id, spec)
         record.queue_position = 1 if self.start_delay else 0
+        self.history[job_id] = []
+        record.on_history = self.history[job_id].append  # the fake's journal of job histories
         record.announce()  # QUEUED, as the real supervisor does
         job = _Job(record)
         self.jobs[job_id] = job
@@ -106,6 +110,11 @@ class FakeSupervisorApi:
             return self.jobs[job_id].record
         except KeyError:
             raise NotFound(f"no job {job_id!r} (fake supervisor)") from None
+
+    async def describe(self, job_id: str) -> tuple[JobRecord, list[HistoryEvent]]:
+        self.calls.append("describe")
+        record = await self.get(job_id)
+        return record, list(self.history[job_id])
 
     async def cancel(self, job_id: str) -> tuple[JobRecord, bool]:
         self.calls.append("cancel")

@@ -92,8 +92,28 @@ class TeardownReport(_message.Message):
     leaked: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, released: _Optional[_Iterable[str]] = ..., leaked: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class Placement(_message.Message):
+    __slots__ = ("worker", "node_id", "device_indexes", "share")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    node_id: str
+    device_indexes: _containers.RepeatedScalarFieldContainer[int]
+    share: float
+    def __init__(self, worker: _Optional[str] = ..., node_id: _Optional[str] = ..., device_indexes: _Optional[_Iterable[int]] = ..., share: _Optional[float] = ...) -> None: ...
+
+class Retry(_message.Message):
+    __slots__ = ("failed_attempt", "backoff_seconds")
+    FAILED_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    failed_attempt: int
+    backoff_seconds: float
+    def __init__(self, failed_attempt: _Optional[int] = ..., backoff_seconds: _Optional[float] = ...) -> None: ...
+
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "time", "state", "log", "result", "message", "logs", "reason", "queue_position", "attempt")
+    __slots__ = ("job_id", "time", "state", "log", "result", "message", "logs", "teardown", "placement", "retry", "reason", "queue_position", "attempt", "detail")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -101,9 +121,13 @@ class JobEvent(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
+    TEARDOWN_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     time: _timestamp_pb2.Timestamp
     state: JobState
@@ -111,10 +135,28 @@ class JobEvent(_message.Message):
     result: JobResult
     message: str
     logs: LogBatch
+    teardown: TeardownReport
+    placement: Placement
+    retry: Retry
     reason: str
     queue_position: int
     attempt: int
-    def __init__(self, job_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., log: _Optional[_Union[LogLine, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., message: _Optional[str] = ..., logs: _Optional[_Union[LogBatch, _Mapping]] = ..., reason: _Optional[str] = ..., queue_position: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+    detail: str
+    def __init__(self, job_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., log: _Optional[_Union[LogLine, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., message: _Optional[str] = ..., logs: _Optional[_Union[LogBatch, _Mapping]] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., retry: _Optional[_Union[Retry, _Mapping]] = ..., reason: _Optional[str] = ..., queue_position: _Optional[int] = ..., attempt: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class DescribeJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobDescription(_message.Message):
+    __slots__ = ("status", "events")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    status: JobStatus
+    events: _containers.RepeatedCompositeFieldContainer[JobEvent]
+    def __init__(self, status: _Optional[_Union[JobStatus, _Mapping]] = ..., events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id", "include_logs")

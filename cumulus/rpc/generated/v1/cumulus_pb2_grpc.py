@@ -49,6 +49,11 @@ class OrchestratorServiceStub:
                 request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetJobStatusRequest.SerializeToString,
                 response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.JobStatus.FromString,
                 _registered_method=True)
+        self.DescribeJob = channel.unary_unary(
+                '/cumulus.v1.OrchestratorService/DescribeJob',
+                request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.DescribeJobRequest.SerializeToString,
+                response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.JobDescription.FromString,
+                _registered_method=True)
         self.CancelJob = channel.unary_unary(
                 '/cumulus.v1.OrchestratorService/CancelJob',
                 request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.CancelJobRequest.SerializeToString,
@@ -95,6 +100,14 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeJob(self, request, context):
+        """The job's status and its history kept in the journal (state changes, placement, queue position changes,
+        retries, teardown report, progress messages), oldest first; never its log lines. NOT_FOUND for an unknown job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelJob(self, request, context):
         """Returns once the job's resources are torn down; says what was released.
         """
@@ -137,6 +150,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.GetJobStatus,
                     request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetJobStatusRequest.FromString,
                     response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.JobStatus.SerializeToString,
+            ),
+            'DescribeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeJob,
+                    request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.DescribeJobRequest.FromString,
+                    response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.JobDescription.SerializeToString,
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
@@ -240,6 +258,33 @@ class OrchestratorService:
             '/cumulus.v1.OrchestratorService/GetJobStatus',
             cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetJobStatusRequest.SerializeToString,
             cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cumulus.v1.OrchestratorService/DescribeJob',
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.DescribeJobRequest.SerializeToString,
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.JobDescription.FromString,
             options,
             channel_credentials,
             insecure,
