@@ -100,6 +100,17 @@ async def test_result_and_user_exception(sup):
     await assert_nothing_left(sup, SID, [ok.job_id, bad.job_id],
                               expect={ok.job_id: JobState.COMPLETED, bad.job_id: JobState.FAILED})
 
+    # `cumulus describe`: the journal kept each job's life on the real cluster, in order.
+    _, history = await sup.describe(ok.job_id)
+    states = [e.state for e in history if e.kind == "state"]
+    assert states[0] == "QUEUED" and states[-1] == "COMPLETED" and "RUNNING" in states, states
+    assert [e.at for e in history] == sorted(e.at for e in history)
+    (placed,) = [e for e in history if e.kind == "placement"]
+    assert placed.data["worker"] == ok.placement.worker and placed.data["share"] == 0.5
+    teardown = history[-1]
+    assert teardown.kind == "teardown" and {"service", "partition"} <= set(teardown.data["released"])
+    assert teardown.data["leaked"] == []
+
 
 async def test_ten_concurrent_jobs_over_two_workers(sup, workers):
     records = [await sup.submit(spec(add, i, i, gpu=0.2)) for i in range(10)]
