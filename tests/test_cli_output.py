@@ -14,28 +14,17 @@ import pytest
 from cumulus.cli import main
 from cumulus.client import cli as client_cli
 from cumulus.client import cli_output as out
-from cumulus.client.types import JobInfo
+from cumulus.client.types import JobHistoryEvent, JobInfo
 
 T0 = 1_700_000_000.0
 
 
-@dataclass(frozen=True)
-class FakeEvent:  # the shape of cumulus.client.types.JobHistoryEvent
-    at: float
-    kind: str
-    text: str
-    state: str = ""
-    reason: str = ""
-    attempt: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
 class FakeDescription:  # the shape of cumulus.client.types.JobDescription
     info: JobInfo
-    events: list[FakeEvent] = field(default_factory=list)
+    events: list[JobHistoryEvent] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"info": self.info.to_dict(), "events": [e.to_dict() for e in self.events]}
@@ -45,13 +34,13 @@ INFO = JobInfo(job_id="j-1", state="FAILED", name="train", reason="node_lost", w
                gpu=0.5, partition_id="p-7", service_id="svc-9", submitted_at=T0, started_at=T0 + 2.5,
                finished_at=T0 + 95, attempt=1, released=("service svc-9", "partition p-7"))
 EVENTS = [
-    FakeEvent(T0, "state", "QUEUED", state="QUEUED"),
-    FakeEvent(T0 + 0.2, "message", "queued at position 3"),
-    FakeEvent(T0 + 2.5, "placement", "placed on cw1 device 0 (0.5 of Fake GPU)"),
-    FakeEvent(T0 + 3, "state", "", state="RUNNING"),
-    FakeEvent(T0 + 60, "retry", "node cw2 lost: retrying (attempt 1)", attempt=1),
-    FakeEvent(T0 + 95, "state", "", state="FAILED", reason="node_lost", attempt=1),
-    FakeEvent(T0 + 95.5, "teardown", "released service svc-9, partition p-7", attempt=1),
+    JobHistoryEvent(T0, "state", "QUEUED", state="QUEUED"),
+    JobHistoryEvent(T0 + 0.2, "message", "queued at position 3"),
+    JobHistoryEvent(T0 + 2.5, "placement", "placed on cw1 device 0 (0.5 of Fake GPU)"),
+    JobHistoryEvent(T0 + 3, "state", "", state="RUNNING"),
+    JobHistoryEvent(T0 + 60, "retry", "node cw2 lost: retrying (attempt 1)", attempt=1),
+    JobHistoryEvent(T0 + 95, "state", "", state="FAILED", reason="node_lost", attempt=1),
+    JobHistoryEvent(T0 + 95.5, "teardown", "released service svc-9, partition p-7", attempt=1),
 ]
 
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import queue
 import sqlite3
-import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import grpc
 import pytest
@@ -29,6 +27,7 @@ from tests.fakes.fake_api import free_port
 from tests.fakes.fake_cluster import FakeWorld, fake_node
 from tests.test_job_lifecycle import fake_cluster, lose_partition_when_running, settings, spec
 from tests.test_journal import _crash_and_restart, run_supervisor
+from tests.trio_thread import serving_in_thread
 
 LIFE = ["QUEUED", "SCHEDULING", "CREATING_PARTITION", "RUNNING", "COMPLETED"]
 SECRET = "sk-live-4f9c2e71a8b3d605"
@@ -216,10 +215,8 @@ def grpc_supervisor(path) -> Iterator[str]:
     """The real supervisor on the in-memory fakes, serving real gRPC on loopback, in a thread of its own."""
     address = f"127.0.0.1:{free_port()}"
     conf = settings(**{"journal.path": str(path), "grpc.listen": address})
-    ready: queue.Queue[Any] = queue.Queue()
-    control: dict[str, Any] = {}
 
-    async def main() -> None:
+    async def serve(ready: Callable[[Any], None]) -> None:
         async with trio.open_nursery() as nursery:
             world = FakeWorld([fake_node(1), fake_node(2)], nursery)
             backends = dataclasses.replace(world.backends(), needs_asyncio=True)  # the gRPC server needs it
@@ -227,27 +224,11 @@ def grpc_supervisor(path) -> Iterator[str]:
                 with trio.fail_after(20):
                     while not (ws := await sup.list_workers()) or not all(w.healthy for w in ws):
                         await trio.sleep(0.05)
-                control["token"], control["stop"] = trio.lowlevel.current_trio_token(), trio.Event()
-                ready.put(address)
-                await control["stop"].wait()
-            nursery.cancel_scope.cancel()
+                ready(address)
+                await trio.sleep_forever()
 
-    def run() -> None:
-        try:
-            trio.run(main)
-        except BaseException as error:  # noqa: BLE001 - hand it to the test
-            ready.put(error)
-
-    thread = threading.Thread(target=run, name="grpc-supervisor", daemon=True)
-    thread.start()
-    got = ready.get(timeout=60)
-    if isinstance(got, BaseException):
-        raise got
-    try:
-        yield got
-    finally:
-        control["token"].run_sync_soon(control["stop"].set)
-        thread.join(timeout=30)
+    with serving_in_thread(serve, name="grpc-supervisor", start_timeout=60) as served_address:
+        yield served_address
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import queue
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import trio
 
@@ -33,7 +30,8 @@ from cumulus.app import Health
 from cumulus.config import Settings
 from cumulus.errors import CapacityExhausted, NotFound, Unsatisfiable
 from cumulus.history import HistoryEvent
-from cumulus.jobs import (DeviceInfo, JobEvent, JobRecord, JobSpec, JobState, Placement, TeardownReport, WorkerInfo)
+from tests.trio_thread import serving_in_thread
+from cumulus.jobs import DeviceInfo, JobRecord, JobSpec, JobState, Placement, TeardownReport, WorkerInfo
 from cumulus.jobformat import check_gpu_share
 
 RUNNER = Path(__file__).resolve().parents[2] / "worker_image" / "image" / "runner.py"
@@ -266,35 +264,19 @@ def running_fake_server(workdir: Path | None = None, *, start_delay: float = 0.0
     settings = load_settings(environ={}, overrides=overrides)
     own_dir = tempfile.TemporaryDirectory(prefix="cumulus-fake-") if workdir is None else None
     root = Path(own_dir.name) if own_dir else Path(workdir)
-    ready: queue.Queue[Any] = queue.Queue()
-    stop: dict[str, Any] = {}
 
-    async def main() -> None:
+    async def serve(ready: Callable[[Any], None]) -> None:
         async with trio.open_nursery() as nursery:
             api = FakeSupervisorApi(settings, nursery, root, start_delay=start_delay)
-            stop["token"] = trio.lowlevel.current_trio_token()
-            stop["scope"] = nursery.cancel_scope
             address = await nursery.start(lambda task_status: serve_grpc(
                 api, settings.grpc.listen, max_message_bytes=settings.grpc.max_message_mb * 2**20,
                 task_status=task_status))
-            ready.put(FakeServer(address, api, settings))
+            ready(FakeServer(address, api, settings))
 
-    def thread_main() -> None:
-        try:
-            trio.run(main)
-        except BaseException as error:  # noqa: BLE001 - hand it to the test
-            ready.put(error)
-
-    thread = threading.Thread(target=thread_main, name="fake-supervisor", daemon=True)
-    thread.start()
-    got = ready.get(timeout=30)
-    if isinstance(got, BaseException):
-        raise got
     try:
-        yield got
+        with serving_in_thread(serve, name="fake-supervisor") as server:
+            yield server
     finally:
-        stop["token"].run_sync_soon(stop["scope"].cancel)
-        thread.join(timeout=15)
         if own_dir is not None:
             own_dir.cleanup()
 
