@@ -1,8 +1,30 @@
-"""Shared pytest hooks: the chaos modules' fault and leak counts go into the run's summary (CI logs keep them)."""
+"""Shared pytest hooks: every run's property tests draw a new seed (printed in the header and the summary, so a
+failure can be replayed with CUMULUS_HYPOTHESIS_SEED=N), and the chaos modules' fault and leak counts go into the
+run's summary (CI logs keep them)."""
 
 from __future__ import annotations
 
+import os
+import random
 import sys
+
+import pytest
+from hypothesis import settings
+
+# Hypothesis derandomizes under CI by default (every run the same cases); a property test should explore anew.
+settings.register_profile("cumulus", derandomize=False, print_blob=True)
+settings.load_profile("cumulus")
+HYPOTHESIS_SEED = int(os.environ.get("CUMULUS_HYPOTHESIS_SEED") or random.SystemRandom().randrange(2**32))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    if config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = HYPOTHESIS_SEED
+
+
+def pytest_report_header(config):
+    return f"hypothesis seed: {config.getoption('hypothesis_seed')} (replay: CUMULUS_HYPOTHESIS_SEED=N)"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - pytest's hook signature
@@ -13,6 +35,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
             line = summary()
             if line:
                 lines.append(line)
+    terminalreporter.write_line(f"hypothesis seed: {config.getoption('hypothesis_seed')}")
     if lines:
         terminalreporter.section("chaos")
         for line in sorted(lines):

@@ -2,9 +2,9 @@
 and supervisor shutdowns, at random moments of random jobs. After each schedule: nothing held anywhere, exactly
 one terminal state per job, every completed job's result kept, every share back to zero.
 
-10,000 schedules by default (about 4 minutes on 2 cores); CUMULUS_CHAOS_EXAMPLES=N for more or fewer. Under CI
-(env CI set) Hypothesis derandomizes: every run tries the same schedules. A schedule that hangs ends the run at
-once, printing itself and the stuck tasks (tests/trio_watchdog.py).
+10,000 schedules by default (about 4 minutes on 2 cores); CUMULUS_CHAOS_EXAMPLES=N for more or fewer. Every run,
+CI's included, draws new schedules from a new seed (tests/conftest.py prints it; CUMULUS_HYPOTHESIS_SEED=N replays
+it). A schedule that hangs ends the run at once, printing itself and the stuck tasks (tests/trio_watchdog.py).
 Marker `chaos`.
 """
 

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 import trio
 import trio.testing
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cumulus.actors import Actor, ActorDied
@@ -68,6 +68,10 @@ operations = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
+@example(  # the caller of own() cancelled while the resource was entered: its release was cancelled too (a leak)
+    ops=[("call", "a"), ("call", "a"), ("slow", "a"), ("crash", "a"), ("call", "b"), ("sleep", 0.02),
+         ("sleep", 0.02), ("sleep", 0.02)],
+    strategy=Strategy.ONE_FOR_ONE, restarts=Restart.PERMANENT, cancel_after=2.0, concurrent=False)
 @given(
     ops=operations,
     strategy=st.sampled_from(list(Strategy)),

@@ -191,14 +191,15 @@ class ResourceOwner:
                 async with held.manager as value:
                     held.entered = True
                     task_status.started(value)
+                    # From here only a release ends this, shielded from outside cancellation and bounded by the
+                    # scope's deadline: ours when requested, or at once when the caller of own() was cancelled
+                    # while we entered (Trio then left this task in start()'s cancelled nursery, and nobody
+                    # will ever own the resource).
+                    held.scope.shield = True
                     if trio.lowlevel.current_task().parent_nursery is self._nursery:
-                        # Held now: only our own release (or the owner's exit) ends this, never outside
-                        # cancellation.
-                        held.scope.shield = True
                         await held.release_requested.wait()
-                    # Otherwise the caller of own() was cancelled while we entered: Trio left this task where it
-                    # was, nobody will own the resource, and leaving the block now releases it (the cancellation
-                    # reaches us at the next checkpoint; the resource shields its own release).
+                    else:
+                        held.scope.deadline = trio.current_time() + held.timeout
                 held.clean = True
         except Exception as error:
             if not held.entered:
