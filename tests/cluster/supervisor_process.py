@@ -130,7 +130,7 @@ class SupervisorProcess:
                 raise AssertionError(f"supervisor exited with {self.proc.returncode} while starting:\n"
                                      f"{self.log_tail()}")
             last = self.cli("health", "--timeout", "2", timeout=20)
-            if last.returncode == 0 and last.stdout.strip() == "SERVING":
+            if last.returncode == 0 and last.stdout.startswith("SERVING"):
                 return
             time.sleep(0.2)
         raise AssertionError(f"supervisor not SERVING after {timeout:g} s (last: {last and last.stdout!r} "

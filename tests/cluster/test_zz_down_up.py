@@ -6,7 +6,7 @@ import subprocess
 import time
 
 from cumulus.local import cluster as lc
-from cumulus.local import state
+from cumulus.local import state, teardown
 
 
 def _sh(cmd: str) -> str:
@@ -15,8 +15,8 @@ def _sh(cmd: str) -> str:
 
 def test_down_leaves_nothing_then_up_again(cluster):
     workers = sum(1 for n in cluster["nodes"] if n["role"] == "worker")
-    lc.down(quiet=True)
-    assert lc.leftovers() == {}
+    teardown.down(quiet=True)
+    assert teardown.leftovers() == {}
     assert not [n for n in _sh("ip netns list").split() if n.startswith(state.NETNS_PREFIX)]
     assert state.BRIDGE not in _sh("ip -o link show")
     assert state.VETH_PREFIX not in _sh("ip -o link show")
