@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ import pytest
 from cumulus.cli import main
 from cumulus.client import cli as client_cli
 from cumulus.client import cli_output as out
-from cumulus.client.types import JobHistoryEvent, JobInfo
+from cumulus.client.types import JobDescription, JobHistoryEvent, JobInfo
 
 T0 = 1_700_000_000.0
 
@@ -63,10 +63,7 @@ def test_describe_fields_then_events_with_absolute_and_relative_times():
 
 
 def test_describe_of_the_sdks_types():
-    types = pytest.importorskip("cumulus.client.types")
-    if not hasattr(types, "JobDescription"):
-        pytest.skip("the SDK has no JobDescription yet")
-    desc = types.JobDescription(info=INFO, events=[types.JobHistoryEvent(**asdict(e)) for e in EVENTS])
+    desc = JobDescription(info=INFO, events=list(EVENTS))
     assert out.describe_text(desc, now=T0 + 60) == out.describe_text(FakeDescription(INFO, EVENTS), now=T0 + 60)
     assert json.loads(out.dumps(desc.to_dict())) == FakeDescription(INFO, EVENTS).to_dict()
 
