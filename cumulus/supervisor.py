@@ -162,6 +162,7 @@ class Supervisor:
         self._children: list[_Child] = []  # running children in start order
         self._restarts: deque[float] = deque()
         self._nursery: trio.Nursery | None = None
+        self._closing = False  # the final stop has begun: a child that finishes starting now is stopped at once
         self._exits_send, self._exits_receive = trio.open_memory_channel[_Exited](math.inf)
 
     # ---- public API -------------------------------------------------------------------------------------------
@@ -210,6 +211,7 @@ class Supervisor:
 
     async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the children in order, report ready, then supervise until cancelled or giving up."""
+        self._closing = False
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -219,6 +221,7 @@ class Supervisor:
                     task_status.started(self)
                     await self._supervise()
                 finally:
+                    self._closing = True
                     with trio.CancelScope(shield=True):
                         await self._stop_all()
         except ExceptionGroup as group:
@@ -233,11 +236,21 @@ class Supervisor:
     async def _start(self, spec: ChildSpec) -> Any:
         child = _Child(spec)
         assert self._nursery is not None
-        outcome = await self._nursery.start(self._supervise_child, child)
+        try:
+            outcome = await self._nursery.start(self._supervise_child, child)
+        except BaseException:
+            if child.scope.shield:  # it moved into our nursery, but start() was cancelled as it returned
+                with trio.CancelScope(shield=True):
+                    await self._stop(child)
+            raise
         if isinstance(outcome, _StartFailed):
             if outcome.error is None:
                 raise RuntimeError(f"child {spec.name!r} of {self.name!r} exited before it was ready")
             raise outcome.error
+        if self._closing:  # it finished starting after our final stop began: nobody else would ever stop it
+            with trio.CancelScope(shield=True):
+                await self._stop(child)
+            raise RuntimeError(f"supervisor {self.name!r} is shutting down")
         self._children.append(child)
         return child.ref
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from cumulus.actors import Actor, ActorDied
 from cumulus.errors import NotFound, SupervisorGaveUp
 from cumulus.supervisor import ChildSpec, DynamicSupervisor, Restart, Strategy, Supervisor
+from tests.trio_watchdog import hang_watchdog
 
 NAMES = ["a", "b", "c"]
 
@@ -72,6 +73,11 @@ operations = st.lists(
     ops=[("call", "a"), ("call", "a"), ("slow", "a"), ("crash", "a"), ("call", "b"), ("sleep", 0.02),
          ("sleep", 0.02), ("sleep", 0.02)],
     strategy=Strategy.ONE_FOR_ONE, restarts=Restart.PERMANENT, cancel_after=2.0, concurrent=False)
+@example(  # a dynamic child that finished starting after its supervisor's final stop: never stopped (a hang)
+    ops=[("sleep", 0.02), ("dyn_terminate", 0), ("crash", "c"), ("sleep", 0.02), ("slow", "b"), ("sleep", 0.02),
+         ("dyn_start", 0), ("stop", "b"), ("stop", "a"), ("dyn_terminate", 0), ("slow", "b"), ("dyn_start", 0),
+         ("dyn_call", 0), ("dyn_start", 0)],
+    strategy=Strategy.ONE_FOR_ALL, restarts=Restart.TRANSIENT, cancel_after=3.4649452685802813, concurrent=False)
 @given(
     ops=operations,
     strategy=st.sampled_from(list(Strategy)),
@@ -120,18 +126,22 @@ async def _scenario(ops, strategy, restart, cancel_after, concurrent, ledger):
         elif op == "sleep":
             await trio.sleep(arg)
 
+    what = f"ops={ops} strategy={strategy} restart={restart} cancel_after={cancel_after} concurrent={concurrent}"
     try:
-        with trio.fail_after(1000):  # autojump clock: a hang jumps straight here and fails the example
-            async with trio.open_nursery() as nursery:
-                await nursery.start(root.run)
-                nursery.cancel_scope.deadline = trio.current_time() + cancel_after
-                async with trio.open_nursery() as ops_nursery:
-                    for op, arg in ops:
-                        if concurrent:
-                            ops_nursery.start_soon(run_op, op, arg)
-                            await trio.sleep(0)
-                        else:
-                            await run_op(op, arg)
-                nursery.cancel_scope.cancel()
+        # autojump clock: a hang jumps straight to fail_after and fails the example; one the clock cannot end
+        # (shielded, or busy) is ended by the wall-clock watchdog, which prints the example and the task tree.
+        async with hang_watchdog(60, what):
+            with trio.fail_after(1000):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(root.run)
+                    nursery.cancel_scope.deadline = trio.current_time() + cancel_after
+                    async with trio.open_nursery() as ops_nursery:
+                        for op, arg in ops:
+                            if concurrent:
+                                ops_nursery.start_soon(run_op, op, arg)
+                                await trio.sleep(0)
+                            else:
+                                await run_op(op, arg)
+                    nursery.cancel_scope.cancel()
     except* SupervisorGaveUp:
         pass  # too many crashes in the window: the tree stopped itself, which must also release everything
