@@ -110,7 +110,8 @@ while kill -0 $qs 2>/dev/null; do
 done
 rc=0; wait $qs || rc=$?
 if [ $killed = yes ]; then
-  say "killed \`cumulus local up\` in step '$STEP'; the quickstart exited $rc; its last lines:"
+  running=$(grep -o '\] [^ ].* \.\.\.$' "$OUT/interrupted.log" | tail -n 1 | sed 's/^\] //; s/ \.\.\.$//')
+  say "killed \`cumulus local up\` in step '$running'; the quickstart exited $rc; its last lines:"
   tail -n 4 "$OUT/interrupted.log" >&2
   [ $rc != 0 ] || { say "FAILED: the interrupted quickstart exited 0"; exit 1; }
 else
