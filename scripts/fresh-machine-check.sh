@@ -110,7 +110,7 @@ while kill -0 $qs 2>/dev/null; do
 done
 rc=0; wait $qs || rc=$?
 if [ $killed = yes ]; then
-  running=$(grep -o '\] [^ ].* \.\.\.$' "$OUT/interrupted.log" | tail -n 1 | sed 's/^\] //; s/ \.\.\.$//')
+  running=$(grep -o '\] [^ ].* \.\.\.$' "$OUT/interrupted.log" | tail -n 1 | sed 's/^\] //; s/ \.\.\.$//' || true)
   say "killed \`cumulus local up\` in step '$running'; the quickstart exited $rc; its last lines:"
   tail -n 4 "$OUT/interrupted.log" >&2
   [ $rc != 0 ] || { say "FAILED: the interrupted quickstart exited 0"; exit 1; }
