@@ -165,11 +165,19 @@ def test_submit_detach_json_and_jobs_by_state(server, chatty, capsys):
     assert code == 0 and data["result"] == 2 and data["job_id"] and "line 1" in err
 
 
-def test_logs_tail(server, chatty, capsys):
-    a = ("--address", server.address)
-    code, out, err = run(capsys, "submit", f"{chatty}:lines", "--arg", "20", "--detach", *a)
+def finished_job(capsys, server, chatty, lines: int) -> str:
+    """Submit chatty's ``lines(lines)`` detached through the CLI and wait until it completed; its id."""
+    code, out, err = run(capsys, "submit", f"{chatty}:lines", "--arg", str(lines), "--detach",
+                         "--address", server.address)
+    assert code == 0, err
     job_id = out.strip()
     wait_state(server, job_id, "COMPLETED")
+    return job_id
+
+
+def test_logs_tail(server, chatty, capsys):
+    a = ("--address", server.address)
+    job_id = finished_job(capsys, server, chatty, 20)
     code, full_out, full_err = run(capsys, "logs", job_id, *a)
     assert code == 0 and full_out.splitlines()[:20] == [f"line {i}" for i in range(20)]
     total = len(full_out.splitlines()) + len(full_err.splitlines())  # the job's lines and the runner's markers
@@ -228,9 +236,7 @@ def test_health(server, capsys):
 
 def test_describe(server, chatty, capsys):
     a = ("--address", server.address)
-    code, out, _ = run(capsys, "submit", f"{chatty}:lines", "--arg", "1", "--detach", *a)
-    job_id = out.strip()
-    wait_state(server, job_id, "COMPLETED")
+    job_id = finished_job(capsys, server, chatty, 1)
     code, out, err = run(capsys, "describe", job_id, *a)
     assert code == 0, err
     assert "Job:" in out and job_id in out and "Events:" in out and "COMPLETED" in out
