@@ -145,11 +145,10 @@ class SshNodeBackend:
             self._leases.pop(job_id, None)
 
     def fail_leases(self, reason: str) -> None:
-        """The connection is gone: no lease held through it can be renewed, so each is lost (its job stops)."""
+        """The connection is gone: no lease held through it can be renewed, so each is lost (its job stops), with
+        cause ``LeaseLoss.NODE_UNREACHABLE``."""
         for lease in self._leases.values():
-            if not lease.lost.is_set():
-                lease.lost_reason = reason
-                lease.lost.set()
+            lease.mark_lost(partition.LeaseLoss.NODE_UNREACHABLE, reason)
 
     async def renew_leases(self) -> None:
         """Renew every lease held through this backend (one SSH command); mark the ones whose holder is gone."""
@@ -159,10 +158,7 @@ class SshNodeBackend:
         gone = await partition.renew_leases(
             self.conn, {job: (self.lease_dir(job) or "", lease.holder_pid) for job, lease in leases.items()})
         for job in gone:
-            lease = leases[job]
-            if not lease.lost.is_set():
-                lease.lost_reason = "holder gone or lease expired"
-                lease.lost.set()
+            leases[job].mark_lost(partition.LeaseLoss.HOLDER_GONE, "holder gone or lease expired")
 
     async def stop_job(self, job_id: str) -> None:
         """Mark the job's lease stopped: the runner in its container kills the job within a fraction of a second

@@ -1,4 +1,5 @@
-"""The followed-log body decoder (HTTP/1.1 chunked coding read a buffer at a time), however the bytes arrive."""
+"""The followed-log body decoder of :mod:`cumulus.resources.swarm_logs` (HTTP/1.1 chunked coding read a buffer at a
+time), however the bytes arrive."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import io
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cumulus.resources.swarm import _ChunkedBody
+from cumulus.resources.swarm_logs import _ChunkedBody
 
 
 class ArrivingInPieces(io.RawIOBase):

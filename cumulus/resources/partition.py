@@ -12,6 +12,9 @@ Chronos keeps a partition only inside the process that created it, so the lease 
   stopping (supervisor dead, network cut) make the holder write ``<lease_dir>/expired``, release the partition
   and exit; the job's runner sees ``expired`` (the lease dir is mounted into the container) and kills the job.
   :func:`adopt_partition_lease` takes over such a holder after a supervisor restart.
+
+The holder processes themselves (finding, stopping them) and :class:`PartitionLease` / :class:`LeaseLoss` live in
+:mod:`cumulus.resources.partition_holders`, re-exported here.
 """
 
 from __future__ import annotations
@@ -20,51 +23,17 @@ import json
 import logging
 import shlex
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import trio
 
-from cumulus.errors import CumulusError
+from cumulus.resources.partition_holders import (
+    CHRONOS_LOCK_DIR, HOLDER, HolderInfo, LeaseLoss, PartitionError, PartitionLease, _is_holder_of, find_holders,
+    kill_holder, stop_holders_of,
+)
 from cumulus.resources.ssh import RemoteProcess, SshConnection, SshError
 
 log = logging.getLogger(__name__)
-
-HOLDER = "/opt/cumulus/bin/cumulus-partition-holder"
-#: Where Chronos writes a lock file per partition (``partition_<creator pid>_<...>.lock``); setup-worker.sh makes it.
-CHRONOS_LOCK_DIR = "/tmp/chronos_locks"
-
-
-class PartitionError(CumulusError):
-    """The holder could not create the partition; the message is Chronos's (or says why the holder failed)."""
-
-
-@dataclass
-class PartitionLease:
-    """A live partition. ``lost`` is set if the holder ends on its own (``lost_reason`` says why: expired, holder
-    exited, connection lost); ``released`` becomes ``True`` once the release was confirmed on leaving the scope."""
-
-    partition_id: str
-    device: int
-    fraction: float
-    holder_pid: int
-    job_id: str
-    lost: trio.Event = field(default_factory=trio.Event)
-    lost_reason: str | None = None
-    released: bool = False
-    _releasing: bool = field(default=False, repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class HolderInfo:
-    """A holder process found on a worker (for orphan reaping)."""
-
-    pid: int
-    job_id: str | None
-    partition_id: str | None
-    device: int | None
-    lease_dir: str | None = None  # detached holders: their --lease-dir
-    fraction: float | None = None
 
 
 @asynccontextmanager
@@ -134,8 +103,8 @@ async def open_partition_lease(
 
 
 async def _watch(proc: RemoteProcess, lease: PartitionLease, gone: trio.Event) -> None:
-    """Read the holder's lines until it ends; set ``lease.lost`` if it ends before we asked it to."""
-    reason = "holder exited"
+    """Read the holder's lines until it ends; mark ``lease`` lost if it ends before we asked it to."""
+    cause, reason = LeaseLoss.HOLDER_GONE, "holder exited"
     try:
         while True:
             line = await proc.readline()
@@ -147,86 +116,16 @@ async def _watch(proc: RemoteProcess, lease: PartitionLease, gone: trio.Event) -
                 continue
             if "released" in msg:
                 lease.released = True
-                reason = "holder released the partition"
+                cause, reason = LeaseLoss.RELEASED, "holder released the partition"
             elif "expired" in msg:
                 lease.released = True  # the holder released it itself
-                reason = "partition expired"
+                cause, reason = LeaseLoss.EXPIRED, "partition expired"
     except SshError as exc:
-        reason = f"connection lost: {exc}"
+        cause, reason = LeaseLoss.NODE_UNREACHABLE, f"connection lost: {exc}"
     finally:
         if not lease._releasing:
-            lease.lost_reason = reason
-            lease.lost.set()
+            lease.mark_lost(cause, reason)
         gone.set()
-
-
-async def find_holders(conn: SshConnection, *, holder: str = HOLDER) -> list[HolderInfo]:
-    """Every holder process running on the worker (any user's view ``ps`` gives), with its job id (from
-    ``--job-id``), device and partition id (Chronos names partitions ``partition_<creator pid>_...``; matched
-    against ``/tmp/chronos_locks``). Raises :class:`SshError`."""
-    name = holder.rsplit("/", 1)[-1]
-    res = await conn.run(f"ps -eo pid=,args= ; echo ---; ls {CHRONOS_LOCK_DIR} 2>/dev/null; true", timeout=30)
-    procs, _, locks = res.stdout.partition("---\n")
-    lock_ids = [x[: -len(".lock")] for x in locks.split() if x.endswith(".lock")]
-    found = []
-    for row in procs.splitlines():
-        parts = row.split()
-        if len(parts) < 2 or not parts[0].isdigit():
-            continue
-        argv = parts[1:]
-        # The holder itself ("<path>/cumulus-partition-holder ..." or "<python> <path>/cumulus-partition-holder
-        # ..."), not the shell or session wrapper whose command line merely mentions it.
-        base = [a.rsplit("/", 1)[-1] for a in argv[:2]]
-        if not (base[0] == name or (base[0].startswith("python") and len(base) > 1 and base[1] == name)):
-            continue
-        pid = int(parts[0])
-        found.append(
-            HolderInfo(
-                pid=pid,
-                job_id=_flag(argv, "--job-id"),
-                device=_int(_flag(argv, "--device")),
-                lease_dir=_flag(argv, "--lease-dir"),
-                fraction=_float(_flag(argv, "--fraction")),
-                partition_id=next((p for p in lock_ids if p.startswith(f"partition_{pid}_")), None),
-            )
-        )
-    return found
-
-
-async def kill_holder(conn: SshConnection, pid: int, *, timeout: float = 5.0, job_id: str | None = None) -> bool:
-    """Stop holder ``pid`` on the worker: SIGTERM (it releases its partition), then SIGKILL after half of
-    ``timeout``. Returns ``True`` once the pid is gone (also if it already was), ``False`` if still alive or the
-    worker could not be asked. Shielded and bounded by ``timeout``; never raises (except on a bad pid).
-    With ``job_id``, the pid is signalled only if its command line has ``--job-id <job_id>`` (a pid whose holder
-    ended and that was reused by another process counts as gone)."""
-    pid = int(pid)
-    if pid <= 1:
-        raise ValueError(f"refusing to signal pid {pid}")
-    guard = f"{_is_holder_of(pid, job_id)} || exit 0; " if job_id is not None else ""
-    # A zombie counts as gone: it holds nothing any more (its parent, often init, may reap it only later).
-    alive = (f"a(){{ kill -0 {pid} 2>/dev/null || return 1; read -r l 2>/dev/null < /proc/{pid}/stat || return 1;"
-             f' case "$l" in *") Z "*) return 1;; esac; }}; ')
-    # Once it is gone, its Chronos lock files go too: a holder that needed SIGKILL could not remove its own (Chronos
-    # names them after the creating pid, so no live process's lock matches).
-    script = (
-        f"{alive}{guard}kill -TERM {pid} 2>/dev/null || exit 0; i=0; while a; do"
-        f" i=$((i+1)); [ $i -eq {max(1, int(timeout * 10 / 2))} ] && kill -KILL {pid} 2>/dev/null;"
-        f" [ $i -gt {max(2, int(timeout * 10))} ] && exit 1; sleep 0.1; done;"
-        f" rm -f {CHRONOS_LOCK_DIR}/partition_{pid}_*.lock 2>/dev/null; exit 0"
-    )
-    with trio.move_on_after(timeout + 2, shield=True):
-        try:
-            res = await conn.run(script, timeout=timeout + 1, check=False)
-            return res.exit_status == 0
-        except SshError:
-            return False
-    return False
-
-
-def _is_holder_of(pid: int, job_id: str) -> str:
-    """A shell condition: process ``pid`` exists and its command line has ``--job-id <job_id>``."""
-    return (f"tr '\\0' ' ' < /proc/{int(pid)}/cmdline 2>/dev/null"
-            f" | grep -qF -- {shlex.quote(f' --job-id {job_id} ')}")
 
 
 # --------------------------------------------------------------------------------------- detached (self-expiring)
@@ -341,18 +240,6 @@ async def _killed_on_exit(conn: SshConnection, lease: PartitionLease, release_ti
                         lease.partition_id, lease.holder_pid, conn.label)
 
 
-async def stop_holders_of(conn: SshConnection, holder: str, job_id: str, lease_dir: str, timeout: float) -> None:
-    """Stop every holder of ``job_id`` with ``lease_dir`` on the host (each releases its partition). Best effort:
-    never raises :class:`SshError` (a holder left running expires with its lease)."""
-    try:
-        found = await find_holders(conn, holder=holder)
-    except SshError:
-        return
-    for h in found:
-        if h.job_id == job_id and h.lease_dir == lease_dir:
-            await kill_holder(conn, h.pid, timeout=timeout / 2, job_id=job_id)
-
-
 #: Per lease: report the job id unless the holder is alive and the lease not expired; else renew (mtime of
 #: ``renew``; ``: >`` is a shell builtin, so a renewal costs no process). The holder's identity check is also
 #: builtin: the detached holder's cwd is its lease dir (``-ef``: same inode), which a reused pid would not have.
@@ -382,28 +269,6 @@ async def renew_leases(
     return {line.strip() for line in res.stdout.splitlines() if line.strip() in leases}
 
 
-def _flag(argv: list[str], name: str) -> str | None:
-    for i, a in enumerate(argv):
-        if a == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return None
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-__all__ = ["HOLDER", "HolderInfo", "PartitionError", "PartitionLease", "adopt_partition_lease", "find_holders",
-           "kill_holder", "open_detached_partition_lease", "open_partition_lease", "renew_leases"]
+__all__ = ["CHRONOS_LOCK_DIR", "HOLDER", "HolderInfo", "LeaseLoss", "PartitionError", "PartitionLease",
+           "adopt_partition_lease", "find_holders", "kill_holder", "open_detached_partition_lease",
+           "open_partition_lease", "renew_leases", "stop_holders_of"]

@@ -4,191 +4,26 @@ Everything here is Trio-facing: asyncssh is only ever awaited through :func:`cum
 so callers need an open bridge (``async with open_asyncio_bridge():``). Host keys are always checked against a
 pinned ``known_hosts`` file; there is no way to turn that off.
 
-Remote processes (:meth:`SshConnection.open_process`) run under a small wrapper on the worker (``python3``) that
-forwards stdin to the command and stops the command's whole process group when stdin reaches EOF (the session or
-the whole connection closed) or when the wrapper gets SIGTERM/SIGHUP/SIGINT (the channel's ``signal`` request,
-which OpenSSH >= 7.8 honours for non-pty sessions: verified on OpenSSH 9.2). So a remote process never outlives
-its session, even when the supervisor dies without saying goodbye.
+This module owns the connection (:func:`open_ssh_connection`, :class:`SshConnection`: commands, SFTP files, health,
+closing). Beside it, re-exported here: :mod:`cumulus.resources.ssh_process` (:class:`RemoteProcess`, a command
+that never outlives its session) and :mod:`cumulus.resources.ssh_errors` (:class:`SshError` and kin,
+:class:`SshResult`).
 """
 
 from __future__ import annotations
 
 import shlex
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import asyncssh
 import trio
 
 from cumulus.asyncio_bridge import call_asyncio
-from cumulus.errors import CumulusError
+from cumulus.resources.ssh_errors import RemoteCommandFailed, RemotePathNotFound, SshError, SshResult
+from cumulus.resources.ssh_process import CLOSE_TIMEOUT, RemoteProcess, wrapped_command
 
 T = TypeVar("T")
-
-#: How long a shielded close (of a process or the connection) may take before it is abandoned.
-CLOSE_TIMEOUT = 5.0
-
-
-class SshError(CumulusError):
-    """An SSH operation failed; the message names the host and what was being done."""
-
-    def __init__(self, host: str, what: str, detail: str = "") -> None:
-        self.host = host
-        self.what = what
-        super().__init__(f"ssh {host}: {what}" + (f": {detail}" if detail else ""))
-
-
-class RemoteCommandFailed(SshError):
-    """``run(..., check=True)`` saw a non-zero exit status; ``result`` holds the full :class:`SshResult`."""
-
-    def __init__(self, host: str, command: str, result: "SshResult") -> None:
-        self.result = result
-        tail = (result.stderr or result.stdout).strip()[-500:]
-        super().__init__(host, f"command {command!r} exited with status {result.exit_status}", tail)
-
-
-class RemotePathNotFound(SshError):
-    """A remote file or directory does not exist."""
-
-
-@dataclass(frozen=True)
-class SshResult:
-    """What a finished remote command left: exit status (``-1`` if killed by a signal), stdout and stderr text."""
-
-    exit_status: int
-    stdout: str
-    stderr: str
-
-
-# Runs on the worker: forwards stdin to the command (in its own process group), and stops that group when stdin
-# reaches EOF (after GRACE s) or on SIGTERM/SIGHUP/SIGINT: SIGTERM, GRACE s, then SIGKILL. Exits with the
-# command's status. Python 3.5+ only (select/EINTR semantics of PEP 475).
-_WRAPPER = r"""
-import os, select, signal, subprocess, sys, time
-g = float(sys.argv[1])
-c = subprocess.Popen(sys.argv[2:], stdin=subprocess.PIPE, preexec_fn=os.setpgrp)
-class Stop(Exception):
-    pass
-def on_sig(*a):
-    raise Stop()
-for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-    signal.signal(s, on_sig)
-def wait(t):
-    end = time.monotonic() + t
-    while c.poll() is None and time.monotonic() < end:
-        time.sleep(0.02)
-    return c.poll() is not None
-try:
-    while c.poll() is None:
-        if select.select([0], [], [], 0.2)[0]:
-            d = os.read(0, 65536)
-            if not d:
-                try:
-                    c.stdin.close()
-                except OSError:
-                    pass
-                wait(g)
-                break
-            try:
-                c.stdin.write(d)
-                c.stdin.flush()
-            except OSError:
-                pass
-except Stop:
-    pass
-for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-    signal.signal(s, signal.SIG_IGN)
-for sig in (signal.SIGTERM, signal.SIGKILL):
-    if c.poll() is not None:
-        break
-    try:
-        os.killpg(c.pid, sig)
-    except OSError:
-        pass
-    wait(g)
-try:
-    os.killpg(c.pid, signal.SIGKILL)
-except OSError:
-    pass
-rc = c.wait()
-sys.exit(rc if rc >= 0 else 128 - rc)
-"""
-
-
-class RemoteProcess:
-    """A command running on the worker inside one SSH session. Use through :meth:`SshConnection.open_process`."""
-
-    def __init__(self, conn: "SshConnection", process: Any, command: str) -> None:
-        self._conn = conn
-        self._process = process
-        self.command = command
-
-    async def readline(self) -> str | None:
-        """The next stdout line without its newline, or ``None`` at EOF (the process closed stdout / exited).
-
-        Cancelling it is safe; the line being read may then be lost.
-        """
-        line = await self._conn._aio(self._process.stdout.readline, what="read from remote process")
-        if not line:
-            return None
-        return line.rstrip("\n")
-
-    async def write(self, data: str) -> None:
-        """Send ``data`` to the process's stdin (waits for flow control)."""
-
-        async def _write() -> None:
-            self._process.stdin.write(data)
-            await self._process.stdin.drain()
-
-        await self._conn._aio(_write, what="write to remote process")
-
-    async def close_stdin(self) -> None:
-        """Send EOF on the process's stdin. Idempotent."""
-
-        async def _eof() -> None:
-            if not self._process.stdin.is_closing():
-                self._process.stdin.write_eof()
-
-        try:
-            await self._conn._aio(_eof, what="close stdin of remote process")
-        except SshError:
-            pass
-
-    @property
-    def exit_status(self) -> int | None:
-        """The exit status once the remote side reported one (``-1`` if it died of a signal), else ``None``."""
-        return self._process.exit_status
-
-    async def wait(self, timeout: float | None = None) -> int | None:
-        """Wait until the remote process exits; its exit status, or ``None`` if ``timeout`` passed first."""
-        with trio.move_on_after(timeout if timeout is not None else float("inf")):
-            await self._conn._aio(self._process.wait_closed, what="wait for remote process")
-        return self._process.exit_status if self._process.exit_status is not None else None
-
-    async def stop(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Stop the remote process for good: EOF on stdin, SIGTERM over the channel, wait for it to exit, close
-        the channel. Shielded from cancellation and bounded by ``timeout``; idempotent; never raises.
-        (The wrapper escalates to SIGKILL on the worker; closing the channel also closes the wrapper's stdin.)
-        """
-
-        async def _stop() -> None:
-            p = self._process
-            if p.exit_status is None and p.exit_signal is None:
-                try:
-                    if not p.stdin.is_closing():
-                        p.stdin.write_eof()
-                    p.send_signal("TERM")
-                except (OSError, asyncssh.Error, BrokenPipeError):
-                    pass
-            p.close()
-            await p.wait_closed()
-
-        with trio.move_on_after(timeout, shield=True):
-            try:
-                await call_asyncio(_stop)
-            except Exception:  # noqa: BLE001  (the channel or connection is already gone: stopped is stopped)
-                pass
 
 
 class SshConnection:
@@ -262,9 +97,7 @@ class SshConnection:
         Starting is shielded from cancellation (bounded by ``2 * close_timeout``) so that a process that started
         is never left behind; a cancellation that arrives meanwhile takes effect just after, and stops it.
         """
-        wrapped = " ".join(
-            ["python3", "-c", shlex.quote(_WRAPPER), shlex.quote(f"{stop_grace:g}"), "sh", "-c", shlex.quote(command)]
-        )
+        wrapped = wrapped_command(command, stop_grace)
 
         async def _create() -> Any:
             return await self._conn.create_process(wrapped, encoding="utf-8", errors="replace")
@@ -414,6 +247,7 @@ async def open_ssh_connection(
 
 
 __all__ = [
+    "CLOSE_TIMEOUT",
     "RemoteCommandFailed",
     "RemotePathNotFound",
     "RemoteProcess",

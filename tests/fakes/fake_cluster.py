@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from cumulus.backends import Backends, NodeOrphans
+from cumulus.resources.partition import LeaseLoss
 from cumulus.resources.ssh import SshError
 from cumulus.resources.swarm import ServiceHandle, SwarmError
 from cumulus.resources.swarm import LABEL_JOB, LABEL_SUPERVISOR, NodeInfo, ServiceRequest, TaskState
@@ -58,6 +59,7 @@ class FakePartition:
     job_id: str
     lost: trio.Event = field(default_factory=trio.Event)
     lost_reason: str = ""
+    lost_cause: LeaseLoss | None = None
     renewed_at: float = 0.0
 
     @property
@@ -114,6 +116,7 @@ class FakeWorld:
         for partition in self.partitions.values():
             if partition.node == hostname:
                 partition.lost_reason = "connection lost: fake network cut"
+                partition.lost_cause = LeaseLoss.NODE_UNREACHABLE
                 partition.lost.set()
 
     def restore(self, hostname: str) -> None:
@@ -315,6 +318,7 @@ class FakeNode:
         for partition in self.leases.values():
             if not partition.lost.is_set():
                 partition.lost_reason = reason
+                partition.lost_cause = LeaseLoss.NODE_UNREACHABLE
                 partition.lost.set()
 
     async def renew_leases(self) -> None:
@@ -326,6 +330,7 @@ class FakeNode:
                 partition.renewed_at = trio.current_time()
             else:
                 partition.lost_reason = "holder gone or lease expired"
+                partition.lost_cause = LeaseLoss.HOLDER_GONE
                 partition.lost.set()
 
     @asynccontextmanager
