@@ -8,15 +8,17 @@ Tree (children start top to bottom, each ready before the next, and stop bottom 
 
     root (one_for_one)
     ├── core (one_for_all: a crash of any part tears all jobs down cleanly and starts afresh)
-    │   ├── journal   SQLite (WAL): every job's record; stops last, after every job wrote its end
-    │   ├── workers   dynamic: WorkerActor per Swarm node (SSH connection, inventory, shares, orphans)
-    │   ├── jobs      dynamic, temporary: JobActor per job (reservation > partition > files > service)
-    │   ├── watcher   TaskWatcher: one poller of the Swarm task list
-    │   └── cluster   ClusterActor: node sync, placement, job table
-    └── rpc           gRPC server
+    │   ├── journal    SQLite (WAL): every job's record; stops last, after every job wrote its end
+    │   ├── scheduler  Scheduler: device shares, the queue, placement
+    │   ├── workers    dynamic: WorkerActor per Swarm node (SSH connection, health, leases, orphans)
+    │   ├── jobs       dynamic, temporary: JobActor per job (reservation > partition > files > service)
+    │   ├── watcher    TaskWatcher: one poller of the Swarm task list
+    │   └── cluster    ClusterActor: job table, node sync, recovery
+    └── rpc            gRPC server
 
 Stopping the tree stops the RPC server first, then the cluster, then every job (each tearing down what it owns,
-while the workers' SSH connections are still open), then the workers.
+while the workers' SSH connections and the scheduler are still there), then the workers, the scheduler, and the
+journal last.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from typing import AsyncIterator
 import trio
 
 from cumulus.actors.base import ActorRef
-from cumulus.actors.cluster import CancelJob, ClusterActor, DescribeJob, GetJob, ListJobs, ListWorkers, Submit
+from cumulus.actors.cluster import CancelJob, ClusterActor, DescribeJob, GetJob, ListJobs, Submit
+from cumulus.actors.scheduler import ListWorkers, Scheduler
 from cumulus.actors.watcher import TaskWatcher
 from cumulus.asyncio_bridge import open_asyncio_bridge
-from cumulus.backends import Backends
+from cumulus.backends import Backends, NodeConnections
 from cumulus.config import Settings, apply_cluster_description
 from cumulus.errors import SupervisorUnavailable
 from cumulus.history import HistoryEvent
@@ -64,12 +67,15 @@ class SupervisorApi:
         self.root: Supervisor | None = None
         self.listen_address: str | None = None
 
-    def _cluster(self) -> ActorRef:
+    def _core(self, name: str) -> ActorRef:
         core = self.root.whereis("core") if self.root is not None else None
-        cluster = core.whereis("cluster") if core is not None else None
-        if cluster is None:
+        actor = core.whereis(name) if core is not None else None
+        if actor is None:
             raise SupervisorUnavailable("the supervisor is starting or stopping; try again shortly")
-        return cluster
+        return actor
+
+    def _cluster(self) -> ActorRef:
+        return self._core("cluster")
 
     async def submit(self, spec: JobSpec) -> JobRecord:
         """Start a job (or return the existing one for a repeated idempotency key)."""
@@ -92,7 +98,7 @@ class SupervisorApi:
         return await self._cluster().call(ListJobs(include_finished))
 
     async def list_workers(self) -> list[WorkerInfo]:
-        return await self._cluster().call(ListWorkers())
+        return await self._core("scheduler").call(ListWorkers())
 
     async def health(self) -> Health:
         try:
@@ -109,17 +115,22 @@ def build_tree(api: SupervisorApi, backends: Backends, swarm: object, *, serve_r
     core_holder: dict[str, Supervisor] = {}
 
     def core() -> Supervisor:
-        workers = DynamicSupervisor(name="workers", max_restarts=100, max_seconds=10)
-        jobs = DynamicSupervisor(name="jobs", max_restarts=100, max_seconds=10)
+        # Children of both are temporary: the next node sync starts a crashed worker's actor again (the node is
+        # still there), and a job's end is recorded instead of restarting it. No restart intensity applies.
+        workers = DynamicSupervisor(name="workers")
+        jobs = DynamicSupervisor(name="jobs")
+        connections = NodeConnections()
 
         def cluster() -> ClusterActor:
-            return ClusterActor(settings, backends, swarm, workers=workers, jobs=jobs,
-                                watcher=core_holder["core"].whereis("watcher"),
-                                journal=core_holder["core"].whereis("journal"))
+            core = core_holder["core"]
+            return ClusterActor(settings, backends, swarm, connections=connections, workers=workers, jobs=jobs,
+                                scheduler=core.whereis("scheduler"), watcher=core.whereis("watcher"),
+                                journal=core.whereis("journal"))
 
         tree = Supervisor(
             [
                 ChildSpec.actor("journal", lambda: Journal(settings.journal.path, settings.jobs.result_retention)),
+                ChildSpec.actor("scheduler", lambda: Scheduler(settings)),
                 ChildSpec.supervisor("workers", lambda: workers),
                 ChildSpec.supervisor("jobs", lambda: jobs),
                 ChildSpec.actor("watcher", lambda: TaskWatcher(swarm, settings.supervisor_id,

@@ -1,8 +1,9 @@
-"""What a job is, inside the supervisor: its spec, its states, its events and its record.
+"""What a job is, inside the supervisor: its spec, its states, how it ended, its events and its record.
 
 Plain Python types (no wire types): the RPC layer converts these to and from protobuf. A :class:`JobRecord` is
-written only by the job's own actor and read by anyone; it outlives the actor, so a finished job's status,
-result and teardown report stay available (for ``jobs.result_retention`` seconds).
+written only by the job's own actor (``cumulus/actors/job*.py``, checked by ``tests/test_import_rules.py``) and
+read by anyone; readers get immutable :class:`JobEvent` s from :meth:`JobRecord.events`. It outlives the actor,
+so a finished job's status, result and teardown report stay available (for ``jobs.result_retention`` seconds).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import trio
 
@@ -36,6 +37,32 @@ class JobState(enum.Enum):
     @property
     def terminal(self) -> bool:
         return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+
+class FailureReason(enum.Enum):
+    """Why a job (or one attempt of it) failed. The retry policy decides on this; ``detail`` is for humans.
+
+    On the wire and in the journal a failed job's ``reason`` is ``"<value>"`` or ``"<value>: <detail>"``.
+    """
+
+    USER_EXCEPTION = "user_exception"  # the job's own code raised (its exception is in the result)
+    TIMEOUT = "timeout"  # the job ran past its duration
+    QUEUE_TIMEOUT = "queue_timeout"  # no capacity came within max_queue_seconds
+    NODE_LOST = "node_lost"  # the connection to the job's node was lost
+    PARTITION_LOST = "partition_lost"  # the partition holder died or its lease expired
+    CONTAINER_FAILED = "container_failed"  # the container exited without a result, or was rejected
+    INFRASTRUCTURE = "infrastructure"  # the cluster refused a step (no worker connection, Swarm error, ...)
+    LOST = "lost"  # the supervisor restarted and the job could not be re-adopted
+    INTERNAL = "internal"  # a bug in the supervisor
+
+    @property
+    def infrastructure(self) -> bool:
+        """A failure of the cluster, not of the job: retried by default (``jobs.default_retries``)."""
+        return self in (FailureReason.NODE_LOST, FailureReason.PARTITION_LOST, FailureReason.CONTAINER_FAILED,
+                        FailureReason.INFRASTRUCTURE, FailureReason.LOST)
+
+    def text(self, detail: str = "") -> str:
+        return f"{self.value}: {detail}" if detail else self.value
 
 
 @dataclass(frozen=True)
@@ -103,6 +130,7 @@ class JobRecord:
         self.spec = spec
         self.state = JobState.QUEUED
         self.reason = ""
+        self.failure: FailureReason | None = None  # set with a FAILED end (None for one restored from the journal)
         self.placement: Placement | None = None
         self.partition_id = ""
         self.service_id = ""
@@ -121,10 +149,16 @@ class JobRecord:
         self._events: list[tuple[int, JobEvent]] = []
         self._logs: deque[tuple[int, JobEvent]] = deque(maxlen=LOG_HISTORY_LINES)
         self._subscribers: set[trio.MemorySendChannel[JobEvent]] = set()
-        self.on_change: Any = None  # called with the record after each state, result or teardown change
-        # Called with each HistoryEvent (state, placement, queue, retry, teardown, message): the journal keeps them.
-        self.on_history: Any = None
+        # The job actor's hooks to its journal: ``on_change`` gets the record after each state, result or
+        # teardown change, ``on_history`` each HistoryEvent. Set by the job's actor only (journal_to).
+        self.on_change: Callable[[JobRecord], None] | None = None
+        self.on_history: Callable[[HistoryEvent], None] | None = None
         self._queue_notes = 0
+
+    def journal_to(self, on_change: Callable[[JobRecord], None] | None,
+                   on_history: Callable[[HistoryEvent], None] | None) -> None:
+        """Send the record's changes and history events to the journal from now on (the job's actor does this)."""
+        self.on_change, self.on_history = on_change, on_history
 
     # ---- written by the job actor -----------------------------------------------------------------------------
 
@@ -140,12 +174,16 @@ class JobRecord:
         self._note("state", self.state.value + (f": {self.reason}" if self.reason else ""), state=self.state.value,
                    reason=self.reason)
 
-    def set_state(self, state: JobState, reason: str = "") -> None:
-        """Move to ``state``. The terminal state is written once: later calls after it are ignored."""
+    def set_state(self, state: JobState, reason: str = "", *, failure: FailureReason | None = None) -> None:
+        """Move to ``state``. The terminal state is written once: later calls after it are ignored.
+
+        A FAILED end gives its ``failure``; ``reason`` is then its text (see :meth:`FailureReason.text`)."""
         if self.state.terminal or (state is self.state and not reason):
             return
         self.state = state
         self.reason = reason
+        if state is JobState.FAILED:
+            self.failure = failure
         if state is JobState.RUNNING and self.started_at is None:
             self.started_at = time.time()
         if state.terminal:
@@ -297,25 +335,3 @@ class WorkerInfo:
     devices: tuple[DeviceInfo, ...] = ()
     running_jobs: int = 0
     reason: str = ""
-
-
-def snapshot(record: JobRecord) -> dict[str, Any]:
-    """A plain dict of the record (for logs, the journal and JSON output)."""
-    return {
-        "job_id": record.job_id,
-        "name": record.spec.name,
-        "state": record.state.value,
-        "reason": record.reason,
-        "gpu": record.spec.gpu,
-        "worker": record.placement.worker if record.placement else "",
-        "device_index": record.placement.device_index if record.placement else -1,
-        "partition_id": record.partition_id,
-        "service_id": record.service_id,
-        "attempt": record.attempt,
-        "submitted_at": record.submitted_at,
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "has_result": record.result is not None,
-        "teardown": None if record.teardown is None else {
-            "released": list(record.teardown.released), "leaked": list(record.teardown.leaked)},
-    }

@@ -156,7 +156,7 @@ async def test_a_finished_job_whose_process_lingers_is_completed_and_then_stoppe
     """The runner said "finished" and the result is written: the job is COMPLETED at once; a container that then
     does not exit (a non-daemon thread left behind) is stopped after EXIT_AFTER_FINISH_SECONDS, not at its
     duration."""
-    from cumulus.actors.job import EXIT_AFTER_FINISH_SECONDS
+    from cumulus.actors.attempt import EXIT_AFTER_FINISH_SECONDS
 
     async with fake_cluster() as (sup, world):
         record = await sup.submit(spec(env={"FAKE_LINGER": "1000"}, duration=3600))

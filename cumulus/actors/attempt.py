@@ -1,0 +1,354 @@
+"""One attempt of a job: reserve, partition, upload, run as a Swarm service, follow, conclude - and tear it down.
+
+Everything the attempt holds outside the process is owned, nested, by its :class:`ResourceOwner`::
+
+    reservation (Scheduler)  >  partition lease + job files (worker)  >  task watch  >  service  >  container stop
+
+acquired in that order and released in reverse, each release shielded and bounded, so a cancelled or crashed
+attempt still gives everything back; a release that fails is a leak in the teardown report. An attempt is run by
+its JobActor (``cumulus/actors/job.py``), which owns the record it writes to and decides on retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+import trio
+
+from cumulus.actors.base import ActorRef
+from cumulus.actors.log_relay import LogRelay
+from cumulus.actors.outcome import COMPLETED, JobStopped, Outcome
+from cumulus.actors.ownership import ResourceOwner
+from cumulus.actors.scheduler import Granted, Queued, Release, Reservation, Reserve
+from cumulus.actors.watcher import PollNow, Unwatch, Watch
+from cumulus.backends import NodeBackend, NodeConnections, SwarmBackend, WorkerUnavailable
+from cumulus.config import Settings
+from cumulus.errors import ActorDied, CumulusError
+from cumulus.jobs import FailureReason, JobRecord, JobState
+from cumulus.resources.partition import LeaseLoss
+from cumulus.resources.swarm import LABEL_JOB, ServiceRequest, TaskState
+
+log = logging.getLogger(__name__)
+
+EXIT_AFTER_FINISH_SECONDS = 10.0  # a finished job's container gets this long to exit before it is stopped
+STOP_WAIT_SECONDS = 5.0
+MAX_RESULT_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job's attempts use: its record (written by the job's actor, which runs the attempts), the doors to
+    the world, and the actors it talks to."""
+
+    record: JobRecord
+    settings: Settings
+    swarm: SwarmBackend
+    connections: NodeConnections
+    scheduler: ActorRef
+    watcher: ActorRef
+    name: str
+    start_soon: Callable[..., None]
+    self_ref: Callable[[], ActorRef | None]
+
+
+class Attempt:
+    """Runs one attempt (:meth:`run`); the job's actor forwards the Scheduler's grant to :meth:`granted`."""
+
+    def __init__(self, ctx: JobContext, ticket: int) -> None:
+        self.ctx = ctx
+        self.record = ctx.record
+        self.ticket = ticket
+        self.resources = ResourceOwner(ctx.name)
+        self.failure: Outcome | None = None  # set by a watcher of the attempt (lost lease) before cancelling it
+        self.scope = trio.CancelScope()
+        self.exited = False  # the container has exited
+        self.service: Any = None  # the service handle, once created
+        self._grant: Reservation | None = None
+        self._granted = trio.Event()
+
+    def granted(self, message: Granted) -> None:
+        if message.ticket == self.ticket and not self._granted.is_set():
+            self._grant = message.reservation
+            self._granted.set()
+
+    def fail(self, outcome: Outcome) -> None:
+        """End this attempt with ``outcome`` (it is torn down; the retry policy decides)."""
+        self.failure = outcome
+        self.scope.cancel()
+
+    # ---- resources --------------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _reservation(self, exact: bool) -> AsyncIterator[Reservation]:
+        """A share from the Scheduler (waiting in its queue if needed); released on exit, always (shielded,
+        bounded, idempotent), also if the asking was cancelled: the Scheduler may have granted meanwhile."""
+        record, scheduler = self.record, self.ctx.scheduler
+        try:
+            if exact:
+                yield await self._reserve_exactly()
+                return
+            answer = await scheduler.call(Reserve(record.job_id, record.spec, self.ticket, self.ctx.self_ref()))
+            if isinstance(answer, Queued):
+                answer = await self._wait_in_queue(answer.position)
+            yield answer
+        finally:
+            with trio.move_on_after(self.ctx.settings.jobs.release_timeout, shield=True):
+                try:
+                    await scheduler.cast(Release(record.job_id))
+                except ActorDied:
+                    pass  # its accounting died with it
+
+    async def _reserve_exactly(self) -> Reservation:
+        """Re-adoption: the devices the job holds; its worker may still be connecting, so ask until the lease
+        TTL is over."""
+        record = self.record
+        with trio.fail_after(max(self.ctx.settings.lease.ttl, 5.0)):
+            while True:
+                try:
+                    return await self.ctx.scheduler.call(
+                        Reserve(record.job_id, record.spec, self.ticket, exact=record.placement))
+                except (WorkerUnavailable, ActorDied):
+                    await trio.sleep(0.5)
+
+    async def _wait_in_queue(self, position: int) -> Reservation:
+        record = self.record
+        record.set_queue_position(position)
+        record.set_state(JobState.QUEUED, f"waiting for capacity (position {position})")
+        limit = record.spec.max_queue_seconds or math.inf
+        with trio.move_on_after(limit):
+            await self._granted.wait()
+        if self._grant is None:
+            raise JobStopped(Outcome.failed(FailureReason.QUEUE_TIMEOUT, f"no capacity within {limit:g} s"))
+        record.set_queue_position(0)
+        record.set_state(JobState.SCHEDULING)
+        return self._grant
+
+    @asynccontextmanager
+    async def _task_watch(self) -> AsyncIterator[trio.MemoryReceiveChannel[TaskState]]:
+        watcher, job_id = self.ctx.watcher, self.record.job_id
+        updates = await watcher.call(Watch(job_id))
+        try:
+            yield updates
+        finally:
+            with trio.move_on_after(5, shield=True):
+                try:
+                    await watcher.call(Unwatch(job_id))
+                except ActorDied:
+                    pass
+
+    @asynccontextmanager
+    async def _stopped_on_its_node(self, node: NodeBackend, lease: Any) -> AsyncIterator[None]:
+        """On release, if the job still runs: tell its node to stop it at once (the lease's stop mark, which the
+        runner acts on within 0.05 s) and wait until the Swarm task has ended. Removing the service through Swarm
+        alone takes seconds; this way the container is stopped first and the removal has nothing to wait for.
+        Once the container is stopped nothing uses the partition any more, so its holder is told to release it
+        meanwhile (the partition's own release, after the service's, then only confirms it)."""
+        try:
+            yield
+        finally:
+            if not self.exited and not (self.service is not None and self.service.node_unreachable):
+                with trio.move_on_after(STOP_WAIT_SECONDS, shield=True):
+                    try:
+                        await node.stop_job(self.record.job_id)
+                        while not await self._task_ended():
+                            await trio.sleep(0.02)
+                        self.ctx.start_soon(node.kill_holder, lease.holder_pid)  # bounded, never raises
+                    except CumulusError as error:
+                        # Only a shortcut: the service removal that follows stops the container anyway (and
+                        # with the node unreachable, its lease expires by itself).
+                        log.info("%s: stopping on the node failed (%s); Swarm removal will", self.ctx.name, error)
+
+    async def _task_ended(self) -> bool:
+        tasks = await self.ctx.swarm.task_states({LABEL_JOB: self.record.job_id})
+        service_id = self.service.id if self.service is not None else None
+        return all(task.terminal for task in tasks if service_id is None or task.service_id == service_id)
+
+    # ---- running ----------------------------------------------------------------------------------------------
+
+    async def run(self) -> Outcome:
+        """Run the job once, as a new job: SCHEDULING -> CREATING_PARTITION -> RUNNING -> its end."""
+        record, spec, own, ctx = self.record, self.record.spec, self.resources.own, self.ctx
+        record.set_state(JobState.SCHEDULING)
+        reservation = await own(self._reservation(exact=False), what="reservation", same_task=True)
+        record.set_placement(reservation.placement())
+        record.set_state(JobState.CREATING_PARTITION)
+        node = ctx.connections.get(reservation.node_id, reservation.worker)
+        # The partition and the upload go over the same SSH connection at once; they are still released in the
+        # nested order (files, then partition).
+        lease, files = await self.resources.own_together([
+            (node.open_partition(device=reservation.device_indexes[0], fraction=reservation.share,
+                                 duration=spec.duration, job_id=record.job_id,
+                                 replace_earlier=record.attempt > 1), "partition"),
+            (node.open_job_files(job_id=record.job_id, package=spec.package), "files"),
+        ])
+        record.partition_id = lease.partition_id
+        updates = await own(self._task_watch(), what="task watch", same_task=True)
+        request = self._service_request(reservation, node, lease, files)
+        service = self.service = await own(ctx.swarm.open_service(request), what="service", same_task=True)
+        record.service_id = service.id
+        record.persist()  # a restarted supervisor must find (and re-adopt) the service even before RUNNING
+        await own(self._stopped_on_its_node(node, lease), what="container stop", same_task=True)
+        with trio.move_on_after(spec.duration) as deadline:
+            exit_task = await self._follow(service, updates, lease, files)
+        if deadline.cancelled_caught:
+            raise JobStopped(Outcome.failed(FailureReason.TIMEOUT, retry=False))
+        return await self._conclude(exit_task, files)
+
+    async def run_adopted(self) -> Outcome:
+        """Take over a job that a previous supervisor process started and that still runs on its worker.
+
+        Everything of it that still exists is owned again (so it is torn down in the usual order whatever
+        happens). If its partition holder is gone (the lease expired while no supervisor ran), the job is
+        concluded from what it left if it had ended by then, and is lost otherwise.
+        """
+        record, own, ctx = self.record, self.resources.own, self.ctx
+        placement = record.placement
+        assert placement is not None
+        record.add_message(f"re-adopting after a supervisor restart (on {placement.worker})")
+        reservation = await own(self._reservation(exact=True), what="reservation", same_task=True)
+        node = ctx.connections.get(reservation.node_id, reservation.worker)
+        lost: Exception | None = None
+        lease = files = service = None
+        try:
+            lease = await own(node.adopt_partition(job_id=record.job_id, partition_id=record.partition_id,
+                                                   device=placement.device_index, fraction=placement.share),
+                              what="partition")
+        except CumulusError as error:
+            lost = error
+        try:
+            files = await own(node.adopt_job_files(job_id=record.job_id), what="files")
+        except CumulusError as error:
+            lost = lost or error
+        updates = await own(self._task_watch(), what="task watch", same_task=True)
+        try:
+            service = self.service = await own(ctx.swarm.adopt_service(record.service_id, record.job_id),
+                                               what="service", same_task=True)
+        except CumulusError as error:
+            lost = lost or error
+        if files is None or service is None:
+            raise JobStopped(Outcome.failed(FailureReason.LOST,
+                                            f"could not re-adopt after a supervisor restart: {lost}"))
+        if lease is None:
+            # Its partition ended while the supervisor was away (the lease expired). If the job had finished by
+            # then, its outcome is in its job dir: the job is not lost, only its partition is gone.
+            return await self._conclude_unattended(service, files, lost)
+        remaining = record.spec.duration - (time.time() - (record.started_at or record.submitted_at))
+        with trio.move_on_after(max(remaining, 0)) as deadline:
+            exit_task = await self._follow(service, updates, lease, files)
+        if deadline.cancelled_caught:
+            raise JobStopped(Outcome.failed(FailureReason.TIMEOUT, retry=False))
+        return await self._conclude(exit_task, files)
+
+    async def _conclude_unattended(self, service: Any, files: Any, lost: Exception | None) -> Outcome:
+        """How a job ended whose partition lease expired while no supervisor watched it: completed (or failed
+        with its own exception) if its task had ended with an outcome in its job dir; otherwise lost (stopped
+        by its expired lease), which is retried only if the job itself asked for retries."""
+        tasks = await self.ctx.swarm.task_states({LABEL_JOB: self.record.job_id})
+        ended = [t for t in tasks if t.service_id == service.id and t.terminal]
+        if ended:
+            self.exited = True
+            outcome = await self._conclude(ended[0], files)
+            if outcome.state is JobState.COMPLETED or outcome.failure is FailureReason.USER_EXCEPTION:
+                self.record.add_message("re-adopted after a supervisor restart: it had ended meanwhile")
+                return outcome
+        raise JobStopped(Outcome.failed(FailureReason.LOST, f"could not re-adopt after a supervisor restart: {lost}"))
+
+    def _service_request(self, reservation: Reservation, node: NodeBackend, lease: Any,
+                         files: Any) -> ServiceRequest:
+        record, settings = self.record, self.ctx.settings
+        return ServiceRequest(
+            job_id=record.job_id, supervisor_id=settings.supervisor_id, node_id=reservation.node_id,
+            image=settings.cluster.image, device_index=reservation.device_indexes[0],
+            partition_id=lease.partition_id, code_dir=files.code_dir, output_dir=files.output_dir,
+            env={**record.spec.env, "CUMULUS_GPU_FRACTION": repr(reservation.share)},
+            gpu_uuid=reservation.gpu_uuids[0], stop_grace=settings.jobs.stop_grace,
+            lease_dir=node.lease_dir(record.job_id),
+        )
+
+    async def _follow(self, service: Any, updates: trio.MemoryReceiveChannel[TaskState], lease: Any,
+                      files: Any) -> TaskState | None:
+        """Relay logs while waiting for the task to end; return its terminal state. The attempt fails (its scope
+        is cancelled) if the partition is lost meanwhile.
+
+        The runner's last line says how the job ended; on "finished" the result is already written, so it is
+        fetched and the job recorded COMPLETED at once, without waiting for Swarm to report the task's end
+        (which takes a few hundred ms). That report still ends this wait, and the teardown follows it; a
+        container that does not exit within ``EXIT_AFTER_FINISH_SECONDS`` of that (a job that left a non-daemon
+        thread behind) is not waited for any longer: ``None`` is returned and the teardown stops it."""
+        record = self.record
+        relay = LogRelay(self.ctx.swarm, record, on_end_of_job=self._poll_now)
+        exit_task: TaskState | None = None
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as waiting:
+                nursery.start_soon(relay.run, service.id)
+                nursery.start_soon(self._watch_lease, lease)
+                nursery.start_soon(self._complete_when_finished, relay.finished, files, waiting)
+                async for task in updates:
+                    if task.service_id != service.id:
+                        continue  # an earlier attempt's task, reported late (e.g. by a node that came back)
+                    if task.state == "running" or task.terminal:
+                        record.set_state(JobState.RUNNING)
+                    if task.terminal:
+                        exit_task = task
+                        self.exited = True
+                        break
+                await relay.drain()
+            nursery.cancel_scope.cancel()
+        if exit_task is None and not (waiting.cancelled_caught and record.state is JobState.COMPLETED):
+            raise JobStopped(Outcome.failed(FailureReason.INFRASTRUCTURE,
+                                            "task watch ended before the job's task finished"))
+        return exit_task
+
+    async def _complete_when_finished(self, finished: trio.Event, files: Any, waiting: trio.CancelScope) -> None:
+        await finished.wait()
+        try:
+            envelope = await files.fetch_result(MAX_RESULT_BYTES)
+        except CumulusError:
+            return  # the task's end decides, as usual
+        if envelope is not None:
+            self.record.set_result(envelope)
+            self.record.set_state(JobState.COMPLETED)
+            waiting.deadline = trio.current_time() + EXIT_AFTER_FINISH_SECONDS
+
+    def _poll_now(self) -> None:
+        """The runner wrote its last line: the container's exit follows, so have its task's state read at once."""
+        try:
+            self.ctx.watcher.cast_nowait(PollNow())
+        except (ActorDied, trio.WouldBlock):
+            pass
+
+    async def _watch_lease(self, lease: Any) -> None:
+        await lease.lost.wait()
+        if lease.lost_cause is LeaseLoss.NODE_UNREACHABLE:
+            if self.service is not None:
+                self.service.node_unreachable = True  # its removal cannot be confirmed: do not wait for it
+            self.fail(Outcome.failed(FailureReason.NODE_LOST, lease.lost_reason or ""))
+        else:
+            self.fail(Outcome.failed(FailureReason.PARTITION_LOST, lease.lost_reason or ""))
+
+    async def _conclude(self, task: TaskState | None, files: Any) -> Outcome:
+        """How a job that ended by itself ended. A completed job is recorded at once (its result reaches the
+        caller before teardown); a failure is left to the retry policy."""
+        record = self.record
+        if record.state is JobState.COMPLETED:  # concluded on the runner's last line already
+            return COMPLETED
+        envelope = await files.fetch_result(MAX_RESULT_BYTES)
+        assert task is not None  # only a COMPLETED job may be concluded without its task's end
+        if task.state == "complete" and task.exit_code == 0 and envelope is not None:
+            record.set_result(envelope)
+            record.set_state(JobState.COMPLETED)
+            return COMPLETED
+        if envelope is not None and task.exit_code == 1:
+            return Outcome.failed(FailureReason.USER_EXCEPTION, result=envelope)
+        detail = task.error or task.message or ""
+        return Outcome.failed(FailureReason.CONTAINER_FAILED,
+                              f"{task.state} (exit code {task.exit_code})" + (f": {detail}" if detail else ""),
+                              result=envelope, retry=envelope is None)
+
+
+__all__ = ["Attempt", "EXIT_AFTER_FINISH_SECONDS", "JobContext", "MAX_RESULT_BYTES", "STOP_WAIT_SECONDS"]

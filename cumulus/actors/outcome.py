@@ -1,0 +1,67 @@
+"""How a job's attempt ended, as a type: :class:`Outcome`, and :class:`JobStopped` to end an attempt with one.
+
+A job's terminal state, its :class:`~cumulus.jobs.FailureReason` and its result travel together; the retry policy
+(:func:`should_retry`) decides on the enum, never on text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cumulus.errors import CumulusError
+from cumulus.jobs import FailureReason, JobState
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """``state`` is COMPLETED, FAILED (with ``failure``) or CANCELLED. ``result`` is the runner's envelope
+    (recorded only once the outcome is final); ``retry=False`` marks an outcome no retry policy applies to."""
+
+    state: JobState
+    failure: FailureReason | None = None
+    detail: str = ""
+    result: bytes | None = None
+    retry: bool = True
+
+    @property
+    def reason(self) -> str:
+        """The human text recorded with the state (``"<failure>: <detail>"`` for a failure)."""
+        return self.failure.text(self.detail) if self.failure is not None else self.detail
+
+    @classmethod
+    def failed(cls, failure: FailureReason, detail: str = "", *, result: bytes | None = None,
+               retry: bool = True) -> Outcome:
+        return cls(JobState.FAILED, failure, detail, result, retry)
+
+
+COMPLETED = Outcome(JobState.COMPLETED)
+
+
+class JobStopped(CumulusError):
+    """Raised inside a job's life to end the current attempt with ``outcome``."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
+
+
+def should_retry(outcome: Outcome, *, attempt: int, retries: int, default_retries: int,
+                 retry_exceptions: bool) -> bool:
+    """Whether a job whose attempt ``attempt`` ended with ``outcome`` runs again.
+
+    Infrastructure failures are retried ``retries`` times (or ``default_retries`` when the job set none); a job
+    lost in a supervisor restart only if the job itself asked for retries; the job's own exception only with
+    ``retry_exceptions``; nothing else (completed, cancelled, timeout, queue timeout, internal errors).
+    """
+    failure = outcome.failure
+    if outcome.state is not JobState.FAILED or failure is None:
+        return False
+    allowed = retries if failure is FailureReason.LOST else (retries or default_retries)
+    if attempt > allowed:
+        return False
+    if failure is FailureReason.USER_EXCEPTION:
+        return retry_exceptions
+    return outcome.retry and failure.infrastructure
+
+
+__all__ = ["COMPLETED", "JobStopped", "Outcome", "should_retry"]

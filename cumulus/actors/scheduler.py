@@ -1,0 +1,379 @@
+"""Scheduler: the one owner of device shares, the queue and placement decisions.
+
+Chronos keeps partitions inside the process that made them, so nothing on a worker can tell how much of a device
+is promised: the scheduler's accounting is the truth. Its state:
+
+* the inventory of every worker node (devices, ready or not), sent by the ClusterActor's node sync
+  (:class:`NodesChanged`), and whether the supervisor is connected to it, sent by its WorkerActor
+  (:class:`WorkerHealth`);
+* every reservation (job id -> node, devices, share);
+* the queue of jobs waiting for capacity: higher priority first, then arrival order, strictly (nobody overtakes
+  the head), bounded by ``jobs.max_queue``.
+
+A job asks once: ``Reserve`` answers a :class:`Reservation` at once, or :class:`Queued`, and then the job gets
+:class:`QueuePosition` updates and, when capacity comes back, :class:`Granted` - messages to its actor. A job
+gives everything back with :class:`Release`, always, whatever happened: it is idempotent, and since each
+sender's messages arrive in order, a grant the job never saw is released too. Where a share goes is decided by
+:func:`cumulus.placement.place`, a pure function over a snapshot.
+
+After a restart, jobs being re-adopted reserve exactly the devices they hold; until they have (or gave up), no new
+job is placed on their node (:class:`ExpectAdoptions`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from cumulus.actors.base import Actor, ActorRef
+from cumulus.backends import WorkerUnavailable
+from cumulus.config import Settings
+from cumulus.errors import ActorDied, CapacityExhausted, Unsatisfiable
+from cumulus.jobs import DeviceInfo, JobSpec, Placement, WorkerInfo
+from cumulus.placement import DeviceLoad, NodeView, Request, can_ever_fit, fits_exactly, place
+
+log = logging.getLogger(__name__)
+
+
+# ---- messages -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NodeInventory:
+    """A worker node as the Swarm describes it (from the cluster's node sync)."""
+
+    node_id: str
+    hostname: str
+    ssh_address: str
+    devices: tuple[DeviceInfo, ...]
+    ready: bool
+    status: str = ""  # "<state>/<availability>" when not ready
+
+
+@dataclass(frozen=True)
+class NodesChanged:
+    """Cast by the cluster: the worker nodes now (nodes not listed have left)."""
+
+    nodes: tuple[NodeInventory, ...]
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    """Cast by a WorkerActor when its connection to the node comes or goes."""
+
+    node_id: str
+    connected: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ExpectAdoptions:
+    """Cast by the cluster before it starts re-adopted jobs: job id -> node id."""
+
+    job_nodes: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Admit:
+    """Call: could the cluster ever run ``spec``, and is there room in the queue? Raises Unsatisfiable or
+    CapacityExhausted; answers None."""
+
+    spec: JobSpec
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """Call from a job: a share for it (a Reservation), or a place in the queue (Queued).
+
+    ``ticket`` names this request in the Granted and QueuePosition messages sent to ``notify`` later.
+    ``exact``: re-adoption, reserve exactly this placement (WorkerUnavailable while its node is not connected).
+    """
+
+    job_id: str
+    spec: JobSpec
+    ticket: int
+    notify: ActorRef | None = None
+    exact: Placement | None = None
+
+
+@dataclass(frozen=True)
+class Release:
+    """Cast from a job: it holds nothing and waits for nothing any more (idempotent)."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class ListWorkers:
+    """Call: every known worker as a WorkerInfo, sorted by hostname."""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    job_id: str
+    worker: str  # hostname
+    node_id: str
+    device_indexes: tuple[int, ...]
+    share: float
+    gpu_uuids: tuple[str | None, ...]
+
+    def placement(self) -> Placement:
+        return Placement(worker=self.worker, node_id=self.node_id, device_index=self.device_indexes[0],
+                         share=self.share, device_indexes=self.device_indexes, gpu_uuids=self.gpu_uuids)
+
+
+@dataclass(frozen=True)
+class Queued:
+    position: int
+
+
+@dataclass(frozen=True)
+class Granted:
+    """To a queued job: its reservation."""
+
+    ticket: int
+    reservation: Reservation
+
+
+@dataclass(frozen=True)
+class QueuePosition:
+    """To a queued job: its place in the queue changed."""
+
+    ticket: int
+    position: int
+
+
+# ---- state --------------------------------------------------------------------------------------------------------
+@dataclass
+class _Node:
+    inventory: NodeInventory
+    connected: bool = False
+    reason: str = "connecting"
+    used: dict[int, dict[str, float]] = field(default_factory=dict)  # device index -> job id -> share
+
+    @property
+    def available(self) -> bool:
+        return self.inventory.ready and self.connected
+
+    def jobs(self) -> set[str]:
+        return {job for shares in self.used.values() for job in shares}
+
+    def view(self, *, available: bool) -> NodeView:
+        inv = self.inventory
+        return NodeView(inv.node_id, inv.hostname,
+                        tuple(DeviceLoad(d, sum(self.used.get(d.index, {}).values())) for d in inv.devices),
+                        len(self.jobs()), available)
+
+
+@dataclass(eq=False)
+class _Waiting:
+    job_id: str
+    spec: JobSpec
+    ticket: int
+    notify: ActorRef | None
+    seq: int
+    position: int = 0
+
+
+class Scheduler(Actor):
+    name = "scheduler"
+    mailbox_size = 4096
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.nodes: dict[str, _Node] = {}
+        self.held: dict[str, Reservation] = {}
+        self.queue: list[_Waiting] = []  # sorted: higher priority first, then arrival
+        self.adopting: dict[str, str] = {}  # job id -> node id, until its exact reservation is made
+        self._seq = itertools.count()
+
+    async def handle(self, message: Any) -> Any:
+        match message:
+            case Reserve(job_id, spec, ticket, notify, exact):
+                return self._reserve(job_id, spec, ticket, notify, exact)
+            case Release(job_id):
+                self._release(job_id)
+                return None
+            case Admit(spec):
+                self._admit(spec)
+                return None
+            case NodesChanged(nodes):
+                self._nodes_changed(nodes)
+                return None
+            case WorkerHealth(node_id, connected, reason):
+                node = self.nodes.get(node_id)
+                if node is not None:
+                    node.connected, node.reason = connected, reason
+                    self._drain()
+                return None
+            case ExpectAdoptions(job_nodes):
+                self.adopting.update(job_nodes)
+                return None
+            case ListWorkers():
+                return sorted((self._info(node) for node in self.nodes.values()), key=lambda w: w.hostname)
+        raise TypeError(f"scheduler: unknown message {message!r}")
+
+    # ---- admission and reservations ---------------------------------------------------------------------------
+
+    def _request(self, spec: JobSpec) -> Request:
+        return Request(spec.gpu, self.settings.cluster.allow_non_gpu_devices)
+
+    def _admit(self, spec: JobSpec) -> None:
+        allow = self.settings.cluster.allow_non_gpu_devices
+        if not self.nodes:
+            raise Unsatisfiable("the cluster has no workers; add one with setup-worker.sh")
+        if not can_ever_fit([n.view(available=True) for n in self.nodes.values()], self._request(spec)):
+            what = "devices" if allow else "GPUs"
+            raise Unsatisfiable(f"no worker has enough {what} for gpu={spec.gpu:g}"
+                                + ("" if allow else " (non-GPU devices are not used: cluster.allow_non_gpu_devices)"))
+        if len(self.queue) >= self.settings.jobs.max_queue:  # strict order: it would have to wait behind them
+            raise CapacityExhausted(f"the queue is full ({len(self.queue)} jobs waiting for capacity; "
+                                    "jobs.max_queue): try again later")
+
+    def _reserve(self, job_id: str, spec: JobSpec, ticket: int, notify: ActorRef | None,
+                 exact: Placement | None) -> Reservation | Queued:
+        if job_id in self.held or any(w.job_id == job_id for w in self.queue):
+            raise CapacityExhausted(f"job {job_id} already holds or waits for a reservation")
+        if exact is not None:
+            return self._reserve_exactly(job_id, exact)
+        if not self.queue:
+            reservation = self._try_place(job_id, spec)
+            if reservation is not None:
+                return reservation
+        if len(self.queue) >= self.settings.jobs.max_queue:
+            raise CapacityExhausted(f"no worker has room now, and the queue is full ({self.settings.jobs.max_queue} "
+                                    "jobs waiting; jobs.max_queue)")
+        waiting = _Waiting(job_id, spec, ticket, notify, next(self._seq))
+        self.queue.append(waiting)
+        self.queue.sort(key=lambda w: (-w.spec.priority, w.seq))
+        self._number_queue(skip=waiting)
+        return Queued(waiting.position)
+
+    def _reserve_exactly(self, job_id: str, placement: Placement) -> Reservation:
+        node = self.nodes.get(placement.node_id)
+        if node is None or not node.connected:
+            raise WorkerUnavailable(f"worker {placement.worker} is not connected (yet)")
+        devices = placement.device_indexes or (placement.device_index,)
+        if not fits_exactly(node.view(available=True), devices, placement.share):
+            raise CapacityExhausted(f"{placement.worker}: devices {devices} cannot take {placement.share:g} again")
+        if self.adopting.pop(job_id, None) is not None:
+            self._drain()
+        return self._hold(job_id, node, devices, placement.share)
+
+    def _try_place(self, job_id: str, spec: JobSpec) -> Reservation | None:
+        adopting = set(self.adopting.values())
+        views = [node.view(available=node.available and node_id not in adopting)
+                 for node_id, node in self.nodes.items()]
+        choice = place(views, self._request(spec))
+        if choice is None:
+            return None
+        return self._hold(job_id, self.nodes[choice.node_id], choice.device_indexes, choice.share)
+
+    def _hold(self, job_id: str, node: _Node, device_indexes: tuple[int, ...], share: float) -> Reservation:
+        by_index = {d.index: d for d in node.inventory.devices}
+        for index in device_indexes:
+            node.used.setdefault(index, {})[job_id] = share
+        reservation = Reservation(job_id, node.inventory.hostname, node.inventory.node_id, tuple(device_indexes),
+                                  share, tuple(by_index[i].uuid if by_index[i].is_gpu else None
+                                               for i in device_indexes))
+        self.held[job_id] = reservation
+        return reservation
+
+    def _release(self, job_id: str) -> None:
+        self.adopting.pop(job_id, None)  # a re-adoption that gave up
+        for waiting in self.queue:
+            if waiting.job_id == job_id:
+                self.queue.remove(waiting)
+                self._number_queue()
+                break
+        reservation = self.held.pop(job_id, None)
+        if reservation is not None:
+            node = self.nodes.get(reservation.node_id)
+            if node is not None:
+                for index in reservation.device_indexes:
+                    node.used.get(index, {}).pop(job_id, None)
+        self._drain()
+
+    # ---- the queue --------------------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Place waiting jobs in order (priority, then arrival) until the head does not fit."""
+        placed = False
+        while self.queue:
+            head = self.queue[0]
+            reservation = self._try_place(head.job_id, head.spec)
+            if reservation is None:
+                break
+            self.queue.pop(0)
+            placed = True
+            self._tell(head.notify, Granted(head.ticket, reservation), on_dead=head.job_id)
+        if placed:
+            self._number_queue()
+
+    def _number_queue(self, skip: _Waiting | None = None) -> None:
+        for position, waiting in enumerate(self.queue, start=1):
+            if waiting.position != position:
+                waiting.position = position
+                if waiting is not skip:
+                    self._tell(waiting.notify, QueuePosition(waiting.ticket, position))
+
+    def _tell(self, job: ActorRef | None, message: Granted | QueuePosition, *, on_dead: str = "") -> None:
+        """Send ``message`` to a job without waiting on its mailbox. A grant must arrive: when the mailbox is full
+        it is delivered by a task; when the job is gone, its reservation is released (``on_dead``)."""
+        if job is None:
+            return
+        try:
+            job.cast_nowait(message)
+        except ActorDied:
+            if on_dead:
+                self._release(on_dead)
+        except trio.WouldBlock:
+            if isinstance(message, Granted):
+                self.start_soon(self._deliver, job, message)
+
+    async def _deliver(self, job: ActorRef, message: Granted) -> None:
+        try:
+            await job.cast(message)
+        except ActorDied:
+            await self.ref.cast(Release(message.reservation.job_id))
+
+    # ---- nodes ------------------------------------------------------------------------------------------------
+
+    def _nodes_changed(self, nodes: tuple[NodeInventory, ...]) -> None:
+        current = {inv.node_id: inv for inv in nodes}
+        for node_id in [n for n in self.nodes if n not in current]:
+            log.warning("scheduler: worker %s left", self.nodes.pop(node_id).inventory.hostname)
+        for node_id, inventory in current.items():
+            node = self.nodes.get(node_id)
+            if node is None:
+                node = self.nodes[node_id] = _Node(inventory)
+                for reservation in self.held.values():  # what its jobs held before it left
+                    if reservation.node_id == node_id:
+                        for index in reservation.device_indexes:
+                            node.used.setdefault(index, {})[reservation.job_id] = reservation.share
+            else:
+                node.inventory = inventory
+        self._drain()
+
+    def _info(self, node: _Node) -> WorkerInfo:
+        inv = node.inventory
+        if not inv.ready:
+            state, reason = "down", f"node is {inv.status}"
+        elif not node.connected:
+            state, reason = "unreachable", node.reason
+        else:
+            state, reason = "ready", ""
+        view = node.view(available=node.available)
+        return WorkerInfo(
+            node_id=inv.node_id, hostname=inv.hostname, ssh_address=inv.ssh_address, state=state,
+            healthy=node.available,
+            devices=tuple(DeviceInfo(**{**d.info.__dict__, "used_share": round(d.used, 6)}) for d in view.devices),
+            running_jobs=view.jobs, reason=reason,
+        )
+
+
+__all__ = ["Admit", "ExpectAdoptions", "Granted", "ListWorkers", "NodeInventory", "NodesChanged", "QueuePosition",
+           "Queued", "Release", "Reservation", "Reserve", "Scheduler", "WorkerHealth"]
