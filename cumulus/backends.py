@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import posixpath
 import shlex
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Iterator, Protocol
 
 import trio
 
 from cumulus.config import Settings
+from cumulus.errors import RequestRejected
 from cumulus.resources import files, partition, swarm
 from cumulus.resources.ssh import SshConnection, open_ssh_connection
 from cumulus.resources.swarm import NodeInfo, ServiceRequest, SwarmClient, TaskState
@@ -281,3 +282,35 @@ class Backends:
     open_swarm: Any = open_docker_swarm
     connect_node: Any = connect_ssh_node
     needs_asyncio: bool = True  # asyncssh runs on the asyncio bridge
+
+
+class WorkerUnavailable(RequestRejected):
+    """The worker is not healthy (node not Ready, or SSH down) and takes no new jobs now."""
+
+
+class NodeConnections:
+    """The open connection to each worker node, by node id: the door a job uses to reach its node.
+
+    Each entry is written only by the WorkerActor that owns that connection (:meth:`serving`, for as long as the
+    connection is up) and read by jobs (:meth:`get`). Like the Swarm client, a connection is shared by every job
+    on its node; only its owner opens, probes and closes it.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[str, NodeBackend] = {}
+
+    @contextmanager
+    def serving(self, node_id: str, backend: NodeBackend) -> Iterator[None]:
+        self._open[node_id] = backend
+        try:
+            yield
+        finally:
+            if self._open.get(node_id) is backend:
+                del self._open[node_id]
+
+    def get(self, node_id: str, hostname: str = "") -> NodeBackend:
+        """The node's connection; WorkerUnavailable while there is none."""
+        backend = self._open.get(node_id)
+        if backend is None:
+            raise WorkerUnavailable(f"worker {hostname or node_id} is not connected")
+        return backend
