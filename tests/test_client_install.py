@@ -62,6 +62,8 @@ CLIENT_ONLY_SCRIPT = textwrap.dedent("""
 
     assert f(1) == "1" and f.options(gpu=2).remote_options["gpu"] == 2
     assert packaging.build_package(f, (1,), {})[:2] == b"PK"
+    from cumulus.jobformat import validate_package  # the job format is core: no server package needed
+    assert validate_package(packaging.build_package(f, (1,), {})).function.endswith("f")
     with cumulus.CumulusClient("127.0.0.1:1", log_to_driver=False) as c:
         pass
     ok, text = check_health("127.0.0.1:1", timeout=2.0)

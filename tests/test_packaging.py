@@ -158,6 +158,11 @@ def test_too_large_names_biggest_files():
     (["--index-url=http://evil"], "pip option"),
     (["-r /etc/passwd"], "pip option"),
     (["a\nb"], "line break"),
+    ([""], "empty requirement"),  # refused, as by the supervisor (it was skipped here)
+    (["numpy", "  "], "empty requirement"),
+    (["./local/pkg"], "URL or a path"),  # the supervisor's PEP 508 rule, applied before sending
+    (["numpy>="], "not a valid requirement"),
+    ("numpy", "give a list of requirements"),
 ])
 def test_bad_requirements(reqs, needle):
     with pytest.raises(InvalidRequest, match=needle):
@@ -167,8 +172,12 @@ def test_bad_requirements(reqs, needle):
 def test_bad_env():
     with pytest.raises(InvalidRequest, match="reserved"):
         pk.build_package(len, ("x",), env={"CUMULUS_PARTITION_ID": "x"})
+    with pytest.raises(InvalidRequest, match="reserved"):
+        pk.build_package(len, ("x",), env={"cumulus_partition_id": "x"})  # in any case, as the supervisor
     with pytest.raises(InvalidRequest, match="valid variable name"):
         pk.build_package(len, ("x",), env={"A-B": "x"})
+    with pytest.raises(InvalidRequest, match="valid variable name"):
+        pk.build_package(len, ("x",), env={"A\n": "x"})  # the whole name is checked
 
 
 # ------------------------------------------------------------------------------------------ validate_package
@@ -180,7 +189,7 @@ def _zip(entries: list[tuple], method=zipfile.ZIP_DEFLATED) -> bytes:
         for entry in entries:
             name, data = entry[0], entry[1]
             info = zipfile.ZipInfo(name)
-            info.compress_type = method
+            info.compress_type = entry[3] if len(entry) > 3 else method
             info.external_attr = (entry[2] if len(entry) > 2 else (stat.S_IFREG | 0o644)) << 16
             zf.writestr(info, data)
     return buf.getvalue()
@@ -214,6 +223,12 @@ def test_validate_accepts_minimal_and_never_unpickles():
            (pk.CALL, b"x")]), "pip option"),
     (_zip([(pk.MANIFEST, GOOD_MANIFEST.replace(b'"modules": []', b'"modules": ["src/x.py"]')),
            (pk.CALL, b"x")]), "not in the archive"),
+    (_zip([(pk.MANIFEST, GOOD_MANIFEST.replace(b'"requirements": []', b'"requirements": ["numpy", ""]')),
+           (pk.CALL, b"x")]), "empty requirement"),
+    (_zip([(pk.MANIFEST, GOOD_MANIFEST.replace(b'"modules": []', b'"modules": [], "env": {"cumulus_x": "1"}')),
+           (pk.CALL, b"x")]), "reserved"),
+    (_zip([(pk.CALL, b"x"), ("src/x.py", b"x", stat.S_IFREG | 0o644, zipfile.ZIP_BZIP2)] + BASE[:1]),
+     "compression method"),
 ])
 def test_validate_rejects(data, needle):
     with pytest.raises(InvalidRequest) as ei:

@@ -11,6 +11,7 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import cloudpickle
 import pytest
 
 from cumulus.client import packaging as pk
@@ -122,12 +123,28 @@ def test_env_and_partition_vars(tmp_path):
     assert "partition partition_x device 0 fraction 0.25" in proc.stderr
 
 
-def _evil_zip(name: str) -> bytes:
+def test_reserved_env_names_in_the_manifest_are_not_applied_in_any_case(tmp_path):
+    """A package built by hand (the SDK and the supervisor refuse it) cannot set Cumulus's own variables."""
+    def job():
+        return {k: v for k, v in os.environ.items() if k.upper().startswith(("CUMULUS_", "JOB_"))}
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(pk.MANIFEST, json.dumps({"format": 1, "python": "3.11", "cloudpickle": "3", "function": "m.f",
+                                             "env": {"cumulus_partition_id": "forged", "JOB_FLAG": "1"}}))
+        zf.writestr(pk.CALL, cloudpickle.dumps((job, (), {})))
+    proc, outcome = run_runner(tmp_path, buf.getvalue(), env={"CUMULUS_PARTITION_ID": "real"})
+    assert proc.returncode == 0, proc.stderr
+    assert {k: v for k, v in outcome.value.items() if k.upper() in ("CUMULUS_PARTITION_ID", "JOB_FLAG")} == {
+        "CUMULUS_PARTITION_ID": "real", "JOB_FLAG": "1"}
+
+
+def _evil_zip(name: str, method: int = zipfile.ZIP_STORED) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr(pk.MANIFEST, json.dumps({"format": 1}))
         zf.writestr(pk.CALL, b"x")
-        zf.writestr(name, b"pwned")
+        zf.writestr(name, b"pwned", compress_type=method)
     return buf.getvalue()
 
 
@@ -135,6 +152,7 @@ def _evil_zip(name: str) -> bytes:
     (b"not a zip", "not a valid zip"),
     (_evil_zip("../escape.txt"), "'..'"),
     (_evil_zip("/tmp/abs.txt"), "absolute path"),
+    (_evil_zip("src/x.py", zipfile.ZIP_BZIP2), "compression method"),  # refused as validate_package does
 ])
 def test_bad_package_is_infra_failure(tmp_path, data, needle):
     proc, outcome = run_runner(tmp_path, data)

@@ -85,16 +85,41 @@ def test_options_returns_a_new_wrapper_and_leaves_the_original_unchanged():
 
 
 def test_bad_options_fail_at_the_call_site():
-    with pytest.raises(TypeError, match="unknown option"):
+    with pytest.raises(InvalidRequest, match=r"unknown option\(s\) gpus \(did you mean gpu\?\)"):
         cumulus.remote(gpus=1)
     with pytest.raises(InvalidRequest, match="0 < gpu <= 1"):
         cumulus.remote(gpu=2.3)
     with pytest.raises(InvalidRequest, match="0 < gpu <= 1"):
         add.options(gpu_memory=0)
-    with pytest.raises(TypeError, match="alias"):
+    with pytest.raises(InvalidRequest, match="alias"):
         add.options(gpu=0.5, gpu_memory=0.25)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError):  # not an option problem: remote() itself is called the wrong way
         cumulus.remote(add, gpu=1)
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"gpus": 1}, "unknown option"),
+    ({"gpu": 0.5, "gpu_memory": 0.25}, "alias"),
+    ({"gpu": "half"}, "not a number"),
+    ({"duration": 1.5}, "whole seconds"),
+    ({"requirements": [""]}, "empty requirement"),
+    ({"requirements": ["./pkg"]}, "URL or a path"),
+    ({"requirements": 3}, "list of PEP 508"),
+    ({"env": {"cumulus_x": "1"}}, "reserved"),
+    ({"env": ["A=1"]}, "dict of str to str"),
+    ({"retries": "1"}, "integer"),
+    ({"retries": -1}, "non-negative"),
+    ({"timeout": float("nan")}, "seconds >= 0"),
+    ({"name": 3}, "string"),
+    ({"project_root": 3}, "path"),
+])
+def test_every_bad_option_raises_invalid_request(options, words):
+    """normalize_options raises one exception type for every problem: InvalidRequest (what the supervisor raises for
+    the same mistake), with words that say what to fix."""
+    with pytest.raises(InvalidRequest, match=words):
+        cumulus.remote(**options)
+    with pytest.raises(InvalidRequest, match=words):
+        add.options(**options)
 
 
 # ---- jobs ----------------------------------------------------------------------------------------------------

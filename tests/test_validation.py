@@ -92,6 +92,16 @@ CASES = [
      INVALID, ["CUMULUS_", "reserved"]),
     ("package-format", {"code_package": zip_of([(pk.CALL, b"x")], manifest={"format": 99})}, INVALID,
      ["format 99"]),
+    # the job format's rules hold for the package's manifest as for the request fields (cumulus.jobformat)
+    ("package-env-reserved-lowercase", {"code_package": zip_of([(pk.CALL, b"x")], manifest={
+        "format": 1, "python": "3.11", "cloudpickle": "3", "function": "m.f", "env": {"cumulus_code_dir": "/"}})},
+     INVALID, ["cumulus-job.json", "'cumulus_code_dir'", "reserved"]),
+    ("package-req-empty", {"code_package": zip_of([(pk.CALL, b"x")], manifest={
+        "format": 1, "python": "3.11", "cloudpickle": "3", "function": "m.f", "requirements": ["numpy", ""]})},
+     INVALID, ["cumulus-job.json", "empty requirement"]),
+    ("package-req-path", {"code_package": zip_of([(pk.CALL, b"x")], manifest={
+        "format": 1, "python": "3.11", "cloudpickle": "3", "function": "m.f", "requirements": ["./pkg"]})},
+     INVALID, ["cumulus-job.json", "URL or a path"]),
     ("req-editable", {"requirements": ["-e ."]}, INVALID, ["pip option"]),
     ("req-index-url", {"requirements": ["--index-url https://evil.example/simple"]}, INVALID, ["pip option"]),
     ("req-bare-url", {"requirements": ["https://evil.example/x.whl"]}, INVALID, ["URL or a path"]),
@@ -104,6 +114,8 @@ CASES = [
     ("env-digit", {"env": {"1BAD": "x"}}, INVALID, ["'1BAD'", "[A-Za-z_][A-Za-z0-9_]*"]),
     ("env-dash", {"env": {"A-B": "x"}}, INVALID, ["'A-B'", "not a valid variable name"]),
     ("env-reserved", {"env": {"CUMULUS_OUTPUT_DIR": "/etc"}}, INVALID, ["CUMULUS_", "reserved"]),
+    ("env-reserved-lowercase", {"env": {"cumulus_output_dir": "/etc"}}, INVALID, ["CUMULUS_", "reserved"]),
+    ("env-newline", {"env": {"A\n": "x"}}, INVALID, ["not a valid variable name"]),
     ("env-nul", {"env": {"OK": "a\0b"}}, INVALID, ["NUL"]),
     ("name-too-long", {"name": "n" * 200}, INVALID, ["name", "at most 128"]),
     ("name-control-char", {"name": "bad\x1bname"}, INVALID, ["control character"]),

@@ -1,7 +1,12 @@
 """Client side of Cumulus: the SDK (``remote``, ``get``, ``wait``, ``CumulusClient``, ``JobRef``), packaging a
-call as a job, decoding its result, and the CLI job commands.
+call as a job, decoding its result, and the CLI job commands. The supervisor never imports this package: what
+both sides share (the job format) is :mod:`cumulus.jobformat`.
 
-Submodules are imported lazily, so that ``cumulus.client.packaging`` (used by the supervisor) stays light.
+Modules: ``remote`` (``@remote``, ``get``, ``wait``), ``client`` (``CumulusClient``: connection and RPCs),
+``jobref`` (``JobRef``), ``options`` (``normalize_options``), ``packaging`` (building a package), ``collect``
+(which modules are the caller's), ``results`` (decoding a job's outcome), ``types`` (what the RPCs return),
+``cli``/``cli_flags``/``cli_output``/``health`` (the CLI job commands). Submodules are imported lazily, so that
+``import cumulus`` stays cheap.
 """
 
 from __future__ import annotations
@@ -9,7 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # real names for type checkers; loaded on first use at run time
-    from cumulus.client.client import CumulusClient, JobRef, client_for
+    from cumulus.client.client import CumulusClient, client_for
+    from cumulus.client.jobref import JobRef
     from cumulus.client.remote import RemoteFunction, get, remote, wait
     from cumulus.client.types import (CancelResult, JobCancelled, JobDescription, JobFailed, JobHistoryEvent, JobInfo,
                                       JobUpdate, WorkerStatus)
@@ -20,7 +26,7 @@ _EXPORTS = {
     "wait": "cumulus.client.remote",
     "RemoteFunction": "cumulus.client.remote",
     "CumulusClient": "cumulus.client.client",
-    "JobRef": "cumulus.client.client",
+    "JobRef": "cumulus.client.jobref",
     "client_for": "cumulus.client.client",
     "JobInfo": "cumulus.client.types",
     "JobUpdate": "cumulus.client.types",

@@ -1,84 +1,57 @@
-"""The blocking client: :class:`CumulusClient` and :class:`JobRef`.
+"""The blocking client: :class:`CumulusClient`, a connection to one supervisor and its RPCs, and
+:func:`client_for`, the shared client per address.
 
-Design: plain blocking gRPC (grpc's sync API) plus one background thread per :class:`JobRef` that consumes the
-job's event stream (logs, states, result). Nothing here needs an event loop, so it works the same from a script,
-from Trio code and from asyncio code (Jupyter): :meth:`JobRef.result` blocks the calling thread, while
-``await ref.result_async()`` (or ``await ref``) waits without blocking the running Trio or asyncio loop.
+Design: plain blocking gRPC (grpc's sync API); nothing here needs an event loop, so it works the same from a
+script, from Trio code and from asyncio code (Jupyter). Submitting blocks only until the supervisor has accepted
+the job (validation included: a bad request raises here, at once) and returns a :class:`JobRef`
+(:mod:`cumulus.client.jobref`); the options are checked by :mod:`cumulus.client.options` and the call packed by
+:mod:`cumulus.client.packaging`. Disconnecting never cancels a job; :meth:`JobRef.cancel` does.
 
-Submitting blocks only until the supervisor has accepted the job (validation included: a bad request raises
-here, at once). Disconnecting never cancels a job; :meth:`JobRef.cancel` does.
+``JobRef``, ``RemoteOptions`` and ``normalize_options`` are re-exported here (their home before the split).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
-import sys
 import threading
-import time
 import uuid
-from typing import (Any, Callable, Generator, Generic, Iterable, Iterator, Mapping, Sequence, TypedDict, TypeVar,
-                    Unpack, cast)
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar, Unpack
 
 import grpc
 
 from cumulus.client import packaging
-from cumulus.client.types import (TERMINAL_STATES, CancelResult, JobCancelled, JobFailed, JobInfo, JobUpdate,
-                                  WorkerStatus)
-from cumulus.client.types import JobDescription
+from cumulus.client.collect import function_name
+from cumulus.client.jobref import RECONNECT_SECONDS, JobRef
+from cumulus.client.options import DEFAULT_GPU, OPTION_NAMES, RemoteOptions, normalize_options
+from cumulus.client.types import CancelResult, JobDescription, JobInfo, JobUpdate, WorkerStatus
 from cumulus.config import default_address
-from cumulus.errors import CumulusError, InvalidRequest, SupervisorUnavailable
-from cumulus.jobformat import check_gpu_share
+from cumulus.errors import CumulusError
+from cumulus.jobformat import MAX_PACKAGE_BYTES, MAX_PACKAGE_MB, MiB
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
 from cumulus.rpc.status import error_from_rpc
 
-DEFAULT_GPU = 0.5  # the supervisor's JobSpec default
+__all__ = ["CANCEL_TIMEOUT", "DEFAULT_GPU", "OPTION_NAMES", "RECONNECT_SECONDS", "RPC_TIMEOUT", "CumulusClient",
+           "JobRef", "RemoteOptions", "client_for", "normalize_options", "quiet_logs_default"]
+
 RPC_TIMEOUT = 30.0  # unary calls; CancelJob gets longer (it waits for the teardown)
 CANCEL_TIMEOUT = 300.0
-RECONNECT_SECONDS = 60.0  # how long a JobRef keeps trying to re-attach after its stream broke
-OPTION_NAMES = frozenset({
-    "gpu", "gpu_memory", "duration", "requirements", "env", "retries", "retry_exceptions", "timeout", "name",
-    "priority", "max_queue_seconds", "idempotency_key", "log_to_driver", "address", "project_root",
-})
 
 R = TypeVar("R")
-T_co = TypeVar("T_co", covariant=True)  # a job's value: a JobRef[int] is a JobRef[object]
-
-
-class RemoteOptions(TypedDict, total=False):
-    """The options of ``@remote(...)``, ``.options(...)`` and :meth:`CumulusClient.submit_call` (None: the default).
-
-    See :class:`cumulus.client.remote.RemoteFunction` for what each one means.
-    """
-
-    gpu: float | None
-    gpu_memory: float | None
-    duration: int | None
-    requirements: str | Iterable[str] | None
-    env: dict[str, str] | None
-    retries: int | None
-    retry_exceptions: bool | None
-    timeout: float | None
-    name: str | None
-    priority: int | None
-    max_queue_seconds: int | None
-    idempotency_key: str | None
-    log_to_driver: bool | None
-    address: str | None
-    project_root: str | os.PathLike[str] | None
 
 
 def quiet_logs_default() -> bool:
     return os.environ.get("CUMULUS_QUIET_LOGS", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _max_package_bytes() -> int:
+def max_package_bytes() -> int:
+    """The package limit the SDK builds to: ``CUMULUS_JOBS_MAX_PACKAGE_MB`` (the supervisor's setting, when this
+    process shares its environment), else the job format's default."""
     try:
-        return int(os.environ.get("CUMULUS_JOBS_MAX_PACKAGE_MB", "50")) * 1024 * 1024
+        return int(os.environ.get("CUMULUS_JOBS_MAX_PACKAGE_MB", str(MAX_PACKAGE_MB))) * MiB
     except ValueError:
-        return packaging.DEFAULT_MAX_BYTES
+        return MAX_PACKAGE_BYTES
 
 
 class CumulusClient:
@@ -169,7 +142,7 @@ class CumulusClient:
         env = dict(opts.get("env") or {})
         package = packaging.build_package(func, tuple(args), dict(kwargs or {}), requirements=requirements,
                                           env=env, project_root=opts.get("project_root"),
-                                          max_bytes=_max_package_bytes())
+                                          max_bytes=max_package_bytes())
         request = pb.JobSubmission(
             code_package=package,
             requirements=requirements,
@@ -177,7 +150,7 @@ class CumulusClient:
             duration_seconds=int(opts.get("duration", 0)),
             env=env,
             idempotency_key=opts.get("idempotency_key") or f"sdk-{uuid.uuid4().hex}",
-            name=opts.get("name") or packaging._func_name(func).removeprefix("__main__."),
+            name=opts.get("name") or function_name(func).removeprefix("__main__."),
             retries=int(opts.get("retries", 0)),
             retry_exceptions=bool(opts.get("retry_exceptions", False)),
             priority=int(opts.get("priority", 0)),
@@ -271,315 +244,6 @@ class CumulusClient:
             raise error_from_rpc(error, self.address) from None
         finally:
             call.cancel()
-
-
-class JobRef(Generic[T_co]):
-    """A submitted job: its id, its outcome when it ends, and ways to look at it. ``JobRef[T]``: the job runs a
-    function that returns ``T`` (``f.remote(...)`` of a ``@remote`` function ``f(...) -> T``).
-
-    A background thread follows the job's events: output lines (printed with a ``(job <id>) `` prefix when
-    ``log_to_driver``), state changes and the result. If the stream breaks (supervisor restart, network), the
-    thread re-attaches with WatchJob for up to a minute. Dropping the JobRef does not cancel the job.
-    """
-
-    def __init__(self, client: CumulusClient, job_id: str, *, log_to_driver: bool = True,
-                 on_event: Callable[[JobUpdate], None] | None = None, default_timeout: float | None = None) -> None:
-        self.client = client
-        self.job_id = job_id
-        self.log_to_driver = log_to_driver
-        self._on_event = on_event
-        self._default_timeout = default_timeout
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._callbacks: list[Callable[[], None]] = []
-        self._state = "QUEUED"
-        self._reason = ""
-        self._messages: list[str] = []
-        self._envelope: bytes | None = None
-        self._outcome: packaging.Outcome | None = None
-        self._error: BaseException | None = None
-        self._last_time: dict[bool, int] = {True: -1, False: -1}  # is-log -> latest event time (ns) seen
-        self._skip_until: dict[bool, int] = {True: -1, False: -1}  # after a re-attach: replayed, already seen
-        self._thread: threading.Thread | None = None
-
-    def __repr__(self) -> str:
-        return f"JobRef({self.job_id!r}, state={self._state})"
-
-    def __reduce__(self) -> Any:
-        raise TypeError(f"a JobRef cannot be pickled; pass its job_id ({self.job_id!r}) and re-attach with "
-                        f"CumulusClient.job(job_id)")
-
-    # ---- state -----------------------------------------------------------------------------------------------
-
-    @property
-    def state(self) -> str:
-        """The last state seen on the event stream (QUEUED ... COMPLETED/FAILED/CANCELLED)."""
-        return self._state
-
-    def done(self) -> bool:
-        """True once the job reached a terminal state (or following it failed for good)."""
-        return self._done.is_set()
-
-    def result(self, timeout: float | None = None) -> T_co:
-        """Block until the job ends; return its value or raise its exception (the original type, with the remote
-        traceback as ``__cause__``). :class:`JobCancelled` / :class:`JobFailed` when the job ended without an
-        outcome (cancelled, timed out, infrastructure). ``TimeoutError`` after ``timeout`` seconds (the job goes on).
-
-        This blocks the calling thread: inside a running event loop, use ``await ref.result_async()``.
-        """
-        timeout = self._default_timeout if timeout is None else timeout
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"job {self.job_id} has not finished after {timeout:g} s (state {self._state}); "
-                               f"it keeps running")
-        return self._outcome_value()
-
-    async def result_async(self, timeout: float | None = None) -> T_co:
-        """:meth:`result` without blocking the event loop: works under asyncio (Jupyter) and under Trio."""
-        timeout = self._default_timeout if timeout is None else timeout
-        if _async_library() == "trio":
-            import trio
-
-            token = trio.lowlevel.current_trio_token()
-            event = trio.Event()
-
-            def wake() -> None:
-                with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(event.set)
-
-            self._add_done_callback(wake)
-            try:
-                with trio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
-                    await event.wait()
-            except trio.TooSlowError:
-                raise TimeoutError(f"job {self.job_id} has not finished after {timeout:g} s "
-                                   f"(state {self._state}); it keeps running") from None
-            finally:
-                self._remove_done_callback(wake)
-        else:
-            import asyncio
-
-            loop = asyncio.get_running_loop()
-            future: asyncio.Future[None] = loop.create_future()
-
-            def resolve() -> None:
-                if not future.done():
-                    future.set_result(None)
-
-            def wake() -> None:
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                    loop.call_soon_threadsafe(resolve)
-
-            self._add_done_callback(wake)
-            try:
-                await asyncio.wait_for(future, timeout)
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"job {self.job_id} has not finished after {timeout:g} s "
-                                   f"(state {self._state}); it keeps running") from None
-            finally:
-                self._remove_done_callback(wake)
-        return self._outcome_value()
-
-    def __await__(self) -> Generator[Any, None, T_co]:
-        return self.result_async().__await__()
-
-    def status(self) -> JobInfo:
-        """Ask the supervisor for the job's current status (state, worker, device, times, teardown)."""
-        return self.client.status(self.job_id)
-
-    def cancel(self) -> CancelResult:
-        """Cancel the job; returns once its resources are released (what was released and what leaked)."""
-        result = self.client.cancel(self.job_id)
-        if result.state in TERMINAL_STATES and not self._done.is_set():
-            self._finish(result.state, result.status.reason if result.status else "")
-        return result
-
-    def logs(self, follow: bool = False) -> Iterator[str]:
-        """The job's output lines: what is buffered now, or (``follow=True``) everything until the job ends."""
-        finished = self.client.status(self.job_id).finished
-        idle = None if (follow or finished) else 0.5
-        for update in self.client.watch(self.job_id, include_logs=True, idle_timeout=idle):
-            if update.kind == "log":
-                yield update.text
-
-    # ---- internals -------------------------------------------------------------------------------------------
-
-    def _outcome_value(self) -> T_co:
-        if self._error is not None:
-            raise self._error
-        if self._envelope is not None:
-            with self._lock:
-                if self._outcome is None:
-                    self._outcome = packaging.decode_result(self._envelope)
-            return cast(T_co, self._outcome.result())  # unpickled: what the function returned
-        if self._state == "CANCELLED":
-            raise JobCancelled(self.job_id, self._state, self._reason)
-        detail = self._messages[-1] if self._messages else ""
-        if self._state == "COMPLETED":
-            raise JobFailed(self.job_id, self._state, self._reason or "no result", "the job left no result")
-        raise JobFailed(self.job_id, self._state, self._reason, detail)
-
-    def _add_done_callback(self, callback: Callable[[], None]) -> None:
-        with self._lock:
-            if not self._done.is_set():
-                self._callbacks.append(callback)
-                return
-        callback()
-
-    def _remove_done_callback(self, callback: Callable[[], None]) -> None:
-        with self._lock, contextlib.suppress(ValueError):
-            self._callbacks.remove(callback)
-
-    def _finish(self, state: str | None = None, reason: str = "", error: BaseException | None = None) -> None:
-        with self._lock:
-            if self._done.is_set():
-                return
-            if state:
-                self._state, self._reason = state, reason or self._reason
-            if error is not None:
-                self._error = error
-            self._done.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            with contextlib.suppress(Exception):
-                callback()
-
-    def _handle_logs(self, ev: pb.JobEvent) -> None:
-        """A ``logs`` batch: each line as if it had come alone (skipped if already seen before a re-attach)."""
-        printed = []
-        for update, stamp in zip(JobUpdate.all_from_pb(ev), ev.logs.time_unix_nanos):
-            if stamp and stamp <= self._skip_until[True]:
-                continue
-            if stamp:
-                self._last_time[True] = max(stamp, self._last_time[True])
-            if self.log_to_driver:
-                printed.append(f"(job {self.job_id}) {update.text}\n")
-            if self._on_event is not None:
-                with contextlib.suppress(Exception):
-                    self._on_event(update)
-        if printed:
-            sys.stdout.write("".join(printed))
-            sys.stdout.flush()
-
-    def _handle(self, ev: pb.JobEvent) -> None:
-        kind = ev.WhichOneof("kind")
-        if kind == "logs":
-            self._handle_logs(ev)
-            return
-        is_log = kind == "log"
-        stamp = ev.time.seconds * 1_000_000_000 + ev.time.nanos
-        if stamp and stamp <= self._skip_until[is_log]:
-            return  # replayed after a re-attach: already seen
-        if stamp:
-            self._last_time[is_log] = max(stamp, self._last_time[is_log])
-        if kind == "log":
-            if self.log_to_driver:
-                print(f"(job {self.job_id}) {ev.log.text}", file=sys.stdout, flush=True)
-        elif kind == "result":
-            self._envelope = ev.result.envelope
-        elif kind == "message":
-            self._messages.append(ev.message)
-        if self._on_event is not None:
-            with contextlib.suppress(Exception):
-                self._on_event(JobUpdate.from_pb(ev))
-        if kind == "state":
-            state = pb.JobState.Name(ev.state)
-            if state in TERMINAL_STATES:
-                self._finish(state, ev.reason)
-            else:
-                self._state = state
-
-    def _start(self, stream: Any, *, replay_logs: bool = False) -> None:
-        self._thread = threading.Thread(target=self._follow, args=(stream, replay_logs),
-                                        name=f"cumulus-job-{self.job_id}", daemon=True)
-        self._thread.start()
-
-    def _follow(self, stream: Any, replay_logs: bool) -> None:
-        give_up_at: float | None = None
-        include_logs = replay_logs
-        while True:
-            try:
-                if stream is None:
-                    stream = self.client._stub.WatchJob(
-                        pb.WatchJobRequest(job_id=self.job_id, include_logs=include_logs))
-                for ev in stream:
-                    give_up_at = None
-                    self._handle(ev)
-                if self._done.is_set():
-                    return  # the stream ended after the job's teardown
-                problem: BaseException = CumulusError(f"the event stream of job {self.job_id} ended early")
-            except grpc.RpcError as error:
-                if self.client._closed:
-                    self._finish(error=CumulusError(f"the client was closed while following job {self.job_id}"))
-                    return
-                problem = error_from_rpc(error, self.client.address)
-                if not isinstance(problem, SupervisorUnavailable):
-                    self._finish(error=problem)
-                    return
-            except Exception as error:  # noqa: BLE001 - never die silently: the caller of result() learns it
-                self._finish(error=error)
-                return
-            if self._done.is_set():
-                return
-            now = time.monotonic()
-            give_up_at = give_up_at or now + RECONNECT_SECONDS
-            if now >= give_up_at:
-                self._finish(error=problem)
-                return
-            time.sleep(1.0)
-            stream = None
-            include_logs = True  # replay and skip what was already seen (by time)
-            self._skip_until = dict(self._last_time)
-
-
-def _async_library() -> str:
-    try:
-        import sniffio
-
-        return sniffio.current_async_library()
-    except Exception:  # noqa: BLE001 - no sniffio, or not in a known loop: asyncio is the only other choice
-        return "asyncio"
-
-
-# ---- options ---------------------------------------------------------------------------------------------------
-
-
-def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Check ``@remote`` / submit options early (a typo or a bad gpu share fails at the call site)."""
-    unknown = sorted(set(options) - OPTION_NAMES)
-    if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(OPTION_NAMES))}")
-    opts = dict(options)
-    if "gpu_memory" in opts:
-        alias = opts.pop("gpu_memory")
-        if alias is not None:
-            if opts.get("gpu") is not None and opts["gpu"] != alias:
-                raise TypeError(f"gpu={opts['gpu']!r} and gpu_memory={alias!r} disagree; gpu_memory is an alias "
-                                f"of gpu, give one of them")
-            opts["gpu"] = alias
-    opts = {k: v for k, v in opts.items() if v is not None}
-    if "gpu" in opts:
-        opts["gpu"] = check_gpu_share(opts["gpu"])
-    if "duration" in opts:
-        d = opts["duration"]
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or d < 0 or (isinstance(d, float) and not
-                                                                               d.is_integer()):
-            raise InvalidRequest(f"duration={d!r}: give whole seconds >= 1 (0 or None for the default)")
-        opts["duration"] = int(d)
-    if "requirements" in opts:
-        reqs = opts["requirements"]
-        if isinstance(reqs, str):
-            reqs = [reqs]
-        opts["requirements"] = tuple(reqs)
-    if "env" in opts and not isinstance(opts["env"], dict):
-        raise InvalidRequest(f"env must be a dict of str to str, got {type(opts['env']).__name__}")
-    for key in ("retries", "priority", "max_queue_seconds"):
-        if key in opts and (isinstance(opts[key], bool) or not isinstance(opts[key], int) or
-                            (opts[key] < 0 and key != "priority")):
-            raise InvalidRequest(f"{key}={opts[key]!r} must be a{' non-negative' if key != 'priority' else 'n'}"
-                                 f" integer")
-    if "timeout" in opts and (not isinstance(opts["timeout"], (int, float)) or opts["timeout"] < 0):
-        raise InvalidRequest(f"timeout={opts['timeout']!r} must be seconds >= 0 (or None to wait forever)")
-    return opts
 
 
 # ---- default clients, one per address ---------------------------------------------------------------------------

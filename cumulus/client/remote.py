@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, Unpack, overload
 
-from cumulus.client.client import JobRef, RemoteOptions, client_for, normalize_options
+from cumulus.client.client import client_for
+from cumulus.client.jobref import JobRef
+from cumulus.client.options import RemoteOptions, normalize_options
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,7 +44,8 @@ class RemoteFunction(Generic[P, R_co]):
     retries), ``retry_exceptions``, ``timeout`` (default seconds :meth:`JobRef.result` waits; None: forever),
     ``address`` (the supervisor; default :func:`cumulus.config.default_address`), ``name``, ``priority``,
     ``max_queue_seconds``, ``log_to_driver`` (print the job's output here; default on unless
-    ``CUMULUS_QUIET_LOGS=1``).
+    ``CUMULUS_QUIET_LOGS=1``). A bad option (an unknown name, a value of the wrong type or out of range) raises
+    :class:`~cumulus.errors.InvalidRequest` at once: at the decoration or at ``.options(...)``.
     """
 
     def __init__(self, func: Callable[P, R_co], options: Mapping[str, Any] | None = None) -> None:

@@ -1,26 +1,37 @@
-"""The job request rules that the SDK and the supervisor share (so neither imports the other's modules).
+"""The job format (docs/job-format.md): the one definition that the SDK and the supervisor share, so that neither
+imports the other's modules (the supervisor never imports ``cumulus.client``).
 
-Stdlib only: the SDK checks a request before sending it, the supervisor checks it again on arrival, with the same
-function and the same message.
+* :mod:`cumulus.jobformat.limits` - member file names, sizes and request limits (one constant each; the
+  50 MiB package limit is :data:`MAX_PACKAGE_MB`).
+* :mod:`cumulus.jobformat.request` - the rules for request fields: gpu share, requirements, env.
+* :mod:`cumulus.jobformat.package` - the member-name rule, the manifest and :func:`validate_package`.
+* :mod:`cumulus.jobformat.envelope` - the result envelope's bytes and keys (no unpickling).
+
+The SDK checks a request with these before sending it, the supervisor checks it again on arrival: same
+functions, same messages (:class:`~cumulus.errors.InvalidRequest` saying what to fix). The worker's runner is
+standalone and keeps a copy of the member-name rule and the limits; ``tests/test_jobformat_runner_copy.py`` ties
+the copies together. Nothing here needs grpc or cloudpickle (msgpack is imported by the envelope functions only).
 """
 
 from __future__ import annotations
 
-import math
+from cumulus.jobformat.envelope import ENVELOPE_KEYS, INVALID_RESULT, Envelope, decode_envelope, encode_result
+from cumulus.jobformat.limits import (CALL, ENV_NAME_PATTERN, FORMAT, MANIFEST, MAX_ENV_VALUE_LEN, MAX_ENV_VARS,
+                                      MAX_MANIFEST_BYTES, MAX_MEMBERS, MAX_PACKAGE_BYTES, MAX_PACKAGE_MB,
+                                      MAX_REQUIREMENT_LEN, MAX_REQUIREMENTS, MAX_SOURCE_FILE_BYTES, MAX_WHOLE_GPUS,
+                                      PACKAGE_NAME, REQUIREMENTS, RESERVED_ENV_PREFIX, RESULT_NAME, SRC,
+                                      UNCOMPRESSED_FACTOR, MiB)
+from cumulus.jobformat.package import PackageInfo, check_manifest, check_member_name, fmt_bytes, validate_package
+from cumulus.jobformat.request import (check_env, check_gpu_share, check_requirement, check_requirements,
+                                       is_reserved_env_name)
 
-from cumulus.errors import InvalidRequest
-
-MAX_WHOLE_GPUS = 8
-
-
-def check_gpu_share(gpu: float) -> float:
-    """Return ``gpu`` if it is a valid request: a share 0 < g <= 1 of one device, or a whole number 1..8.
-
-    Raises InvalidRequest saying what is allowed otherwise.
-    """
-    allowed = "a share of one device 0 < gpu <= 1 (e.g. 0.25, 0.5) or a whole number of devices 1..8"
-    if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or not math.isfinite(gpu):
-        raise InvalidRequest(f"gpu={gpu!r} is not a number; use {allowed}")
-    if 0 < gpu <= 1 or (float(gpu).is_integer() and 1 <= gpu <= MAX_WHOLE_GPUS):
-        return float(gpu)
-    raise InvalidRequest(f"gpu={gpu!r} is not allowed; use {allowed}")
+__all__ = [
+    "CALL", "ENVELOPE_KEYS", "ENV_NAME_PATTERN", "FORMAT", "INVALID_RESULT", "MANIFEST", "MAX_ENV_VALUE_LEN",
+    "MAX_ENV_VARS", "MAX_MANIFEST_BYTES", "MAX_MEMBERS", "MAX_PACKAGE_BYTES", "MAX_PACKAGE_MB",
+    "MAX_REQUIREMENT_LEN", "MAX_REQUIREMENTS", "MAX_SOURCE_FILE_BYTES", "MAX_WHOLE_GPUS", "MiB", "PACKAGE_NAME",
+    "REQUIREMENTS", "RESERVED_ENV_PREFIX", "RESULT_NAME", "SRC", "UNCOMPRESSED_FACTOR",
+    "Envelope", "PackageInfo",
+    "check_env", "check_gpu_share", "check_manifest", "check_member_name", "check_requirement",
+    "check_requirements", "decode_envelope", "encode_result", "fmt_bytes", "is_reserved_env_name",
+    "validate_package",
+]

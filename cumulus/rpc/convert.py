@@ -1,173 +1,20 @@
-"""Wire types <-> the supervisor's Python types (:mod:`cumulus.jobs`), and the validation of job submissions.
+"""Wire types <-> the supervisor's Python types (:mod:`cumulus.jobs`).
 
-Everything a client sends is checked here before the supervisor sees it: :func:`spec_from_submission` turns a
-``JobSubmission`` into a :class:`~cumulus.jobs.JobSpec` or raises :class:`~cumulus.errors.InvalidRequest` whose
-message names the field, what was sent and what is allowed (the servicer answers ``INVALID_ARGUMENT``).
+Everything a client sends is checked before the supervisor sees it: :func:`spec_from_submission` (re-exported
+from :mod:`cumulus.rpc.submission`, where the validation of job submissions lives) turns a ``JobSubmission`` into
+a :class:`~cumulus.jobs.JobSpec` or raises :class:`~cumulus.errors.InvalidRequest`.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import unicodedata
-from typing import Any, Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cumulus.client.packaging import validate_package
-from cumulus.errors import InvalidRequest
 from cumulus.history import HistoryEvent
-from cumulus.jobformat import check_gpu_share
-from cumulus.jobs import JobEvent, JobRecord, JobSpec, JobState, TeardownReport, WorkerInfo
+from cumulus.jobs import JobEvent, JobRecord, JobState, TeardownReport, WorkerInfo
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
-
-MAX_NAME_LEN = 128
-MAX_IDEMPOTENCY_KEY_LEN = 128
-MAX_ENV_VARS = 256
-MAX_ENV_VALUE_LEN = 32 * 1024
-PRIORITY_RANGE = (-1000, 1000)
-MAX_RETRIES = 10
-MAX_QUEUE_SECONDS = 7 * 86400
-MAX_REQUIREMENTS = 200
-MAX_REQUIREMENT_LEN = 500
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MiB = 1024 * 1024
-
-# ---- submission -> JobSpec ------------------------------------------------------------------------------------
-
-
-def spec_from_submission(request: pb.JobSubmission, settings: Any) -> JobSpec:
-    """Validate ``request`` against ``settings`` (a :class:`cumulus.config.Settings`) and build the JobSpec.
-
-    Raises InvalidRequest (or its subclass PackageTooLarge) naming the first problem found.
-    """
-    jobs = settings.jobs
-    gpu = check_gpu_share(request.gpu)  # 0 (unset) is refused too: the message lists the allowed values
-    duration = check_duration(request.duration_seconds, default=jobs.default_duration, maximum=jobs.max_duration)
-    name = check_text("name", request.name, MAX_NAME_LEN)
-    key = check_text("idempotency_key", request.idempotency_key, MAX_IDEMPOTENCY_KEY_LEN)
-    _check_range("priority", request.priority, *PRIORITY_RANGE)
-    _check_range("retries", request.retries, 0, MAX_RETRIES)
-    _check_range("max_queue_seconds", request.max_queue_seconds, 0, MAX_QUEUE_SECONDS,
-                 hint="0 waits as long as the queue allows")
-    env = check_env(dict(request.env))
-    requirements = check_requirements(list(request.requirements))
-    info = validate_package(request.code_package, jobs.max_package_mb * MiB)
-    if requirements and list(requirements) != list(info.requirements):
-        raise InvalidRequest(
-            f"requirements {list(requirements)} differ from the package's requirements.txt {info.requirements}; "
-            f"the worker installs the package's list: build the package with the same requirements "
-            f"(cumulus.client.packaging.build_package(..., requirements=...)) or leave the field empty")
-    if not requirements:
-        requirements = check_requirements(list(info.requirements), where="the package's requirements.txt")
-    return JobSpec(
-        package=bytes(request.code_package),
-        gpu=gpu,
-        duration=duration,
-        requirements=tuple(requirements),
-        env=env,
-        name=name,
-        idempotency_key=key,
-        retries=request.retries,
-        retry_exceptions=request.retry_exceptions,
-        priority=request.priority,
-        max_queue_seconds=request.max_queue_seconds,
-    )
-
-
-def check_duration(seconds: int, *, default: int, maximum: int) -> int:
-    if seconds == 0:
-        return default
-    if not 1 <= seconds <= maximum:
-        raise InvalidRequest(f"duration_seconds={seconds!r} is not allowed; use 1..{maximum} seconds "
-                             f"(0 means the default, {default} s)")
-    return seconds
-
-
-def check_text(field: str, value: str, max_len: int) -> str:
-    if len(value) > max_len:
-        raise InvalidRequest(f"{field} is {len(value)} characters long; at most {max_len} are allowed")
-    bad = [c for c in value if unicodedata.category(c).startswith("C")]
-    if bad:
-        raise InvalidRequest(f"{field} {value[:40]!r} contains control character {bad[0]!r}; "
-                             f"use printable characters only")
-    return value
-
-
-def _check_range(field: str, value: int, low: int, high: int, *, hint: str = "") -> None:
-    if not low <= value <= high:
-        extra = f" ({hint})" if hint else ""
-        raise InvalidRequest(f"{field}={value} is out of range; allowed {low}..{high}{extra}")
-
-
-def check_env(env: dict[str, str]) -> dict[str, str]:
-    if len(env) > MAX_ENV_VARS:
-        raise InvalidRequest(f"env has {len(env)} variables; at most {MAX_ENV_VARS} are allowed")
-    for key, value in env.items():
-        if not _ENV_NAME.match(key):
-            raise InvalidRequest(f"env name {key!r} is not a valid variable name: use letters, digits and '_', "
-                                 f"not starting with a digit ([A-Za-z_][A-Za-z0-9_]*)")
-        if key.upper().startswith("CUMULUS_"):
-            raise InvalidRequest(f"env name {key!r}: the CUMULUS_ prefix is reserved for Cumulus; rename it")
-        if "\0" in value:
-            raise InvalidRequest(f"env value of {key!r} contains a NUL byte")
-        if len(value) > MAX_ENV_VALUE_LEN:
-            raise InvalidRequest(f"env value of {key!r} is {len(value)} characters; at most {MAX_ENV_VALUE_LEN}")
-    return env
-
-
-def check_requirements(requirements: Iterable[str], *, where: str = "requirements") -> list[str]:
-    """Each item must be one PEP 508 requirement (``numpy>=1.26``, ``torch[cuda]==2.3.*; python_version>='3.10'``,
-    ``pkg @ https://host/pkg.whl``). Refused: pip options (``-e``, ``--index-url``, ``-r``), bare URLs or paths,
-    ``file:`` URLs (they name the client's disk), line breaks, empty items."""
-    requirements = list(requirements)
-    if len(requirements) > MAX_REQUIREMENTS:
-        raise InvalidRequest(f"{where}: {len(requirements)} requirements; at most {MAX_REQUIREMENTS} are allowed")
-    out = []
-    for item in requirements:
-        out.append(_check_requirement(item, where))
-    return out
-
-
-def _check_requirement(item: str, where: str) -> str:
-    example = "a PEP 508 requirement such as 'numpy>=1.26', 'requests[socks]==2.32.*' or 'pkg @ https://host/pkg.whl'"
-    text = item.strip()
-    if not text:
-        raise InvalidRequest(f"{where}: empty requirement; remove it")
-    if len(text) > MAX_REQUIREMENT_LEN:
-        raise InvalidRequest(f"{where}: requirement {text[:40]!r}... is longer than {MAX_REQUIREMENT_LEN} characters")
-    if any(c in text for c in "\r\n\0"):
-        raise InvalidRequest(f"{where}: requirement {text[:60]!r} contains a line break or NUL; "
-                             f"give one requirement per item")
-    if text.startswith("-"):
-        raise InvalidRequest(f"{where}: {text!r} is a pip option; options are not allowed, give {example}")
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) or text.startswith((".", "/", "~")):
-        raise InvalidRequest(f"{where}: {text!r} is a URL or a path, not a requirement; give {example} "
-                             f"(a package that only exists as a URL: 'name @ https://...')")
-    req = _parse(text, where, example)
-    url = getattr(req, "url", None)
-    if url:
-        scheme = url.split(":", 1)[0].lower()
-        if scheme not in ("https", "http", "git+https"):
-            raise InvalidRequest(f"{where}: {text!r} points at {scheme}: which a worker cannot reach; "
-                                 f"publish the package or use an https:// URL")
-    return text
-
-
-def _parse(text: str, where: str, example: str) -> Any:
-    try:
-        from packaging.requirements import InvalidRequirement, Requirement
-    except ImportError:  # pragma: no cover - packaging is in every venv we ship, keep a strict fallback
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?\s*"
-                            r"((~=|==|!=|<=|>=|<|>|===)\s*[A-Za-z0-9.*+!_-]+\s*,?\s*)*", text):
-            raise InvalidRequest(f"{where}: {text!r} is not a valid requirement; give {example}") from None
-        return None
-    try:
-        return Requirement(text)
-    except InvalidRequirement as error:
-        first = str(error).splitlines()[0]
-        raise InvalidRequest(f"{where}: {text!r} is not a valid requirement ({first}); give {example}") from None
-
+from cumulus.rpc.submission import spec_from_submission as spec_from_submission  # re-exported (the servicer's)
 
 # ---- Python -> wire ------------------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Cumulus job runner: /opt/cumulus/runner.py inside the worker image (self-contained: no cumulus package here).
+"""Cumulus job runner: /opt/cumulus/runner.py inside the worker image (self-contained: no cumulus package here;
+its copy of the job format and the extraction of the package are runner_package.py, next to it).
 
     python3 /opt/cumulus/runner.py
 
@@ -15,53 +16,28 @@ Exit status: 0 success; 1 the job's code raised (or its result could not be pick
 from __future__ import annotations
 
 import collections
-import json
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
-import zipfile
 
 T0 = time.monotonic()
-
-try:  # unbuffered: user prints become log lines at once (PYTHONUNBUFFERED=1 in the image does the same)
-    sys.stdout.reconfigure(line_buffering=True, write_through=True)
-    sys.stderr.reconfigure(line_buffering=True, write_through=True)
-except (AttributeError, ValueError):  # pragma: no cover
-    pass
 
 import cloudpickle  # noqa: E402  - imported before the job's requirements can shadow them
 import msgpack  # noqa: E402
 
-FORMAT = 1
-MANIFEST = "cumulus-job.json"
-CALL = "call.pkl"
-PACKAGE_NAME = "package.zip"
-RESULT_NAME = "result.msgpack"
-MiB = 1024 * 1024
-MAX_PACKAGE_BYTES = int(os.environ.get("CUMULUS_MAX_PACKAGE_BYTES", str(50 * MiB)))
-MAX_UNCOMPRESSED = 8 * MAX_PACKAGE_BYTES
-MAX_MEMBERS = 10_000
+from runner_package import (CALL, FORMAT, PACKAGE_NAME, RESULT_NAME, InfraFailure, extract,  # noqa: E402
+                            job_env)  # the job format: its copy of cumulus.jobformat, and extraction
+
 PIP_TIMEOUT_S = float(os.environ.get("CUMULUS_PIP_TIMEOUT", "900"))
 
 EXIT_OK, EXIT_USER, EXIT_INFRA = 0, 1, 2
 STDOUT_END_MARKER = "[cumulus] end of stdout"  # cumulus.actors.log_relay.STDOUT_END_MARKER
-
-
-class InfraFailure(Exception):
-    """A failure of the job's packaging or environment, not of the job's code."""
-
-    def __init__(self, exc_type: str, message: str, detail: str = "") -> None:
-        super().__init__(message)
-        self.exc_type = exc_type
-        self.message = message
-        self.detail = detail
 
 
 def log(msg: str) -> None:
@@ -75,97 +51,6 @@ def cloudpickle_version() -> str:
         return version("cloudpickle")
     except Exception:  # noqa: BLE001
         return getattr(cloudpickle, "__version__", "unknown")
-
-
-# ----------------------------------------------------------------------------------------------- the package
-
-
-def member_problem(name: str) -> str | None:
-    """Same rules as cumulus.client.packaging.check_member_name."""
-    if not name or "\0" in name:
-        return "empty name or NUL byte"
-    if "\\" in name:
-        return "backslash in the name"
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":" and name[0].isalpha()):
-        return "absolute path"
-    parts = name.rstrip("/").split("/")
-    if any(p == ".." for p in parts):
-        return "'..' path component"
-    if any(p in ("", ".") for p in parts):
-        return "empty or '.' path component"
-    return None
-
-
-def extract(package: str, dest: str) -> dict:
-    """Extract the package into dest (regular files only, every path checked); returns the manifest."""
-    try:
-        size = os.path.getsize(package)
-    except OSError as exc:
-        raise InfraFailure("cumulus.InvalidPackage", f"cannot read the job package {package}: {exc}") from None
-    if size > MAX_PACKAGE_BYTES:
-        raise InfraFailure("cumulus.InvalidPackage", f"job package is {size} bytes, over {MAX_PACKAGE_BYTES}")
-    try:
-        zf = zipfile.ZipFile(package)
-        infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise InfraFailure("cumulus.InvalidPackage", f"job package is not a valid zip archive: {exc}") from None
-    if len(infos) > MAX_MEMBERS:
-        raise InfraFailure("cumulus.InvalidPackage", f"job package has {len(infos)} entries (max {MAX_MEMBERS})")
-    root = os.path.realpath(dest)
-    total = 0
-    seen = set()
-    with zf:
-        for info in infos:
-            name = info.filename
-            problem = member_problem(name)
-            kind = stat.S_IFMT(info.external_attr >> 16)
-            if not problem and kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-                problem = "symbolic link or special file"
-            if not problem and info.flag_bits & 0x1:
-                problem = "encrypted"
-            if not problem and name.rstrip("/") in seen:
-                problem = "duplicate entry"
-            if problem:
-                raise InfraFailure("cumulus.InvalidPackage", f"job package entry {name!r}: {problem}")
-            seen.add(name.rstrip("/"))
-            target = os.path.realpath(os.path.join(root, *name.rstrip("/").split("/")))
-            if target != root and not target.startswith(root + os.sep):
-                raise InfraFailure("cumulus.InvalidPackage", f"job package entry {name!r} leaves the work dir")
-            if name.endswith("/") or kind == stat.S_IFDIR:
-                os.makedirs(target, exist_ok=True)
-                continue
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            written = 0
-            try:
-                with zf.open(info) as src, open(target, "xb") as out:
-                    while True:
-                        chunk = src.read(1 << 20)
-                        if not chunk:
-                            break
-                        written += len(chunk)
-                        total += len(chunk)
-                        if written > info.file_size or total > MAX_UNCOMPRESSED:
-                            raise InfraFailure("cumulus.InvalidPackage",
-                                               f"job package entry {name!r} inflates beyond its declared size "
-                                               f"or the {MAX_UNCOMPRESSED}-byte limit (zip bomb?)")
-                        out.write(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise InfraFailure("cumulus.InvalidPackage", f"job package entry {name!r}: {exc}") from None
-            os.chmod(target, 0o644)
-    try:
-        with open(os.path.join(root, MANIFEST), "rb") as f:
-            manifest = json.loads(f.read(MiB + 1).decode("utf-8"))
-    except FileNotFoundError:
-        raise InfraFailure("cumulus.InvalidPackage", f"job package has no {MANIFEST}") from None
-    except ValueError as exc:
-        raise InfraFailure("cumulus.InvalidPackage", f"{MANIFEST} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else "?"
-        raise InfraFailure("cumulus.InvalidPackage",
-                           f"{MANIFEST}: unsupported format {got!r} (this runner understands format {FORMAT})")
-    if not os.path.isfile(os.path.join(root, CALL)):
-        raise InfraFailure("cumulus.InvalidPackage", f"job package has no {CALL}")
-    return manifest
 
 
 # ----------------------------------------------------------------------------------------------- requirements
@@ -365,11 +250,7 @@ def run_job(code_dir: str, work: str) -> tuple[int, dict]:
     sys.path.insert(0, src)
     if deps:
         sys.path.insert(0, deps)
-    env = manifest.get("env") or {}
-    if isinstance(env, dict):
-        for k, v in env.items():
-            if isinstance(k, str) and isinstance(v, str) and not k.startswith("CUMULUS_"):
-                os.environ[k] = v
+    os.environ.update(job_env(manifest.get("env")))
     setup_partition()
     os.chdir(work)
 
@@ -404,6 +285,11 @@ def run_job(code_dir: str, work: str) -> tuple[int, dict]:
 
 
 def main() -> int:
+    try:  # unbuffered: user prints become log lines at once (PYTHONUNBUFFERED=1 in the image does the same)
+        sys.stdout.reconfigure(line_buffering=True, write_through=True)
+        sys.stderr.reconfigure(line_buffering=True, write_through=True)
+    except (AttributeError, ValueError):  # pragma: no cover
+        pass
     code_dir = os.path.abspath(os.environ.get("CUMULUS_CODE_DIR", "/cumulus/code"))
     out_dir = os.path.abspath(os.environ.get("CUMULUS_OUTPUT_DIR", "/cumulus/output"))
     start_lease_watchdog()  # before anything of the job runs (extraction and pip included)

@@ -1,0 +1,111 @@
+"""The options of a job as the SDK takes them (``@remote(...)``, ``.options(...)``, ``CumulusClient.submit_call``):
+their names (:class:`RemoteOptions`, :data:`OPTION_NAMES`) and :func:`normalize_options`, which checks them early
+so that a typo or a bad value fails at the call site, not on the supervisor.
+
+Every problem with an option raises :class:`~cumulus.errors.InvalidRequest`, and only that: an unknown name, two
+options that disagree, a value of the wrong type or out of range. It is the exception the same mistake raises when
+the supervisor finds it (``INVALID_ARGUMENT``), so one ``except InvalidRequest`` (or ``except CumulusError``)
+catches a bad request wherever it was found, and the CLI reports it as a refused request. The rules of the job
+format (gpu share, requirements, env) are :mod:`cumulus.jobformat.request`'s, the supervisor's own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, TypedDict
+
+from cumulus.errors import InvalidRequest
+from cumulus.jobformat import check_env, check_gpu_share, check_requirements
+
+DEFAULT_GPU = 0.5  # the supervisor's JobSpec default
+OPTION_NAMES = frozenset({
+    "gpu", "gpu_memory", "duration", "requirements", "env", "retries", "retry_exceptions", "timeout", "name",
+    "priority", "max_queue_seconds", "idempotency_key", "log_to_driver", "address", "project_root",
+})
+
+
+class RemoteOptions(TypedDict, total=False):
+    """The options of ``@remote(...)``, ``.options(...)`` and :meth:`CumulusClient.submit_call` (None: the default).
+
+    See :class:`cumulus.client.remote.RemoteFunction` for what each one means.
+    """
+
+    gpu: float | None
+    gpu_memory: float | None
+    duration: int | None
+    requirements: str | Iterable[str] | None
+    env: dict[str, str] | None
+    retries: int | None
+    retry_exceptions: bool | None
+    timeout: float | None
+    name: str | None
+    priority: int | None
+    max_queue_seconds: int | None
+    idempotency_key: str | None
+    log_to_driver: bool | None
+    address: str | None
+    project_root: str | os.PathLike[str] | None
+
+
+def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options checked and in canonical form (``None`` values dropped, ``gpu_memory`` folded into ``gpu``,
+    ``requirements`` a tuple of stripped strings, ``duration`` an int).
+
+    Raises :class:`~cumulus.errors.InvalidRequest` naming the option, the value given and what is allowed.
+    """
+    unknown = sorted(set(options) - OPTION_NAMES)
+    if unknown:
+        guesses = sorted({g for name in unknown for g in difflib.get_close_matches(name, OPTION_NAMES, n=1)})
+        hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+        raise InvalidRequest(f"unknown option(s) {', '.join(unknown)}{hint}; "
+                             f"allowed: {', '.join(sorted(OPTION_NAMES))}")
+    opts = dict(options)
+    alias = opts.pop("gpu_memory", None)
+    if alias is not None:
+        if opts.get("gpu") is not None and opts["gpu"] != alias:
+            raise InvalidRequest(f"gpu={opts['gpu']!r} and gpu_memory={alias!r} disagree; gpu_memory is an alias "
+                                 f"of gpu, give one of them")
+        opts["gpu"] = alias
+    opts = {k: v for k, v in opts.items() if v is not None}
+    if "gpu" in opts:
+        opts["gpu"] = check_gpu_share(opts["gpu"])
+    if "duration" in opts:
+        opts["duration"] = _whole_seconds(opts["duration"])
+    if "requirements" in opts:
+        reqs = opts["requirements"]
+        if isinstance(reqs, str):
+            reqs = [reqs]
+        if not isinstance(reqs, Iterable):
+            raise InvalidRequest(f"requirements={reqs!r}: give a list of PEP 508 requirements such as "
+                                 f"['numpy>=1.26']")
+        opts["requirements"] = tuple(check_requirements(reqs))
+    if "env" in opts:
+        if not isinstance(opts["env"], dict):
+            raise InvalidRequest(f"env must be a dict of str to str, got {type(opts['env']).__name__}")
+        opts["env"] = check_env(opts["env"])
+    for key in ("retries", "priority", "max_queue_seconds"):
+        value = opts.get(key)
+        if key in opts and (isinstance(value, bool) or not isinstance(value, int)
+                            or (value < 0 and key != "priority")):
+            kind = "an" if key == "priority" else "a non-negative"
+            raise InvalidRequest(f"{key}={value!r} must be {kind} integer")
+    if "timeout" in opts:
+        t = opts["timeout"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or math.isnan(t) or t < 0:
+            raise InvalidRequest(f"timeout={t!r} must be seconds >= 0 (or None to wait forever)")
+    for key in ("name", "idempotency_key", "address"):
+        if key in opts and not isinstance(opts[key], str):
+            raise InvalidRequest(f"{key}={opts[key]!r} must be a string")
+    if "project_root" in opts and not isinstance(opts["project_root"], (str, os.PathLike)):
+        raise InvalidRequest(f"project_root={opts['project_root']!r} must be a path (str or os.PathLike)")
+    return opts
+
+
+def _whole_seconds(d: Any) -> int:
+    if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d < 0 or (
+            isinstance(d, float) and not d.is_integer()):
+        raise InvalidRequest(f"duration={d!r}: give whole seconds >= 1 (0 or None for the default)")
+    return int(d)

@@ -1,0 +1,170 @@
+"""The job package (a zip) as the supervisor and the SDK check it: the member-name rule, the manifest and
+:func:`validate_package`.
+
+:func:`validate_package` reads the zip directory and the JSON manifest only; it never unpickles anything (the
+supervisor runs it on every submission, the SDK on every package it builds). The runner checks the members again
+when it extracts them, with its own copy of :func:`check_member_name` and of the limits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import stat
+import zipfile
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from cumulus.errors import InvalidRequest, PackageTooLarge
+from cumulus.jobformat.limits import (CALL, FORMAT, MANIFEST, MAX_MANIFEST_BYTES, MAX_MEMBERS, MAX_PACKAGE_BYTES,
+                                      MiB, UNCOMPRESSED_FACTOR)
+from cumulus.jobformat.request import check_env, check_requirements
+
+_BUILD_HINT = "build it with cumulus.client.packaging.build_package"
+_DRIVE = re.compile(r"[A-Za-z]:")
+
+
+@dataclass(frozen=True)
+class PackageInfo:
+    """What :func:`validate_package` learnt from an archive (the manifest plus sizes)."""
+
+    manifest: dict[str, Any]
+    function: str
+    requirements: list[str]
+    modules: list[str]
+    env: dict[str, str]
+    python: str
+    cloudpickle: str
+    compressed_bytes: int
+    uncompressed_bytes: int
+    members: int
+    sha256: str
+
+
+def fmt_bytes(n: int) -> str:
+    """``n`` bytes for a message: ``1.0 MiB``, ``3.5 KiB``, ``12 B``."""
+    if n >= MiB:
+        return f"{n / MiB:.1f} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n} B"
+
+
+def check_member_name(name: str) -> str | None:
+    """Why an archive member name is unsafe (``None`` when it is fine). The runner has a copy of this rule."""
+    if not name or "\0" in name:
+        return "empty name or NUL byte"
+    if "\\" in name:
+        return "backslash in the name; use '/' as the separator"
+    if name.startswith("/") or _DRIVE.match(name):
+        return "absolute path; entries must be relative paths"
+    parts = name.rstrip("/").split("/")
+    if any(p == ".." for p in parts):
+        return "'..' path component; entries must stay inside the package"
+    if any(p in ("", ".") for p in parts):
+        return "empty or '.' path component"
+    return None
+
+
+def validate_package(data: bytes, max_bytes: int = MAX_PACKAGE_BYTES) -> PackageInfo:
+    """Check a job package without unpickling anything; raises :class:`InvalidRequest` saying what to fix
+    (:class:`PackageTooLarge` when it is over ``max_bytes``, or inflates to more than 8 times that)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidRequest(f"job package must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise PackageTooLarge(f"job package is {fmt_bytes(len(data))}, over the limit of {fmt_bytes(max_bytes)}")
+    if not data:
+        raise InvalidRequest(f"job package is empty; {_BUILD_HINT}")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as exc:
+        raise InvalidRequest(f"job package is not a valid zip archive ({exc}); {_BUILD_HINT}") from None
+    if len(infos) > MAX_MEMBERS:
+        raise InvalidRequest(f"job package has {len(infos)} entries; at most {MAX_MEMBERS} are allowed")
+    names: dict[str, zipfile.ZipInfo] = {}
+    total = 0
+    max_total = UNCOMPRESSED_FACTOR * max_bytes
+    for info in infos:
+        _check_member(info, names)
+        names[info.filename.rstrip("/")] = info
+        total += info.file_size
+        if total > max_total:
+            raise PackageTooLarge(f"job package inflates to more than {fmt_bytes(max_total)} "
+                                  f"({UNCOMPRESSED_FACTOR}x the {fmt_bytes(max_bytes)} limit): refusing a zip bomb")
+    for required, what in ((MANIFEST, "the JSON manifest"), (CALL, "the pickled call")):
+        if required not in names:
+            raise InvalidRequest(f"job package has no {required} ({what}); {_BUILD_HINT}")
+    manifest = _read_manifest(zf, names[MANIFEST])
+    m = check_manifest(manifest, names)
+    return PackageInfo(manifest=manifest, function=m["function"], requirements=m["requirements"],
+                       modules=m["modules"], env=m["env"], python=m["python"], cloudpickle=m["cloudpickle"],
+                       compressed_bytes=len(data), uncompressed_bytes=total, members=len(infos),
+                       sha256=hashlib.sha256(data).hexdigest())
+
+
+def _check_member(info: zipfile.ZipInfo, seen: dict[str, zipfile.ZipInfo]) -> None:
+    name = info.filename
+    problem = check_member_name(name)
+    if problem:
+        raise InvalidRequest(f"job package entry {name!r}: {problem}")
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    if kind == stat.S_IFLNK:
+        raise InvalidRequest(f"job package entry {name!r} is a symbolic link; links are not allowed, "
+                             f"include the file itself")
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        raise InvalidRequest(f"job package entry {name!r} is not a regular file or directory")
+    if info.flag_bits & 0x1:
+        raise InvalidRequest(f"job package entry {name!r} is encrypted; encryption is not supported")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise InvalidRequest(f"job package entry {name!r} uses compression method {info.compress_type}; "
+                             f"only stored and deflate are supported")
+    if name.rstrip("/") in seen:
+        raise InvalidRequest(f"job package has the entry {name.rstrip('/')!r} twice")
+
+
+def _read_manifest(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
+    if info.file_size > MAX_MANIFEST_BYTES:
+        raise InvalidRequest(f"{MANIFEST} is {fmt_bytes(info.file_size)}; at most {fmt_bytes(MAX_MANIFEST_BYTES)}")
+    try:
+        with zf.open(info) as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        return json.loads(raw.decode("utf-8"))
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
+        raise InvalidRequest(f"{MANIFEST} is not valid JSON ({exc})") from None
+
+
+def check_manifest(m: Any, names: dict[str, zipfile.ZipInfo] | None = None) -> dict[str, Any]:
+    """The checked fields of a manifest (``function``, ``python``, ``cloudpickle``, ``requirements``, ``modules``,
+    ``env``); ``names`` are the archive's members, when the listed modules must be among them."""
+    def bad(msg: str) -> InvalidRequest:
+        return InvalidRequest(f"{MANIFEST}: {msg}")
+
+    if not isinstance(m, dict):
+        raise bad("must be a JSON object")
+    if m.get("format") != FORMAT:
+        raise bad(f"unsupported format {m.get('format')!r}; this Cumulus understands format {FORMAT} "
+                  f"(upgrade the client or the supervisor so that they match)")
+    out: dict[str, Any] = {}
+    for key in ("function", "python", "cloudpickle"):
+        v = m.get(key)
+        if not isinstance(v, str) or not v or len(v) > 1000:
+            raise bad(f"{key!r} must be a non-empty string")
+        out[key] = v
+    reqs = m.get("requirements", [])
+    if not isinstance(reqs, list) or not all(isinstance(r, str) for r in reqs):
+        raise bad("'requirements' must be a list of strings")
+    out["requirements"] = check_requirements(reqs, where=f"{MANIFEST}: requirements")
+    mods = m.get("modules", [])
+    if not isinstance(mods, list) or not all(isinstance(x, str) for x in mods):
+        raise bad("'modules' must be a list of strings")
+    for x in mods:
+        if names is not None and x not in names:
+            raise bad(f"module file {x!r} is listed but not in the archive")
+    out["modules"] = mods
+    out["env"] = check_env(m.get("env", {}), where=f"{MANIFEST}: env")
+    return out

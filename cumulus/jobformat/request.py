@@ -1,0 +1,138 @@
+"""The rules for the fields of a job request that the SDK and the supervisor share: the gpu share, the
+requirements and the job's environment.
+
+The SDK checks a request with these functions before it sends it (so a mistake fails at the call site), the
+supervisor checks it again on arrival with the same functions and the same messages. Each raises
+:class:`~cumulus.errors.InvalidRequest` saying what was given and what is allowed.
+
+One rule each, everywhere:
+
+* **requirements**: a list of PEP 508 requirements, one per item. An empty (or blank) item is refused
+  ("empty requirement; remove it") wherever it comes from (``@remote(requirements=...)``, ``build_package``, the
+  manifest, the ``requirements`` field of a submission): it is the caller's mistake, never silently dropped.
+  Items are stripped of surrounding whitespace.
+* **env**: names ``[A-Za-z_][A-Za-z0-9_]*``; the ``CUMULUS_`` prefix is reserved in any case (``cumulus_x``
+  too: it would shadow Cumulus's own variables on a case-insensitive lookup, and is confusing on the others).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cumulus.errors import InvalidRequest
+from cumulus.jobformat.limits import (ENV_NAME_PATTERN, MAX_ENV_VALUE_LEN, MAX_ENV_VARS, MAX_REQUIREMENT_LEN,
+                                      MAX_REQUIREMENTS, MAX_WHOLE_GPUS, RESERVED_ENV_PREFIX)
+
+_ENV_NAME = re.compile(ENV_NAME_PATTERN)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_EXAMPLE = "a PEP 508 requirement such as 'numpy>=1.26', 'requests[socks]==2.32.*' or 'pkg @ https://host/pkg.whl'"
+_URL_SCHEMES = ("https", "http", "git+https")  # what a worker can fetch; file: names the client's disk
+
+
+def check_gpu_share(gpu: float) -> float:
+    """Return ``gpu`` if it is a valid request: a share 0 < g <= 1 of one device, or a whole number 1..8.
+
+    Raises InvalidRequest saying what is allowed otherwise.
+    """
+    allowed = (f"a share of one device 0 < gpu <= 1 (e.g. 0.25, 0.5) or a whole number of devices "
+               f"1..{MAX_WHOLE_GPUS}")
+    if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or not math.isfinite(gpu):
+        raise InvalidRequest(f"gpu={gpu!r} is not a number; use {allowed}")
+    if 0 < gpu <= 1 or (float(gpu).is_integer() and 1 <= gpu <= MAX_WHOLE_GPUS):
+        return float(gpu)
+    raise InvalidRequest(f"gpu={gpu!r} is not allowed; use {allowed}")
+
+
+def check_requirements(requirements: Iterable[Any], *, where: str = "requirements") -> list[str]:
+    """The requirements, each stripped, if every one is a single PEP 508 requirement (``numpy>=1.26``,
+    ``torch[cuda]==2.3.*; python_version>='3.10'``, ``pkg @ https://host/pkg.whl``).
+
+    Refused: a string instead of a list, more than 200 items, empty items, items over 500 characters, line breaks,
+    pip options (``-e``, ``--index-url``, ``-r``), bare URLs or paths, ``file:`` URLs (they name the client's disk).
+    ``where`` starts each message (``requirements``, ``cumulus-job.json: requirements``).
+    """
+    if isinstance(requirements, (str, bytes)):
+        raise InvalidRequest(f"{where}: give a list of requirements (one per item), not the string "
+                             f"{requirements[:60]!r}")
+    items = list(requirements)
+    if len(items) > MAX_REQUIREMENTS:
+        raise InvalidRequest(f"{where}: {len(items)} requirements; at most {MAX_REQUIREMENTS} are allowed")
+    return [check_requirement(item, where=where) for item in items]
+
+
+def check_requirement(item: Any, *, where: str = "requirements") -> str:
+    """One requirement of :func:`check_requirements`, stripped."""
+    if not isinstance(item, str):
+        raise InvalidRequest(f"{where}: requirement {item!r} is not a string; give {_EXAMPLE}")
+    text = item.strip()
+    if not text:
+        raise InvalidRequest(f"{where}: empty requirement {item!r}; remove it (each item is one requirement)")
+    if len(text) > MAX_REQUIREMENT_LEN:
+        raise InvalidRequest(f"{where}: requirement {text[:40]!r}... is longer than {MAX_REQUIREMENT_LEN} "
+                             f"characters")
+    if any(c in text for c in "\r\n\0"):
+        raise InvalidRequest(f"{where}: requirement {text[:60]!r} contains a line break or NUL; "
+                             f"give one requirement per item")
+    if text.startswith("-"):
+        raise InvalidRequest(f"{where}: {text!r} is a pip option; options are not allowed, give {_EXAMPLE}")
+    if _URL.match(text) or text.startswith((".", "/", "~")):
+        raise InvalidRequest(f"{where}: {text!r} is a URL or a path, not a requirement; give {_EXAMPLE} "
+                             f"(a package that only exists as a URL: 'name @ https://...')")
+    url = _parse(text, where)
+    if url:
+        scheme = url.split(":", 1)[0].lower()
+        if scheme not in _URL_SCHEMES:
+            raise InvalidRequest(f"{where}: {text!r} points at {scheme}: which a worker cannot reach; "
+                                 f"publish the package or use an https:// URL")
+    return text
+
+
+def _parse(text: str, where: str) -> str | None:
+    """Parse ``text`` as PEP 508; its URL (``name @ URL``) or None."""
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:  # pragma: no cover - packaging is a dependency of cumulus; keep a strict fallback
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?\s*"
+                            r"((~=|==|!=|<=|>=|<|>|===)\s*[A-Za-z0-9.*+!_-]+\s*,?\s*)*", text):
+            raise InvalidRequest(f"{where}: {text!r} is not a valid requirement; give {_EXAMPLE}") from None
+        return None
+    try:
+        url: str | None = Requirement(text).url
+    except InvalidRequirement as error:
+        first = str(error).splitlines()[0]
+        raise InvalidRequest(f"{where}: {text!r} is not a valid requirement ({first}); give {_EXAMPLE}") from None
+    return url
+
+
+def check_env(env: Mapping[Any, Any], *, where: str = "env") -> dict[str, str]:
+    """A copy of ``env`` if it is a valid job environment: at most 256 variables, names ``[A-Za-z_][A-Za-z0-9_]*``
+    not starting with ``CUMULUS_`` in any case, values strings of at most 32 KiB without NUL bytes."""
+    if not isinstance(env, Mapping):
+        raise InvalidRequest(f"{where} must be a dict of str to str, got {type(env).__name__}")
+    if len(env) > MAX_ENV_VARS:
+        raise InvalidRequest(f"{where} has {len(env)} variables; at most {MAX_ENV_VARS} are allowed")
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+            raise InvalidRequest(f"{where} name {key!r} is not a valid variable name: use letters, digits and '_', "
+                                 f"not starting with a digit ({ENV_NAME_PATTERN})")
+        if is_reserved_env_name(key):
+            raise InvalidRequest(f"{where} name {key!r}: the {RESERVED_ENV_PREFIX} prefix (in any case) is reserved "
+                                 f"for Cumulus; rename it")
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{where} value of {key!r} must be a string, got {type(value).__name__}")
+        if "\0" in value:
+            raise InvalidRequest(f"{where} value of {key!r} contains a NUL byte")
+        if len(value) > MAX_ENV_VALUE_LEN:
+            raise InvalidRequest(f"{where} value of {key!r} is {len(value)} characters; at most "
+                                 f"{MAX_ENV_VALUE_LEN}")
+        out[key] = value
+    return out
+
+
+def is_reserved_env_name(name: str) -> bool:
+    """Whether ``name`` is Cumulus's own (``CUMULUS_...`` in any case). The runner has a copy of this rule."""
+    return name.upper().startswith(RESERVED_ENV_PREFIX)

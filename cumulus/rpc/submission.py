@@ -1,0 +1,86 @@
+"""The validation of job submissions: :func:`spec_from_submission` turns a ``JobSubmission`` into a
+:class:`~cumulus.jobs.JobSpec` or raises :class:`~cumulus.errors.InvalidRequest` whose message names the field,
+what was sent and what is allowed (the servicer answers ``INVALID_ARGUMENT``).
+
+The job format's own rules (gpu share, requirements, env, the package) come from :mod:`cumulus.jobformat`, the
+same functions the SDK checks a request with before sending it; this module adds the fields only the supervisor
+judges (duration against its settings, names, priority, retries, queue time). It never imports ``cumulus.client``.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+from cumulus.errors import InvalidRequest
+from cumulus.jobformat import MiB, check_env, check_gpu_share, check_requirements, validate_package
+from cumulus.jobs import JobSpec
+from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
+
+MAX_NAME_LEN = 128
+MAX_IDEMPOTENCY_KEY_LEN = 128
+PRIORITY_RANGE = (-1000, 1000)
+MAX_RETRIES = 10
+MAX_QUEUE_SECONDS = 7 * 86400
+
+
+def spec_from_submission(request: pb.JobSubmission, settings: Any) -> JobSpec:
+    """Validate ``request`` against ``settings`` (a :class:`cumulus.config.Settings`) and build the JobSpec.
+
+    Raises InvalidRequest (or its subclass PackageTooLarge) naming the first problem found.
+    """
+    jobs = settings.jobs
+    gpu = check_gpu_share(request.gpu)  # 0 (unset) is refused too: the message lists the allowed values
+    duration = check_duration(request.duration_seconds, default=jobs.default_duration, maximum=jobs.max_duration)
+    name = check_text("name", request.name, MAX_NAME_LEN)
+    key = check_text("idempotency_key", request.idempotency_key, MAX_IDEMPOTENCY_KEY_LEN)
+    _check_range("priority", request.priority, *PRIORITY_RANGE)
+    _check_range("retries", request.retries, 0, MAX_RETRIES)
+    _check_range("max_queue_seconds", request.max_queue_seconds, 0, MAX_QUEUE_SECONDS,
+                 hint="0 waits as long as the queue allows")
+    env = check_env(dict(request.env))
+    requirements = check_requirements(list(request.requirements))
+    info = validate_package(request.code_package, jobs.max_package_mb * MiB)  # its requirements and env too
+    if requirements and requirements != info.requirements:
+        raise InvalidRequest(
+            f"requirements {requirements} differ from the package's requirements.txt {info.requirements}; "
+            f"the worker installs the package's list: build the package with the same requirements "
+            f"(cumulus.client.packaging.build_package(..., requirements=...)) or leave the field empty")
+    return JobSpec(
+        package=bytes(request.code_package),
+        gpu=gpu,
+        duration=duration,
+        requirements=tuple(requirements or info.requirements),
+        env=env,
+        name=name,
+        idempotency_key=key,
+        retries=request.retries,
+        retry_exceptions=request.retry_exceptions,
+        priority=request.priority,
+        max_queue_seconds=request.max_queue_seconds,
+    )
+
+
+def check_duration(seconds: int, *, default: int, maximum: int) -> int:
+    if seconds == 0:
+        return default
+    if not 1 <= seconds <= maximum:
+        raise InvalidRequest(f"duration_seconds={seconds!r} is not allowed; use 1..{maximum} seconds "
+                             f"(0 means the default, {default} s)")
+    return seconds
+
+
+def check_text(field: str, value: str, max_len: int) -> str:
+    if len(value) > max_len:
+        raise InvalidRequest(f"{field} is {len(value)} characters long; at most {max_len} are allowed")
+    bad = [c for c in value if unicodedata.category(c).startswith("C")]
+    if bad:
+        raise InvalidRequest(f"{field} {value[:40]!r} contains control character {bad[0]!r}; "
+                             f"use printable characters only")
+    return value
+
+
+def _check_range(field: str, value: int, low: int, high: int, *, hint: str = "") -> None:
+    if not low <= value <= high:
+        extra = f" ({hint})" if hint else ""
+        raise InvalidRequest(f"{field}={value} is out of range; allowed {low}..{high}{extra}")
