@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, get_type_hints
 
 from cumulus.errors import ConfigError
+from cumulus.jobformat.limits import MAX_PACKAGE_MB
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 LOCAL_CLUSTER_DESCRIPTION = "/var/lib/cumulus-local/cluster.json"
@@ -65,7 +66,7 @@ class ClusterSettings:
 
 @dataclass
 class JobSettings:
-    max_package_mb: int = 50
+    max_package_mb: int = MAX_PACKAGE_MB
     default_duration: int = 3600
     max_duration: int = 86400
     release_timeout: float = 30.0

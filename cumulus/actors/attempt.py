@@ -265,7 +265,8 @@ class Attempt:
             job_id=record.job_id, supervisor_id=settings.supervisor_id, node_id=reservation.node_id,
             image=settings.cluster.image, device_index=reservation.device_indexes[0],
             partition_id=lease.partition_id, code_dir=files.code_dir, output_dir=files.output_dir,
-            env={**record.spec.env, "CUMULUS_GPU_FRACTION": repr(reservation.share)},
+            env={**record.spec.env, "CUMULUS_GPU_FRACTION": repr(reservation.share),
+                 "CUMULUS_MAX_PACKAGE_BYTES": str(settings.jobs.max_package_mb * 2**20)},
             gpu_uuid=reservation.gpu_uuids[0], stop_grace=settings.jobs.stop_grace,
             lease_dir=node.lease_dir(record.job_id),
         )
