@@ -8,6 +8,9 @@ Everything Cumulus raises on purpose derives from :class:`CumulusError`. The spl
 * :class:`SupervisorGaveUp` - a supervisor exceeded its restart intensity and stopped its children.
 * :class:`ConfigError` - a settings file or environment variable is invalid; the message names the key.
 * :class:`RemoteError` - a job's own code raised an exception whose type cannot be imported locally.
+
+Some errors live next to the code that raises them and still derive from :class:`CumulusError`, e.g.
+``cumulus.local.util.LocalClusterError`` (``cumulus local`` could not set up or tear down the local cluster).
 """
 
 from __future__ import annotations
@@ -80,10 +83,6 @@ class ConfigError(CumulusError):
 
 class SupervisorUnavailable(CumulusError):
     """The client could not reach the supervisor (not running, wrong address, or shutting down)."""
-
-
-class ResourceLeaked(CumulusError):
-    """Recorded (not raised by default) when releasing an owned resource failed or timed out."""
 
 
 class JobFailed(CumulusError):

@@ -16,8 +16,23 @@ Rules, as in OTP:
 * **Cancellation is never a crash.** Only ``Exception`` counts as a crash; ``trio.Cancelled`` never triggers a
   restart. Each child runs shielded from its parent's cancellation, so that when the supervisor is cancelled or
   gives up it can stop its children one by one, newest first, each waited for before the next is told to stop.
-  A child that ignores cancellation therefore delays shutdown; children release what they own under bounded,
-  shielded scopes, so a well-behaved child stops promptly.
+* **Shutdown bound** (OTP's ``shutdown`` in the child spec). Stopping a child cancels it and waits at most
+  ``ChildSpec.shutdown`` seconds for it to end: :data:`DEFAULT_SHUTDOWN` for actors and plain children,
+  ``math.inf`` for supervisor children (a subtree takes as long as its own children's bounds add up to, as OTP's
+  ``infinity``). Trio cannot kill a task, so a child that overruns its bound (stuck in a shielded scope, say) is
+  *abandoned*, not killed:
+
+  - the supervisor stops waiting for it, logs an error naming it, and lists it in
+    :meth:`Supervisor.overdue_children` until its task finally ends (then it logs how late it was and drops it);
+  - it counts as stopped: it is no longer in ``which_children``/``whereis``, ``terminate_child`` returns, the
+    ordered stop goes on with the next (older) child, and a restart or ``start_child`` may start a new
+    incarnation beside it;
+  - it still runs inside the supervisor's nursery, so ``Supervisor.run`` itself cannot return (nor its parent's
+    stop of it complete) until that task ends. The bound keeps one stuck child from holding up the stop of its
+    siblings and makes it visible; it does not make a stuck task go away.
+
+  Children release what they own under bounded, shielded scopes, so a well-behaved child stops well within
+  its bound.
 
 :class:`DynamicSupervisor` starts children at run time (``start_child``/``terminate_child``); its children are
 ``TEMPORARY`` by default, which suits one actor per job.
@@ -35,9 +50,16 @@ from typing import Any, Awaitable, Callable, Sequence
 import trio
 
 from cumulus.actors.base import Actor, ActorRef, run_actor
+from cumulus.actors.ownership import DEFAULT_RELEASE_TIMEOUT
 from cumulus.errors import NotFound, SupervisorGaveUp
 
 log = logging.getLogger(__name__)
+
+DEFAULT_SHUTDOWN = 2 * DEFAULT_RELEASE_TIMEOUT
+"""Seconds a stopped actor or plain child gets to end before it is abandoned (see the module docstring). OTP's
+default is 5 s because OTP then kills the child; here nothing is killed, so the bound is set well above one owned
+resource's release bound (:data:`~cumulus.actors.ownership.DEFAULT_RELEASE_TIMEOUT`): a child is only abandoned
+when it is really stuck. A child that owns several slow resources should say how long it may take."""
 
 StartFn = Callable[..., Awaitable[Any]]
 """``async def start(*, task_status)``: runs the child; calls ``task_status.started(ref)`` once it is ready."""
@@ -56,37 +78,64 @@ class Strategy(enum.Enum):
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """How to start one child and what to do when it exits. ``name`` is unique among its siblings."""
+    """How to start one child and what to do when it exits. ``name`` is unique among its siblings.
+
+    ``shutdown``: seconds the child gets to end once its supervisor cancels it, after which it is abandoned
+    (logged, listed in :meth:`Supervisor.overdue_children`; see the module docstring). Must be > 0; ``math.inf``
+    waits for ever, which is the default for supervisor children.
+    """
 
     name: str
     start: StartFn
     restart: Restart = Restart.PERMANENT
+    shutdown: float = DEFAULT_SHUTDOWN
+
+    def __post_init__(self) -> None:
+        if not self.shutdown > 0:  # also rejects NaN
+            raise ValueError(f"child {self.name!r}: shutdown must be > 0 seconds (or math.inf), got {self.shutdown}")
 
     @classmethod
-    def actor(cls, name: str, factory: Callable[[], Actor], restart: Restart = Restart.PERMANENT) -> ChildSpec:
+    def actor(
+        cls, name: str, factory: Callable[[], Actor], restart: Restart = Restart.PERMANENT, *,
+        shutdown: float = DEFAULT_SHUTDOWN,
+    ) -> ChildSpec:
         """A child that runs ``factory()`` as an actor; each (re)start gets a fresh actor. Its ref is an ActorRef."""
 
         async def start(*, task_status: trio.TaskStatus[ActorRef] = trio.TASK_STATUS_IGNORED) -> None:
             await run_actor(factory(), task_status=task_status)
 
-        return cls(name, start, restart)
+        return cls(name, start, restart, shutdown)
 
     @classmethod
     def supervisor(
-        cls, name: str, factory: Callable[[], Supervisor], restart: Restart = Restart.PERMANENT
+        cls, name: str, factory: Callable[[], Supervisor], restart: Restart = Restart.PERMANENT, *,
+        shutdown: float = math.inf,
     ) -> ChildSpec:
-        """A child that is itself a supervisor (a subtree). Its ref is the Supervisor object."""
+        """A child that is itself a supervisor (a subtree). Its ref is the Supervisor object.
+
+        ``shutdown`` defaults to ``math.inf``: the subtree stops its own children under their own bounds.
+        """
 
         async def start(*, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
             await factory().run(task_status=task_status)
 
-        return cls(name, start, restart)
+        return cls(name, start, restart, shutdown)
 
 
 class ChildExit(enum.Enum):
     NORMAL = "normal"  # returned by itself
     STOPPED = "stopped"  # stopped by its supervisor
     CRASHED = "crashed"  # raised an Exception
+
+
+@dataclass(frozen=True)
+class OverdueChild:
+    """A child that was told to stop, did not end within its ``shutdown`` bound, and still runs."""
+
+    name: str
+    ref: Any
+    shutdown: float  # its bound, in seconds
+    since: float  # trio.current_time() when the supervisor stopped waiting for it
 
 
 @dataclass(eq=False)
@@ -96,6 +145,7 @@ class _Child:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
     stopping: bool = False
+    overdue: OverdueChild | None = None  # set when it overran its shutdown bound and was abandoned
 
 
 @dataclass(frozen=True)
@@ -137,7 +187,8 @@ class Supervisor:
 
     ``run`` returns only by raising: ``Cancelled`` when its parent stops it, :class:`SupervisorGaveUp` when the
     restart intensity was exceeded, or the start error of a child that could not start. Before it leaves, every
-    child has been stopped, newest first.
+    child has been stopped, newest first, and every child task has ended (one that overran its ``shutdown``
+    bound was abandoned in that order and is waited for last; see :meth:`overdue_children`).
     """
 
     def __init__(
@@ -163,6 +214,7 @@ class Supervisor:
         self._restarts: deque[float] = deque()
         self._nursery: trio.Nursery | None = None
         self._closing = False  # the final stop has begun: a child that finishes starting now is stopped at once
+        self._overdue: list[_Child] = []  # abandoned after their shutdown bound, still running
         self._exits_send, self._exits_receive = trio.open_memory_channel[_Exited](math.inf)
 
     # ---- public API -------------------------------------------------------------------------------------------
@@ -177,6 +229,11 @@ class Supervisor:
     def which_children(self) -> list[tuple[str, Any]]:
         """``(name, ref)`` of the running children, in start order."""
         return [(c.spec.name, c.ref) for c in self._children if not c.done.is_set()]
+
+    def overdue_children(self) -> list[OverdueChild]:
+        """Children that did not end within their ``shutdown`` bound after being told to stop, and still run, in
+        the order they were abandoned. Each was logged as an error; it leaves this list when its task ends."""
+        return [c.overdue for c in self._overdue if c.overdue is not None]
 
     @property
     def restart_count(self) -> int:
@@ -200,7 +257,8 @@ class Supervisor:
         """Stop the running child ``name`` and wait until it has stopped; it is not restarted.
 
         Raises :class:`~cumulus.errors.NotFound` if no such child runs. The stop itself is shielded: once asked,
-        the child is stopped even if the caller is cancelled meanwhile.
+        the child is stopped even if the caller is cancelled meanwhile. Waits at most the child's ``shutdown``
+        bound: a child still running then is abandoned (see :meth:`overdue_children`) and this returns.
         """
         for child in reversed(self._children):
             if child.spec.name == name and not child.done.is_set():
@@ -224,6 +282,10 @@ class Supervisor:
                     self._closing = True
                     with trio.CancelScope(shield=True):
                         await self._stop_all()
+                    if self._overdue:
+                        log.error("%s: all children stopped except %s, which overran their shutdown bound; waiting "
+                                  "for them to end before exiting (a Trio task cannot be killed)", self.name,
+                                  ", ".join(repr(c.spec.name) for c in self._overdue))
         except ExceptionGroup as group:
             # Child wrappers never raise, so the group holds only our own error (gave up, or a child's start
             # failure): raise it as itself.
@@ -267,6 +329,10 @@ class Supervisor:
             error = _unwrap(crash)
         finally:
             child.done.set()  # whoever waits in _stop must never wait for a task that is gone
+            if child.overdue is not None:
+                self._overdue.remove(child)
+                log.warning("%s: overdue child %s ended at last, %.3g s after its supervisor stopped waiting",
+                            self.name, child.spec.name, trio.current_time() - child.overdue.since)
         if not relay.started_ok:
             task_status.started(_StartFailed(error))
             return
@@ -341,10 +407,22 @@ class Supervisor:
         self._children.clear()
 
     async def _stop(self, child: _Child) -> None:
+        """Cancel the child and wait for it to end, at most its ``shutdown`` bound; abandon it after that."""
         child.stopping = True
         child.scope.cancel()
-        await child.done.wait()
+        with trio.move_on_after(child.spec.shutdown):
+            await child.done.wait()
+        if not child.done.is_set() and child.overdue is None:
+            self._abandon(child)
         self._forget(child)
+
+    def _abandon(self, child: _Child) -> None:
+        shutdown = child.spec.shutdown
+        child.overdue = OverdueChild(child.spec.name, child.ref, shutdown, trio.current_time())
+        self._overdue.append(child)
+        log.error("%s: child %s did not stop within its shutdown bound of %g s after being cancelled; no longer "
+                  "waiting for it: it still runs (a Trio task cannot be killed), is listed in overdue_children(), "
+                  "and %s cannot exit until it ends", self.name, child.spec.name, shutdown, self.name)
 
     def _forget(self, child: _Child) -> None:
         if child in self._children:
@@ -362,10 +440,11 @@ class DynamicSupervisor(Supervisor):
                          max_seconds=max_seconds)
 
     async def start_actor(
-        self, name: str, factory: Callable[[], Actor], restart: Restart = Restart.TEMPORARY
+        self, name: str, factory: Callable[[], Actor], restart: Restart = Restart.TEMPORARY, *,
+        shutdown: float = DEFAULT_SHUTDOWN,
     ) -> ActorRef:
         """Start ``factory()`` as a child actor named ``name`` and return its ref once it has started."""
-        return await self.start_child(ChildSpec.actor(name, factory, restart))
+        return await self.start_child(ChildSpec.actor(name, factory, restart, shutdown=shutdown))
 
 
 def _unwrap(exc: Exception) -> Exception:

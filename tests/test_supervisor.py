@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from contextlib import asynccontextmanager
 
 import pytest
@@ -242,3 +243,132 @@ async def test_child_that_crashes_while_being_stopped_is_stopped(autojump_clock)
         assert jobs.which_children() == []
         await jobs.start_child(ChildSpec("racer", fails_while_stopping, Restart.TEMPORARY))
         nursery.cancel_scope.cancel()
+
+
+# ---- shutdown bound (OTP's `shutdown` in the child spec) ----------------------------------------------------------
+
+STUCK_FOR = 1000.0  # how long a stuck child's shielded cleanup takes, in (autojumped) seconds
+
+
+def stuck(name: str, log: Recorder, shutdown: float, restart: Restart = Restart.PERMANENT) -> ChildSpec:
+    """A plain child whose cleanup ignores cancellation (a shielded scope) for STUCK_FOR seconds."""
+
+    async def start(*, task_status=trio.TASK_STATUS_IGNORED):
+        log.events.append(f"start {name}")
+        task_status.started(name)
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(STUCK_FOR)
+            log.events.append(f"stop {name} at {trio.current_time():g}")
+
+    return ChildSpec(name, start, restart, shutdown=shutdown)
+
+
+def timed(log: Recorder, event: str) -> float:
+    """The time in ``"<event> at <t>"``."""
+    [entry] = [e for e in log.events if e.startswith(f"{event} at ")]
+    return float(entry.rsplit(" ", 1)[1])
+
+
+class TimedWorker(Worker):
+    @asynccontextmanager
+    async def _lifetime(self):
+        self.log.events.append(f"start {self.name}")
+        try:
+            yield
+        finally:
+            await trio.sleep(0.5)
+            self.log.events.append(f"stop {self.name} at {trio.current_time():g}")
+
+
+async def test_a_child_stuck_past_its_shutdown_is_abandoned_and_older_siblings_still_stop(autojump_clock, caplog):
+    """Without a bound, the stuck child kept "a" running for STUCK_FOR seconds; with one, the stop moves on to "a"
+    after 2 s, and run() leaves only when the stuck task has ended."""
+    log = Recorder()
+    sup = Supervisor([ChildSpec.actor("a", lambda: TimedWorker("a", log)), stuck("stuck", log, shutdown=2),
+                      ChildSpec.actor("c", lambda: TimedWorker("c", log))], name="root")
+    seen_overdue = []
+
+    async def watch():
+        await trio.sleep(3)  # after c's stop (0.5 s) and the stuck child's bound (2 s)
+        seen_overdue.extend(sup.overdue_children())
+
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            t0 = trio.current_time()
+            outer.start_soon(watch)
+            nursery.cancel_scope.cancel()
+    assert timed(log, "stop c") == pytest.approx(t0 + 0.5)
+    assert timed(log, "stop a") == pytest.approx(t0 + 0.5 + 2 + 0.5)  # not held up by the stuck child
+    assert timed(log, "stop stuck") == pytest.approx(t0 + 0.5 + STUCK_FOR)  # ... which run() still waited for
+    assert [(o.name, o.ref, o.shutdown, o.since) for o in seen_overdue] == [("stuck", "stuck", 2, t0 + 2.5)]
+    assert sup.overdue_children() == []  # it ended at last
+    messages = [r.getMessage() for r in caplog.records if r.name == "cumulus.supervisor"]
+    assert any("child stuck did not stop within its shutdown bound of 2 s" in m for m in messages)
+    assert any("waiting for them to end before exiting" in m and "'stuck'" in m for m in messages)
+    assert any("overdue child stuck ended at last" in m for m in messages)
+
+
+async def test_terminate_child_returns_after_the_shutdown_bound(autojump_clock):
+    log = Recorder()
+    jobs = DynamicSupervisor(name="jobs")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jobs.run)
+        await jobs.start_child(stuck("job-1", log, shutdown=5, restart=Restart.TEMPORARY))
+        t0 = trio.current_time()
+        await jobs.terminate_child("job-1")
+        assert trio.current_time() - t0 == pytest.approx(5)
+        assert jobs.whereis("job-1") is None and jobs.which_children() == []
+        assert [o.name for o in jobs.overdue_children()] == ["job-1"]
+        # it counts as stopped: a new incarnation may start beside the old one
+        await jobs.start_child(stuck("job-1", log, shutdown=5, restart=Restart.TEMPORARY))
+        assert jobs.whereis("job-1") == "job-1"
+        await trio.sleep(STUCK_FOR)  # the first incarnation's cleanup ends
+        assert jobs.overdue_children() == []
+        assert sum(e.startswith("stop job-1") for e in log.events) == 1
+        nursery.cancel_scope.cancel()
+    assert sum(e.startswith("stop job-1") for e in log.events) == 2
+
+
+async def test_a_child_that_stops_within_its_bound_is_waited_for_and_not_overdue(autojump_clock, caplog):
+    log = Recorder()
+    sup = Supervisor([ChildSpec.actor("a", lambda: TimedWorker("a", log), shutdown=0.6),
+                      ChildSpec.actor("b", lambda: TimedWorker("b", log), shutdown=0.6)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        t0 = trio.current_time()
+        nursery.cancel_scope.cancel()
+    assert timed(log, "stop b") == pytest.approx(t0 + 0.5)
+    assert timed(log, "stop a") == pytest.approx(t0 + 1.0)
+    assert sup.overdue_children() == []
+    assert not [r for r in caplog.records if r.name == "cumulus.supervisor" and r.levelname == "ERROR"]
+
+
+async def test_one_for_all_restart_moves_on_after_the_shutdown_bound(autojump_clock):
+    log = Recorder()
+    sup = Supervisor([stuck("stuck", log, shutdown=1), ChildSpec.actor("b", lambda: TimedWorker("b", log))],
+                     strategy=Strategy.ONE_FOR_ALL)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await crash(sup, "b")
+        await settle()  # b's release (0.5 s), then the stuck child's bound (1 s), then both start again
+        assert [name for name, _ in sup.which_children()] == ["stuck", "b"]
+        assert log.events.count("start stuck") == 2 and log.events.count("start b") == 2
+        assert [o.name for o in sup.overdue_children()] == ["stuck"]  # the old incarnation, still running
+        nursery.cancel_scope.cancel()
+    assert sup.overdue_children() == []
+
+
+def test_shutdown_defaults_and_validation():
+    from cumulus.supervisor import DEFAULT_SHUTDOWN
+
+    assert ChildSpec.actor("a", lambda: Worker("a", Recorder())).shutdown == DEFAULT_SHUTDOWN
+    assert ChildSpec("p", fail_as_cancelled).shutdown == DEFAULT_SHUTDOWN
+    assert ChildSpec.supervisor("s", Supervisor).shutdown == math.inf  # as OTP's `infinity` for supervisors
+    assert ChildSpec.supervisor("s", Supervisor, shutdown=30).shutdown == 30
+    for bad in (0, -1, math.nan):
+        with pytest.raises(ValueError, match="shutdown must be > 0"):
+            ChildSpec("p", fail_as_cancelled, shutdown=bad)

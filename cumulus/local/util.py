@@ -12,9 +12,12 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from cumulus.errors import CumulusError
 
-class LocalClusterError(RuntimeError):
-    pass
+
+class LocalClusterError(CumulusError):
+    """``cumulus local`` could not do what it was asked (a command failed, a daemon did not come up, a mount is
+    in the way); the message says what and where."""
 
 
 def require_root() -> None:
