@@ -132,3 +132,33 @@ async def test_the_relay_follows_a_log_the_engine_could_not_read_again_and_relay
                     ("stderr", "[cumulus] job finished in 0.1 s")], logs
     messages = [event.message for event in events if event.message is not None]
     assert messages == [f"log stream: {problem.decode()}; following the log again"], messages
+
+
+async def test_followed_logs_do_not_take_the_threads_other_docker_calls_need(engine):
+    """More followed logs than Trio's default thread limiter allows (40), all open at once: a short Docker call
+    still gets a thread at once (the followers have a limiter of their own)."""
+    engine.bodies, engine.cuts, engine.hold_open = [frame(1, b"running\n")], [], True
+    client = SwarmClient(f"tcp://127.0.0.1:{engine.server_address[1]}", timeout=10)
+    default = trio.to_thread.current_default_thread_limiter()
+    followers = default.total_tokens + 5
+    try:
+        async with trio.open_nursery() as nursery:
+            started = trio.Semaphore(0)
+
+            async def follow() -> None:
+                async with follow_logs(client, "svc-1") as lines:
+                    async for _ in lines:
+                        started.release()
+                        await trio.sleep_forever()
+
+            for _ in range(followers):
+                nursery.start_soon(follow)
+            with trio.fail_after(30):
+                for _ in range(followers):
+                    await started.acquire()
+                assert default.borrowed_tokens == 0
+                assert await trio.to_thread.run_sync(lambda: "a short call") == "a short call"
+            nursery.cancel_scope.cancel()
+    finally:
+        engine.closed.set()
+        await client.aclose()

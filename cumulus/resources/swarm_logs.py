@@ -35,6 +35,20 @@ import trio
 
 from cumulus.resources.swarm_client import SwarmClient, SwarmError
 
+#: A followed log holds a thread for the whole life of its job. Those threads get a limiter of their own, without
+#: a bound: under Trio's default one (40 threads, shared) 40 running jobs would take every thread, and every other
+#: Docker call (creating a service, polling tasks, removing one) would wait for a job to end.
+_LOG_READERS: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("cumulus_log_readers")
+
+
+def _log_readers() -> trio.CapacityLimiter:
+    try:
+        return _LOG_READERS.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(float("inf"))
+        _LOG_READERS.set(limiter)
+        return limiter
+
 MAX_PENDING_LINES = 10_000  # log lines read but not yet taken by the Trio side: the reader waits beyond this
 
 # Docker's multiplexed stream kinds. Kind 3 ("systemerr") is the engine's own message, e.g. "Error grabbing logs:
@@ -201,7 +215,7 @@ async def follow_logs(
 
     async def _run_reader() -> None:
         try:
-            await trio.to_thread.run_sync(_reader, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(_reader, abandon_on_cancel=True, limiter=_log_readers())
         finally:
             done.set()
 
