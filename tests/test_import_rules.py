@@ -34,7 +34,8 @@ class Rule:
     only_names: tuple[tuple[str, frozenset[str]], ...] = ()  # (allowed module, the only names that may come from it)
 
 
-RUNTIME = ("=cumulus.actors", "cumulus.actors.base", "cumulus.actors.ownership", "cumulus.asyncio_bridge")
+RUNTIME = ("=cumulus.actors", "cumulus.actors.base", "cumulus.actors.childspec", "cumulus.actors.ownership",
+           "cumulus.asyncio_bridge")
 
 RULES = (
     Rule(
@@ -68,7 +69,7 @@ RULES = (
     Rule(
         "runtime",
         "the actor runtime (the cumulus.actors package __init__, which every import of the runtime runs; "
-        "cumulus.actors.base, cumulus.actors.ownership, cumulus.asyncio_bridge) and the supervisor "
+        "cumulus.actors.base, cumulus.actors.childspec, cumulus.actors.ownership, cumulus.asyncio_bridge) and the supervisor "
         "(cumulus.supervisor) import no job logic: from cumulus they import only the runtime, the supervisor and "
         "cumulus.errors (so not cumulus.jobs, cumulus.actors.job*, cumulus.actors.cluster, cumulus.actors.scheduler, "
         "cumulus.actors.worker, cumulus.resources, cumulus.backends, cumulus.journal, cumulus.rpc, nor anything "

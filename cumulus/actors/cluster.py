@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from cumulus.actors.attempt import STOP_WAIT_SECONDS
 from cumulus.actors.base import Actor, ActorRef
 from cumulus.actors.job import Cancel, JobActor, Start
 from cumulus.actors.scheduler import Admit, ExpectAdoptions, NodeInventory, NodesChanged
@@ -37,6 +38,9 @@ from cumulus.supervisor import DynamicSupervisor
 log = logging.getLogger(__name__)
 
 NODE_SYNC_SECONDS = 2.0
+#: A stopped job releases at most this many resources in turn, each bounded by jobs.release_timeout: its actor's
+#: shutdown bound (after which it is reported overdue).
+JOB_SHUTDOWN_RELEASES = 7
 #: States in which a job's container has not been created yet: a restart may start such a job afresh.
 NOT_STARTED = frozenset({JobState.QUEUED, JobState.SCHEDULING, JobState.CREATING_PARTITION})
 
@@ -182,7 +186,8 @@ class ClusterActor(Actor):
     async def _start_job(self, record: JobRecord, start: Start, note: str = "") -> None:
         await self.jobs_supervisor.start_actor(record.job_id, lambda: JobActor(
             record, settings=self.settings, swarm=self.swarm, connections=self.connections,
-            scheduler=self.scheduler, watcher=self.watcher, journal=self.journal, start=start, note=note))
+            scheduler=self.scheduler, watcher=self.watcher, journal=self.journal, start=start, note=note),
+            shutdown=JOB_SHUTDOWN_RELEASES * self.settings.jobs.release_timeout + STOP_WAIT_SECONDS)
 
     async def _find_key(self, key: str) -> JobRecord | None:
         job_id = self.by_key.get(key)
