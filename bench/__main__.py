@@ -1,6 +1,6 @@
 """``python -m bench``: run every benchmark and write bench/RESULTS.md (figures as ratios against baselines
-measured in the same run). Needs root and the local cluster (`cumulus local up`) for P1/P2/P4; `--no-cluster`
-skips those. `--quick` runs fewer rounds."""
+measured in the same run). Needs root and the local cluster (`cumulus local up`) for P1/P2/P4/P7; `--no-cluster`
+skips those. `--quick` runs fewer rounds. P7's burst size: `--p7-jobs N` (default $CUMULUS_BENCH_P7_JOBS or 100)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def goal_met(row: dict) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-cluster", action="store_true", help="skip P1/P2/P4 (they need the local cluster)")
+    parser.add_argument("--no-cluster", action="store_true", help="skip P1/P2/P4/P7 (they need the local cluster)")
+    parser.add_argument("--p7-jobs", type=int, default=int(os.environ.get("CUMULUS_BENCH_P7_JOBS", "100")),
+                        help="jobs per P7 burst (default $CUMULUS_BENCH_P7_JOBS or 100)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     rows: list[dict] = []
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         import log_relay
 
         rows += log_relay.main(["--runs", "3", "--lines", "5000"] if args.quick else ["--runs", "5"])
+        import burst
+
+        rows += burst.main(["--jobs", str(args.p7_jobs), "--runs", "1" if args.quick else "3"])
     lines = [
         "# Benchmark results",
         "",

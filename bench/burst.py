@@ -1,0 +1,488 @@
+"""P7: a burst of N trivial jobs on the real local cluster, Cumulus vs raw Swarm, in one run.
+
+    python bench/burst.py [--jobs N] [--runs R] [--address HOST:PORT]   (root; local cluster and supervisor up)
+
+N defaults to ``$CUMULUS_BENCH_P7_JOBS`` or 100; ``--jobs 5`` is a quick check.
+
+Cumulus  ``add(i, i)`` as ``cumulus.remote(gpu=0.01, duration=120, log_to_driver=False)``, N calls submitted at
+         once from this one client (``[add.remote(i, i) for i in range(N)]``), then ``cumulus.get`` on all, against
+         the supervisor that ``cumulus local up`` started (``--address``). The value of every job is checked.
+Baseline raw Swarm, the plainest docker-py script (the approach of ``shared/bench/throughput.py``, which the goal
+         is stated against): N services created one after another on the manager socket - the worker image (by
+         id), ``python3 -c print(i+i)``, init, restart condition none, no network, spread over the worker nodes
+         (``node.id==`` constraint, round robin) - then every task polled (every 0.05 s) until complete and its
+         logs read; the services are removed afterwards (timed and printed, but not in the figure).
+
+jobs/s = N / (last result - first submit) on both sides. Runs alternate between the two sides (the order flips
+every run) after one untimed warm-up of each; after each run the side's jobs are torn down / its services removed
+and gone (not timed), so that the next run starts on a clean cluster. Ratio = Cumulus / baseline, goal >= 1.0x.
+
+Also, per Cumulus job: the worker it was placed on and its submit -> start wait (``started_at - submitted_at``
+of its status: submit -> RUNNING), with the phases from its history (submit -> SCHEDULING -> placed -> RUNNING),
+printed as min / median / max and jobs per worker; and the CPU that the supervisor (the local cluster's, found
+by its pid file; read from /proc/<pid>/stat), the manager's and the workers' dockerd and this client used during
+each side's timed window. :func:`main` returns the row for ``python -m bench``; ``details`` holds the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import docker  # noqa: E402
+from docker.types import RestartPolicy  # noqa: E402
+
+from cumulus.config import default_address  # noqa: E402
+from cumulus.local.state import load_cluster  # noqa: E402
+
+GOAL = 1.0  # Cumulus must complete at least as many jobs per second as raw Swarm
+GPU = 0.01
+TIMEOUT = 600.0
+POLL = 0.05  # raw side: as shared/bench/throughput.py
+LABEL = "cumulus.bench.burst"
+
+
+def add(a, b):
+    return a + b
+
+
+# ------------------------------------------------------------------------------------------------ CPU use
+TICK = os.sysconf("SC_CLK_TCK")
+CGROUPS = Path("/sys/fs/cgroup/cpuacct")  # cgroup v1 here; the containers of node cw<i> are under cumulus-cw<i>
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """utime + stime of process ``pid`` (all its threads), from /proc/<pid>/stat; None if it is not there."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat (idle and iowait are not busy)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return (total - idle) / TICK, total / TICK
+
+
+def supervisor_pid(address: str) -> int | None:
+    """The local cluster's supervisor, if ``address`` is its address (its pid file, /proc as a fallback)."""
+    try:
+        from cumulus.local import supervisor as local_supervisor
+
+        info = local_supervisor.read_info() or {}
+        pid = local_supervisor.running_pid()
+        if pid and info.get("address", local_supervisor.ADDRESS) == address:
+            return pid
+    except Exception as error:  # noqa: BLE001 - only a measurement: say so and go on
+        print(f"  note: supervisor pid not found ({type(error).__name__}: {error})", file=sys.stderr)
+    return None
+
+
+class CpuMeter:
+    """Where the machine's CPU went during a timed window, as shares of one core (0.5 = 50 % of one core).
+
+    The supervisor, this client and each node's dockerd are read from /proc/<pid>/stat at the window's ends. The
+    job containers of each worker (the runner or ``python3 -c``, docker-init) from their node's cpuacct cgroup
+    (``cumulus-cw<i>``: exited containers stay counted). Everything else by a sweep of /proc every
+    ``interval`` s in a background thread, by kind (partition holders, sshd, containerd and shims, other
+    processes, e.g. other test runs on the machine); a process that lives less than ``interval`` is missed there
+    and counts as "unaccounted" (machine busy minus the rest). The sweep costs about 1 % of a core.
+    """
+
+    def __init__(self, supervisor: int | None, nodes: list[dict], interval: float = 1.0) -> None:
+        self.fixed: dict[str, int] = {"client (this process)": os.getpid()}
+        if supervisor:
+            self.fixed["supervisor"] = supervisor
+        for node in nodes:
+            try:
+                self.fixed[f"dockerd {node['name']}"] = int(Path(node["docker_pidfile"]).read_text())
+            except (OSError, ValueError, KeyError):
+                pass
+        self.cgroups = {f"job containers {n['name']}": CGROUPS / f"cumulus-{n['name']}" / "cpuacct.usage"
+                        for n in nodes if n["role"] == "worker"}
+        self.interval = interval
+        self._kinds: dict[int, str | None] = {}
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _kind(self, pid: int) -> str | None:
+        """What a process is (None: counted otherwise: fixed pids, job containers)."""
+        if pid in self._kinds:
+            return self._kinds[pid]
+        kind: str | None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+        except OSError:
+            return None
+        if pid in self.fixed.values() or "cumulus-cw" in cgroup:
+            kind = None
+        elif not cmdline:
+            kind = "kernel threads"
+        elif b"partition-holder" in cmdline or b"chronos" in cmdline:
+            kind = "partition holders (+ chronos)"
+        elif b"sshd" in cmdline:
+            kind = "sshd (supervisor sessions)"
+        elif b"containerd" in cmdline or b"runc" in cmdline:
+            kind = "containerd, shims, runc"
+        else:
+            kind = "other processes (e.g. other test runs)"
+        self._kinds[pid] = kind
+        return kind
+
+    def _sweep(self, first: bool) -> None:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            if self._kind(pid) is None:
+                continue
+            value = cpu_seconds(pid)
+            if value is None:
+                continue
+            if pid not in self._first:
+                self._first[pid] = value if first else 0.0  # seen first after the start: it began in the window
+            self._last[pid] = value
+
+    def _cgroup_seconds(self) -> dict[str, float]:
+        out = {}
+        for name, path in self.cgroups.items():
+            try:
+                out[name] = int(path.read_text()) / 1e9
+            except (OSError, ValueError):
+                pass
+        return out
+
+    def start(self) -> None:
+        self._kinds.clear()
+        self._first.clear()
+        self._last.clear()
+        self._fixed0 = {name: cpu_seconds(pid) for name, pid in self.fixed.items()}
+        self._cg0 = self._cgroup_seconds()
+        self._sweep(first=True)
+        self._busy0 = machine_busy()
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(self.interval):
+                self._sweep(first=False)
+
+        self._thread = threading.Thread(target=loop, name="cpu-sweep", daemon=True)
+        self._thread.start()
+
+    def stop(self, elapsed: float) -> dict[str, float]:
+        busy1 = machine_busy()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sweep(first=False)
+        seconds: dict[str, float] = {}
+        for name, pid in self.fixed.items():
+            after, before = cpu_seconds(pid), self._fixed0.get(name)
+            if after is not None and before is not None:
+                seconds[name] = after - before
+        cg1 = self._cgroup_seconds()
+        for name, before in self._cg0.items():
+            if name in cg1:
+                seconds[name] = cg1[name] - before
+        for pid, first in self._first.items():
+            kind = self._kinds.get(pid)
+            if kind is not None:
+                seconds[kind] = seconds.get(kind, 0.0) + self._last[pid] - first
+        busy = busy1[0] - self._busy0[0]
+        seconds["unaccounted (short-lived processes)"] = max(0.0, busy - sum(seconds.values()))
+        shares = {name: value / elapsed for name, value in seconds.items() if elapsed > 0}
+        shares["machine busy (all cores)"] = busy / elapsed if elapsed > 0 else 0.0
+        return shares
+
+
+# ---------------------------------------------------------------------------------------------- the two sides
+class RawBurst:
+    """The baseline, as shared/bench/throughput.py does it (blocking docker-py)."""
+
+    def __init__(self, desc: dict) -> None:
+        self.desc = desc
+        self.cli = docker.DockerClient(base_url=f"unix://{desc['manager_socket']}", version="auto", timeout=60)
+        self.workers = [n["node_id"] for n in desc["nodes"] if n["role"] == "worker"]
+        self.names = {n["node_id"]: n["name"] for n in desc["nodes"]}
+
+    def close(self) -> None:
+        self.cli.close()
+
+    def run(self, n: int, cpu: CpuMeter) -> dict[str, Any]:
+        tag = secrets.token_hex(4)
+        services: list[Any] = []
+        try:
+            cpu.start()
+            t0 = time.perf_counter()
+            for i in range(n):
+                services.append(self.cli.services.create(
+                    image=self.desc["image_id"], name=f"bench-burst-{tag}-{i}",
+                    command=["python3", "-c", f"print({i}+{i})"],
+                    restart_policy=RestartPolicy(condition="none"), init=True,
+                    constraints=[f"node.id=={self.workers[i % len(self.workers)]}"], labels={LABEL: tag}))
+            created = time.perf_counter() - t0
+            pending = set(range(n))
+            done: dict[int, dict] = {}
+            deadline = time.monotonic() + TIMEOUT
+            while pending:
+                for i in list(pending):
+                    tasks = services[i].tasks()
+                    if tasks and tasks[0]["Status"]["State"] in ("complete", "failed", "rejected"):
+                        assert tasks[0]["Status"]["State"] == "complete", tasks[0]["Status"]
+                        out = b"".join(services[i].logs(stdout=True))
+                        assert out.strip() == str(2 * i).encode(), (i, out[-200:])
+                        done[i] = tasks[0]
+                        pending.discard(i)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"raw burst: {len(pending)} of {n} services not complete after {TIMEOUT} s")
+                if pending:
+                    time.sleep(POLL)
+            elapsed = time.perf_counter() - t0
+            shares = cpu.stop(elapsed)
+        finally:
+            removal = self._remove_all(tag, services)
+        per_worker: dict[str, int] = {}
+        for task in done.values():
+            name = self.names.get(task.get("NodeID", ""), task.get("NodeID", "?"))
+            per_worker[name] = per_worker.get(name, 0) + 1
+        return {"elapsed": elapsed, "rate": n / elapsed, "create_all": created, "remove_all": removal,
+                "per_worker": per_worker, "cpu": shares}
+
+    def _remove_all(self, tag: str, services: list[Any]) -> float:
+        """Remove the run's services (and any left by an earlier failed run with the same tag) and wait until
+        their tasks are gone; returns the seconds it took."""
+        t0 = time.perf_counter()
+        ids = {s.id for s in services}
+        try:
+            ids |= {s.id for s in self.cli.services.list(filters={"label": f"{LABEL}={tag}"})}
+        except docker.errors.APIError:
+            pass
+        for service_id in ids:
+            try:
+                self.cli.api.remove_service(service_id)
+            except docker.errors.NotFound:
+                pass
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            left = [t for t in self.cli.api.tasks(filters={"label": f"{LABEL}={tag}"})]
+            if not left:
+                break
+            time.sleep(0.2)
+        return time.perf_counter() - t0
+
+
+class CumulusBurst:
+    """Cumulus through the SDK, the way a user writes it."""
+
+    def __init__(self, address: str) -> None:
+        import cumulus
+        from cumulus.client.client import CumulusClient
+
+        self.cumulus = cumulus
+        self.address = address
+        self.client = CumulusClient(address, log_to_driver=False)
+        self.client.health()  # a clear error now if the supervisor is not there
+        self.remote_add = cumulus.remote(gpu=GPU, duration=120, log_to_driver=False, address=address)(add)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def run(self, n: int, cpu: CpuMeter) -> dict[str, Any]:
+        cpu.start()
+        t0 = time.perf_counter()
+        refs, calls = [], []
+        for i in range(n):
+            before = time.perf_counter()
+            refs.append(self.remote_add.remote(i, i))  # returns once the supervisor accepted the job
+            calls.append(time.perf_counter() - before)
+        submitted = time.perf_counter() - t0
+        values = self.cumulus.get(refs, timeout=TIMEOUT)
+        elapsed = time.perf_counter() - t0
+        shares = cpu.stop(elapsed)
+        assert values == [2 * i for i in range(n)], values[:10]
+        jobs = [self._job(ref.job_id) for ref in refs]  # not timed
+        self._wait_torn_down({ref.job_id for ref in refs})
+        return {"elapsed": elapsed, "rate": n / elapsed, "submit_all": submitted, "submit_calls": calls, "jobs": jobs,
+                "cpu": shares}
+
+    def _job(self, job_id: str) -> dict[str, Any]:
+        """Where the job ran and when it moved: from its status and history (Unix seconds)."""
+        desc = self.client.describe(job_id)
+        info = desc.info
+        at: dict[str, float] = {}
+        for event in desc.events:
+            key = event.state if event.kind == "state" else event.kind
+            at.setdefault(key, event.at)  # the first time it happened
+        return {"job_id": job_id, "worker": info.worker, "device": info.device_index,
+                "submitted": info.submitted_at, "started": info.started_at, "finished": info.finished_at,
+                "scheduling": at.get("SCHEDULING"), "placed": at.get("placement"),
+                "partition": at.get("CREATING_PARTITION"), "running": at.get("RUNNING"),
+                "leaked": list(info.leaked)}
+
+    def _wait_torn_down(self, job_ids: set[str]) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            live = {info.job_id for info in self.client.list_jobs(include_finished=False)}
+            if not live & job_ids:
+                return
+            time.sleep(0.2)
+        print(f"  note: {len(live & job_ids)} jobs not torn down after {TIMEOUT:g} s", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------- summary
+def spread(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return (f"min {min(values):.2f} s, median {statistics.median(values):.2f} s, max {max(values):.2f} s"
+            f" (n={len(values)})")
+
+
+def summarize_jobs(jobs: list[dict]) -> dict[str, Any]:
+    def gaps(a: str, b: str) -> list[float]:
+        return [j[b] - j[a] for j in jobs if j.get(a) is not None and j.get(b) is not None]
+
+    per_worker: dict[str, int] = {}
+    for job in jobs:
+        per_worker[job["worker"] or "?"] = per_worker.get(job["worker"] or "?", 0) + 1
+    return {
+        "per_worker": dict(sorted(per_worker.items())),
+        "wait": gaps("submitted", "started"),  # submit -> RUNNING
+        "to_scheduling": gaps("submitted", "scheduling"),
+        "scheduling_to_placed": gaps("scheduling", "placed"),
+        "placed_to_running": gaps("placed", "running"),
+        "running_to_finished": gaps("started", "finished"),
+        "leaked": [j["job_id"] for j in jobs if j["leaked"]],
+    }
+
+
+def print_run(side: str, n: int, run: dict) -> None:
+    shares = run["cpu"]
+    cpu = ", ".join(f"{name} {100 * share:.0f} %" for name, share in sorted(shares.items(), key=lambda kv: -kv[1])
+                    if share >= 0.005)
+    if side == "cumulus":
+        s = summarize_jobs(run["jobs"])
+        print(f"  cumulus: {n} jobs in {run['elapsed']:.2f} s = {run['rate']:.2f} jobs/s (submitting all took "
+              f"{run['submit_all']:.2f} s); jobs per worker {s['per_worker']}")
+        print(f"    one .remote() call (package + SubmitJob until accepted): {spread(run['submit_calls'])}")
+        print(f"    submit -> start (RUNNING) wait: {spread(s['wait'])}")
+        print(f"    phases: submit -> SCHEDULING {spread(s['to_scheduling'])}; SCHEDULING -> placed "
+              f"{spread(s['scheduling_to_placed'])}; placed -> RUNNING {spread(s['placed_to_running'])}; "
+              f"RUNNING -> ended {spread(s['running_to_finished'])}")
+        if s["leaked"]:
+            print(f"    LEAKED teardown in {len(s['leaked'])} jobs: {s['leaked'][:5]}")
+    else:
+        print(f"  raw swarm: {n} services in {run['elapsed']:.2f} s = {run['rate']:.2f} jobs/s (creating all took "
+              f"{run['create_all']:.2f} s; removing them afterwards {run['remove_all']:.2f} s, not counted); "
+              f"tasks per worker {dict(sorted(run['per_worker'].items()))}")
+    print(f"    CPU during the window (% of one core; the machine has {os.cpu_count()} cores): {cpu}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- the runs
+def alternate(runs: int, cumulus: Callable[[], dict], baseline: Callable[[], dict]) -> tuple[list, list]:
+    cumulus()  # warm-up, untimed (but checked)
+    baseline()
+    ours, theirs = [], []
+    for i in range(runs):
+        if i % 2 == 0:
+            ours.append(cumulus())
+            theirs.append(baseline())
+        else:
+            theirs.append(baseline())
+            ours.append(cumulus())
+    return ours, theirs
+
+
+def measure(n: int, runs: int, address: str, warm_up: int) -> dict:
+    desc = load_cluster()
+    cpu = CpuMeter(supervisor_pid(address), desc["nodes"])
+    if "supervisor" not in cpu.fixed:
+        print(f"  note: the supervisor at {address} is not the local cluster's (or its pid is unknown): its CPU "
+              "is not measured", file=sys.stderr)
+    raw = RawBurst(desc)
+    ours_side = CumulusBurst(address)
+    warm = {"cumulus": True, "raw": True}
+
+    def ours() -> dict:
+        size = warm_up if warm["cumulus"] else n
+        run = ours_side.run(size, cpu)
+        if warm["cumulus"]:
+            print(f"  cumulus warm-up ({size} jobs): {run['elapsed']:.2f} s", flush=True)
+        else:
+            print_run("cumulus", size, run)
+        warm["cumulus"] = False
+        return run
+
+    def theirs() -> dict:
+        size = warm_up if warm["raw"] else n
+        run = raw.run(size, cpu)
+        if warm["raw"]:
+            print(f"  raw swarm warm-up ({size} services): {run['elapsed']:.2f} s", flush=True)
+        else:
+            print_run("raw", size, run)
+        warm["raw"] = False
+        return run
+
+    try:
+        cumulus_all, baseline_all = alternate(runs, ours, theirs)
+    finally:
+        ours_side.close()
+        raw.close()
+    c = statistics.median(r["rate"] for r in cumulus_all)
+    b = statistics.median(r["rate"] for r in baseline_all)
+    jobs = [job for run in cumulus_all for job in run["jobs"]]
+    summary = summarize_jobs(jobs)
+    supervisor_cpu = [r["cpu"]["supervisor"] for r in cumulus_all if "supervisor" in r["cpu"]]
+    return {"metric": f"P7 burst of {n} trivial jobs (gpu={GPU:g}), completed jobs/s", "cumulus": c, "baseline": b,
+            "ratio": c / b, "goal": f">= {GOAL:g}x", "met": c / b >= GOAL, "unit": "jobs/s", "runs": runs, "jobs": n,
+            "cumulus_all": [r["rate"] for r in cumulus_all], "baseline_all": [r["rate"] for r in baseline_all],
+            "details": {"wait": summary["wait"], "per_worker": summary["per_worker"],
+                        "supervisor_cpu": supervisor_cpu, "cumulus_runs": cumulus_all, "raw_runs": baseline_all}}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("CUMULUS_BENCH_P7_JOBS", "100")),
+                        help="jobs per burst (default $CUMULUS_BENCH_P7_JOBS or 100)")
+    parser.add_argument("--runs", type=int, default=3, help="timed bursts of each side (default 3)")
+    parser.add_argument("--warm-up", type=int, default=5, help="jobs in the untimed warm-up burst of each side")
+    parser.add_argument("--address", default=None, help="the supervisor (default: the local cluster's)")
+    parser.add_argument("--json", default=None, help="also write the row, with every job's record, to this file")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.runs < 1 or args.warm_up < 1:
+        parser.error("--jobs, --runs and --warm-up must be >= 1")
+    r = measure(args.jobs, args.runs, args.address or default_address(), args.warm_up)
+    d = r["details"]
+    print(f"P7 burst of {args.jobs} jobs: Cumulus {r['cumulus']:.2f} jobs/s   raw Swarm {r['baseline']:.2f} jobs/s   "
+          f"ratio {r['ratio']:.2f}x (goal {r['goal']}){'' if r['met'] else '  (not met)'}")
+    print(f"  Cumulus, all timed runs: submit -> start wait {spread(d['wait'])}; jobs per worker {d['per_worker']}"
+          + (f"; supervisor CPU {', '.join(f'{100 * s:.0f} %' for s in d['supervisor_cpu'])} of one core"
+             if d["supervisor_cpu"] else ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1, default=str))
+    return [r]
+
+
+if __name__ == "__main__":
+    main()
