@@ -200,3 +200,14 @@ def test_any_sequence_of_reserves_and_releases_keeps_the_books_right(ops):
                 assert all(d.used_share == 0 for d in worker.devices) and worker.running_jobs == 0
 
     trio.run(main)
+
+
+async def test_a_worker_that_connects_before_its_node_is_listed_is_not_forgotten():
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(run_actor, Scheduler(settings()))
+        await ref.cast(WorkerHealth("id-a", True))  # the worker actor connected at once...
+        await ref.cast(NodesChanged((inventory("a"),)))  # ...before the cluster's node list came
+        (worker,) = await ref.call(ListWorkers())
+        assert worker.healthy and worker.state == "ready"
+        assert isinstance(await ref.call(Reserve("j", spec(), 1)), Reservation)
+        nursery.cancel_scope.cancel()

@@ -283,7 +283,11 @@ class ClusterActor(Actor):
             await self._reap_orphan_services()
             self._reaped = True
         nodes = {n.id: n for n in await self.swarm.list_nodes() if n.labels.get("cumulus.worker") == "true"}
-        changed = nodes != self.nodes
+        if nodes != self.nodes:  # the Scheduler first: a worker that connects at once finds its node known
+            await self.scheduler.cast(NodesChanged(tuple(
+                NodeInventory(node.id, node.hostname, node.labels.get("cumulus.ssh", ""),
+                              tuple(parse_devices(node.labels)), node.ready, f"{node.state}/{node.availability}")
+                for node in nodes.values())))
         for node_id in list(self.worker_refs):
             if node_id not in nodes:
                 log.warning("cluster: node %s left the Swarm", self.nodes[node_id].hostname)
@@ -298,11 +302,6 @@ class ClusterActor(Actor):
             elif self.nodes.get(node_id) != node:
                 await ref.cast(NodeUpdate(node))
         self.nodes = nodes
-        if changed:
-            await self.scheduler.cast(NodesChanged(tuple(
-                NodeInventory(node.id, node.hostname, node.labels.get("cumulus.ssh", ""),
-                              tuple(parse_devices(node.labels)), node.ready, f"{node.state}/{node.availability}")
-                for node in nodes.values())))
 
     async def _reap_orphan_services(self) -> None:
         services = await self.swarm.list_services({LABEL_SUPERVISOR: self.settings.supervisor_id})

@@ -188,6 +188,7 @@ class Scheduler(Actor):
         self.held: dict[str, Reservation] = {}
         self.queue: list[_Waiting] = []  # sorted: higher priority first, then arrival
         self.adopting: dict[str, str] = {}  # job id -> node id, until its exact reservation is made
+        self.links: dict[str, tuple[bool, str]] = {}  # node id -> (connected, reason), from its WorkerActor
         self._seq = itertools.count()
 
     async def handle(self, message: Any) -> Any:
@@ -204,6 +205,8 @@ class Scheduler(Actor):
                 self._nodes_changed(nodes)
                 return None
             case WorkerHealth(node_id, connected, reason):
+                # Kept also for a node not known yet: its worker may connect before the node list arrives.
+                self.links[node_id] = connected, reason
                 node = self.nodes.get(node_id)
                 if node is not None:
                     node.connected, node.reason = connected, reason
@@ -349,7 +352,7 @@ class Scheduler(Actor):
         for node_id, inventory in current.items():
             node = self.nodes.get(node_id)
             if node is None:
-                node = self.nodes[node_id] = _Node(inventory)
+                node = self.nodes[node_id] = _Node(inventory, *self.links.get(node_id, (False, "connecting")))
                 for reservation in self.held.values():  # what its jobs held before it left
                     if reservation.node_id == node_id:
                         for index in reservation.device_indexes:
