@@ -105,12 +105,11 @@ class LoadEvents:
 
 
 def row_of(record: JobRecord, *, with_package: bool) -> dict[str, Any]:
+    """The record as a row. ``with_package``: the whole row of a new job (spec and package included); otherwise
+    only what changes during a job's life (a spec never does)."""
     spec = record.spec
     row: dict[str, Any] = {
-        "job_id": record.job_id, "idempotency_key": spec.idempotency_key, "name": spec.name,
-        "spec": json.dumps({"gpu": spec.gpu, "duration": spec.duration, "requirements": list(spec.requirements),
-                            "env": spec.env, "retries": spec.retries, "retry_exceptions": spec.retry_exceptions,
-                            "priority": spec.priority, "max_queue_seconds": spec.max_queue_seconds}),
+        "job_id": record.job_id,
         "state": record.state.value, "reason": record.reason, "attempt": record.attempt,
         "placement": json.dumps(record.placement.__dict__) if record.placement else None,
         "partition_id": record.partition_id, "service_id": record.service_id, "result": record.result,
@@ -119,7 +118,12 @@ def row_of(record: JobRecord, *, with_package: bool) -> dict[str, Any]:
         "submitted_at": record.submitted_at, "started_at": record.started_at, "finished_at": record.finished_at,
     }
     if with_package:
-        row["package"] = spec.package
+        row.update({
+            "idempotency_key": spec.idempotency_key, "name": spec.name, "package": spec.package,
+            "spec": json.dumps({"gpu": spec.gpu, "duration": spec.duration, "requirements": list(spec.requirements),
+                                "env": spec.env, "retries": spec.retries, "retry_exceptions": spec.retry_exceptions,
+                                "priority": spec.priority, "max_queue_seconds": spec.max_queue_seconds}),
+        })
     return row
 
 
@@ -163,24 +167,39 @@ class JournalStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._statements: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._event_counts: dict[str, list[int]] = {}
 
     def save_many(self, rows: list[dict[str, Any]], events: Sequence[HistoryEvent] = ()) -> None:
         with self.db:
             self.db.execute("BEGIN")
             self._add_events(events)
+            new = [row for row in rows if "package" in row]
+            for row in new:
+                self.db.execute(self._statement("INSERT", tuple(row)), row)
+            # A terminal row is never changed again, except to add its teardown outcome.
+            by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for row in rows:
-                if "package" in row:  # a new job
-                    columns = ", ".join(row)
-                    self.db.execute(f"INSERT OR IGNORE INTO jobs ({columns}) VALUES "
-                                    f"({', '.join(':' + c for c in row)})", row)
-                # A terminal row is never changed again, except to add its teardown outcome.
-                updates = ", ".join(f"{c}=:{c}" for c in row if c not in ("job_id", "package"))
-                self.db.execute(f"UPDATE jobs SET {updates} WHERE job_id = :job_id "
-                                f"AND (state NOT IN {TERMINAL} OR state = :state)", row)
+                by_columns.setdefault(tuple(row), []).append(row)
+            for columns, group in by_columns.items():
+                self.db.executemany(self._statement("UPDATE", columns), group)
+
+    def _statement(self, kind: str, columns: tuple[str, ...]) -> str:
+        statement = self._statements.get((kind, columns))
+        if statement is None:
+            if kind == "INSERT":
+                statement = (f"INSERT OR IGNORE INTO jobs ({', '.join(columns)}) VALUES "
+                             f"({', '.join(':' + c for c in columns)})")
+            else:
+                updates = ", ".join(f"{c}=:{c}" for c in columns if c not in ("job_id", "package"))
+                statement = (f"UPDATE jobs SET {updates} WHERE job_id = :job_id "
+                             f"AND (state NOT IN {TERMINAL} OR state = :state)")
+            self._statements[kind, columns] = statement
+        return statement
 
     def _add_events(self, events: Sequence[HistoryEvent]) -> None:
         """Append ``events`` (inside the caller's transaction), each job's bounded (see :mod:`cumulus.history`)."""
-        counts: dict[str, list[int]] = {}  # job id -> [events kept, last seq]
+        counts = self._event_counts  # job id -> [events kept, last seq], read once per job from the table
         for event in events:
             kept = counts.get(event.job_id)
             if kept is None:
@@ -217,10 +236,14 @@ class JournalStore:
             self.db.execute("DELETE FROM job_events WHERE job_id IN (SELECT job_id FROM jobs WHERE state IN "
                             f"{TERMINAL} AND finished_at < ?)", (horizon,))
             cursor = self.db.execute(f"DELETE FROM jobs WHERE state IN {TERMINAL} AND finished_at < ?", (horizon,))
+        self._event_counts.clear()
         return cursor.rowcount
 
     def close(self) -> None:
         self.db.close()
+
+
+WRITE_GATHER_SECONDS = 0.01
 
 
 class Journal(Actor):
@@ -286,6 +309,9 @@ class Journal(Actor):
     async def _writer(self) -> None:
         while True:
             await self._wake.wait()
+            # Gather what comes in the next moment into the same transaction: a burst of jobs changing state
+            # costs one write, not one per change. Nothing waits for it (reads flush first).
+            await trio.sleep(WRITE_GATHER_SECONDS)
             self._wake = trio.Event()
             await self._flush()
 

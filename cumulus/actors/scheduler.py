@@ -152,19 +152,34 @@ class _Node:
     connected: bool = False
     reason: str = "connecting"
     used: dict[int, dict[str, float]] = field(default_factory=dict)  # device index -> job id -> share
+    _devices: tuple[DeviceLoad, ...] | None = None  # the devices' loads, rebuilt after a change
 
     @property
     def available(self) -> bool:
         return self.inventory.ready and self.connected
 
-    def jobs(self) -> set[str]:
-        return {job for shares in self.used.values() for job in shares}
+    def add(self, job_id: str, device_indexes: tuple[int, ...], share: float) -> None:
+        for index in device_indexes:
+            self.used.setdefault(index, {})[job_id] = share
+        self._devices = None
+
+    def remove(self, job_id: str, device_indexes: tuple[int, ...]) -> None:
+        for index in device_indexes:
+            self.used.get(index, {}).pop(job_id, None)
+        self._devices = None
+
+    def set_inventory(self, inventory: NodeInventory) -> None:
+        self.inventory, self._devices = inventory, None
+
+    def jobs(self) -> int:
+        return len({job for shares in self.used.values() for job in shares})
 
     def view(self, *, available: bool) -> NodeView:
-        inv = self.inventory
-        return NodeView(inv.node_id, inv.hostname,
-                        tuple(DeviceLoad(d, sum(self.used.get(d.index, {}).values())) for d in inv.devices),
-                        len(self.jobs()), available)
+        if self._devices is None:
+            self._devices = tuple(DeviceLoad(d, sum(self.used.get(d.index, {}).values()))
+                                  for d in self.inventory.devices)
+            self._jobs = self.jobs()
+        return NodeView(self.inventory.node_id, self.inventory.hostname, self._devices, self._jobs, available)
 
 
 @dataclass(eq=False)
@@ -277,8 +292,7 @@ class Scheduler(Actor):
 
     def _hold(self, job_id: str, node: _Node, device_indexes: tuple[int, ...], share: float) -> Reservation:
         by_index = {d.index: d for d in node.inventory.devices}
-        for index in device_indexes:
-            node.used.setdefault(index, {})[job_id] = share
+        node.add(job_id, device_indexes, share)
         reservation = Reservation(job_id, node.inventory.hostname, node.inventory.node_id, tuple(device_indexes),
                                   share, tuple(by_index[i].uuid if by_index[i].is_gpu else None
                                                for i in device_indexes))
@@ -296,8 +310,7 @@ class Scheduler(Actor):
         if reservation is not None:
             node = self.nodes.get(reservation.node_id)
             if node is not None:
-                for index in reservation.device_indexes:
-                    node.used.get(index, {}).pop(job_id, None)
+                node.remove(job_id, reservation.device_indexes)
         self._drain()
 
     # ---- the queue --------------------------------------------------------------------------------------------
@@ -355,10 +368,9 @@ class Scheduler(Actor):
                 node = self.nodes[node_id] = _Node(inventory, *self.links.get(node_id, (False, "connecting")))
                 for reservation in self.held.values():  # what its jobs held before it left
                     if reservation.node_id == node_id:
-                        for index in reservation.device_indexes:
-                            node.used.setdefault(index, {})[reservation.job_id] = reservation.share
+                        node.add(reservation.job_id, reservation.device_indexes, reservation.share)
             else:
-                node.inventory = inventory
+                node.set_inventory(inventory)
         self._drain()
 
     def _info(self, node: _Node) -> WorkerInfo:
