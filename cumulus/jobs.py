@@ -154,6 +154,7 @@ class JobRecord:
         self.on_change: Callable[[JobRecord], None] | None = None
         self.on_history: Callable[[HistoryEvent], None] | None = None
         self._queue_notes = 0
+        self._secrets: tuple[str, ...] | None = None  # the env values scrubbed from history, computed once
 
     def journal_to(self, on_change: Callable[[JobRecord], None] | None,
                    on_history: Callable[[HistoryEvent], None] | None) -> None:
@@ -295,7 +296,9 @@ class JobRecord:
         """Hand a history event to ``on_history`` (the journal), scrubbed of the job's env values."""
         if self.on_history is None:
             return
-        secrets = secrets_of(self.spec.env)
+        secrets = self._secrets
+        if secrets is None:
+            secrets = self._secrets = secrets_of(self.spec.env)
         self.on_history(HistoryEvent(self.job_id, time.time(), kind, scrub(text, secrets), self.attempt, state,
                                      scrub(reason, secrets), scrub(data or {}, secrets)))
 

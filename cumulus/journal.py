@@ -200,6 +200,9 @@ class JournalStore:
     def _add_events(self, events: Sequence[HistoryEvent]) -> None:
         """Append ``events`` (inside the caller's transaction), each job's bounded (see :mod:`cumulus.history`)."""
         counts = self._event_counts  # job id -> [events kept, last seq], read once per job from the table
+        if len(counts) > EVENT_COUNTS_KEPT:  # bounded memory: forgotten counts are read again when needed
+            counts.clear()
+        kept_rows = []
         for event in events:
             kept = counts.get(event.job_id)
             if kept is None:
@@ -214,8 +217,9 @@ class JournalStore:
                 event = limit_reached(event.job_id, event.at, event.attempt)
             kept[0] += 1
             kept[1] += 1
-            self.db.execute("INSERT INTO job_events (job_id, seq, at, kind, payload) VALUES (?, ?, ?, ?, ?)",
-                            (event.job_id, kept[1], event.at, event.kind, event.payload()))
+            kept_rows.append((event.job_id, kept[1], event.at, event.kind, event.payload()))
+        self.db.executemany("INSERT INTO job_events (job_id, seq, at, kind, payload) VALUES (?, ?, ?, ?, ?)",
+                            kept_rows)
 
     def events(self, job_id: str) -> list[HistoryEvent]:
         rows = self.db.execute("SELECT at, kind, payload FROM job_events WHERE job_id = ? ORDER BY seq",
@@ -244,6 +248,7 @@ class JournalStore:
 
 
 WRITE_GATHER_SECONDS = 0.01
+EVENT_COUNTS_KEPT = 10_000
 
 
 class Journal(Actor):

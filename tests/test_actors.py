@@ -147,7 +147,7 @@ async def test_full_mailbox_senders_get_actor_died_when_it_stops(autojump_clock)
                 callers.start_soon(caller, ref, ("add", 1))
             with trio.fail_after(30):
                 await ref.wait_stopped()
-    assert results[:2] == ["slept", "stopping"]
+    assert sorted(results[:2]) == ["slept", "stopping"]  # two callers: their answers may wake them in any order
     assert sorted(results[2:]) == ["died"] * 3
 
 

@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+import outcome
 import trio
 
 from cumulus.actors.ownership import ResourceOwner
@@ -31,10 +32,52 @@ log = logging.getLogger(__name__)
 _NO_REPLY = object()
 
 
+class _Reply:
+    """One caller's answer slot: the actor answers (or closes) it once; the caller waits on it at most once.
+
+    Lighter than a memory channel per call. A caller that is cancelled abandons the slot; an answer given after
+    that is dropped, as nobody waits for it.
+    """
+
+    __slots__ = ("_task", "_done", "_answer")
+
+    def __init__(self) -> None:
+        self._task: trio.lowlevel.Task | None = None
+        self._done = False
+        self._answer: Any = _CLOSED
+
+    def answer(self, value: Any) -> None:
+        if self._done:
+            return
+        self._done, self._answer = True, value
+        if self._task is not None:
+            task, self._task = self._task, None
+            trio.lowlevel.reschedule(task, outcome.Value(value))
+
+    def close(self) -> None:
+        """The actor stopped without answering: the caller gets ActorDied."""
+        self.answer(_CLOSED)
+
+    async def wait(self) -> Any:
+        if self._done:
+            await trio.lowlevel.checkpoint()
+            return self._answer
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._task, self._done = None, True  # abandoned: a later answer is dropped
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+_CLOSED = object()
+
+
 @dataclass(slots=True)
 class _Envelope:
     message: Any
-    reply: trio.MemorySendChannel | None  # None for a cast
+    reply: _Reply | None  # None for a cast
 
 
 @dataclass(slots=True)
@@ -85,13 +128,11 @@ class ActorRef:
         Cancellation: if the caller is cancelled, the call is abandoned; a message already delivered may still be
         handled, and its answer is dropped.
         """
-        reply_send, reply_receive = trio.open_memory_channel[Any](1)
-        with reply_receive:
-            await self._deliver(_Envelope(message, reply_send))
-            try:
-                answer = await reply_receive.receive()
-            except trio.EndOfChannel:
-                raise ActorDied(self.name, self._life.reason) from None
+        reply = _Reply()
+        await self._deliver(_Envelope(message, reply))
+        answer = await reply.wait()
+        if answer is _CLOSED:
+            raise ActorDied(self.name, self._life.reason)
         if isinstance(answer, _Failure):
             raise answer.error
         return answer
@@ -226,9 +267,22 @@ async def run_actor(actor: Actor, *, task_status: trio.TaskStatus[ActorRef] = tr
         life.stopped.set()
 
 
+MESSAGES_PER_CHECKPOINT = 64  # a busy actor still lets others run (and notices cancellation) this often
+
+
 async def _serve(actor: Actor, mailbox: trio.MemoryReceiveChannel, current: list[_Envelope]) -> None:
+    # Messages already in the mailbox are taken without a trip through the scheduler each: a burst costs one
+    # checkpoint per MESSAGES_PER_CHECKPOINT, not one per message.
+    burst = 0
     while not actor._stopping:
-        envelope = await mailbox.receive()
+        burst += 1
+        if burst % MESSAGES_PER_CHECKPOINT == 0:
+            await trio.lowlevel.checkpoint()  # before taking a message: a cancellation here loses none
+        try:
+            envelope = mailbox.receive_nowait()
+        except trio.WouldBlock:
+            envelope = await mailbox.receive()
+            burst = 0
         current.append(envelope)
         actor._handling = True
         try:
@@ -246,13 +300,8 @@ async def _serve(actor: Actor, mailbox: trio.MemoryReceiveChannel, current: list
 
 
 def _answer(envelope: _Envelope, answer: Any) -> None:
-    if envelope.reply is None:
-        return
-    with envelope.reply:
-        try:
-            envelope.reply.send_nowait(answer)
-        except trio.BrokenResourceError:
-            pass  # the caller gave up (was cancelled); nobody is waiting for this answer
+    if envelope.reply is not None:
+        envelope.reply.answer(answer)  # dropped if the caller gave up (was cancelled)
 
 
 def _retire(

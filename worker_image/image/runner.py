@@ -45,12 +45,17 @@ def log(msg: str) -> None:
 
 
 def cloudpickle_version() -> str:
+    """The module's own ``__version__`` first: asking importlib.metadata scans site-packages, which costs every
+    job tens of milliseconds of CPU."""
+    version = getattr(cloudpickle, "__version__", None)
+    if version:
+        return str(version)
     try:
-        from importlib.metadata import version
+        from importlib.metadata import version as installed
 
-        return version("cloudpickle")
+        return installed("cloudpickle")
     except Exception:  # noqa: BLE001
-        return getattr(cloudpickle, "__version__", "unknown")
+        return "unknown"
 
 
 # ----------------------------------------------------------------------------------------------- requirements
