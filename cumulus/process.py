@@ -13,6 +13,9 @@ from cumulus.config import Settings
 from cumulus.errors import CumulusError
 
 log = logging.getLogger("cumulus")
+#: Libraries that narrate every step at INFO (asyncssh: each SSH channel opened and closed, thousands of lines a
+#: minute under load): at INFO they say only warnings and errors; at DEBUG, everything.
+CHATTY_LIBRARIES = ("asyncssh", "asyncssh.sftp")
 
 
 def run_supervisor_process(settings: Settings) -> int:
@@ -21,12 +24,19 @@ def run_supervisor_process(settings: Settings) -> int:
     A signal shuts the tree down cleanly (children in reverse order, owned resources released) and returns 0.
     A failure to start (bad address, unreachable cluster) is printed as one line and returns 1.
     """
-    logging.getLogger().setLevel(settings.logging.level)
+    configure_logging(settings.logging.level)
     try:
         return trio.run(_main, settings)
     except CumulusError as error:
         print(f"cumulus supervisor: {error}", file=sys.stderr)
         return 1
+
+
+def configure_logging(level: str) -> None:
+    """The supervisor's log level (``logging.level``); chatty libraries say only warnings unless it is DEBUG."""
+    logging.getLogger().setLevel(level)
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
 
 
 async def _main(settings: Settings) -> int:

@@ -83,3 +83,20 @@ def test_bad_settings_are_refused_with_the_key_name(tmp_path):
 def test_version():
     result = cumulus("--version")
     assert result.returncode == 0 and result.stdout.startswith("cumulus ")
+
+
+def test_ssh_channel_chatter_is_kept_out_of_the_supervisor_log_unless_debugging():
+    import logging
+
+    from cumulus.process import configure_logging
+
+    try:
+        configure_logging("INFO")
+        assert not logging.getLogger("asyncssh").isEnabledFor(logging.INFO)
+        assert logging.getLogger("asyncssh").isEnabledFor(logging.WARNING)
+        assert logging.getLogger("cumulus.actors.job").isEnabledFor(logging.INFO)
+        configure_logging("DEBUG")
+        assert logging.getLogger("asyncssh.sftp").isEnabledFor(logging.DEBUG)
+    finally:
+        for name in ("", "asyncssh", "asyncssh.sftp"):
+            logging.getLogger(name).setLevel(logging.NOTSET if name else logging.WARNING)
