@@ -88,7 +88,7 @@ async def open_job_files(
             timeout=15,
         )
         await conn.put_bytes(package, posixpath.join(files.code_dir, PACKAGE_NAME), 0o444)
-        await conn.run(f"chmod 0555 -- {q(files.code_dir)}", timeout=30)
+        await conn.chmod(files.code_dir, 0o555)
         made = True
     finally:
         if not made:  # failed or cancelled half-way: remove what was made

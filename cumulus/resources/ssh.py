@@ -148,6 +148,11 @@ class SshConnection:
 
         await self._aio(_put, what=f"write {remote_path}")
 
+    async def chmod(self, remote_path: str, mode: int) -> None:
+        """Set ``remote_path``'s mode over the SFTP channel (no process on the worker). Raises :class:`SshError`."""
+        sftp = await self._sftp_client()
+        await self._aio(sftp.chmod, remote_path, mode, what=f"chmod {remote_path}")
+
     async def get_bytes(self, remote_path: str, max_bytes: int) -> bytes:
         """Read the whole of ``remote_path``. Raises :class:`RemotePathNotFound` if it does not exist and
         :class:`SshError` if it is larger than ``max_bytes`` (then nothing is read)."""

@@ -172,8 +172,10 @@ async def test_job_files(cluster, workers):
         async with connect(cluster, workers[0]) as conn:
             async with open_job_files(conn, jobs_dir=jobs_dir, job_id=job, package=b"PK-zip-bytes") as files:
                 assert files.job_dir == f"{jobs_dir}/{job}"
-                modes = (await conn.run(f"stat -c '%a %n' {files.code_dir}/package.zip {files.output_dir}")).stdout
-                assert modes.split() == ["444", f"{files.code_dir}/package.zip", "777", files.output_dir]
+                modes = (await conn.run(f"stat -c '%a %n' {files.code_dir}/package.zip {files.output_dir} "
+                                        f"{files.code_dir}")).stdout
+                assert modes.split() == ["444", f"{files.code_dir}/package.zip", "777", files.output_dir,
+                                         "555", files.code_dir]
                 assert await conn.get_bytes(f"{files.code_dir}/package.zip", 100) == b"PK-zip-bytes"
                 assert await files.fetch_result(1000) is None
                 await conn.run(f"printf result > {files.output_dir}/result.msgpack")
