@@ -389,3 +389,16 @@ async def test_a_subscriber_drains_a_burst_in_order_and_still_lets_other_tasks_r
     # either order in each batch, so the other task can see the same point twice and skip the next one).
     during_burst = [seen for seen in other_task_ran if 0 < seen < 2_000]
     assert len(during_burst) >= 2_000 // EVENTS_PER_CHECKPOINT - 2, during_burst
+
+
+async def test_a_worker_that_cannot_connect_says_why_in_the_worker_list(autojump_clock):
+    async with fake_cluster(workers=2) as (sup, world):
+        world.cut("fw2")
+        with trio.fail_after(60):
+            while True:
+                workers = {w.hostname: w for w in await sup.list_workers()}
+                if workers["fw2"].reason.startswith("SSH:"):
+                    break
+                await trio.sleep(1)
+        assert workers["fw2"].state == "unreachable" and "connection refused" in workers["fw2"].reason
+        assert workers["fw1"].healthy

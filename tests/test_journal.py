@@ -196,3 +196,27 @@ async def test_a_restored_job_replays_its_result_before_its_terminal_state(tmp_p
     async for event in restored.events():
         kinds.append("result" if event.result is not None else event.state.value if event.state else "other")
     assert kinds == ["result", "COMPLETED"]
+
+
+async def test_the_service_of_a_job_that_ended_but_was_not_torn_down_is_removed_at_restart(tmp_path):
+    """A job COMPLETED (on its runner's last line) whose supervisor died before removing its service: the
+    restarted supervisor records its teardown, and its service goes with the orphans."""
+    from tests.fakes.fake_cluster import FakeContainer
+
+    from cumulus.resources.swarm import LABEL_JOB, LABEL_SUPERVISOR
+
+    path = tmp_path / "journal.sqlite3"
+    job_id = "unit-0000000ended"
+    unfinished_row(path, job_id, JobState.COMPLETED)
+    async with trio.open_nursery() as nursery:
+        world = FakeWorld([fake_node(1), fake_node(2)], nursery)
+        world.services["svc-left"] = container = FakeContainer("svc-left", job_id, "fakenode0001", {})
+        world.services_labels["svc-left"] = {LABEL_JOB: job_id, LABEL_SUPERVISOR: "unit"}
+        async with open_supervisor(settings(**{"journal.path": str(path)}), backends=world.backends(),
+                                   serve_rpc=False) as sup:
+            with trio.fail_after(20):
+                record = await sup.get(job_id)
+                await record.torn_down.wait()
+                await container.stop.wait()
+        nursery.cancel_scope.cancel()
+    assert record.state is JobState.COMPLETED and record.teardown.released == ("orphans reaped at restart",)

@@ -211,3 +211,28 @@ async def test_a_worker_that_connects_before_its_node_is_listed_is_not_forgotten
         assert worker.healthy and worker.state == "ready"
         assert isinstance(await ref.call(Reserve("j", spec(), 1)), Reservation)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_readopted_share_is_counted_before_waiting_jobs_are_placed():
+    """Found in review: the re-adoption's drain ran before its own share was held, so a waiting job could get
+    the same device's room (1.2 of one device promised)."""
+    placement = Placement("a", "id-a", 0, 0.6, (0,), ("GPU-a-0",))
+    async with scheduler(inventory("a")) as (ref, nursery):
+        await ref.cast(ExpectAdoptions((("old", "id-a"),)))
+        job, job_ref = await fake_job(nursery, "new")
+        assert isinstance(await ref.call(Reserve("new", spec(0.6), 1, job_ref)), Queued)
+        await ref.call(Reserve("old", spec(0.6), 1, exact=placement))
+        await settle()
+        (worker,) = await ref.call(ListWorkers())
+        assert worker.devices[0].used_share == 0.6 and not any(isinstance(m, Granted) for m in job.got)
+
+
+async def test_a_higher_priority_job_that_fits_does_not_wait_behind_a_head_that_does_not():
+    async with scheduler(inventory("a")) as (ref, nursery):
+        await ref.call(Reserve("half", spec(0.5), 1))
+        big, big_ref = await fake_job(nursery, "big")
+        urgent, urgent_ref = await fake_job(nursery, "urgent")
+        assert isinstance(await ref.call(Reserve("big", spec(1.0), 1, big_ref)), Queued)
+        assert isinstance(await ref.call(Reserve("urgent", spec(0.5, priority=9), 1, urgent_ref)), Queued)
+        await settle()
+        assert any(isinstance(m, Granted) for m in urgent.got)  # placed at once: it is the head and fits

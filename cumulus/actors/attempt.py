@@ -24,7 +24,7 @@ from cumulus.actors.base import ActorRef
 from cumulus.actors.log_relay import LogRelay
 from cumulus.actors.outcome import COMPLETED, JobStopped, Outcome
 from cumulus.actors.ownership import ResourceOwner
-from cumulus.actors.scheduler import Granted, Queued, Release, Reservation, Reserve
+from cumulus.actors.scheduler import Granted, Queued, QueuePosition, Release, Reservation, Reserve
 from cumulus.actors.watcher import PollNow, Unwatch, Watch
 from cumulus.backends import NodeBackend, NodeConnections, SwarmBackend, WorkerUnavailable
 from cumulus.config import Settings
@@ -70,11 +70,19 @@ class Attempt:
         self.service: Any = None  # the service handle, once created
         self._grant: Reservation | None = None
         self._granted = trio.Event()
+        self._moved = False  # a QueuePosition came for this attempt
 
     def granted(self, message: Granted) -> None:
         if message.ticket == self.ticket and not self._granted.is_set():
             self._grant = message.reservation
             self._granted.set()
+
+    def queue_moved(self, message: QueuePosition) -> None:
+        """The Scheduler's newer word on this attempt's place in the queue (it may arrive before the answer to
+        the Reserve that queued it)."""
+        if message.ticket == self.ticket and not self._granted.is_set():
+            self._moved = True
+            self.record.set_queue_position(message.position)
 
     def fail(self, outcome: Outcome) -> None:
         """End this attempt with ``outcome`` (it is torn down; the retry policy decides)."""
@@ -97,28 +105,42 @@ class Attempt:
                 answer = await self._wait_in_queue(answer.position)
             yield answer
         finally:
-            with trio.move_on_after(self.ctx.settings.jobs.release_timeout, shield=True):
+            with trio.move_on_after(self.ctx.settings.jobs.release_timeout, shield=True) as releasing:
                 try:
                     await scheduler.cast(Release(record.job_id))
                 except ActorDied:
                     pass  # its accounting died with it
+            if releasing.cancelled_caught:  # the Scheduler's mailbox stayed full: a leak, said as one
+                raise CumulusError(f"the Scheduler took no Release within {self.ctx.settings.jobs.release_timeout:g} s")
 
     async def _reserve_exactly(self) -> Reservation:
         """Re-adoption: the devices the job holds; its worker may still be connecting, so ask until the lease
         TTL is over."""
         record = self.record
-        with trio.fail_after(max(self.ctx.settings.lease.ttl, 5.0)):
+        within = max(self.ctx.settings.lease.ttl, 5.0)
+        with trio.move_on_after(within):
             while True:
                 try:
                     return await self.ctx.scheduler.call(
                         Reserve(record.job_id, record.spec, self.ticket, exact=record.placement))
                 except (WorkerUnavailable, ActorDied):
                     await trio.sleep(0.5)
+        # Its worker did not come back while its lease could still hold: the job is lost, and its service goes
+        # now (it was never owned again, so no teardown would remove it).
+        with trio.move_on_after(self.ctx.settings.jobs.release_timeout, shield=True):
+            try:
+                await self.ctx.swarm.remove_service(record.service_id)
+            except CumulusError as error:
+                log.warning("%s: removing the service of a job that could not be re-adopted: %s", self.ctx.name,
+                            error)
+        worker = record.placement.worker if record.placement else "its worker"
+        raise JobStopped(Outcome.failed(FailureReason.LOST, f"{worker} did not come back within {within:g} s"))
 
     async def _wait_in_queue(self, position: int) -> Reservation:
         record = self.record
-        record.set_queue_position(position)
-        record.set_state(JobState.QUEUED, f"waiting for capacity (position {position})")
+        if not self._moved:
+            record.set_queue_position(position)
+        record.set_state(JobState.QUEUED, f"waiting for capacity (position {record.queue_position or position})")
         limit = record.spec.max_queue_seconds or math.inf
         with trio.move_on_after(limit):
             await self._granted.wait()
@@ -301,8 +323,9 @@ class Attempt:
                 await relay.drain()
             nursery.cancel_scope.cancel()
         if exit_task is None and not (waiting.cancelled_caught and record.state is JobState.COMPLETED):
+            # It may have run: not retried by default (a retry could run it twice).
             raise JobStopped(Outcome.failed(FailureReason.INFRASTRUCTURE,
-                                            "task watch ended before the job's task finished"))
+                                            "task watch ended before the job's task finished", retry=False))
         return exit_task
 
     async def _complete_when_finished(self, finished: trio.Event, files: Any, waiting: trio.CancelScope) -> None:

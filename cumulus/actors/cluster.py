@@ -232,8 +232,8 @@ class ClusterActor(Actor):
             if record.spec.idempotency_key:
                 self.by_key[record.spec.idempotency_key] = record.job_id
             lost_in = record.state.value
-            if record.state.terminal:  # ended, but its teardown was never recorded
-                decision = Start.CLOSE, ""
+            if record.state.terminal:  # ended, but its teardown was never recorded (the orphan reaping that
+                decision = Start.CLOSE, ""  # follows removes its service: its restored record is not live)
             elif self._adoptable(record):
                 decision = Start.ADOPT, ""
             else:

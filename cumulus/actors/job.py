@@ -122,9 +122,10 @@ class JobActor(Actor):
                 return None
             case Granted():
                 return None  # for an attempt that ended: its Release reached the Scheduler after the grant
-            case QueuePosition(ticket, position):
-                if self.attempt is not None and self.attempt.ticket == ticket and position:
-                    self.record.set_queue_position(position)
+            case QueuePosition() if self.attempt is not None:
+                self.attempt.queue_moved(message)
+                return None
+            case QueuePosition():
                 return None
         raise TypeError(f"{self.name}: unknown message {message!r}")
 
@@ -201,7 +202,8 @@ class JobActor(Actor):
                 why = ("connection lost to its node" if service.node_unreachable
                        else "its task did not disappear in time")
                 leaked.append(f"service {service.id}: container stop not confirmed ({why})")
-        return outcome or attempt.failure or Outcome.failed(FailureReason.INFRASTRUCTURE, "attempt stopped")
+        return outcome or attempt.failure or Outcome.failed(FailureReason.INFRASTRUCTURE, "attempt stopped",
+                                                            retry=False)
 
     def _should_retry(self, outcome: Outcome) -> bool:
         spec = self.record.spec

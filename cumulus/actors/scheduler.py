@@ -268,7 +268,10 @@ class Scheduler(Actor):
         self.queue.append(waiting)
         self.queue.sort(key=lambda w: (-w.spec.priority, w.seq))
         self._number_queue(skip=waiting)
-        return Queued(waiting.position)
+        queued = Queued(waiting.position)
+        if self.queue[0] is waiting:  # a higher priority than every waiting job, and it may fit now
+            self._drain()
+        return queued
 
     def _reserve_exactly(self, job_id: str, placement: Placement) -> Reservation:
         node = self.nodes.get(placement.node_id)
@@ -277,9 +280,10 @@ class Scheduler(Actor):
         devices = placement.device_indexes or (placement.device_index,)
         if not fits_exactly(node.view(available=True), devices, placement.share):
             raise CapacityExhausted(f"{placement.worker}: devices {devices} cannot take {placement.share:g} again")
+        reservation = self._hold(job_id, node, devices, placement.share)  # its share first, then the waiting
         if self.adopting.pop(job_id, None) is not None:
             self._drain()
-        return self._hold(job_id, node, devices, placement.share)
+        return reservation
 
     def _try_place(self, job_id: str, spec: JobSpec) -> Reservation | None:
         adopting = set(self.adopting.values())

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 HEALTH_PROBE_SECONDS = 5.0
 RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
+HEALTH_REPORT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,16 @@ class WorkerActor(Actor):
                 return None
         raise TypeError(f"{self.name}: unknown message {message!r}")
 
-    def _tell_health(self, connected: bool, reason: str = "") -> None:
-        try:
-            self.scheduler.cast_nowait(WorkerHealth(self.node.id, connected, reason))
-        except (ActorDied, trio.WouldBlock) as error:  # the scheduler is stopping (or swamped): it learns at restart
-            log.warning("%s: could not tell the scheduler (%s)", self.name, error)
+    async def _tell_health(self, connected: bool, reason: str = "") -> None:
+        """Tell the Scheduler (waiting if its mailbox is full: a lost word would leave the node wrongly marked)."""
+        with trio.move_on_after(HEALTH_REPORT_SECONDS, shield=True) as scope:
+            try:
+                await self.scheduler.cast(WorkerHealth(self.node.id, connected, reason))
+            except ActorDied:  # the Scheduler is stopping; a new one hears from this worker's next incarnation
+                pass
+        if scope.cancelled_caught:
+            log.error("%s: could not tell the Scheduler that the node is %s within %g s", self.name,
+                      "connected" if connected else "lost", HEALTH_REPORT_SECONDS)
 
     # ---- connection and orphans -------------------------------------------------------------------------------
 
@@ -117,7 +123,7 @@ class WorkerActor(Actor):
                     attempt = 0
                     await self._reap_orphans(backend)
                     with self.connections.serving(self.node.id, backend):
-                        self._tell_health(True)
+                        await self._tell_health(True)
                         log.info("%s: connected (%s)", self.name, backend.label)
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(self._renew_leases, backend)
@@ -127,22 +133,24 @@ class WorkerActor(Actor):
                         reason = "SSH health probe failed"
                         # Now, not after closing the connection (which can take its timeout on a cut network):
                         # no new reservations here, and the jobs held through it stop (node_lost).
-                        self._lost(backend, reason)
+                        await self._lost(backend, reason)
                         backend = None
             except Exception as error:  # a failed connection is a state of the node, not a crash of this actor
                 reason = f"SSH: {error}"
                 log.warning("%s: %s", self.name, reason)
+                if backend is None:  # it never connected: say why (ListWorkers shows it)
+                    await self._tell_health(False, reason)
             finally:
                 if backend is not None:
                     # Nothing held through this connection can be renewed or released any more: its jobs
                     # stop now (node_lost) instead of waiting for a connection that may never return.
-                    self._lost(backend, reason)
+                    await self._lost(backend, reason)
             await trio.sleep(RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)])
             attempt += 1
 
-    def _lost(self, backend: NodeBackend, reason: str) -> None:
-        self._tell_health(False, reason)
+    async def _lost(self, backend: NodeBackend, reason: str) -> None:
         backend.fail_leases(f"connection lost to {self.node.hostname}: {reason}")
+        await self._tell_health(False, reason)
 
     async def _renew_leases(self, backend: NodeBackend) -> None:
         """Renew the partition leases of every job on this node, one SSH command per interval."""
