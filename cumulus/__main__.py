@@ -1,3 +1,5 @@
+"""`python -m cumulus`: the `cumulus` command."""
+
 import sys
 
 from cumulus.cli import main

@@ -1,1 +1,3 @@
+"""The package version (read by pyproject.toml and reported by HealthCheck)."""
+
 __version__ = "0.1.0"
