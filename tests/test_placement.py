@@ -9,8 +9,8 @@ from cumulus.placement import BUSY_JOBS, DeviceLoad, NodeView, Request, can_ever
 
 
 def device(index: int, used: float = 0.0, *, gpu: bool = True) -> DeviceLoad:
-    return DeviceLoad(DeviceInfo(index, f"dev{index}", "gpu" if gpu else "cpu", gpu, 0, f"GPU-{index}" if gpu else None),
-                      used)
+    info = DeviceInfo(index, f"dev{index}", "gpu" if gpu else "cpu", gpu, 0, f"GPU-{index}" if gpu else None)
+    return DeviceLoad(info, used)
 
 
 def node(name: str, *devices: DeviceLoad, jobs: int = 0, available: bool = True) -> NodeView:

@@ -111,7 +111,8 @@ class Attempt:
                 except ActorDied:
                     pass  # its accounting died with it
             if releasing.cancelled_caught:  # the Scheduler's mailbox stayed full: a leak, said as one
-                raise CumulusError(f"the Scheduler took no Release within {self.ctx.settings.jobs.release_timeout:g} s")
+                timeout = self.ctx.settings.jobs.release_timeout
+                raise CumulusError(f"the Scheduler took no Release within {timeout:g} s")
 
     async def _reserve_exactly(self) -> Reservation:
         """Re-adoption: the devices the job holds; its worker may still be connecting, so ask until the lease
