@@ -40,9 +40,11 @@ class JobState(enum.Enum):
 
 
 class FailureReason(enum.Enum):
-    """Why a job (or one attempt of it) failed. The retry policy decides on this; ``detail`` is for humans.
+    """Why a job (or one attempt of it) did not complete. The retry policy decides on this; ``detail`` is for
+    humans.
 
-    On the wire and in the journal a failed job's ``reason`` is ``"<value>"`` or ``"<value>: <detail>"``.
+    On the wire and in the journal a FAILED job's ``reason`` is ``"<value>"`` or ``"<value>: <detail>"``; a
+    CANCELLED job's is what stopped it (``"cancelled"``, ``"supervisor stopped the job"``).
     """
 
     USER_EXCEPTION = "user_exception"  # the job's own code raised (its exception is in the result)
@@ -54,6 +56,7 @@ class FailureReason(enum.Enum):
     INFRASTRUCTURE = "infrastructure"  # the cluster refused a step (no worker connection, Swarm error, ...)
     LOST = "lost"  # the supervisor restarted and the job could not be re-adopted
     INTERNAL = "internal"  # a bug in the supervisor
+    CANCELLED = "cancelled"  # stopped on request (CancelJob) or by the supervisor's shutdown: state CANCELLED
 
     @property
     def infrastructure(self) -> bool:
@@ -130,7 +133,7 @@ class JobRecord:
         self.spec = spec
         self.state = JobState.QUEUED
         self.reason = ""
-        self.failure: FailureReason | None = None  # set with a FAILED end (None for one restored from the journal)
+        self.failure: FailureReason | None = None  # set with a FAILED or CANCELLED end (None once restored)
         self.placement: Placement | None = None
         self.partition_id = ""
         self.service_id = ""
@@ -178,12 +181,12 @@ class JobRecord:
     def set_state(self, state: JobState, reason: str = "", *, failure: FailureReason | None = None) -> None:
         """Move to ``state``. The terminal state is written once: later calls after it are ignored.
 
-        A FAILED end gives its ``failure``; ``reason`` is then its text (see :meth:`FailureReason.text`)."""
+        A FAILED or CANCELLED end gives its ``failure`` (see :class:`FailureReason` for the ``reason`` text)."""
         if self.state.terminal or (state is self.state and not reason):
             return
         self.state = state
         self.reason = reason
-        if state is JobState.FAILED:
+        if state in (JobState.FAILED, JobState.CANCELLED):
             self.failure = failure
         if state is JobState.RUNNING and self.started_at is None:
             self.started_at = time.time()

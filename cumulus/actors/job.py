@@ -114,7 +114,7 @@ class JobActor(Actor):
         match message:
             case Cancel(reason):
                 if self._stop_reason is None:
-                    self._stop_reason = Outcome(JobState.CANCELLED, detail=reason)
+                    self._stop_reason = Outcome.cancelled(reason)
                 self._life_scope.cancel()
                 return None
             case Granted() if self.attempt is not None:
@@ -166,7 +166,7 @@ class JobActor(Actor):
                     await trio.sleep(delay)
         finally:
             if outcome is None or self._life_scope.cancelled_caught:
-                outcome = self._stop_reason or Outcome(JobState.CANCELLED, detail="supervisor stopped the job")
+                outcome = self._stop_reason or Outcome.cancelled("supervisor stopped the job")
             if outcome.result is not None:
                 record.set_result(outcome.result)
             record.set_state(outcome.state, outcome.reason, failure=outcome.failure)  # once: may have ended

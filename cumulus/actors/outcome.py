@@ -14,7 +14,7 @@ from cumulus.jobs import FailureReason, JobState
 
 @dataclass(frozen=True)
 class Outcome:
-    """``state`` is COMPLETED, FAILED (with ``failure``) or CANCELLED. ``result`` is the runner's envelope
+    """``state`` is COMPLETED, FAILED or CANCELLED (both with ``failure``). ``result`` is the runner's envelope
     (recorded only once the outcome is final); ``retry=False`` marks an outcome no retry policy applies to."""
 
     state: JobState
@@ -25,8 +25,17 @@ class Outcome:
 
     @property
     def reason(self) -> str:
-        """The human text recorded with the state (``"<failure>: <detail>"`` for a failure)."""
-        return self.failure.text(self.detail) if self.failure is not None else self.detail
+        """The human text recorded with the state: ``"<failure>: <detail>"`` for a failure, what stopped it for a
+        cancelled job."""
+        if self.failure is None:
+            return self.detail
+        if self.state is JobState.CANCELLED:
+            return self.detail or self.failure.value
+        return self.failure.text(self.detail)
+
+    @classmethod
+    def cancelled(cls, why: str) -> Outcome:
+        return cls(JobState.CANCELLED, FailureReason.CANCELLED, why)
 
     @classmethod
     def failed(cls, failure: FailureReason, detail: str = "", *, result: bytes | None = None,
