@@ -31,10 +31,64 @@ class GrpcSettings:
     """HOST:PORT the supervisor serves on. Plain gRPC; keep it on loopback or a private network."""
     max_message_mb: int = 64
     """Largest request (code package included) the server accepts."""
+    max_concurrent_rpcs: int = 512
+    """RPCs served at once (streams included); beyond that a call is refused with RESOURCE_EXHAUSTED."""
 
     def validate(self) -> None:
         parse_host_port(self.listen, key="grpc.listen", allow_any_port=True)
         _check_range("grpc.max_message_mb", self.max_message_mb, 1, 1024)
+        _check_range("grpc.max_concurrent_rpcs", self.max_concurrent_rpcs, 1, 100_000)
+
+
+@dataclass
+class SecuritySettings:
+    tls_cert: str = ""
+    """The server's certificate chain (PEM). With ``tls_key`` the supervisor serves TLS; required unless insecure."""
+    tls_key: str = ""
+    client_ca: str = ""
+    """A CA (PEM): when set, clients must also present a certificate it signed (mutual TLS)."""
+    insecure: bool = False
+    """Serve plaintext gRPC and accept calls without a token. For development on loopback only; logged loudly."""
+    admin_token_file: str = ""
+    """A file holding a bearer token that is made (or kept) the admin token named ``admin`` at start."""
+    secret_key_file: str = ""
+    """Key that encrypts secret env values in the journal (made, mode 0600, next to the journal when empty)."""
+
+    def validate(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("security.tls_cert", "give both security.tls_cert and security.tls_key, or neither")
+
+
+@dataclass
+class ContainerSettings:
+    """The defaults and bounds of every job container (hardened: non-root, no capabilities, read-only root)."""
+
+    user: str = ""
+    """uid:gid the job runs as; empty = the worker's SSH user (never root: 0 is refused)."""
+    memory_mb: int = 4096
+    """Memory limit of a job that asks for none."""
+    max_memory_mb: int = 262144
+    cpus: float = 2.0
+    """CPU limit (cores) of a job that asks for none."""
+    max_cpus: float = 256.0
+    pids_limit: int = 4096
+    tmpfs_mb: int = 1024
+    """Size of the writable tmpfs at /tmp and HOME."""
+    network: str = "internet"
+    """Default network of a job: ``internet`` (egress filtered: no private, link-local or cluster addresses) or
+    ``none``."""
+
+    def validate(self) -> None:
+        if self.user and not re.fullmatch(r"[1-9][0-9]{0,9}(:[0-9]{1,10})?", self.user):
+            raise ConfigError("containers.user", f"{self.user!r}: give uid or uid:gid, uid not 0, or leave empty")
+        _check_range("containers.max_memory_mb", self.max_memory_mb, 16, 1 << 24)
+        _check_range("containers.memory_mb", self.memory_mb, 16, self.max_memory_mb)
+        _check_range("containers.max_cpus", self.max_cpus, 0.01, 4096)
+        _check_range("containers.cpus", self.cpus, 0.01, self.max_cpus)
+        _check_range("containers.pids_limit", self.pids_limit, 16, 1 << 22)
+        _check_range("containers.tmpfs_mb", self.tmpfs_mb, 1, 1 << 20)
+        if self.network not in ("internet", "none"):
+            raise ConfigError("containers.network", f"{self.network!r} is not one of internet, none")
 
 
 @dataclass
@@ -80,6 +134,8 @@ class JobSettings:
     asks for none; user exceptions are retried only when the job says retry_exceptions."""
     max_queue: int = 1000
     """Jobs that may wait for capacity at once; beyond that a submission is refused (RESOURCE_EXHAUSTED)."""
+    max_jobs_per_device: int = 16
+    """Jobs that may share one device at once, however small their shares."""
 
     def validate(self) -> None:
         _check_range("jobs.max_package_mb", self.max_package_mb, 1, 2048)
@@ -90,6 +146,7 @@ class JobSettings:
         _check_range("jobs.result_retention", self.result_retention, 0, 365 * 86400)
         _check_range("jobs.max_queue", self.max_queue, 0, 1_000_000)
         _check_range("jobs.default_retries", self.default_retries, 0, 100)
+        _check_range("jobs.max_jobs_per_device", self.max_jobs_per_device, 1, 100)
 
 
 @dataclass
@@ -128,6 +185,8 @@ class Settings:
     supervisor_id: str = ""
     """Label put on everything this supervisor creates; orphans are found by it. Generated when empty."""
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    containers: ContainerSettings = field(default_factory=ContainerSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     jobs: JobSettings = field(default_factory=JobSettings)
     lease: LeaseSettings = field(default_factory=LeaseSettings)
@@ -139,7 +198,8 @@ class Settings:
             self.supervisor_id = f"sup-{uuid.uuid4().hex[:8]}"
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", self.supervisor_id):
             raise ConfigError("supervisor_id", f"{self.supervisor_id!r}: use 1-63 of a-z, 0-9 and '-'")
-        for section in (self.grpc, self.cluster, self.jobs, self.lease, self.logging):
+        for section in (self.grpc, self.security, self.containers, self.cluster, self.jobs, self.lease,
+                        self.logging):
             section.validate()
         return self
 

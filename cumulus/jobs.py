@@ -83,6 +83,16 @@ class JobSpec:
     retry_exceptions: bool = False
     priority: int = 0
     max_queue_seconds: int = 0
+    memory_bytes: int = 0
+    """Container memory limit; 0 = ``containers.memory_mb``."""
+    cpus: float = 0.0
+    """Container CPU limit in cores; 0 = ``containers.cpus``."""
+    network: str = ""
+    """``internet`` (filtered egress) or ``none``; empty = ``containers.network``."""
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
+    """Like ``env`` for the job, but never stored in clear (the journal keeps it encrypted) nor logged."""
+    owner: str = ""
+    """The name of the token that submitted the job (empty when the supervisor runs without tokens)."""
 
     @property
     def whole_devices(self) -> int:

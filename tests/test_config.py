@@ -32,7 +32,7 @@ def test_precedence_defaults_file_environment_overrides(tmp_path):
 @pytest.mark.parametrize(
     ("yaml_text", "env", "key", "hint"),
     [
-        ("grpc:\n  listn: x\n", {}, "grpc.listn", "allowed here: listen, max_message_mb"),
+        ("grpc:\n  listn: x\n", {}, "grpc.listn", "allowed here: listen, max_concurrent_rpcs, max_message_mb"),
         ("grpc: 5\n", {}, "grpc", "must be a mapping"),
         ("jobs:\n  max_duration: 90000\n", {}, "jobs.max_duration", "allowed 1..86400"),
         ("jobs:\n  stop_grace: .nan\n", {}, "jobs.stop_grace", "finite"),

@@ -30,8 +30,15 @@ FAILED: JobState
 CANCELLED: JobState
 
 class JobSubmission(_message.Message):
-    __slots__ = ("code_package", "requirements", "gpu", "duration_seconds", "env", "idempotency_key", "name", "retries", "retry_exceptions", "priority", "max_queue_seconds")
+    __slots__ = ("code_package", "requirements", "gpu", "duration_seconds", "env", "idempotency_key", "name", "retries", "retry_exceptions", "priority", "max_queue_seconds", "memory_bytes", "cpus", "network", "secret_env")
     class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SecretEnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +56,10 @@ class JobSubmission(_message.Message):
     RETRY_EXCEPTIONS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ENV_FIELD_NUMBER: _ClassVar[int]
     code_package: bytes
     requirements: _containers.RepeatedScalarFieldContainer[str]
     gpu: float
@@ -60,7 +71,11 @@ class JobSubmission(_message.Message):
     retry_exceptions: bool
     priority: int
     max_queue_seconds: int
-    def __init__(self, code_package: _Optional[bytes] = ..., requirements: _Optional[_Iterable[str]] = ..., gpu: _Optional[float] = ..., duration_seconds: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., priority: _Optional[int] = ..., max_queue_seconds: _Optional[int] = ...) -> None: ...
+    memory_bytes: int
+    cpus: float
+    network: str
+    secret_env: _containers.ScalarMap[str, str]
+    def __init__(self, code_package: _Optional[bytes] = ..., requirements: _Optional[_Iterable[str]] = ..., gpu: _Optional[float] = ..., duration_seconds: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., priority: _Optional[int] = ..., max_queue_seconds: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., network: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("stream", "text")
@@ -173,7 +188,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "name", "state", "reason", "worker", "device_index", "gpu", "partition_id", "service_id", "submitted_at", "started_at", "finished_at", "attempt", "teardown", "has_result", "queue_position")
+    __slots__ = ("job_id", "name", "state", "reason", "worker", "device_index", "gpu", "partition_id", "service_id", "submitted_at", "started_at", "finished_at", "attempt", "teardown", "has_result", "queue_position", "owner")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +205,7 @@ class JobStatus(_message.Message):
     TEARDOWN_FIELD_NUMBER: _ClassVar[int]
     HAS_RESULT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: JobState
@@ -206,7 +222,8 @@ class JobStatus(_message.Message):
     teardown: TeardownReport
     has_result: bool
     queue_position: int
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., worker: _Optional[str] = ..., device_index: _Optional[int] = ..., gpu: _Optional[float] = ..., partition_id: _Optional[str] = ..., service_id: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., has_result: _Optional[bool] = ..., queue_position: _Optional[int] = ...) -> None: ...
+    owner: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., worker: _Optional[str] = ..., device_index: _Optional[int] = ..., gpu: _Optional[float] = ..., partition_id: _Optional[str] = ..., service_id: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., has_result: _Optional[bool] = ..., queue_position: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class CancelJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -315,3 +332,59 @@ class HealthCheckResponse(_message.Message):
     workers_ready: int
     jobs_active: int
     def __init__(self, status: _Optional[_Union[HealthCheckResponse.Status, str]] = ..., reason: _Optional[str] = ..., version: _Optional[str] = ..., supervisor_id: _Optional[str] = ..., workers_ready: _Optional[int] = ..., jobs_active: _Optional[int] = ...) -> None: ...
+
+class Token(_message.Message):
+    __slots__ = ("name", "admin", "max_running", "max_queued", "max_gpu", "rate", "created_at", "revoked")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUED_FIELD_NUMBER: _ClassVar[int]
+    MAX_GPU_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    admin: bool
+    max_running: int
+    max_queued: int
+    max_gpu: float
+    rate: float
+    created_at: _timestamp_pb2.Timestamp
+    revoked: bool
+    def __init__(self, name: _Optional[str] = ..., admin: _Optional[bool] = ..., max_running: _Optional[int] = ..., max_queued: _Optional[int] = ..., max_gpu: _Optional[float] = ..., rate: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[bool] = ...) -> None: ...
+
+class CreateTokenRequest(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: Token
+    def __init__(self, token: _Optional[_Union[Token, _Mapping]] = ...) -> None: ...
+
+class CreateTokenResponse(_message.Message):
+    __slots__ = ("token", "secret")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    token: Token
+    secret: str
+    def __init__(self, token: _Optional[_Union[Token, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class ListTokensRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTokensResponse(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[Token]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[Token, _Mapping]]] = ...) -> None: ...
+
+class RevokeTokenRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RevokeTokenResponse(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: Token
+    def __init__(self, token: _Optional[_Union[Token, _Mapping]] = ...) -> None: ...

@@ -74,6 +74,21 @@ class OrchestratorServiceStub:
                 request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.HealthCheckRequest.SerializeToString,
                 response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.HealthCheckResponse.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/cumulus.v1.OrchestratorService/CreateToken',
+                request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/cumulus.v1.OrchestratorService/ListTokens',
+                request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/cumulus.v1.OrchestratorService/RevokeToken',
+                request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -133,6 +148,25 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Token administration (admin tokens only). A token is shown once, by CreateToken; the journal keeps its hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +209,21 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.HealthCheck,
                     request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.HealthCheckRequest.FromString,
                     response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.HealthCheckResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.CreateTokenRequest.FromString,
+                    response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.ListTokensRequest.FromString,
+                    response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -393,6 +442,87 @@ class OrchestratorService:
             '/cumulus.v1.OrchestratorService/HealthCheck',
             cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.HealthCheckRequest.SerializeToString,
             cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.HealthCheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cumulus.v1.OrchestratorService/CreateToken',
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.CreateTokenRequest.SerializeToString,
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cumulus.v1.OrchestratorService/ListTokens',
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.ListTokensRequest.SerializeToString,
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cumulus.v1.OrchestratorService/RevokeToken',
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenRequest.SerializeToString,
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
