@@ -47,6 +47,28 @@ class CapacityExhausted(RequestRejected):
     """Nothing is free right now and the request may not wait (gRPC ``RESOURCE_EXHAUSTED``)."""
 
 
+class AlreadyExists(RequestRejected):
+    """An idempotency key was reused for a different request (gRPC ``ALREADY_EXISTS``)."""
+
+
+class QuotaExceeded(CapacityExhausted):
+    """The caller is over one of its limits (running, queued, GPU share, submission rate); the message names the
+    limit and when to retry (gRPC ``RESOURCE_EXHAUSTED``). ``retry_after`` is in seconds, when known."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class Unauthenticated(RequestRejected):
+    """No valid token came with the call (missing, unknown or revoked; gRPC ``UNAUTHENTICATED``)."""
+
+
+class PermissionDenied(RequestRejected):
+    """The caller's token may not do this (e.g. token administration without an admin token;
+    gRPC ``PERMISSION_DENIED``)."""
+
+
 class ActorDied(CumulusError):
     """The actor stopped (crashed, was cancelled, or exited) before it answered.
 

@@ -23,6 +23,7 @@ LABEL_DEVICE = "cumulus.device_index"
 CODE_MOUNT = "/cumulus/code"
 OUTPUT_MOUNT = "/cumulus/output"
 LEASE_MOUNT = "/cumulus/lease"
+DEPS_MOUNT = "/cumulus/deps"
 DEFAULT_COMMAND = ("python3", "/opt/cumulus/runner.py")
 SERVICE_PREFIX = "cumulus-"
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -40,6 +41,8 @@ class ServiceRequest:
     ``user``: optional ``uid[:gid]`` for the container process (default: the image's, i.e. root).
     ``lease_dir``: optional worker directory of the job's partition lease (``JobFiles.lease_dir``), mounted
     read-only at ``/cumulus/lease``: the runner's watchdog kills the job when the holder writes ``expired`` there.
+    ``deps_dir``: optional worker directory holding the job's installed requirements (made by the trusted install
+    step), mounted read-only at ``/cumulus/deps``.
     """
 
     job_id: str
@@ -57,6 +60,7 @@ class ServiceRequest:
     stop_grace: float = 1.0
     user: str | None = None
     lease_dir: str | None = None
+    deps_dir: str | None = None
 
     @property
     def service_name(self) -> str:
@@ -80,7 +84,8 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
         raise InvalidRequest(f"network must be 'none' or 'host', got {req.network!r}")
     if not (0 <= req.stop_grace <= 300) or math.isnan(req.stop_grace):
         raise InvalidRequest(f"stop_grace must be within 0..300 s, got {req.stop_grace!r}")
-    for path in (req.code_dir, req.output_dir) + ((req.lease_dir,) if req.lease_dir is not None else ()):
+    optional = tuple(p for p in (req.lease_dir, req.deps_dir) if p is not None)
+    for path in (req.code_dir, req.output_dir) + optional:
         if not path.startswith("/") or ".." in path.split("/"):
             raise InvalidRequest(f"mount source must be an absolute path without '..': {path!r}")
     if not req.supervisor_id or "=" in req.supervisor_id:
@@ -110,6 +115,8 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
     ]
     if req.lease_dir is not None:
         mounts.append(Mount(target=LEASE_MOUNT, source=req.lease_dir, type="bind", read_only=True))
+    if req.deps_dir is not None:
+        mounts.append(Mount(target=DEPS_MOUNT, source=req.deps_dir, type="bind", read_only=True))
     container = ContainerSpec(
         image=req.image,
         command=list(req.command) if req.command else list(DEFAULT_COMMAND),
@@ -135,6 +142,6 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
 
 
 __all__ = [
-    "CODE_MOUNT", "DEFAULT_COMMAND", "LABEL_DEVICE", "LABEL_JOB", "LABEL_PARTITION", "LABEL_SUPERVISOR", "LEASE_MOUNT",
+    "CODE_MOUNT", "DEFAULT_COMMAND", "DEPS_MOUNT", "LABEL_DEVICE", "LABEL_JOB", "LABEL_PARTITION", "LABEL_SUPERVISOR", "LEASE_MOUNT",
     "OUTPUT_MOUNT", "SERVICE_PREFIX", "ServiceRequest", "build_service_spec",
 ]

@@ -9,7 +9,11 @@ from cumulus import errors
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.Unsatisfiable, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.CapacityExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.RequestRejected, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ActorDied, grpc.StatusCode.UNAVAILABLE),

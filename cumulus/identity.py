@@ -1,0 +1,39 @@
+"""Who is calling: :class:`Caller`, the identity and limits of the token an RPC came with.
+
+The RPC layer resolves a bearer token to a ``Caller`` and passes it to every job call of the supervisor's API;
+the cluster actor uses it to keep each user to their own jobs and limits. A ``Caller`` is immutable and holds
+no secret (only the token's name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A user's limits; 0 means no limit."""
+
+    max_running: int = 0
+    max_queued: int = 0
+    max_gpu: float = 0.0
+    """Total GPU share the user's live jobs may hold (2 = two whole devices)."""
+    rate: float = 0.0
+    """Submissions per second, as a token bucket whose burst is max(1, 2 x rate)."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The token a call came with: its name, whether it is an admin token, and its limits."""
+
+    name: str
+    admin: bool = False
+    limits: Limits = Limits()
+
+    def may_see(self, owner: str) -> bool:
+        """Whether this caller may see (and act on) a job owned by ``owner``: its own jobs, or all for admins."""
+        return self.admin or owner == self.name
+
+
+LOCAL_ADMIN = Caller("", admin=True)
+"""The caller of a supervisor that runs without tokens (``security.insecure``) and of in-process API use."""
