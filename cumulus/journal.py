@@ -8,6 +8,8 @@ The :class:`Journal` actor owns the connection; writes (rows and events) are cas
 per wake-up, so recording a state change or an event never waits for the disk. Reads are calls.
 
 A journal file written before ``job_events`` existed opens as it is: the table is created if missing.
+The file is readable by its owner only (0600); a job's secret env values are stored sealed
+(:mod:`cumulus.journal_rows`), and idempotency keys are unique per owner.
 
 All SQLite work runs in a worker thread (``trio.to_thread``), one at a time (``:memory:`` journals, for tests,
 run in the Trio thread).
@@ -15,8 +17,8 @@ run in the Trio thread).
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import sqlite3
 import time
 from contextlib import asynccontextmanager
@@ -28,7 +30,8 @@ import trio
 
 from cumulus.actors.base import Actor
 from cumulus.history import END_EVENTS_RESERVE, MAX_EVENTS_PER_JOB, HistoryEvent, limit_reached
-from cumulus.jobs import JobRecord, JobSpec, JobState, Placement, TeardownReport
+from cumulus.jobs import JobState
+from cumulus.journal_rows import SecretBox, record_of, row_of
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +52,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     teardown        TEXT,                   -- JSON or NULL
     submitted_at    REAL NOT NULL,
     started_at      REAL,
-    finished_at     REAL
+    finished_at     REAL,
+    owner           TEXT NOT NULL DEFAULT '',  -- the name of the token that submitted the job
+    secret_env      BLOB                    -- sealed (journal_rows.SecretBox), never clear text
 );
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(idempotency_key) WHERE idempotency_key != '';
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS tokens (
+    name            TEXT PRIMARY KEY,
+    hash            TEXT NOT NULL UNIQUE,   -- sha256 of the bearer token; the token itself is never stored
+    admin           INTEGER NOT NULL DEFAULT 0,
+    limits          TEXT NOT NULL,          -- JSON: max_running, max_queued, max_gpu, rate
+    created_at      REAL NOT NULL,
+    revoked_at      REAL
+);
 CREATE TABLE IF NOT EXISTS job_events (
     job_id          TEXT NOT NULL,
     seq             INTEGER NOT NULL,       -- 1, 2, ... per job, in the order the events happened
@@ -77,7 +89,10 @@ class Load:
 
 @dataclass(frozen=True)
 class FindKey:
+    """Call: the row of ``owner``'s job with idempotency key ``key``, or None."""
+
     key: str
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,69 +119,45 @@ class LoadEvents:
     job_id: str
 
 
-def row_of(record: JobRecord, *, with_package: bool) -> dict[str, Any]:
-    """The record as a row. ``with_package``: the whole row of a new job (spec and package included); otherwise
-    only what changes during a job's life (a spec never does)."""
-    spec = record.spec
-    row: dict[str, Any] = {
-        "job_id": record.job_id,
-        "state": record.state.value, "reason": record.reason, "attempt": record.attempt,
-        "placement": json.dumps(record.placement.__dict__) if record.placement else None,
-        "partition_id": record.partition_id, "service_id": record.service_id, "result": record.result,
-        "teardown": None if record.teardown is None else json.dumps(
-            {"released": record.teardown.released, "leaked": record.teardown.leaked}),
-        "submitted_at": record.submitted_at, "started_at": record.started_at, "finished_at": record.finished_at,
-    }
-    if with_package:
-        row.update({
-            "idempotency_key": spec.idempotency_key, "name": spec.name, "package": spec.package,
-            "spec": json.dumps({"gpu": spec.gpu, "duration": spec.duration, "requirements": list(spec.requirements),
-                                "env": spec.env, "retries": spec.retries, "retry_exceptions": spec.retry_exceptions,
-                                "priority": spec.priority, "max_queue_seconds": spec.max_queue_seconds}),
-        })
-    return row
+# Columns added after the first release: a journal written before them gets them on open.
+ADDED_COLUMNS = {"owner": "TEXT NOT NULL DEFAULT ''", "secret_env": "BLOB"}
+INDEXES = """
+DROP INDEX IF EXISTS jobs_idempotency;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_idempotency ON jobs(owner, idempotency_key)
+    WHERE idempotency_key != '';
+"""
 
 
-def record_of(row: sqlite3.Row) -> JobRecord:
-    """Rebuild a record from its row; an ended job's record comes back ended (finished and torn down)."""
-    meta = json.loads(row["spec"])
-    spec = JobSpec(package=row["package"], gpu=meta["gpu"], duration=meta["duration"],
-                   requirements=tuple(meta["requirements"]), env=meta["env"], name=row["name"],
-                   idempotency_key=row["idempotency_key"] or "", retries=meta["retries"],
-                   retry_exceptions=meta["retry_exceptions"], priority=meta["priority"],
-                   max_queue_seconds=meta["max_queue_seconds"])
-    record = JobRecord(row["job_id"], spec)
-    record.state = JobState(row["state"])
-    record.reason = row["reason"]
-    record.attempt = row["attempt"]
-    record.placement = Placement(**json.loads(row["placement"])) if row["placement"] else None
-    if record.placement:
-        record.placement = Placement(**{**record.placement.__dict__,
-                                        "device_indexes": tuple(record.placement.device_indexes),
-                                        "gpu_uuids": tuple(record.placement.gpu_uuids)})
-    record.partition_id, record.service_id, record.result = row["partition_id"], row["service_id"], row["result"]
-    record.submitted_at, record.started_at, record.finished_at = (
-        row["submitted_at"], row["started_at"], row["finished_at"])
-    record.announce()
-    if record.state.terminal:
-        record.finished.set()
-        teardown = json.loads(row["teardown"]) if row["teardown"] else {"released": [], "leaked": []}
-        record.set_torn_down(TeardownReport(tuple(teardown["released"]), tuple(teardown["leaked"])))
-    return record
+def open_database(path: str) -> sqlite3.Connection:
+    """The journal's SQLite database at ``path`` (``:memory:`` for tests), created readable by its owner only
+    (file 0600, directory 0700: it holds packages, results and token hashes), schema up to date."""
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        for file in (path, path + "-wal", path + "-shm"):  # older journals were made 0644
+            if os.path.exists(file):
+                os.chmod(file, 0o600)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(SCHEMA)
+    columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+    for name, kind in ADDED_COLUMNS.items():
+        if name not in columns:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+    db.executescript(INDEXES)
+    return db
 
 
 class JournalStore:
-    """The SQLite database itself (blocking; used from one thread at a time)."""
+    """The SQLite database itself (blocking; used from one thread at a time). ``secrets`` seals the jobs'
+    secret env values (an ephemeral key when omitted)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, secrets: SecretBox | None = None) -> None:
         self.path = str(Path(path).expanduser()) if path != ":memory:" else path
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        self.secrets = secrets or SecretBox.ephemeral()
+        self.db = open_database(self.path)
         self._statements: dict[tuple[str, tuple[str, ...]], str] = {}
         self._event_counts: dict[str, list[int]] = {}
 
@@ -174,6 +165,8 @@ class JournalStore:
         with self.db:
             self.db.execute("BEGIN")
             self._add_events(events)
+            rows = [{**row, "secret_env": self.secrets.seal(row["secret_env"])} if "secret_env" in row else row
+                    for row in rows]
             new = [row for row in rows if "package" in row]
             for row in new:
                 self.db.execute(self._statement("INSERT", tuple(row)), row)
@@ -226,14 +219,22 @@ class JournalStore:
                                (job_id,)).fetchall()
         return [HistoryEvent.from_row(job_id, row["at"], row["kind"], row["payload"]) for row in rows]
 
-    def load(self, job_id: str) -> sqlite3.Row | None:
-        return self.db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    def _opened(self, row: sqlite3.Row | None) -> dict[str, Any] | None:
+        """The row as a dict, its secret env values opened."""
+        if row is None:
+            return None
+        return {**dict(row), "secret_env": self.secrets.open(row["secret_env"])}
 
-    def find_key(self, key: str) -> sqlite3.Row | None:
-        return self.db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+    def load(self, job_id: str) -> dict[str, Any] | None:
+        return self._opened(self.db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone())
 
-    def unfinished(self) -> list[sqlite3.Row]:
-        return self.db.execute(f"SELECT * FROM jobs WHERE state NOT IN {TERMINAL} OR teardown IS NULL").fetchall()
+    def find_key(self, key: str, owner: str = "") -> dict[str, Any] | None:
+        return self._opened(self.db.execute("SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?",
+                                            (owner, key)).fetchone())
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(f"SELECT * FROM jobs WHERE state NOT IN {TERMINAL} OR teardown IS NULL").fetchall()
+        return [self._opened(row) for row in rows]  # type: ignore[misc]
 
     def forget_before(self, horizon: float) -> int:
         with self.db:
@@ -258,9 +259,10 @@ class Journal(Actor):
     name = "journal"
     mailbox_size = 100_000
 
-    def __init__(self, path: str, retention: float) -> None:
+    def __init__(self, path: str, retention: float, secrets: SecretBox | None = None) -> None:
         super().__init__()
         self.path = path
+        self.secrets = secrets
         self.retention = retention
         self.store: JournalStore | None = None
         self._pending: dict[str, dict[str, Any]] = {}
@@ -278,7 +280,7 @@ class Journal(Actor):
         return fn(*args)
 
     async def on_start(self) -> None:
-        self.store = await self._run(JournalStore, self.path)
+        self.store = await self._run(JournalStore, self.path, self.secrets)
         forgotten = await self._run(self.store.forget_before, time.time() - self.retention)
         if forgotten:
             log.info("journal: forgot %d jobs older than %g s", forgotten, self.retention)
@@ -302,8 +304,8 @@ class Journal(Actor):
                 return await self._read(store.events, job_id)
             case Load(job_id):
                 return await self._read(store.load, job_id)
-            case FindKey(key):
-                return await self._read(store.find_key, key)
+            case FindKey(key, owner):
+                return await self._read(store.find_key, key, owner)
             case Unfinished():
                 return await self._read(store.unfinished)
             case Flush():

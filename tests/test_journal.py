@@ -220,3 +220,36 @@ async def test_the_service_of_a_job_that_ended_but_was_not_torn_down_is_removed_
                 await container.stop.wait()
         nursery.cancel_scope.cancel()
     assert record.state is JobState.COMPLETED and record.teardown.released == ("orphans reaped at restart",)
+
+
+def test_the_journal_is_private_and_keeps_secret_env_values_sealed(tmp_path):
+    from cumulus.journal_rows import SecretBox
+
+    path, key = tmp_path / "state" / "journal.sqlite3", tmp_path / "state" / "journal.key"
+    secret, plain = "s3cr3t-v4lue-that-must-not-leak", "visible-value"
+    spec_ = JobSpec(package=b"zip", env={"PLAIN": plain}, secret_env={"API_TOKEN": secret}, owner="alice",
+                    memory_bytes=1 << 30, cpus=1.5, network="none")
+    store = JournalStore(str(path), SecretBox.from_key_file(key))
+    store.save_many([row_of(JobRecord("job-secret", spec_), with_package=True)])
+    store.close()
+
+    assert (path.stat().st_mode & 0o777, key.stat().st_mode & 0o777) == (0o600, 0o600)
+    assert path.parent.stat().st_mode & 0o077 == 0
+    on_disk = b"".join(p.read_bytes() for p in path.parent.glob("journal.sqlite3*"))
+    assert plain.encode() in on_disk and secret.encode() not in on_disk
+    assert "API_TOKEN" not in repr(spec_) and secret not in repr(spec_)
+
+    store = JournalStore(str(path), SecretBox.from_key_file(key))  # the same key: opened again
+    restored = record_of(store.load("job-secret")).spec
+    assert (restored.secret_env, restored.owner, restored.memory_bytes, restored.cpus, restored.network) == (
+        {"API_TOKEN": secret}, "alice", 1 << 30, 1.5, "none")
+
+
+def test_an_older_journal_file_is_made_private_on_open(tmp_path):
+    import os
+
+    path = tmp_path / "journal.sqlite3"
+    JournalStore(str(path)).close()
+    os.chmod(path, 0o644)
+    JournalStore(str(path)).close()
+    assert path.stat().st_mode & 0o777 == 0o600
