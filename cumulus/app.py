@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator
 
 import trio
@@ -39,6 +39,7 @@ from cumulus.backends import Backends, NodeConnections
 from cumulus.config import Settings, apply_cluster_description
 from cumulus.errors import SupervisorUnavailable
 from cumulus.history import HistoryEvent
+from cumulus.identity import LOCAL_ADMIN, Caller
 from cumulus.jobs import JobRecord, JobSpec, WorkerInfo
 from cumulus.journal import Journal
 from cumulus.supervisor import ChildSpec, DynamicSupervisor, Restart, Strategy, Supervisor
@@ -60,6 +61,11 @@ class SupervisorApi:
 
     Errors: :class:`~cumulus.errors.RequestRejected` subclasses for bad or unsatisfiable requests,
     :class:`~cumulus.errors.SupervisorUnavailable` while the tree is (re)starting or stopping.
+
+    Users: every job method takes the ``caller`` (:class:`~cumulus.identity.Caller`, resolved from the RPC's token;
+    :data:`~cumulus.identity.LOCAL_ADMIN`, who sees every job and has no limits, when omitted). A job belongs to
+    the caller who submitted it; another user's job is :class:`~cumulus.errors.NotFound`, with the same message as
+    an unknown id, for every method (admins see all). See :class:`~cumulus.actors.cluster.ClusterActor`.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -77,25 +83,32 @@ class SupervisorApi:
     def _cluster(self) -> ActorRef:
         return self._core("cluster")
 
-    async def submit(self, spec: JobSpec) -> JobRecord:
-        """Start a job (or return the existing one for a repeated idempotency key)."""
-        return await self._cluster().call(Submit(spec))
+    async def submit(self, spec: JobSpec, *, caller: Caller = LOCAL_ADMIN) -> JobRecord:
+        """Start a job owned by ``caller`` (``spec.owner`` becomes the caller's name), or return the caller's job
+        of the same idempotency key when the request is the same.
 
-    async def get(self, job_id: str) -> JobRecord:
-        return await self._cluster().call(GetJob(job_id))
+        Raises :class:`~cumulus.errors.AlreadyExists` when the caller used that key for a different request, and
+        :class:`~cumulus.errors.QuotaExceeded` when the job is over one of the caller's limits (the message names
+        the limit, the use, and when to retry)."""
+        return await self._cluster().call(Submit(replace(spec, owner=caller.name), caller))
 
-    async def describe(self, job_id: str) -> tuple[JobRecord, list[HistoryEvent]]:
+    async def get(self, job_id: str, *, caller: Caller = LOCAL_ADMIN) -> JobRecord:
+        """The job's record (for its status, events, logs and result); NotFound if the caller may not see it."""
+        return await self._cluster().call(GetJob(job_id, caller))
+
+    async def describe(self, job_id: str, *, caller: Caller = LOCAL_ADMIN) -> tuple[JobRecord, list[HistoryEvent]]:
         """The job's record and its history from the journal, oldest first."""
-        return await self._cluster().call(DescribeJob(job_id))
+        return await self._cluster().call(DescribeJob(job_id, caller))
 
-    async def cancel(self, job_id: str) -> tuple[JobRecord, bool]:
+    async def cancel(self, job_id: str, *, caller: Caller = LOCAL_ADMIN) -> tuple[JobRecord, bool]:
         """Cancel a job and wait until its teardown finished; returns the record and whether it was still live."""
-        record, was_live = await self._cluster().call(CancelJob(job_id))
+        record, was_live = await self._cluster().call(CancelJob(job_id, caller))
         await record.torn_down.wait()
         return record, was_live
 
-    async def list_jobs(self, include_finished: bool = True) -> list[JobRecord]:
-        return await self._cluster().call(ListJobs(include_finished))
+    async def list_jobs(self, include_finished: bool = True, *, caller: Caller = LOCAL_ADMIN) -> list[JobRecord]:
+        """The caller's jobs (every job for an admin)."""
+        return await self._cluster().call(ListJobs(include_finished, caller))
 
     async def list_workers(self) -> list[WorkerInfo]:
         return await self._core("scheduler").call(ListWorkers())

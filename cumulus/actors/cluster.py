@@ -5,8 +5,13 @@
   are stopped, and the Scheduler gets the inventory (:class:`~cumulus.actors.scheduler.NodesChanged`).
 * Jobs: :class:`Submit` asks the Scheduler whether the job could ever run and may queue
   (:class:`~cumulus.actors.scheduler.Admit`), then starts its JobActor (under the ``jobs`` dynamic supervisor,
-  temporary), which creates and alone writes the job's record; the cluster keeps a reference for readers. The
-  same idempotency key returns the same job.
+  temporary), which creates and alone writes the job's record; the cluster keeps a reference for readers.
+* Users: every job message carries its :class:`~cumulus.identity.Caller`. A job belongs to the user who submitted
+  it (``JobSpec.owner``, journaled with it): another user's job answers :class:`~cumulus.errors.NotFound` with
+  the very message of an unknown id (its existence is not leaked), admins see every job, and a list holds the
+  caller's jobs only. An idempotency key is the user's own: (owner, key) names one job; the same request again
+  returns it, another request with that key is refused (:mod:`cumulus.idempotency`). Each submission is held to
+  the caller's limits (:mod:`cumulus.quotas`: rate, running, queued, GPU share), counted from this job table.
 * Recovery: at start, the journal's unfinished jobs are each given a JobActor that re-adopts, restarts, or ends
   them (the cluster decides which, :class:`~cumulus.actors.job.Start`), and services labelled with this
   supervisor's id that no live job owns are removed (orphans of a crash).
@@ -17,7 +22,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -30,8 +35,11 @@ from cumulus.actors.worker import LiveJobs, NodeUpdate, WorkerActor, parse_devic
 from cumulus.backends import Backends, NodeConnections, SwarmBackend
 from cumulus.config import Settings
 from cumulus.errors import ActorDied, NotFound
+from cumulus.identity import LOCAL_ADMIN, Caller
+from cumulus.idempotency import RequestFingerprint, check_same_request
 from cumulus.jobs import JobRecord, JobSpec, JobState
 from cumulus.journal import FindKey, Load, LoadEvents, Unfinished, record_of
+from cumulus.quotas import SubmissionRates, Usage, check_limits
 from cumulus.resources.swarm import LABEL_JOB, LABEL_SUPERVISOR, NodeInfo
 from cumulus.supervisor import DynamicSupervisor
 
@@ -47,12 +55,19 @@ NOT_STARTED = frozenset({JobState.QUEUED, JobState.SCHEDULING, JobState.CREATING
 
 @dataclass(frozen=True)
 class Submit:
+    """Start a job owned by ``caller`` (the spec's owner is set to the caller's name), or answer the caller's job
+    of the same idempotency key. Raises QuotaExceeded, AlreadyExists, and the Scheduler's admission errors."""
+
     spec: JobSpec
+    caller: Caller = LOCAL_ADMIN
 
 
 @dataclass(frozen=True)
 class GetJob:
+    """The job's record; NotFound when unknown or not the caller's to see."""
+
     job_id: str
+    caller: Caller = LOCAL_ADMIN
 
 
 @dataclass(frozen=True)
@@ -60,16 +75,21 @@ class DescribeJob:
     """The job's record and its history from the journal (``(JobRecord, list[HistoryEvent])``)."""
 
     job_id: str
+    caller: Caller = LOCAL_ADMIN
 
 
 @dataclass(frozen=True)
 class CancelJob:
     job_id: str
+    caller: Caller = LOCAL_ADMIN
 
 
 @dataclass(frozen=True)
 class ListJobs:
+    """The caller's jobs (every job for an admin)."""
+
     include_finished: bool = True
+    caller: Caller = LOCAL_ADMIN
 
 
 @dataclass(frozen=True)
@@ -106,7 +126,10 @@ class ClusterActor(Actor):
         self.journal = journal
         self.job_prefix = f"{settings.supervisor_id}-"
         self.jobs: dict[str, JobRecord] = {}  # read here, written by each job's actor
-        self.by_key: dict[str, str] = {}
+        self.by_key: dict[tuple[str, str], str] = {}  # (owner, idempotency key) -> job id
+        self.fingerprints: dict[str, RequestFingerprint] = {}  # of the jobs with an idempotency key
+        self.maybe_live: dict[str, dict[str, JobRecord]] = {}  # owner -> their jobs not yet seen ended
+        self.rates = SubmissionRates()
         self.worker_refs: dict[str, ActorRef] = {}  # node id -> ref
         self.nodes: dict[str, NodeInfo] = {}
         self.reaped_services: list[str] = []
@@ -131,18 +154,19 @@ class ClusterActor(Actor):
 
     async def handle(self, message: Any) -> Any:
         match message:
-            case Submit(spec):
-                return await self._submit(spec)
-            case GetJob(job_id):
-                return await self._job(job_id)
-            case DescribeJob(job_id):
-                record = await self._job(job_id)
+            case Submit(spec, caller):
+                return await self._submit(spec, caller)
+            case GetJob(job_id, caller):
+                return await self._job(job_id, caller)
+            case DescribeJob(job_id, caller):
+                record = await self._job(job_id, caller)
                 return record, await self.journal.call(LoadEvents(job_id))
-            case CancelJob(job_id):
-                return await self._cancel(job_id)
-            case ListJobs(include_finished):
+            case CancelJob(job_id, caller):
+                return await self._cancel(job_id, caller)
+            case ListJobs(include_finished, caller):
                 self._forget_expired()
-                return [r for r in self.jobs.values() if include_finished or not r.torn_down.is_set()]
+                return [r for r in self.jobs.values() if (include_finished or not r.torn_down.is_set())
+                        and caller.may_see(r.spec.owner)]
             case LiveJobs():
                 return frozenset(job_id for job_id, r in self.jobs.items() if not r.torn_down.is_set())
             case SyncNodes():
@@ -159,29 +183,55 @@ class ClusterActor(Actor):
         record = self.jobs.get(job_id)
         return record is not None and not record.torn_down.is_set()
 
-    async def _job(self, job_id: str) -> JobRecord:
+    async def _job(self, job_id: str, caller: Caller) -> JobRecord:
         record = self.jobs.get(job_id)
         if record is None:
             row = await self.journal.call(Load(job_id))
             if row is not None:
                 record = self.jobs[job_id] = record_of(row)
-        if record is None:
+        if record is None or not caller.may_see(record.spec.owner):  # the same answer: existence is not leaked
             raise NotFound(f"no job {job_id!r} (finished jobs are kept for "
                            f"{self.settings.jobs.result_retention} s)")
         return record
 
-    async def _submit(self, spec: JobSpec) -> JobRecord:
+    async def _submit(self, spec: JobSpec, caller: Caller) -> JobRecord:
+        owner = caller.name
+        if spec.owner != owner:
+            spec = replace(spec, owner=owner)
+        self.rates.take(owner, caller.limits.rate, trio.current_time())  # every submission counts, repeats too
+        fingerprint = None
         if spec.idempotency_key:
-            existing = await self._find_key(spec.idempotency_key)
+            fingerprint = await trio.to_thread.run_sync(RequestFingerprint.of, spec)  # hashes the package
+            existing = await self._find_key(owner, spec.idempotency_key)
             if existing is not None:
+                check_same_request(spec.idempotency_key, existing.job_id, self.fingerprints[existing.job_id],
+                                   fingerprint)
                 return existing
+        check_limits(caller.limits, self._usage(owner), spec.gpu)
         await self.scheduler.call(Admit(spec))  # Unsatisfiable, or CapacityExhausted when the queue is full
         record = JobRecord(self.job_prefix + secrets.token_hex(6), spec)
         self.jobs[record.job_id] = record
-        if spec.idempotency_key:
-            self.by_key[spec.idempotency_key] = record.job_id
+        self._track(record, fingerprint)
         await self._start_job(record, Start.NEW)
         return record
+
+    def _track(self, record: JobRecord, fingerprint: RequestFingerprint | None) -> None:
+        """Count a job (new or recovered) against its owner's limits, and index its idempotency key."""
+        spec = record.spec
+        if not record.state.terminal:
+            self.maybe_live.setdefault(spec.owner, {})[record.job_id] = record
+        if spec.idempotency_key and fingerprint is not None:
+            self.by_key[spec.owner, spec.idempotency_key] = record.job_id
+            self.fingerprints[record.job_id] = fingerprint
+
+    def _usage(self, owner: str) -> Usage:
+        """What the owner's live jobs hold now (the ones seen ended are dropped from the index)."""
+        jobs = self.maybe_live.get(owner, {})
+        for job_id in [j for j, r in jobs.items() if r.state.terminal]:
+            del jobs[job_id]
+        if not jobs:
+            self.maybe_live.pop(owner, None)
+        return Usage.of((r.state, r.queue_position, r.spec.gpu) for r in jobs.values())
 
     async def _start_job(self, record: JobRecord, start: Start, note: str = "") -> None:
         await self.jobs_supervisor.start_actor(record.job_id, lambda: JobActor(
@@ -189,15 +239,17 @@ class ClusterActor(Actor):
             scheduler=self.scheduler, watcher=self.watcher, journal=self.journal, start=start, note=note),
             shutdown=JOB_SHUTDOWN_RELEASES * self.settings.jobs.release_timeout + STOP_WAIT_SECONDS)
 
-    async def _find_key(self, key: str) -> JobRecord | None:
-        job_id = self.by_key.get(key)
-        if job_id is not None and job_id in self.jobs:
+    async def _find_key(self, owner: str, key: str) -> JobRecord | None:
+        """The owner's job of idempotency key ``key`` (its fingerprint known), from memory or the journal."""
+        job_id = self.by_key.get((owner, key))
+        if job_id is not None and job_id in self.jobs and job_id in self.fingerprints:
             return self.jobs[job_id]
-        row = await self.journal.call(FindKey(key))
+        row = await self.journal.call(FindKey(key, owner))
         if row is None:
             return None
-        record = self.jobs[row["job_id"]] = record_of(row)
-        self.by_key[key] = record.job_id
+        stored = record_of(row)  # its spec as journaled: the package and every field that defines the job
+        record = self.jobs.setdefault(stored.job_id, stored)
+        self._track(record, await trio.to_thread.run_sync(RequestFingerprint.of, stored.spec))
         return record
 
     def _adoptable(self, record: JobRecord) -> bool:
@@ -229,8 +281,8 @@ class ClusterActor(Actor):
         for row in await self.journal.call(Unfinished()):
             record = record_of(row)
             self.jobs[record.job_id] = record
-            if record.spec.idempotency_key:
-                self.by_key[record.spec.idempotency_key] = record.job_id
+            self._track(record, await trio.to_thread.run_sync(RequestFingerprint.of, record.spec)
+                        if record.spec.idempotency_key else None)
             lost_in = record.state.value
             if record.state.terminal:  # ended, but its teardown was never recorded (the orphan reaping that
                 decision = Start.CLOSE, ""  # follows removes its service: its restored record is not live)
@@ -251,8 +303,8 @@ class ClusterActor(Actor):
         if self._recovered:
             log.warning("cluster: recovered %d unfinished jobs from the journal", len(self._recovered))
 
-    async def _cancel(self, job_id: str) -> tuple[JobRecord, bool]:
-        record = await self._job(job_id)
+    async def _cancel(self, job_id: str, caller: Caller) -> tuple[JobRecord, bool]:
+        record = await self._job(job_id, caller)
         if record.torn_down.is_set():
             return record, False
         ref = self.jobs_supervisor.whereis(job_id)
@@ -267,8 +319,9 @@ class ClusterActor(Actor):
         horizon = time.time() - self.settings.jobs.result_retention
         for job_id in [j for j, r in self.jobs.items() if r.torn_down.is_set() and (r.finished_at or 0) < horizon]:
             record = self.jobs.pop(job_id)
+            self.fingerprints.pop(job_id, None)
             if record.spec.idempotency_key:
-                self.by_key.pop(record.spec.idempotency_key, None)
+                self.by_key.pop((record.spec.owner, record.spec.idempotency_key), None)
 
     # ---- nodes ------------------------------------------------------------------------------------------------
 

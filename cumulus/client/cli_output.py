@@ -93,7 +93,7 @@ def human_bytes(n: int) -> str:
 def job_fields(info: Any, now: float | None = None) -> list[tuple[str, str | None]]:
     """The ``cumulus status`` block of a :class:`~cumulus.client.types.JobInfo` (None: not shown)."""
     return [
-        ("job", info.job_id), ("name", info.name or "-"),
+        ("job", info.job_id), ("owner", getattr(info, "owner", "") or None), ("name", info.name or "-"),
         ("state", info.state + (f" ({info.reason})" if info.reason else "")),
         ("queue position", str(info.queue_position) if info.state == "QUEUED" and info.queue_position else None),
         ("gpu", f"{info.gpu:g}"),
@@ -110,9 +110,13 @@ def job_fields(info: Any, now: float | None = None) -> list[tuple[str, str | Non
 
 
 def jobs_table(jobs: list[Any], now: float | None = None) -> str:
-    rows = [[j.job_id, j.name or "-", j.state + (f" ({j.reason})" if j.reason else ""), f"{j.gpu:g}",
+    """``cumulus jobs``: one row per job; an OWNER column when any job has an owner (a supervisor with tokens, seen
+    by an admin or by its user)."""
+    owners = any(getattr(j, "owner", "") for j in jobs)
+    rows = [[j.job_id, *([j.owner or "-"] if owners else []), j.name or "-",
+             j.state + (f" ({j.reason})" if j.reason else ""), f"{j.gpu:g}",
              f"{j.worker}/{j.device_index}" if j.worker else "-", age(j.submitted_at, now)] for j in jobs]
-    return table(["JOB", "NAME", "STATE", "GPU", "WORKER/DEV", "SUBMITTED"], rows)
+    return table(["JOB", *(["OWNER"] if owners else []), "NAME", "STATE", "GPU", "WORKER/DEV", "SUBMITTED"], rows)
 
 
 def describe_text(desc: Any, now: float | None = None) -> str:

@@ -40,6 +40,8 @@ class JobInfo:
     queue_position: int = 0
     released: tuple[str, ...] = ()
     leaked: tuple[str, ...] = ()
+    owner: str = ""
+    """The name of the token that submitted the job ("" on a supervisor without tokens)."""
 
     @property
     def finished(self) -> bool:
@@ -53,7 +55,7 @@ class JobInfo:
             service_id=msg.service_id, submitted_at=_time(msg.submitted_at), started_at=_time(msg.started_at),
             finished_at=_time(msg.finished_at), attempt=msg.attempt, has_result=msg.has_result,
             queue_position=msg.queue_position, released=tuple(msg.teardown.released),
-            leaked=tuple(msg.teardown.leaked),
+            leaked=tuple(msg.teardown.leaked), owner=msg.owner,
         )
 
     def to_dict(self) -> dict[str, Any]:

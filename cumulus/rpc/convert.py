@@ -102,6 +102,7 @@ def status_to_pb(record: JobRecord) -> pb.JobStatus:
         attempt=record.attempt,
         has_result=record.result is not None,
         queue_position=record.queue_position,
+        owner=record.spec.owner,
     )
     if record.teardown is not None:
         msg.teardown.CopyFrom(teardown_to_pb(record.teardown))
