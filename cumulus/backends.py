@@ -19,7 +19,7 @@ import trio
 
 from cumulus.config import Settings
 from cumulus.errors import RequestRejected
-from cumulus.resources import files, partition, swarm
+from cumulus.resources import files, job_network, partition, swarm
 from cumulus.resources.ssh import SshConnection, open_ssh_connection
 from cumulus.resources.swarm import NodeInfo, ServiceRequest, SwarmClient, TaskState
 
@@ -37,6 +37,8 @@ class NodeOrphans:
 
 class NodeBackend(Protocol):
     label: str
+    job_user: str  # uid:gid job containers run as (learned when the connection opened)
+    isolation_problem: str  # why the worker may not run jobs ("" = it passed its isolation check)
 
     def open_partition(self, *, device: int, fraction: float, duration: float, job_id: str,
                        replace_earlier: bool = False) -> AbstractAsyncContextManager[Any]: ...
@@ -77,6 +79,8 @@ class SshNodeBackend:
         self.conn = conn
         self.label = conn.label
         self._settings = settings
+        self.job_user = ""
+        self.isolation_problem = ""
         self._leases: dict[str, Any] = {}  # job id -> PartitionLease held through this backend
 
     def lease_dir(self, job_id: str) -> str | None:
@@ -233,7 +237,10 @@ async def connect_ssh_node(node: NodeInfo, settings: Settings) -> AsyncIterator[
         host, int(port), user=user, key_path=settings.cluster.ssh_key,
         known_hosts_path=settings.cluster.known_hosts, connect_timeout=settings.cluster.ssh_connect_timeout,
     ) as conn:
-        yield SshNodeBackend(conn, settings)
+        backend = SshNodeBackend(conn, settings)
+        probe = await job_network.probe_worker(conn, settings.containers.user)  # once per connection
+        backend.job_user, backend.isolation_problem = probe.job_user, probe.problem
+        yield backend
 
 
 class DockerSwarmBackend:
@@ -242,9 +249,19 @@ class DockerSwarmBackend:
     def __init__(self, client: SwarmClient, settings: Settings) -> None:
         self.client = client
         self._settings = settings
+        self._job_network_lock = trio.Lock()
+        self._job_network_ready = False
 
-    def open_service(self, request: ServiceRequest):
-        return swarm.open_service(self.client, request, remove_timeout=self._settings.jobs.release_timeout)
+    @asynccontextmanager
+    async def open_service(self, request: ServiceRequest):
+        if request.network == "internet" and not self._job_network_ready:
+            async with self._job_network_lock:  # made once, on first use, by one job
+                if not self._job_network_ready:
+                    await job_network.ensure_swarm_job_network(self.client)
+                    self._job_network_ready = True
+        async with swarm.open_service(self.client, request,
+                                      remove_timeout=self._settings.jobs.release_timeout) as service:
+            yield service
 
     def adopt_service(self, service_id: str, job_id: str):
         return swarm.adopt_service(self.client, service_id, job_id,

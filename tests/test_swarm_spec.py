@@ -16,7 +16,7 @@ def request(**kw) -> ServiceRequest:
     base = dict(
         job_id="job-1", supervisor_id="sup-a", node_id="5ikf0dj58h5bo7vd71v11tvbo", image=IMAGE, device_index=0,
         partition_id="partition_1_2_0001", code_dir="/var/lib/cumulus/jobs/job-1/code",
-        output_dir="/var/lib/cumulus/jobs/job-1/output", env={"FOO": "bar"},
+        output_dir="/var/lib/cumulus/jobs/job-1/output", env={"FOO": "bar"}, user="1001:1001",
     )
     base.update(kw)
     return ServiceRequest(**base)
@@ -49,14 +49,40 @@ def test_defaults():
         assert labels["cumulus.supervisor_id"] == "sup-a"
     env = env_of(spec)
     assert env == {"FOO": "bar", "CUMULUS_JOB_ID": "job-1", "CUMULUS_PARTITION_ID": "partition_1_2_0001",
-                   "CUMULUS_DEVICE_INDEX": "0", "NVIDIA_VISIBLE_DEVICES": "void"}
+                   "CUMULUS_DEVICE_INDEX": "0", "NVIDIA_VISIBLE_DEVICES": "void", "HOME": "/tmp", "TMPDIR": "/tmp"}
 
 
-def test_gpu_host_network_command_grace_user():
-    spec = build_service_spec(request(gpu_uuid="GPU-1234", network="host", command=["python3", "-c", "pass"],
+def test_hardened_container():
+    """Kubernetes' "restricted" bar: non-root, no capabilities, no new privileges, read-only root with a /tmp
+    tmpfs (HOME there too), and memory, CPU and pids limits."""
+    spec = build_service_spec(request(memory_bytes=512 << 20, cpus=1.5, pids_limit=100, tmpfs_bytes=64 << 20))
+    tt = spec["task_template"]
+    cs = tt["ContainerSpec"]
+    assert cs["User"] == "1001:1001"
+    assert cs["CapabilityDrop"] == ["ALL"] and "CapabilityAdd" not in cs
+    assert cs["ReadOnly"] is True
+    assert cs["Privileges"] == {"NoNewPrivileges": True}
+    tmp = {m["Target"]: m for m in cs["Mounts"]}["/tmp"]
+    assert tmp["Type"] == "tmpfs" and tmp["TmpfsOptions"] == {"SizeBytes": 64 << 20, "Mode": 0o1777}
+    assert tt["Resources"] == {"Limits": {"NanoCPUs": 1_500_000_000, "MemoryBytes": 512 << 20, "Pids": 100}}
+    env = env_of(spec)
+    assert env["HOME"] == "/tmp" and env["TMPDIR"] == "/tmp"
+
+
+def test_user_env_cannot_move_home_off_the_tmpfs():
+    env = env_of(build_service_spec(request(env={"HOME": "/root", "TMPDIR": "/var/tmp"})))
+    assert env["HOME"] == "/tmp" and env["TMPDIR"] == "/tmp"
+
+
+def test_internet_network_is_the_filtered_job_network():
+    tt = build_service_spec(request(network="internet"))["task_template"]
+    assert tt["Networks"] == [{"Target": "cumulus-jobs"}]
+
+
+def test_gpu_command_grace_user():
+    spec = build_service_spec(request(gpu_uuid="GPU-1234", command=["python3", "-c", "pass"],
                                       stop_grace=0.25, device_index=3, user="1001:1001"))
     tt = spec["task_template"]
-    assert tt["Networks"] == [{"Target": "host"}]
     assert tt["ContainerSpec"]["Command"] == ["python3", "-c", "pass"]
     assert tt["ContainerSpec"]["StopGracePeriod"] == 250_000_000
     assert tt["ContainerSpec"]["User"] == "1001:1001"
@@ -76,7 +102,10 @@ def test_cumulus_env_wins_over_user_env():
     [
         {"job_id": "../etc"}, {"job_id": "Job"}, {"job_id": ""}, {"job_id": "a" * 64},
         {"node_id": "node.id==x"}, {"image": "cumulus-worker:local"}, {"image": "sha256:xyz"},
-        {"network": "bridge"}, {"network": "ingress"}, {"env": {"A=B": "c"}}, {"env": {"1X": "c"}},
+        {"network": "bridge"}, {"network": "ingress"}, {"network": "host"}, {"env": {"A=B": "c"}},
+        {"env": {"1X": "c"}}, {"user": None}, {"user": "0:0"}, {"user": "00:1001"}, {"user": "1001"},
+        {"user": "root"}, {"user": "1001:1001\n"}, {"memory_bytes": 0}, {"memory_bytes": 1 << 50},
+        {"cpus": 0}, {"cpus": float("nan")}, {"cpus": True}, {"pids_limit": 0}, {"tmpfs_bytes": 0},
         {"stop_grace": -1}, {"stop_grace": float("nan")}, {"code_dir": "relative/code"},
         {"output_dir": "/var/lib/cumulus/jobs/../../etc"}, {"supervisor_id": ""},
     ],

@@ -15,8 +15,14 @@
 #   user      non-root user `cumulus` (key login only, trivial shell rc), supervisor key in authorized_keys,
 #             /var/lib/cumulus/jobs owned by it
 #   tools     /opt/cumulus/bin/cumulus-partition-holder, /opt/cumulus/bin/cumulus-chronos-available,
-#             /opt/cumulus/lib/inventory.py
+#             /opt/cumulus/bin/cumulus-job-network, /opt/cumulus/lib/inventory.py
 #   join      docker swarm join as a worker (skipped with --skip-join, or when already in a swarm)
+#   isolation job containers (docs/design.md, "Job isolation"): dockerd runs with no default bridge (so a job
+#             with network="none" has only loopback) and --no-new-privileges (set in /etc/docker/daemon.json and
+#             dockerd restarted; only checked with --docker-host/--skip-docker); the config-only Docker network
+#             cumulus-jobs-config (--job-subnet, bridge cumulus-jobs) that the supervisor's Swarm network
+#             cumulus-jobs uses on this host; the egress filter of that bridge (cumulus-job-network apply, in
+#             the dockerd's network namespace). The supervisor checks the result when the worker registers.
 #   inventory GPU inventory (nvidia-smi, else the OpenCL devices Chronos sees) + SSH address + host key, written as
 #             JSON to --output (default /etc/cumulus/worker.json); the manager turns it into node labels:
 #             python3 /opt/cumulus/lib/inventory.py label-command /etc/cumulus/worker.json
@@ -33,6 +39,8 @@ SKIP_JOIN=0
 SKIP_APT=0
 SSH_ADDRESS=""
 DOCKER_HOST_ARG=""
+JOB_SUBNET=10.213.254.0/24
+JOB_DENY=()
 ADVERTISE_ADDR=""
 OUTPUT=/etc/cumulus/worker.json
 HOSTNAME_ARG=""
@@ -47,7 +55,8 @@ usage: setup-worker.sh [--manager ADDR:2377 --token TOKEN] [--supervisor-key "ss
                        [--supervisor-key-file FILE] [--ssh-address HOST:PORT] [--docker-host URL]
                        [--advertise-addr ADDR] [--hostname NAME] [--host-key-file FILE] [--output PATH]
                        [--skip-docker] [--skip-chronos] [--skip-join] [--skip-apt]
-                       [--chronos-python PATH] [--chronos-version V] [--quiet]
+                       [--chronos-python PATH] [--chronos-version V] [--job-subnet CIDR] [--job-deny CIDR]...
+                       [--quiet]
 
   --manager ADDR:PORT      Swarm manager to join (with --token, a *worker* join token)
   --supervisor-key KEY     public key allowed to log in as user cumulus (repeatable)
@@ -63,6 +72,10 @@ usage: setup-worker.sh [--manager ADDR:2377 --token TOKEN] [--supervisor-key "ss
   --chronos-python PATH    python that imports the installed Chronos (default /opt/cumulus/venv/bin/python3)
   --skip-join              do not join a Swarm
   --skip-apt               never run apt-get (fail if something is missing)
+  --job-subnet CIDR        subnet of the job bridge cumulus-jobs (default 10.213.254.0/24; any private range
+                           unused on this host; every worker may use the same one)
+  --job-deny CIDR          another IPv4 range jobs must not reach (repeatable), e.g. the public address of the
+                           supervisor or of other workers; private, link-local and this host's addresses always are
 EOF
 }
 
@@ -84,6 +97,8 @@ while [[ $# -gt 0 ]]; do
         --skip-apt) SKIP_APT=1; shift ;;
         --chronos-python) CHRONOS_PY="$2"; shift 2 ;;
         --chronos-version) CHRONOS_VERSION="$2"; shift 2 ;;
+        --job-subnet) JOB_SUBNET="$2"; shift 2 ;;
+        --job-deny) JOB_DENY+=(--deny "$2"); shift 2 ;;
         --quiet) QUIET=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "setup-worker: unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -101,7 +116,7 @@ changed() { CHANGED+=("$1"); log "$1: changed${2:+ ($2)}"; }
 ok() { log "$1: ok${2:+ ($2)}"; }
 
 [[ $(id -u) == 0 ]] || die "must run as root"
-for f in cumulus-partition-holder cumulus-chronos-available inventory.py; do
+for f in cumulus-partition-holder cumulus-chronos-available cumulus-job-network inventory.py; do
     [[ -f "$SRC_DIR/$f" ]] || die "missing $SRC_DIR/$f (run this script from a copy of the worker_image/ directory)"
 done
 if [[ -n "$MANAGER" && -z "$TOKEN" && $SKIP_JOIN == 0 ]]; then die "--manager needs --token"; fi
@@ -299,6 +314,7 @@ install_tool() { # install_tool SRC DEST (python shebang rewritten to $CHRONOS_P
 }
 install_tool "$SRC_DIR/cumulus-partition-holder" "$PREFIX/bin/cumulus-partition-holder"
 install_tool "$SRC_DIR/cumulus-chronos-available" "$PREFIX/bin/cumulus-chronos-available"
+install_tool "$SRC_DIR/cumulus-job-network" "$PREFIX/bin/cumulus-job-network"
 install_tool "$SRC_DIR/inventory.py" "$PREFIX/lib/inventory.py"
 ok tools "$PREFIX/bin"
 
@@ -318,6 +334,73 @@ else
     changed join "joined $MANAGER"
 fi
 NODE_ID="$(docker info --format '{{.Swarm.NodeID}}' 2>/dev/null || true)"
+
+# ---------------------------------------------------------------- isolation
+# The filter goes into the network namespace of the dockerd that runs the jobs: with --docker-host unix://PATH
+# that is the namespace of the dockerd whose command line names PATH (the local cluster runs one per namespace),
+# else this one.
+DOCKER_NS=()
+DOCKERD_PID=""
+if [[ "${DOCKER_HOST_ARG:-}" == unix://* ]]; then
+    for pid in $(pgrep -x dockerd || true); do
+        if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "${DOCKER_HOST_ARG#unix://}"; then
+            DOCKERD_PID="$pid"
+            [[ "$(stat -L -c %i "/proc/$pid/ns/net")" == "$(stat -L -c %i /proc/self/ns/net)" ]] \
+                || DOCKER_NS=(nsenter "--net=/proc/$pid/ns/net")
+            break
+        fi
+    done
+elif [[ -z "${DOCKER_HOST_ARG:-}" ]]; then
+    DOCKERD_PID="$(pgrep -xo dockerd || true)"
+fi
+dockerd_no_new_privileges() {
+    # Docker 20.10's `docker info` does not list it: read the daemon's command line and config file instead.
+    docker info --format '{{json .SecurityOptions}}' | grep -q no-new-privileges && return 0
+    [[ -n "$DOCKERD_PID" ]] || return 1
+    local args config=/etc/docker/daemon.json
+    args="$(tr '\0' '\n' <"/proc/$DOCKERD_PID/cmdline")"
+    grep -qx -- '--no-new-privileges\(=true\)\?' <<<"$args" && return 0
+    grep -qx -- '--no-new-privileges=false' <<<"$args" && return 1
+    config="$(grep -A1 -x -- '--config-file' <<<"$args" | tail -n 1 | grep -v -- '^--config-file$' || echo "$config")"
+    python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1])).get("no-new-privileges") is True else 1)' \
+        "$config" 2>/dev/null
+}
+JOB_NET_TOOL=("${DOCKER_NS[@]}" "$PREFIX/bin/cumulus-job-network")
+"${JOB_NET_TOOL[@]}" clear >/dev/null   # until every check below passes, the supervisor sends no jobs here
+if [[ $SKIP_DOCKER == 0 ]]; then
+    before="$(cat /etc/docker/daemon.json 2>/dev/null || true)"
+    mkdir -p /etc/docker
+    python3 - <<'PY'
+import json, os
+p = "/etc/docker/daemon.json"
+d = json.load(open(p)) if os.path.exists(p) and os.path.getsize(p) else {}
+d["bridge"] = "none"             # no default bridge: a job with network="none" gets loopback only
+d["no-new-privileges"] = True    # Swarm API < 1.44 cannot ask for it per service
+open(p, "w").write(json.dumps(d, indent=2) + "\n")
+PY
+    if [[ "$before" != "$(cat /etc/docker/daemon.json)" ]]; then
+        if [[ -d /run/systemd/system ]]; then systemctl restart docker; else
+            service docker restart >/dev/null 2>&1 || die "restart dockerd yourself to apply /etc/docker/daemon.json"; fi
+        for _ in $(seq 1 60); do docker_up && break; sleep 0.5; done
+        changed isolation "daemon.json: bridge none, no-new-privileges"
+    fi
+fi
+docker network inspect bridge >/dev/null 2>&1 \
+    && die "isolation: dockerd has a default bridge: run it with --bridge=none (\"bridge\": \"none\" in daemon.json) so that network=\"none\" jobs have no network"
+dockerd_no_new_privileges \
+    || die "isolation: dockerd does not run with --no-new-privileges (\"no-new-privileges\": true in daemon.json)"
+have_subnet="$(docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}}{{end}}' cumulus-jobs-config 2>/dev/null || true)"
+if [[ -z "$have_subnet" ]]; then
+    docker network create --config-only --subnet "$JOB_SUBNET" \
+        -o com.docker.network.bridge.name=cumulus-jobs -o com.docker.network.bridge.enable_icc=false \
+        cumulus-jobs-config >/dev/null
+    changed isolation "config-only network cumulus-jobs-config $JOB_SUBNET"
+elif [[ "$have_subnet" != "$JOB_SUBNET" ]]; then
+    die "isolation: network cumulus-jobs-config has subnet $have_subnet, not $JOB_SUBNET (remove it when no job runs: docker network rm cumulus-jobs-config)"
+fi
+net_msg="$("${JOB_NET_TOOL[@]}" apply "${JOB_DENY[@]}")" || die "isolation: cumulus-job-network apply failed"
+"${JOB_NET_TOOL[@]}" check >/dev/null || die "isolation: the filter check fails after apply"
+ok isolation "$net_msg"
 
 # ---------------------------------------------------------------- inventory
 INV_ARGS=(detect --ssh-address "$SSH_ADDRESS" --ssh-user "$USER_NAME" --host-key-file "$HOST_KEY_FILE" --output "$OUTPUT")

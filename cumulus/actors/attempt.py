@@ -284,7 +284,11 @@ class Attempt:
     def _service_request(self, reservation: Reservation, node: NodeBackend, lease: Any,
                          files: Any) -> ServiceRequest:
         record, settings = self.record, self.ctx.settings
+        limits, spec = settings.containers, record.spec  # the job's own limits, else the defaults; never above max
         return ServiceRequest(
+            user=node.job_user, network=spec.network or limits.network, pids_limit=limits.pids_limit,
+            memory_bytes=min(spec.memory_bytes or limits.memory_mb << 20, limits.max_memory_mb << 20),
+            cpus=min(spec.cpus or limits.cpus, limits.max_cpus), tmpfs_bytes=limits.tmpfs_mb << 20,
             job_id=record.job_id, supervisor_id=settings.supervisor_id, node_id=reservation.node_id,
             image=settings.cluster.image, device_index=reservation.device_indexes[0],
             partition_id=lease.partition_id, code_dir=files.code_dir, output_dir=files.output_dir,

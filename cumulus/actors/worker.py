@@ -3,10 +3,11 @@ leases held through it, and the reaping of orphans on it.
 
 The connection is kept in a background task that reconnects with backoff; while it is up, jobs reach the node
 through it (:class:`~cumulus.backends.NodeConnections`) and the Scheduler is told the node can take jobs
-(:class:`~cumulus.actors.scheduler.WorkerHealth`); when it drops, every lease held through it is lost (its jobs
-stop: node_lost) and the Scheduler is told at once. Once connected, the actor reaps orphans on its node: partition
-holders and job directories of this supervisor that no live job owns (it asks the cluster which jobs are live).
-Device shares are not kept here: the Scheduler owns them.
+(:class:`~cumulus.actors.scheduler.WorkerHealth`), unless the node failed its job isolation check (then it is
+reported unhealthy with the check's reason, and checked again on each reconnect); when it drops, every lease held
+through it is lost (its jobs stop: node_lost) and the Scheduler is told at once. Once connected, the actor reaps
+orphans on its node: partition holders and job directories of this supervisor that no live job owns (it asks the
+cluster which jobs are live). Device shares are not kept here: the Scheduler owns them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cumulus.backends import Backends, NodeBackend, NodeConnections
 from cumulus.config import Settings
 from cumulus.errors import ActorDied
 from cumulus.jobs import DeviceInfo
+from cumulus.resources.job_network import WorkerNotIsolated
 from cumulus.resources.swarm import NodeInfo
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,8 @@ class WorkerActor(Actor):
                 async with self.backends.connect_node(self.node, self.settings) as backend:
                     attempt = 0
                     await self._reap_orphans(backend)
+                    if backend.isolation_problem:  # unsafe for jobs: none is placed here (checked on each connect)
+                        raise WorkerNotIsolated(backend.isolation_problem)
                     with self.connections.serving(self.node.id, backend):
                         await self._tell_health(True)
                         log.info("%s: connected (%s)", self.name, backend.label)
@@ -136,7 +140,7 @@ class WorkerActor(Actor):
                         await self._lost(backend, reason)
                         backend = None
             except Exception as error:  # a failed connection is a state of the node, not a crash of this actor
-                reason = f"SSH: {error}"
+                reason = str(error) if isinstance(error, WorkerNotIsolated) else f"SSH: {error}"
                 log.warning("%s: %s", self.name, reason)
                 if backend is None:  # it never connected: say why (ListWorkers shows it)
                     await self._tell_health(False, reason)

@@ -1,4 +1,11 @@
-"""Per-node daemons: a dockerd and (workers) an sshd, each inside the node's network namespace."""
+"""Per-node daemons: a dockerd and (workers) an sshd, each inside the node's network namespace.
+
+Every dockerd runs with no default bridge (``--bridge=none``: a job with ``network="none"`` gets loopback only);
+a worker's also with ``--no-new-privileges``, as setup-worker.sh makes a real worker's, and it manages iptables,
+IP forwarding and masquerading in its namespace, as on a real host, so that the job bridge setup-worker.sh makes
+(``cumulus-jobs``) really routes, and only its egress filter keeps jobs off the cluster's addresses. A running
+dockerd started with other flags (an older Cumulus) is restarted with these by :func:`start_dockerd`.
+"""
 
 from __future__ import annotations
 
@@ -59,13 +66,39 @@ def dockerd_pid(node: state.Node) -> int | None:
     return None
 
 
+def dockerd_args(node: state.Node) -> list[str]:
+    """The node's dockerd command line (the flags are what :func:`start_dockerd` compares with a running one)."""
+    if node.role == "worker":  # like a real worker host: the job bridge routes, NATs, and is filtered
+        network = ["--iptables=true", "--ip-forward=true", "--ip-masq=true", "--ip6tables=false",
+                   "--no-new-privileges"]
+    else:  # the manager runs no job
+        network = ["--iptables=false", "--ip-forward=false", "--ip-masq=false", "--ip6tables=false"]
+    return [
+        binary("dockerd"),
+        "--config-file", str(node.docker_config),
+        "--data-root", str(node.data_root),
+        "--exec-root", str(node.exec_root),
+        "--pidfile", str(node.docker_pidfile),
+        "-H", node.docker_url,
+        "--bridge=none", *network,
+        "--userland-proxy=false",
+        "--cgroup-parent", node.cgroup_parent,
+        "--log-level", "warn",
+    ]
+
+
 def start_dockerd(node: state.Node) -> subprocess.Popen | None:
     """Start the node's dockerd (in its netns and its own UTS namespace, so the Swarm sees hostname cwN).
 
-    Returns the Popen, or None if it was already running. Call wait_dockerd() afterwards.
+    Returns the Popen, or None if it was already running with :func:`dockerd_args`. One running with other flags
+    is stopped first (its containers stop with it; Swarm restarts nothing of Cumulus's: jobs are one-shot). Call
+    wait_dockerd() afterwards.
     """
-    if dockerd_pid(node):
+    pid = dockerd_pid(node)
+    if pid and pid_cmdline(pid) == dockerd_args(node):
         return None
+    if pid:
+        stop_dockerd(node)
     node.dir.mkdir(parents=True, exist_ok=True)
     # A dockerd that died hard leaves mounts (nsfs under <exec-root>/netns, overlays, shm): clear them first.
     unmount_under(node.exec_root)
@@ -74,18 +107,7 @@ def start_dockerd(node: state.Node) -> subprocess.Popen | None:
         stale.unlink(missing_ok=True)
     # --config-file: never pick up the host's /etc/docker/daemon.json.
     node.docker_config.write_text("{}\n")
-    args = [
-        binary("dockerd"),
-        "--config-file", str(node.docker_config),
-        "--data-root", str(node.data_root),
-        "--exec-root", str(node.exec_root),
-        "--pidfile", str(node.docker_pidfile),
-        "-H", node.docker_url,
-        "--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false", "--ip6tables=false",
-        "--userland-proxy=false",
-        "--cgroup-parent", node.cgroup_parent,
-        "--log-level", "warn",
-    ]
+    args = dockerd_args(node)
     script = f"hostname {node.name} && exec " + " ".join(_q(a) for a in args)
     cmd = ["nsenter", f"--net={node.netns_path}", "unshare", "--uts", "sh", "-c", script]
     log = open(node.docker_log, "ab")

@@ -65,8 +65,9 @@ async def open_job_files(
     conn: SshConnection, *, jobs_dir: str, job_id: str, package: bytes
 ) -> AsyncIterator[JobFiles]:
     """Create ``<jobs_dir>/<job_id>/{code,output,lease}``, upload ``package`` as ``code/package.zip`` (mode 0444,
-    code dir then 0555), make ``output`` writable by the container (0777) and ``lease`` the SSH user's (0755: the
-    detached partition holder writes there, the container only reads it); yield :class:`JobFiles`.
+    code dir then 0555), make ``output`` the SSH user's with mode 0700 (the job container runs as the SSH user's
+    uid:gid, so only the job and the supervisor can read or write it; never 0777) and ``lease`` the SSH user's
+    (0755: the detached partition holder writes there, the container only reads it); yield :class:`JobFiles`.
 
     A leftover directory of the same job id is replaced. Raises :class:`InvalidRequest` for a bad job id and
     :class:`SshError` if the worker refuses; a half-made directory is removed before the error propagates.
@@ -83,8 +84,8 @@ async def open_job_files(
             # is read-only, so it is made writable again before rm -rf.
             f"{{ ! [ -e {q(files.job_dir)} ] || {{ chmod -R u+w -- {q(files.job_dir)} 2>/dev/null;"
             f" rm -rf -- {q(files.job_dir)}; }}; }} && mkdir -m 0755 -- {q(files.job_dir)}"
-            f" && mkdir -m 0755 -- {q(files.code_dir)} && mkdir -m 0777 -- {q(files.output_dir)}"
-            f" && chmod 0777 -- {q(files.output_dir)} && mkdir -m 0755 -- {q(files.lease_dir)}",
+            f" && mkdir -m 0755 -- {q(files.code_dir)} && mkdir -m 0700 -- {q(files.output_dir)}"
+            f" && chmod 0700 -- {q(files.output_dir)} && mkdir -m 0755 -- {q(files.lease_dir)}",
             timeout=15,
         )
         await conn.put_bytes(package, posixpath.join(files.code_dir, PACKAGE_NAME), 0o444)

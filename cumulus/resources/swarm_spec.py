@@ -2,6 +2,12 @@
 puts on every job service, and :func:`build_service_spec`, the one place a request becomes the keyword arguments
 of ``docker.APIClient.create_service`` (pure: validates, no Docker needed).
 
+Every job container is hardened to Kubernetes' "restricted" bar (docs/design.md, "Job isolation"): a non-root
+uid:gid, every capability dropped, a read-only root filesystem with a tmpfs at /tmp (also ``HOME``), memory, CPU
+and pids limits, and Docker's default seccomp profile. ``no-new-privileges`` is asked for in the spec
+(``Privileges.NoNewPrivileges``), which only Docker API >= 1.44 honours; older engines (API 1.41, Docker 20.10)
+ignore the field, so setup-worker.sh also runs every worker's dockerd with ``--no-new-privileges``.
+
 Re-exported by :mod:`cumulus.resources.swarm`.
 """
 
@@ -24,21 +30,29 @@ CODE_MOUNT = "/cumulus/code"
 OUTPUT_MOUNT = "/cumulus/output"
 LEASE_MOUNT = "/cumulus/lease"
 DEPS_MOUNT = "/cumulus/deps"
+TMP_MOUNT = "/tmp"
 DEFAULT_COMMAND = ("python3", "/opt/cumulus/runner.py")
+JOB_NETWORK = "cumulus-jobs"
+"""The Swarm-scoped network of ``internet`` jobs (its bridge and egress filter are made by setup-worker.sh)."""
+NETWORKS = ("internet", "none")
 SERVICE_PREFIX = "cumulus-"
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NODE_ID = re.compile(r"^[a-z0-9]{10,64}$")
+_USER = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
+MiB = 1 << 20
 
 
 @dataclass(frozen=True)
 class ServiceRequest:
     """Everything needed to run one job as a one-task Swarm service pinned to one node.
 
-    ``network``: ``"none"`` (default) or ``"host"``. Swarm cannot attach a service to the local ``none`` network
-    (moby/moby#44403), so ``"none"`` means *no attachment*: the container gets the worker dockerd's default
-    network mode, which is loopback only when that dockerd runs with ``--bridge=none`` (as the local cluster's
-    do; real workers must be configured the same way for ``none`` to mean no network).
-    ``user``: optional ``uid[:gid]`` for the container process (default: the image's, i.e. root).
+    ``network``: ``"none"`` (default) or ``"internet"``. ``"internet"`` attaches the task to :data:`JOB_NETWORK`,
+    whose bridge on each worker has an egress filter (no private, link-local or the host's own addresses).
+    Swarm cannot attach a service to the local ``none`` network (moby/moby#44403), so ``"none"`` means *no
+    attachment*: the container gets the worker dockerd's default network mode, which is loopback only because
+    setup-worker.sh runs every worker's dockerd with ``--bridge=none`` (checked when the worker registers).
+    ``user``: required ``uid:gid`` of the container process; uid 0 is refused (jobs never run as root).
+    ``memory_bytes``, ``cpus``, ``pids_limit``: the container's limits; ``tmpfs_bytes``: size of the /tmp tmpfs.
     ``lease_dir``: optional worker directory of the job's partition lease (``JobFiles.lease_dir``), mounted
     read-only at ``/cumulus/lease``: the runner's watchdog kills the job when the holder writes ``expired`` there.
     ``deps_dir``: optional worker directory holding the job's installed requirements (made by the trusted install
@@ -61,6 +75,10 @@ class ServiceRequest:
     user: str | None = None
     lease_dir: str | None = None
     deps_dir: str | None = None
+    memory_bytes: int = 4096 * MiB
+    cpus: float = 2.0
+    pids_limit: int = 4096
+    tmpfs_bytes: int = 1024 * MiB
 
     @property
     def service_name(self) -> str:
@@ -71,7 +89,7 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
     """The keyword arguments of ``docker.APIClient.create_service`` for ``req`` (pure; no Docker needed).
 
     Raises :class:`InvalidRequest` if a field cannot be turned into a safe spec (job id, node id, image not
-    referenced by id, network, env names, stop grace, paths).
+    referenced by id, network, env names, stop grace, paths, a missing or root user, limits out of range).
     """
     from cumulus.resources.files import check_job_id  # one job-id rule for files and services
 
@@ -80,8 +98,9 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
         raise InvalidRequest(f"invalid node id {req.node_id!r}")
     if not req.image.startswith("sha256:") or not re.match(r"^sha256:[0-9a-f]{64}$", req.image):
         raise InvalidRequest(f"image must be referenced by id (sha256:<64 hex>), got {req.image!r}")
-    if req.network not in ("none", "host"):
-        raise InvalidRequest(f"network must be 'none' or 'host', got {req.network!r}")
+    if req.network not in NETWORKS:
+        raise InvalidRequest(f"network must be one of {', '.join(NETWORKS)}, got {req.network!r}")
+    _check_hardening(req)
     if not (0 <= req.stop_grace <= 300) or math.isnan(req.stop_grace):
         raise InvalidRequest(f"stop_grace must be within 0..300 s, got {req.stop_grace!r}")
     optional = tuple(p for p in (req.lease_dir, req.deps_dir) if p is not None)
@@ -96,7 +115,9 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
         if not _ENV_KEY.match(str(key)):
             raise InvalidRequest(f"invalid environment variable name {key!r}")
         env[str(key)] = str(value)
-    # Cumulus's own variables win over the user's.
+    # Cumulus's own variables win over the user's. The root filesystem is read-only: HOME and TMPDIR are the tmpfs.
+    env["HOME"] = TMP_MOUNT
+    env["TMPDIR"] = TMP_MOUNT
     env["CUMULUS_JOB_ID"] = req.job_id
     env["CUMULUS_PARTITION_ID"] = req.partition_id
     env["CUMULUS_DEVICE_INDEX"] = str(int(req.device_index))
@@ -117,6 +138,8 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
         mounts.append(Mount(target=LEASE_MOUNT, source=req.lease_dir, type="bind", read_only=True))
     if req.deps_dir is not None:
         mounts.append(Mount(target=DEPS_MOUNT, source=req.deps_dir, type="bind", read_only=True))
+    mounts.append(Mount(target=TMP_MOUNT, source=None, type="tmpfs", tmpfs_size=int(req.tmpfs_bytes),
+                        tmpfs_mode=0o1777))
     container = ContainerSpec(
         image=req.image,
         command=list(req.command) if req.command else list(DEFAULT_COMMAND),
@@ -126,13 +149,20 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
         stop_grace_period=int(req.stop_grace * 1e9),
         init=True,
         user=req.user,
+        read_only=True,
+        cap_drop=["ALL"],
     )
+    # API >= 1.44 only (older engines ignore it: their dockerd runs with --no-new-privileges instead).
+    container["Privileges"] = {"NoNewPrivileges": True}
     template = TaskTemplate(
         container_spec=container,
         restart_policy=RestartPolicy(condition="none", delay=0, max_attempts=0),
         placement=Placement(constraints=[f"node.id=={req.node_id}"]),
-        networks=["host"] if req.network == "host" else None,
+        networks=[JOB_NETWORK] if req.network == "internet" else None,
     )
+    # Raw: docker-py's Resources has no pids limit (Swarm API >= 1.41 has Limits.Pids).
+    template["Resources"] = {"Limits": {"NanoCPUs": int(round(req.cpus * 1e9)), "MemoryBytes": int(req.memory_bytes),
+                                        "Pids": int(req.pids_limit)}}
     return {
         "task_template": template,
         "name": req.service_name,
@@ -141,7 +171,21 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
     }
 
 
+def _check_hardening(req: ServiceRequest) -> None:
+    """The user and the limits: a job container never runs as root nor without limits."""
+    if not isinstance(req.user, str) or not _USER.fullmatch(req.user):
+        raise InvalidRequest(f"user must be 'uid:gid' (the worker's job identity), got {req.user!r}")
+    if int(req.user.split(":")[0]) == 0:
+        raise InvalidRequest("user: uid 0 (root) is refused: job containers never run as root")
+    limits = (("memory_bytes", req.memory_bytes, 16 * MiB, 1 << 44), ("cpus", req.cpus, 0.01, 4096),
+              ("pids_limit", req.pids_limit, 16, 1 << 22), ("tmpfs_bytes", req.tmpfs_bytes, MiB, 1 << 40))
+    for name, value, low, high in limits:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
+            raise InvalidRequest(f"{name} must be within {low}..{high}, got {value!r}")
+
+
 __all__ = [
     "CODE_MOUNT", "DEFAULT_COMMAND", "DEPS_MOUNT", "LABEL_DEVICE", "LABEL_JOB", "LABEL_PARTITION", "LABEL_SUPERVISOR", "LEASE_MOUNT",
     "OUTPUT_MOUNT", "SERVICE_PREFIX", "ServiceRequest", "build_service_spec",
+    "JOB_NETWORK", "NETWORKS", "TMP_MOUNT",
 ]

@@ -78,6 +78,7 @@ class FakeWorld:
         self.services_labels: dict[str, dict[str, str]] = {}
         self.running: set[str] = set()  # service ids whose container process is alive
         self.unreachable: set[str] = set()  # hostnames whose SSH is cut
+        self.not_isolated: dict[str, str] = {}  # hostname -> why its job isolation check fails
         self.max_used: dict[tuple[str, int], float] = {}
         self.frozen = False  # set when the supervisor "dies": nothing it owned gets released
         self.lease_ttl = 30.0
@@ -265,6 +266,8 @@ class FakeNode:
         self.node = node
         self.label = node.hostname
         self.leases: dict[str, FakePartition] = {}
+        self.job_user = "1001:1001"
+        self.isolation_problem = world.not_isolated.get(node.hostname, "")
 
     def lease_dir(self, job_id: str) -> str | None:
         return f"/var/lib/cumulus/jobs/.leases/{job_id}"
