@@ -3,7 +3,8 @@
 Kinds: ``state`` (each state change, with its reason and attempt), ``placement`` (worker, devices, share),
 ``queue`` (queue position changes), ``retry`` (attempt N failed: why, backoff), ``teardown`` (released / leaked)
 and ``message`` (the human progress messages a job emits, and restart recovery notes). Never log lines (the job's
-output) and never env values: every text is scrubbed of the job's env values before it is recorded.
+output) and never env values: every text is scrubbed of the job's env values and of URL credentials (a
+requirement's ``https://user:token@host/...``, :mod:`cumulus.redaction`) before it is recorded.
 
 Bounds: at most :data:`MAX_EVENTS_PER_JOB` events per job (the last of them says that later ones were not kept);
 the job's end (its terminal state and teardown report) is always kept, in :data:`END_EVENTS_RESERVE` extra slots.
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
+
+from cumulus.redaction import redact_credentials
 
 MAX_EVENTS_PER_JOB = 200
 END_EVENTS_RESERVE = 5
@@ -64,11 +67,13 @@ def limit_reached(job_id: str, at: float, attempt: int) -> HistoryEvent:
 
 
 def scrub(value: Any, secrets: Iterable[str]) -> Any:
-    """``value`` (a string, or lists/dicts of them) with every secret replaced and texts cut to MAX_TEXT_CHARS."""
+    """``value`` (a string, or lists/dicts of them) with every secret and every URL credential replaced and texts
+    cut to MAX_TEXT_CHARS."""
     if isinstance(value, str):
         for secret in secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)
+        value = redact_credentials(value)
         return value if len(value) <= MAX_TEXT_CHARS else value[:MAX_TEXT_CHARS] + "..."
     if isinstance(value, (list, tuple)):
         return [scrub(item, secrets) for item in value]

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable
 
 import trio
@@ -24,6 +24,7 @@ from cumulus.actors.base import ActorRef
 from cumulus.actors.log_relay import LogRelay
 from cumulus.actors.outcome import COMPLETED, JobStopped, Outcome
 from cumulus.actors.ownership import ResourceOwner
+from cumulus.actors.requirements_step import job_requirements
 from cumulus.actors.scheduler import Granted, Queued, QueuePosition, Release, Reservation, Reserve
 from cumulus.actors.watcher import PollNow, Unwatch, Watch
 from cumulus.backends import NodeBackend, NodeConnections, SwarmBackend, WorkerUnavailable
@@ -203,15 +204,15 @@ class Attempt:
         node = ctx.connections.get(reservation.node_id, reservation.worker)
         # The partition and the upload go over the same SSH connection at once; they are still released in the
         # nested order (files, then partition).
-        lease, files = await self.resources.own_together([
+        lease, files, *deps = await self.resources.own_together([
             (node.open_partition(device=reservation.device_indexes[0], fraction=reservation.share,
                                  duration=spec.duration, job_id=record.job_id,
                                  replace_earlier=record.attempt > 1), "partition"),
             (node.open_job_files(job_id=record.job_id, package=spec.package), "files"),
-        ])
+        ] + ([(job_requirements(ctx, node, reservation.node_id), "requirements")] if spec.requirements else []))
         record.partition_id = lease.partition_id
         updates = await own(self._task_watch(), what="task watch", same_task=True)
-        request = self._service_request(reservation, node, lease, files)
+        request = replace(self._service_request(reservation, node, lease, files), deps_dir=deps[0] if deps else None)
         service = self.service = await own(ctx.swarm.open_service(request), what="service", same_task=True)
         record.service_id = service.id
         record.persist()  # a restarted supervisor must find (and re-adopt) the service even before RUNNING

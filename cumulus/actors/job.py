@@ -39,6 +39,7 @@ from cumulus.errors import ActorDied, CumulusError
 from cumulus.history import HistoryEvent
 from cumulus.jobs import FailureReason, JobRecord, JobState, TeardownReport
 from cumulus.journal import AddEvent, Save, row_of
+from cumulus.redaction import redact_credentials
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class JobActor(Actor):
                     record.attempt += 1
                     record.note_retry(outcome.reason, delay)
                     log.info("%s: attempt %d failed (%s); retrying in %g s", self.name, record.attempt - 1,
-                             outcome.reason, delay)
+                             redact_credentials(outcome.reason), delay)  # may quote a requirement's URL
                     await trio.sleep(delay)
         finally:
             if outcome is None or self._life_scope.cancelled_caught:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from runner_package import (CALL, FORMAT, PACKAGE_NAME, RESULT_NAME, InfraFailur
                             job_env)  # the job format: its copy of cumulus.jobformat, and extraction
 
 PIP_TIMEOUT_S = float(os.environ.get("CUMULUS_PIP_TIMEOUT", "900"))
+DEPS_MOUNT = "/cumulus/deps"  # cumulus.resources.swarm_spec.DEPS_MOUNT: requirements installed by the supervisor
 
 EXIT_OK, EXIT_USER, EXIT_INFRA = 0, 1, 2
 STDOUT_END_MARKER = "[cumulus] end of stdout"  # cumulus.actors.log_relay.STDOUT_END_MARKER
@@ -60,11 +62,31 @@ def cloudpickle_version() -> str:
 
 # ----------------------------------------------------------------------------------------------- requirements
 
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#@]*(?:@[^\s/?#@]*)*@")
+_URL_SECRET_PARAM = re.compile(
+    r"([?&;][^\s=&;#]*(?:token|key|secret|passw|pwd|sig|auth|credential)[^\s=&;#]*=)[^\s&;#]+", re.IGNORECASE)
+
+
+def redact_credentials(text: str) -> str:
+    """Copy of cumulus.redaction.redact_credentials (tests/test_redaction.py keeps them equal): URL user-info and
+    secret query values become ``***``, so requirement URLs never put credentials into the job's log."""
+    if "://" not in text and "=" not in text:
+        return text
+    text = _URL_USERINFO.sub(lambda m: m.group(1) + "***@", text)
+    return _URL_SECRET_PARAM.sub(lambda m: m.group(1) + "***", text)
+
 
 def install_requirements(reqs: list, work: str) -> str | None:
-    """pip install into <work>/deps (returned, to go on sys.path); InfraFailure when pip fails."""
+    """The directory to put on sys.path for the job's requirements: /cumulus/deps when the supervisor mounted
+    them there (installed by its trusted step on this node, read-only), else - the fallback, for a runner started
+    without a supervisor (tests, by hand, the in-memory test cluster) - pip install into <work>/deps;
+    InfraFailure when pip fails."""
     if not reqs:
         return None
+    deps_mount = os.environ.get("CUMULUS_DEPS_DIR") or DEPS_MOUNT
+    if os.path.isdir(deps_mount):
+        log(f"requirements: installed by the supervisor, at {deps_mount} (read-only)")
+        return deps_mount
     if not isinstance(reqs, list) or not all(isinstance(r, str) and r and not r.startswith("-") for r in reqs):
         raise InfraFailure("cumulus.InvalidPackage", "manifest 'requirements' must be requirement specifiers")
     target = os.path.join(work, "deps")
@@ -82,7 +104,7 @@ def install_requirements(reqs: list, work: str) -> str | None:
     if wheelhouse:
         path = wheelhouse if os.path.isabs(wheelhouse) else "/cumulus/wheelhouse"
         cmd += ["--no-index", "--find-links", path]
-    log(f"installing {len(reqs)} requirement(s): {' '.join(reqs)}")
+    log(redact_credentials(f"installing {len(reqs)} requirement(s): {' '.join(reqs)}"))
     t0 = time.monotonic()
     tail: collections.deque[str] = collections.deque(maxlen=40)
     env = dict(os.environ, PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
@@ -94,7 +116,7 @@ def install_requirements(reqs: list, work: str) -> str | None:
     assert proc.stdout is not None
     deadline = time.monotonic() + PIP_TIMEOUT_S
     for line in proc.stdout:
-        line = line.rstrip("\n")
+        line = redact_credentials(line.rstrip("\n"))
         tail.append(line)
         print(f"[pip] {line}", file=sys.stderr, flush=True)
         if time.monotonic() > deadline:
@@ -105,7 +127,8 @@ def install_requirements(reqs: list, work: str) -> str | None:
         last = [ln for ln in tail if ln.strip()]
         errors = [ln for ln in last if "ERROR" in ln] or last[-3:]
         raise InfraFailure("cumulus.RequirementsInstallFailed",
-                           f"pip install of {' '.join(reqs)} failed (exit {rc}): " + " | ".join(errors)[-1500:],
+                           redact_credentials(f"pip install of {' '.join(reqs)} failed (exit {rc}): ")
+                           + " | ".join(errors)[-1500:],
                            "\n".join(tail))
     log(f"requirements installed in {time.monotonic() - t0:.1f} s")
     return target
