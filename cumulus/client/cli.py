@@ -47,6 +47,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sub.add_argument("--kwarg", action="append", default=[], metavar="NAME=JSON", help="a keyword argument")
     sub.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment for the job")
     sub.add_argument("--name", default=None, help="a name for humans")
+    sub.add_argument("--memory", default=None, metavar="SIZE", help="memory limit of the job's container: MiB "
+                     "(4096) or with a unit (512MiB, 8GiB); default: the supervisor's containers.memory_mb")
+    sub.add_argument("--cpus", type=float, default=None, help="CPU cores the job may use (e.g. 2 or 0.5); "
+                     "default: the supervisor's containers.cpus")
+    sub.add_argument("--network", choices=("internet", "none"), default=None, help="internet: filtered egress "
+                     "(no private, link-local or cluster addresses); none: no network at all; default: the "
+                     "supervisor's containers.network")
     sub.add_argument("--detach", action="store_true", help="print the job id (-o json: {\"job_id\": ...}) and "
                      "return at once")
 
@@ -187,6 +194,11 @@ def _submit(args: argparse.Namespace) -> int:
         options["env"] = dict(_pairs(args.env, "--env"))
     if args.name:
         options["name"] = args.name
+    if args.memory is not None:  # MiB as digits, else a size string: the SDK checks both
+        options["memory"] = int(args.memory) if args.memory.strip().isdigit() else args.memory
+    for option in ("cpus", "network"):
+        if getattr(args, option) is not None:
+            options[option] = getattr(args, option)
     client = _client(args)
     progress = out.Progress(enabled=not args.detach and sys.stderr.isatty(), logs_to_stderr=_json(args))
     ref = client.submit_call(func, call_args, call_kwargs, on_event=None if args.detach else progress.event,

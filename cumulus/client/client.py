@@ -100,26 +100,29 @@ class CumulusClient:
     def submit(self, func: Callable[..., R], *args: Any, gpu: float | None = None,
                gpu_memory: float | None = None, duration: int | None = None, requirements: Iterable[str] = (),
                env: dict[str, str] | None = None, retries: int = 0, log_to_driver: bool | None = None,
+               memory: int | str | None = None, cpus: float | None = None, network: str | None = None,
                **kwargs: Any) -> JobRef[R]:
         """Submit ``func(*args, **kwargs)`` as a job and return its :class:`JobRef` once the supervisor accepted it.
 
         Keyword arguments named like an option (``gpu``, ``gpu_memory``, ``duration``, ``requirements``, ``env``,
-        ``retries``, ``log_to_driver``) are options, every other one goes to ``func``; to pass a keyword
+        ``retries``, ``log_to_driver``, ``memory``, ``cpus``, ``network``) are options, every other one goes to ``func``; to pass a keyword
         argument that has an option's name, use :meth:`submit_call`. ``func`` may be a ``@remote`` function: its
         options are the defaults.
         """
         options: dict[str, Any] = {"gpu": gpu, "gpu_memory": gpu_memory, "duration": duration,
                                    "requirements": requirements, "env": env, "retries": retries,
-                                   "log_to_driver": log_to_driver}
+                                   "log_to_driver": log_to_driver, "memory": memory, "cpus": cpus,
+                                   "network": network}
         return self.submit_call(func, args, kwargs, **{k: v for k, v in options.items() if v not in (None, ())})
 
     def run(self, func: Callable[..., R], *args: Any, gpu: float | None = None, gpu_memory: float | None = None,
             duration: int | None = None, requirements: Iterable[str] = (), env: dict[str, str] | None = None,
-            retries: int = 0, log_to_driver: bool | None = None, **kwargs: Any) -> R:
+            retries: int = 0, log_to_driver: bool | None = None, memory: int | str | None = None,
+            cpus: float | None = None, network: str | None = None, **kwargs: Any) -> R:
         """Submit ``func(*args, **kwargs)``, wait for it (blocking) and return its value or raise its exception."""
         return self.submit(func, *args, gpu=gpu, gpu_memory=gpu_memory, duration=duration,
                            requirements=requirements, env=env, retries=retries, log_to_driver=log_to_driver,
-                           **kwargs).result()
+                           memory=memory, cpus=cpus, network=network, **kwargs).result()
 
     def submit_call(self, func: Callable[..., R], args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
                     *, on_event: Callable[[JobUpdate], None] | None = None, **options: Unpack[RemoteOptions]
@@ -155,6 +158,9 @@ class CumulusClient:
             retry_exceptions=bool(opts.get("retry_exceptions", False)),
             priority=int(opts.get("priority", 0)),
             max_queue_seconds=int(opts.get("max_queue_seconds", 0)),
+            memory_bytes=int(opts.get("memory", 0)),  # 0, "", 0.0: the supervisor's containers defaults
+            cpus=float(opts.get("cpus", 0.0)),
+            network=opts.get("network", ""),
         )
         stream = self._stub.SubmitJob(request)
         try:

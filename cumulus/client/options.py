@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
 
@@ -24,7 +25,13 @@ DEFAULT_GPU = 0.5  # the supervisor's JobSpec default
 OPTION_NAMES = frozenset({
     "gpu", "gpu_memory", "duration", "requirements", "env", "retries", "retry_exceptions", "timeout", "name",
     "priority", "max_queue_seconds", "idempotency_key", "log_to_driver", "address", "project_root",
+    "memory", "cpus", "network",
 })
+NETWORKS = ("internet", "none")
+MIN_MEMORY_MIB = 16  # the supervisor's floor too (containers.memory_mb); its ceiling is its own setting
+MAX_CPUS = 4096.0  # a sanity bound; the supervisor's containers.max_cpus is the real one
+_MEMORY = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(MiB|GiB|TiB)\s*", re.IGNORECASE)
+_UNIT = {"mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
 
 class RemoteOptions(TypedDict, total=False):
@@ -48,11 +55,15 @@ class RemoteOptions(TypedDict, total=False):
     log_to_driver: bool | None
     address: str | None
     project_root: str | os.PathLike[str] | None
+    memory: int | str | None
+    cpus: float | None
+    network: str | None
 
 
 def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options checked and in canonical form (``None`` values dropped, ``gpu_memory`` folded into ``gpu``,
-    ``requirements`` a tuple of stripped strings, ``duration`` an int).
+    ``requirements`` a tuple of stripped strings, ``duration`` an int, ``memory`` in bytes (given in MiB as an
+    int, or as a string like ``"512MiB"`` / ``"8GiB"``), ``cpus`` a float, ``network`` ``internet`` or ``none``).
 
     Raises :class:`~cumulus.errors.InvalidRequest` naming the option, the value given and what is allowed.
     """
@@ -101,7 +112,41 @@ def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
             raise InvalidRequest(f"{key}={opts[key]!r} must be a string")
     if "project_root" in opts and not isinstance(opts["project_root"], (str, os.PathLike)):
         raise InvalidRequest(f"project_root={opts['project_root']!r} must be a path (str or os.PathLike)")
+    if "memory" in opts:
+        opts["memory"] = memory_bytes(opts["memory"])
+    if "cpus" in opts:
+        opts["cpus"] = check_cpus(opts["cpus"])
+    if "network" in opts and opts["network"] not in NETWORKS:
+        raise InvalidRequest(f"network={opts['network']!r}: give 'internet' (filtered egress: no private, "
+                             f"link-local or cluster addresses) or 'none' (no network at all)")
     return opts
+
+
+def memory_bytes(memory: Any) -> int:
+    """The container memory limit in bytes from ``memory``: MiB as an int (``4096``) or a string with a binary
+    unit (``"512MiB"``, ``"8GiB"``, ``"1.5TiB"``). At least 16 MiB; the supervisor applies its own maximum.
+    Raises :class:`InvalidRequest` saying how to write it."""
+    how = "give MiB as an int (e.g. 4096) or a string like '512MiB' or '8GiB'"
+    if isinstance(memory, bool):
+        raise InvalidRequest(f"memory={memory!r}: {how}")
+    if isinstance(memory, int):
+        size = memory << 20
+    elif isinstance(memory, str) and (m := _MEMORY.fullmatch(memory)):
+        size = int(float(m.group(1)) * _UNIT[m.group(2).lower()])
+    else:
+        raise InvalidRequest(f"memory={memory!r}: {how}")
+    if size < MIN_MEMORY_MIB << 20:
+        raise InvalidRequest(f"memory={memory!r} is below the minimum of {MIN_MEMORY_MIB} MiB")
+    return size
+
+
+def check_cpus(cpus: Any) -> float:
+    """``cpus`` (cores, fractions allowed) as a float within 0.01..4096; the supervisor applies its own maximum."""
+    if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not math.isfinite(cpus) or not (
+            0.01 <= cpus <= MAX_CPUS):
+        raise InvalidRequest(f"cpus={cpus!r}: give the CPU cores the job may use, a number within 0.01..{MAX_CPUS:g}"
+                             f" (e.g. 2 or 0.5)")
+    return float(cpus)
 
 
 def _whole_seconds(d: Any) -> int:

@@ -9,6 +9,7 @@ judges (duration against its settings, names, priority, retries, queue time). It
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from typing import Any
 
@@ -40,6 +41,7 @@ def spec_from_submission(request: pb.JobSubmission, settings: Any) -> JobSpec:
                  hint="0 waits as long as the queue allows")
     env = check_env(dict(request.env))
     requirements = check_requirements(list(request.requirements))
+    memory_bytes, cpus, network = check_container_options(request, settings.containers)
     info = validate_package(request.code_package, jobs.max_package_mb * MiB)  # its requirements and env too
     if requirements and requirements != info.requirements:
         raise InvalidRequest(
@@ -58,7 +60,30 @@ def spec_from_submission(request: pb.JobSubmission, settings: Any) -> JobSpec:
         retry_exceptions=request.retry_exceptions,
         priority=request.priority,
         max_queue_seconds=request.max_queue_seconds,
+        memory_bytes=memory_bytes,
+        cpus=cpus,
+        network=network,
     )
+
+
+def check_container_options(request: pb.JobSubmission, containers: Any) -> tuple[int, float, str]:
+    """The job's container memory (bytes), CPUs and network; 0 / 0.0 / "" mean ``containers``' defaults.
+
+    Raises InvalidRequest for memory below 16 MiB or above ``containers.max_memory_mb``, CPUs not within
+    0.01..``containers.max_cpus``, a network other than ``internet`` or ``none``."""
+    memory, cpus, network = request.memory_bytes, request.cpus, request.network
+    max_memory = containers.max_memory_mb * MiB
+    if memory and not 16 * MiB <= memory <= max_memory:
+        raise InvalidRequest(f"memory_bytes={memory} is out of range; allowed {16 * MiB}..{max_memory} "
+                             f"(16 MiB..{containers.max_memory_mb} MiB; 0 means the default, "
+                             f"{containers.memory_mb} MiB)")
+    if cpus and not (math.isfinite(cpus) and 0.01 <= cpus <= containers.max_cpus):
+        raise InvalidRequest(f"cpus={cpus!r} is out of range; allowed 0.01..{containers.max_cpus:g} cores "
+                             f"(0 means the default, {containers.cpus:g})")
+    if network not in ("", "internet", "none"):
+        raise InvalidRequest(f"network={network[:40]!r} is not allowed; use 'internet' (filtered egress), 'none' "
+                             f"(no network) or leave it empty (the default, {containers.network!r})")
+    return memory, cpus, network
 
 
 def check_duration(seconds: int, *, default: int, maximum: int) -> int:
