@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import AsyncIterator
 
 import trio
@@ -33,15 +34,17 @@ import trio
 from cumulus.actors.base import ActorRef
 from cumulus.actors.cluster import CancelJob, ClusterActor, DescribeJob, GetJob, ListJobs, Submit
 from cumulus.actors.scheduler import ListWorkers, Scheduler
+from cumulus.actors.tokens import CreateToken, Credentials, ListTokens, RevokeToken, TokenRegistry
 from cumulus.actors.watcher import TaskWatcher
 from cumulus.asyncio_bridge import open_asyncio_bridge
 from cumulus.backends import Backends, NodeConnections
 from cumulus.config import Settings, apply_cluster_description
 from cumulus.errors import SupervisorUnavailable
 from cumulus.history import HistoryEvent
-from cumulus.identity import LOCAL_ADMIN, Caller
+from cumulus.identity import LOCAL_ADMIN, Caller, Limits, TokenInfo
 from cumulus.jobs import JobRecord, JobSpec, WorkerInfo
 from cumulus.journal import Journal
+from cumulus.journal_rows import SecretBox
 from cumulus.supervisor import ChildSpec, DynamicSupervisor, Restart, Strategy, Supervisor
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,7 @@ class SupervisorApi:
         self.settings = settings
         self.root: Supervisor | None = None
         self.listen_address: str | None = None
+        self.credentials = Credentials()  # written by the tokens actor only; read by the RPC layer
 
     def _core(self, name: str) -> ActorRef:
         core = self.root.whereis("core") if self.root is not None else None
@@ -113,6 +117,23 @@ class SupervisorApi:
     async def list_workers(self) -> list[WorkerInfo]:
         return await self._core("scheduler").call(ListWorkers())
 
+    def _tokens(self) -> ActorRef:
+        tokens = self.root.whereis("tokens") if self.root is not None else None
+        if tokens is None:
+            raise SupervisorUnavailable("the supervisor is starting or stopping; try again shortly")
+        return tokens
+
+    async def create_token(self, name: str, *, admin: bool = False, limits: Limits = Limits()
+                           ) -> tuple[TokenInfo, str]:
+        """Make a token; returns its info and its secret (shown once, never stored)."""
+        return await self._tokens().call(CreateToken(name, admin, limits))
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        return await self._tokens().call(ListTokens())
+
+    async def revoke_token(self, name: str) -> TokenInfo:
+        return await self._tokens().call(RevokeToken(name))
+
     async def health(self) -> Health:
         try:
             workers = await self.list_workers()
@@ -121,6 +142,15 @@ class SupervisorApi:
             return Health(False, str(error), self.settings.supervisor_id)
         ready = sum(w.healthy for w in workers)
         return Health(True, "", self.settings.supervisor_id, ready, len(jobs))
+
+
+def journal_secrets(settings: Settings) -> SecretBox:
+    """The key that seals secret env values in the journal: ``security.secret_key_file``, else ``journal.key``
+    next to the journal (made on first use, 0600); an in-memory journal gets a key that dies with it."""
+    if settings.journal.path == ":memory:":
+        return SecretBox.ephemeral()
+    path = settings.security.secret_key_file or str(Path(settings.journal.path).expanduser().with_suffix(".key"))
+    return SecretBox.from_key_file(path)
 
 
 def build_tree(api: SupervisorApi, backends: Backends, swarm: object, *, serve_rpc: bool = True) -> Supervisor:
@@ -142,7 +172,8 @@ def build_tree(api: SupervisorApi, backends: Backends, swarm: object, *, serve_r
 
         tree = Supervisor(
             [
-                ChildSpec.actor("journal", lambda: Journal(settings.journal.path, settings.jobs.result_retention)),
+                ChildSpec.actor("journal", lambda: Journal(settings.journal.path, settings.jobs.result_retention,
+                                                             journal_secrets(settings))),
                 ChildSpec.actor("scheduler", lambda: Scheduler(settings)),
                 ChildSpec.supervisor("workers", lambda: workers),
                 ChildSpec.supervisor("jobs", lambda: jobs),
@@ -155,13 +186,18 @@ def build_tree(api: SupervisorApi, backends: Backends, swarm: object, *, serve_r
         core_holder["core"] = tree
         return tree
 
-    children = [ChildSpec.supervisor("core", core)]
+    children = [
+        ChildSpec.actor("tokens", lambda: TokenRegistry(settings.journal.path, api.credentials,
+                                                        settings.security.admin_token_file)),
+        ChildSpec.supervisor("core", core),
+    ]
     if serve_rpc:
         from cumulus.rpc.server import serve_grpc
 
         async def rpc(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-            await serve_grpc(api, settings.grpc.listen, max_message_bytes=settings.grpc.max_message_mb << 20,
-                             task_status=task_status)
+            await serve_grpc(api, settings.grpc.listen, security=settings.security, credentials=api.credentials,
+                             max_message_bytes=settings.grpc.max_message_mb << 20,
+                             max_concurrent_rpcs=settings.grpc.max_concurrent_rpcs, task_status=task_status)
 
         children.append(ChildSpec("rpc", rpc, Restart.PERMANENT))
     return Supervisor(children, name="root", max_restarts=3, max_seconds=10)

@@ -25,6 +25,7 @@ COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
 
 def build_parser() -> argparse.ArgumentParser:
     from cumulus.client import cli as client_cli
+    from cumulus.client import tokens as token_cli
     from cumulus.client.cli_flags import global_flags
     from cumulus.local import cli as local_cli
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _register_supervisor(commands)
     client_cli.register(commands)
+    token_cli.register(commands)
     local_cli.register(commands)
     _register_completion(commands)
     return parser
@@ -53,6 +55,15 @@ def _register_supervisor(commands: argparse._SubParsersAction[argparse.ArgumentP
     config = sup.add_argument("--config", metavar="FILE", help="YAML settings file (see config.yaml.example)")
     config.complete = FILE_COMPLETION  # type: ignore[attr-defined]
     sup.add_argument("--listen", metavar="HOST:PORT", help="address to serve gRPC on (default 127.0.0.1:50051)")
+    for flag, key, what in (("--tls-cert", "tls_cert", "the server's certificate chain (PEM)"),
+                            ("--tls-key", "tls_key", "the server's private key (PEM)"),
+                            ("--client-ca", "client_ca", "require client certificates signed by this CA (mTLS)"),
+                            ("--admin-token-file", "admin_token_file", "make the token in FILE the admin token")):
+        sup.add_argument(flag, dest=key, metavar="FILE", help=f"{what}; security.{key}").complete = (  # type: ignore
+            FILE_COMPLETION)
+    sup.add_argument("--insecure", action="store_true", help="serve plaintext gRPC and accept calls without a "
+                     "token: anyone who reaches the port can run code on the cluster. Development only; logged "
+                     "loudly")
     sup.set_defaults(func=_run_supervisor)
 
 
@@ -99,14 +110,21 @@ def _run_supervisor(args: argparse.Namespace) -> int:
         from cumulus.config import load_settings
         from cumulus.errors import ConfigError
         from cumulus.process import run_supervisor_process
+        from cumulus.rpc.server import server_credentials
     except ModuleNotFoundError as error:
         print(f"cumulus supervisor: needs the server install (cannot import {error.name}); run "
               f"`{SERVER_INSTALL_HINT}`", file=sys.stderr)
         return 1
 
-    overrides = {"grpc.listen": args.listen} if args.listen else {}
+    overrides: dict[str, object] = {"grpc.listen": args.listen} if args.listen else {}
+    for key in ("tls_cert", "tls_key", "client_ca", "admin_token_file"):
+        if getattr(args, key):
+            overrides[f"security.{key}"] = getattr(args, key)
+    if args.insecure:
+        overrides["security.insecure"] = True
     try:
         settings = load_settings(args.config, overrides=overrides)
+        server_credentials(settings.security)  # no certificate and not --insecure: say so before starting
     except ConfigError as error:
         print(f"cumulus supervisor: invalid settings: {error}", file=sys.stderr)
         return 2

@@ -37,3 +37,36 @@ class Caller:
 
 LOCAL_ADMIN = Caller("", admin=True)
 """The caller of a supervisor that runs without tokens (``security.insecure``) and of in-process API use."""
+
+
+TOKEN_PREFIX = "cumulus_"
+TOKEN_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"
+
+
+def new_token_secret() -> str:
+    """A fresh bearer token: ``cumulus_`` and 43 URL-safe characters (256 random bits)."""
+    import secrets
+
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_hash(secret: str) -> str:
+    """What is stored of a token: its SHA-256 (a token has 256 random bits, so no salt or slow hash is needed)."""
+    import hashlib
+
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token as listed: never its secret."""
+
+    name: str
+    admin: bool
+    limits: Limits
+    created_at: float
+    revoked_at: float | None = None
+
+    @property
+    def caller(self) -> Caller:
+        return Caller(self.name, self.admin, self.limits)

@@ -22,6 +22,10 @@ HYPOTHESIS_SEED = int(os.environ.get("CUMULUS_HYPOTHESIS_SEED") or random.System
 def pytest_configure(config):
     if config.getoption("hypothesis_seed", None) is None:
         config.option.hypothesis_seed = HYPOTHESIS_SEED
+    # Every client of the run (and the CLI processes it starts) trusts the run's CA and sends its admin token.
+    from tests.credentials import install_client_config
+
+    install_client_config()
 
 
 def pytest_report_header(config):

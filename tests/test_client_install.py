@@ -22,7 +22,7 @@ import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER_ONLY = ("docker", "asyncssh", "trio_asyncio", "yaml")  # what `cumulus[server]` adds, and plain must not
+SERVER_ONLY = ("docker", "asyncssh", "trio_asyncio")  # what `cumulus[server]` adds, and plain must not
 CLIENT_COMMANDS = ("submit", "status", "cancel", "logs", "jobs", "workers", "health")
 
 
@@ -38,7 +38,7 @@ def _clean_env() -> dict[str, str]:
 CLIENT_ONLY_SCRIPT = textwrap.dedent("""
     import importlib.abc, sys
 
-    BLOCKED = {"trio", "trio_asyncio", "docker", "asyncssh", "yaml", "requests"}
+    BLOCKED = {"trio", "trio_asyncio", "docker", "asyncssh", "requests", "cryptography"}
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):

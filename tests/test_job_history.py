@@ -14,6 +14,7 @@ import grpc
 import pytest
 import trio
 
+from cumulus.client.connection import load_client_config, open_channel
 from cumulus.app import open_supervisor
 from cumulus.client.client import CumulusClient
 from cumulus.client.types import JobDescription
@@ -213,10 +214,10 @@ def work(x):  # never run: the fake cluster's containers only pretend to
 
 
 @contextlib.contextmanager
-def grpc_supervisor(path) -> Iterator[str]:
+def grpc_supervisor(path, **overrides: Any) -> Iterator[str]:
     """The real supervisor on the in-memory fakes, serving real gRPC on loopback, in a thread of its own."""
     address = f"127.0.0.1:{free_port()}"
-    conf = settings(**{"journal.path": str(path), "grpc.listen": address})
+    conf = settings(**{"journal.path": str(path), "grpc.listen": address, **overrides})
 
     async def serve(ready: Callable[[Any], None]) -> None:
         async with trio.open_nursery() as nursery:
@@ -287,7 +288,7 @@ def test_describe_over_grpc_of_an_unknown_job_is_not_found(served):
     client, _ = served
     with pytest.raises(NotFound, match="unit-000000000000"):
         client.describe("unit-000000000000")
-    with grpc.insecure_channel(client.address) as channel:
+    with open_channel(load_client_config(client.address)) as channel:
         stub = cumulus_pb2_grpc.OrchestratorServiceStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
             stub.DescribeJob(pb.DescribeJobRequest(job_id="unit-000000000000"), timeout=10)

@@ -10,6 +10,7 @@ import trio
 from cumulus.app import open_supervisor
 from cumulus.config import load_settings
 from cumulus.jobs import JobRecord, JobSpec, JobState
+from tests.credentials import security_overrides
 from tests.fakes.fake_cluster import FakeWorld, fake_node
 
 SID = "unit"
@@ -18,7 +19,7 @@ SID = "unit"
 def settings(**overrides):
     overrides = {("jobs." + k if k == "max_queue" else k): v for k, v in overrides.items()}
     base = {"supervisor_id": SID, "cluster.docker_host": "unix:///fake", "cluster.image": "sha256:fake",
-            "cluster.poll_interval": 0.1, "journal.path": ":memory:"}
+            "cluster.poll_interval": 0.1, "journal.path": ":memory:", **security_overrides()}
     base.update(overrides)
     return load_settings(environ={}, overrides=base)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.credentials import run_credentials
+
 CUMULUS = [sys.executable, "-m", "cumulus"]
 
 
@@ -25,12 +27,23 @@ def cumulus(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([*CUMULUS, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def security_flags() -> list[str]:
+    creds = run_credentials()
+    return ["--tls-cert", str(creds.server_cert), "--tls-key", str(creds.server_key),
+            "--admin-token-file", str(creds.admin_token_file)]
+
+
+def test_a_supervisor_without_a_certificate_refuses_to_start_unless_insecure(tmp_path):
+    result = cumulus("supervisor", "--listen", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 2 and "TLS is on by default" in result.stderr and "--insecure" in result.stderr
+
+
 @pytest.fixture
 def supervisor_process(tmp_path: Path):
     port = free_port()
     env = {**os.environ, "CUMULUS_JOURNAL_PATH": str(tmp_path / "journal.sqlite3")}
     proc = subprocess.Popen(
-        [*CUMULUS, "supervisor", "--listen", f"127.0.0.1:{port}"],
+        [*CUMULUS, "supervisor", "--listen", f"127.0.0.1:{port}", *security_flags()],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     address = f"127.0.0.1:{port}"
@@ -67,7 +80,7 @@ def test_health_without_a_supervisor_says_why_and_exits_1():
 
 def test_second_supervisor_on_the_same_port_fails_with_a_clear_message(supervisor_process):
     _, address = supervisor_process
-    result = cumulus("supervisor", "--listen", address)
+    result = cumulus("supervisor", "--listen", address, *security_flags())
     assert result.returncode == 1
     assert f"cannot listen on {address}" in result.stderr
 

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 import cumulus
+from cumulus.client.connection import load_client_config, open_channel
 from cumulus.client import packaging as pk
 from cumulus.client.client import CumulusClient, JobRef
 from cumulus.client.remote import RemoteFunction
@@ -223,7 +224,7 @@ def test_idempotency_key_returns_the_same_job():
 def test_watch_after_the_submitting_client_disconnected_gets_the_result(address, server):
     cancels_before = server.api.calls.count("cancel")
     package = pk.build_package(sleepy._cumulus_function, (1.0, "late value"))
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(load_client_config(address)) as channel:
         stream = cumulus_pb2_grpc.OrchestratorServiceStub(channel).SubmitJob(
             pb.JobSubmission(code_package=package, gpu=0.5))
         job_id = next(stream).job_id

@@ -15,6 +15,7 @@ import zipfile
 import grpc
 import pytest
 
+from cumulus.client.connection import load_client_config, open_channel
 from cumulus.client import packaging as pk
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
@@ -39,7 +40,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def stub(server):
-    with grpc.insecure_channel(server.address) as channel:
+    with open_channel(load_client_config(server.address)) as channel:
         yield cumulus_pb2_grpc.OrchestratorServiceStub(channel)
 
 

@@ -16,16 +16,18 @@ import os
 import queue
 import threading
 import uuid
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar, Unpack
 
 import grpc
 
 from cumulus.client import packaging
 from cumulus.client.collect import function_name
+from cumulus.client.connection import ClientConfig, load_client_config, open_channel
+from cumulus.client.tokens import TokenStatus
 from cumulus.client.jobref import RECONNECT_SECONDS, JobRef
 from cumulus.client.options import DEFAULT_GPU, OPTION_NAMES, RemoteOptions, normalize_options
 from cumulus.client.types import CancelResult, JobDescription, JobInfo, JobUpdate, WorkerStatus
-from cumulus.config import default_address
 from cumulus.errors import CumulusError
 from cumulus.jobformat import MAX_PACKAGE_BYTES, MAX_PACKAGE_MB, MiB
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
@@ -57,15 +59,24 @@ def max_package_bytes() -> int:
 class CumulusClient:
     """A connection to one supervisor. Thread-safe; cheap to keep around (one gRPC channel).
 
-    ``address`` defaults to :func:`cumulus.config.default_address` (``CUMULUS_ADDRESS``, then the local cluster's
-    supervisor, then ``127.0.0.1:50051``). ``log_to_driver`` (default: on unless ``CUMULUS_QUIET_LOGS=1``) prints
+    How to connect comes from the client config (:mod:`cumulus.client.connection`: ``~/.config/cumulus/config.yaml``
+    or ``$CUMULUS_CONFIG``, which ``cumulus local up`` writes; ``CUMULUS_ADDRESS``/``CUMULUS_TOKEN`` override it):
+    TLS trusting its CA, and its bearer token on every call. ``address`` and ``token`` override the config;
+    ``config`` replaces it. ``log_to_driver`` (default: on unless ``CUMULUS_QUIET_LOGS=1``) prints
     each job's output lines to this process's stdout as they arrive, prefixed ``(job <id>) ``.
     """
 
-    def __init__(self, address: str | None = None, *, log_to_driver: bool | None = None) -> None:
-        self.address = address or default_address()
+    def __init__(self, address: str | None = None, *, log_to_driver: bool | None = None, token: str | None = None,
+                 config: ClientConfig | None = None) -> None:
+        config = config or load_client_config(address)
+        if address:
+            config = replace(config, address=address)
+        if token is not None:
+            config = replace(config, token=token)
+        self.config = config
+        self.address = config.address
         self.log_to_driver = (not quiet_logs_default()) if log_to_driver is None else log_to_driver
-        self._channel = grpc.insecure_channel(self.address, options=[
+        self._channel = open_channel(config, options=[
             ("grpc.max_receive_message_length", -1),
             ("grpc.max_send_message_length", -1),
         ])
@@ -207,6 +218,23 @@ class CumulusClient:
     def list_workers(self) -> list[WorkerStatus]:
         return [WorkerStatus.from_pb(w) for w in self._call("ListWorkers", pb.ListWorkersRequest()).workers]
 
+    # ---- tokens (admin tokens only) ----------------------------------------------------------------------------
+
+    def create_token(self, name: str, *, admin: bool = False, max_running: int = 0, max_queued: int = 0,
+                     max_gpu: float = 0.0, rate: float = 0.0) -> tuple[TokenStatus, str]:
+        """Make a token; returns it as listed and its secret (shown only here). 0 means no limit."""
+        token = pb.Token(name=name, admin=admin, max_running=max_running, max_queued=max_queued, max_gpu=max_gpu,
+                         rate=rate)
+        reply = self._call("CreateToken", pb.CreateTokenRequest(token=token))
+        return TokenStatus.from_pb(reply.token), reply.secret
+
+    def list_tokens(self) -> list[TokenStatus]:
+        return [TokenStatus.from_pb(t) for t in self._call("ListTokens", pb.ListTokensRequest()).tokens]
+
+    def revoke_token(self, name: str) -> TokenStatus:
+        """Revoke a token: every call with it fails from now on (idempotent)."""
+        return TokenStatus.from_pb(self._call("RevokeToken", pb.RevokeTokenRequest(name=name)).token)
+
     def health(self) -> pb.HealthCheckResponse:
         reply: pb.HealthCheckResponse = self._call("HealthCheck", pb.HealthCheckRequest(), timeout=5.0)
         return reply
@@ -254,15 +282,16 @@ class CumulusClient:
 
 # ---- default clients, one per address ---------------------------------------------------------------------------
 
-_clients: dict[str, CumulusClient] = {}
+_clients: dict[ClientConfig, CumulusClient] = {}
 _clients_lock = threading.Lock()
 
 
 def client_for(address: str | None = None) -> CumulusClient:
-    """The shared client for ``address`` (default: :func:`cumulus.config.default_address`)."""
-    address = address or default_address()
+    """The shared client for ``address`` (default: the client config's, see :mod:`cumulus.client.connection`),
+    one per distinct config (address, token, CA...)."""
+    config = load_client_config(address)
     with _clients_lock:
-        client = _clients.get(address)
+        client = _clients.get(config)
         if client is None or client._closed:
-            client = _clients[address] = CumulusClient(address)
+            client = _clients[config] = CumulusClient(config=config)
         return client

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import grpc
 
-from cumulus.config import default_address
+from cumulus.client.connection import ClientConfig, load_client_config, open_channel
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
 
 
-def check_health(address: str | None = None, *, timeout: float = 5.0) -> tuple[bool, str]:
-    """Return ``(serving, text)``: ``(True, "SERVING")`` or ``(False, <reason>)``. Never raises for RPC errors."""
-    address = address or default_address()
-    with grpc.insecure_channel(address) as channel:
+def check_health(address: str | None = None, *, timeout: float = 5.0,
+                 config: ClientConfig | None = None) -> tuple[bool, str]:
+    """Return ``(serving, text)``: ``(True, "SERVING")`` or ``(False, <reason>)``. Never raises for RPC errors.
+    Connects as the client config says (``config``, else :func:`load_client_config`)."""
+    config = config or load_client_config(address)
+    address = config.address
+    with open_channel(config) as channel:
         stub = cumulus_pb2_grpc.OrchestratorServiceStub(channel)
         try:
             reply = stub.HealthCheck(pb.HealthCheckRequest(), timeout=timeout)

@@ -1,8 +1,10 @@
 """The local cluster's supervisor: a `cumulus supervisor` process in the background, started by `local up`.
 
 Its settings are written to ``<state>/supervisor.yaml`` (the cluster description, non-GPU devices allowed, because
-a machine without a GPU only has PoCL's CPU device); its address and pid to ``<state>/supervisor.json``, which
-the CLI and SDK read as their default address. `local up` on a cluster whose supervisor died starts a new one
+a machine without a GPU only has PoCL's CPU device; TLS with the local CA's certificate, tokens on, the admin
+token from :mod:`cumulus.local.credentials`); its address and pid to ``<state>/supervisor.json``, and the client
+config (address, CA, admin token) to the invoking user's ``~/.config/cumulus/config.yaml`` (also root's when run
+with sudo), which the CLI and SDK read. `local up` on a cluster whose supervisor died starts a new one
 with the same settings and journal; `local down` stops it first (SIGTERM, then SIGKILL).
 """
 
@@ -10,13 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from cumulus.local import state
+from cumulus.local.credentials import LocalCredentials, client_settings, ensure_credentials
 from cumulus.local.util import LocalClusterError
 
 ADDRESS = os.environ.get("CUMULUS_LOCAL_ADDRESS", "127.0.0.1:50051")
@@ -64,18 +69,49 @@ def _is_ours(pid: int) -> bool:
     return b"supervisor" in cmdline and str(config_path()).encode() in cmdline
 
 
+def credentials() -> LocalCredentials:
+    creds, _ = ensure_credentials(state.STATE_DIR)
+    return creds
+
+
 def healthy(address: str = ADDRESS, timeout: float = 2.0) -> bool:
+    from cumulus.client.connection import ClientConfig
     from cumulus.client.health import check_health
 
-    ok, _ = check_health(address, timeout=timeout)
+    creds = credentials()
+    ok, _ = check_health(timeout=timeout, config=ClientConfig(address, creds.admin_token, str(creds.ca)))
     return ok
 
 
+def write_client_configs(creds: LocalCredentials) -> str:
+    """The client config for root and, under sudo, for the user who ran sudo (owned by them)."""
+    from cumulus.client.connection import config_path, write_client_config
+
+    settings = client_settings(creds, ADDRESS)
+    written = []
+    targets: list[tuple[Path, tuple[int, int] | None]] = [(config_path(), None)]
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user and sudo_user != "root":
+        try:
+            user = pwd.getpwnam(sudo_user)
+            home_env = {"HOME": user.pw_dir}
+            targets.append((config_path(home_env), (user.pw_uid, user.pw_gid)))
+        except KeyError:
+            pass
+    for path, owner in targets:
+        write_client_config(path, settings, owner=owner)
+        written.append(str(path))
+    return ", ".join(written)
+
+
 def write_config() -> bool:
+    creds = credentials()
     text = (
         "# Written by `cumulus local up`: the supervisor of the local cluster.\n"
         f"supervisor_id: {SUPERVISOR_ID}\n"
         f"grpc:\n  listen: \"{ADDRESS}\"\n"
+        f"security:\n  tls_cert: \"{creds.server_cert}\"\n  tls_key: \"{creds.server_key}\"\n"
+        f"  admin_token_file: \"{creds.admin_token_file}\"\n"
         f"cluster:\n  description: \"{state.CLUSTER_JSON}\"\n"
         "  allow_non_gpu_devices: true   # this machine has no GPU: jobs use the CPU OpenCL device\n"
         "  poll_interval: 0.1\n"
@@ -91,6 +127,7 @@ def write_config() -> bool:
 def ensure_running(timeout: float = 60.0) -> str:
     """Start the supervisor unless it already runs and serves; returns a note for the progress line."""
     changed = write_config()
+    write_client_configs(credentials())
     pid = running_pid()
     if pid and not changed and healthy():
         return f"running (pid {pid}, {ADDRESS})"

@@ -12,6 +12,7 @@ import math
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cumulus.history import HistoryEvent
+from cumulus.identity import TokenInfo
 from cumulus.jobs import JobEvent, JobRecord, JobState, TeardownReport, WorkerInfo
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.submission import spec_from_submission as spec_from_submission  # re-exported (the servicer's)
@@ -152,3 +153,10 @@ def worker_to_pb(info: WorkerInfo) -> pb.Worker:
             for d in info.devices
         ],
     )
+
+
+def token_to_pb(info: TokenInfo) -> pb.Token:
+    limits = info.limits
+    return pb.Token(name=info.name, admin=info.admin, max_running=limits.max_running, max_queued=limits.max_queued,
+                    max_gpu=limits.max_gpu, rate=limits.rate, created_at=timestamp(info.created_at),
+                    revoked=info.revoked_at is not None)

@@ -5,6 +5,10 @@ Handlers run on the asyncio loop (grpc.aio) and cross into Trio through :mod:`cu
 gRPC status with their message (:mod:`cumulus.rpc.status`); anything else is logged and becomes INTERNAL. No
 handler lets an exception take the server down.
 
+Every job handler acts for the caller that :mod:`cumulus.rpc.auth` found for the call's token (the API keeps each
+user to their own jobs); token administration needs an admin token. A request's validation (the package's zip
+included) runs in a worker thread, so a large package never stalls the supervisor's event loop.
+
 Streams (SubmitJob, WatchJob) follow :meth:`JobRecord.events` until the job is torn down. A client that goes away
 mid-stream only ends its own subscription: the job keeps running (cancel it with CancelJob).
 """
@@ -18,12 +22,15 @@ from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
 import grpc
+import trio
 
 from cumulus._version import __version__
 from cumulus.asyncio_bridge import call_trio, iterate_trio_batches
-from cumulus.errors import CumulusError, InvalidRequest
+from cumulus.errors import CumulusError, InvalidRequest, PermissionDenied, Unauthenticated
+from cumulus.identity import Caller, Limits
 from cumulus.rpc import convert
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
+from cumulus.rpc.auth import NO_TOKEN, current_caller
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
 from cumulus.rpc.status import status_for
 
@@ -71,6 +78,20 @@ def _job_id(value: str) -> str:
     return value
 
 
+def _caller() -> Caller:
+    caller = current_caller()
+    if caller is None:  # only open methods run without one; they do not call this
+        raise Unauthenticated(NO_TOKEN)
+    return caller
+
+
+def _admin() -> Caller:
+    caller = _caller()
+    if not caller.admin:
+        raise PermissionDenied(f"token {caller.name!r} is not an admin token; token administration needs one")
+    return caller
+
+
 class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
     def __init__(self, api: Any) -> None:
         self._api = api
@@ -85,8 +106,9 @@ class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
 
     @_streaming
     async def SubmitJob(self, request: pb.JobSubmission, context: Any) -> AsyncIterator[pb.JobEvent]:
-        spec = convert.spec_from_submission(request, self._api.settings)
-        record = await call_trio(self._api.submit, spec)
+        caller = _caller()
+        spec = await call_trio(trio.to_thread.run_sync, convert.spec_from_submission, request, self._api.settings)
+        record = await call_trio(functools.partial(self._api.submit, spec, caller=caller))
         # The first event names the job at once, whatever the job's actor publishes (and when).
         yield convert.message_event(record.job_id, f"accepted as job {record.job_id}", time.time())
         async with aclosing(self._follow(record, replay_logs=True)) as events:
@@ -95,24 +117,26 @@ class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
 
     @_streaming
     async def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> AsyncIterator[pb.JobEvent]:
-        record = await call_trio(self._api.get, _job_id(request.job_id))
+        record = await call_trio(functools.partial(self._api.get, _job_id(request.job_id), caller=_caller()))
         async with aclosing(self._follow(record, replay_logs=request.include_logs)) as events:
             async for event in events:
                 yield event
 
     @_unary
     async def GetJobStatus(self, request: pb.GetJobStatusRequest, context: Any) -> pb.JobStatus:
-        record = await call_trio(self._api.get, _job_id(request.job_id))
+        record = await call_trio(functools.partial(self._api.get, _job_id(request.job_id), caller=_caller()))
         return convert.status_to_pb(record)
 
     @_unary
     async def DescribeJob(self, request: pb.DescribeJobRequest, context: Any) -> pb.JobDescription:
-        record, events = await call_trio(self._api.describe, _job_id(request.job_id))
+        record, events = await call_trio(functools.partial(self._api.describe, _job_id(request.job_id),
+                                                           caller=_caller()))
         return convert.description_to_pb(record, events)
 
     @_unary
     async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.CancelJobResponse:
-        record, was_running = await call_trio(self._api.cancel, _job_id(request.job_id))
+        record, was_running = await call_trio(functools.partial(self._api.cancel, _job_id(request.job_id),
+                                                                caller=_caller()))
         reply = pb.CancelJobResponse(status=convert.status_to_pb(record), was_running=was_running)
         if record.teardown is not None:
             reply.teardown.CopyFrom(convert.teardown_to_pb(record.teardown))
@@ -120,12 +144,18 @@ class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
 
     @_unary
     async def ListWorkers(self, request: pb.ListWorkersRequest, context: Any) -> pb.ListWorkersResponse:
+        caller = _caller()
         workers = await call_trio(self._api.list_workers)
-        return pb.ListWorkersResponse(workers=[convert.worker_to_pb(w) for w in workers])
+        replies = [convert.worker_to_pb(w) for w in workers]
+        if not caller.admin:  # how to reach the workers is for operators only
+            for reply in replies:
+                reply.ssh_address = ""
+        return pb.ListWorkersResponse(workers=replies)
 
     @_unary
     async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
-        records = await call_trio(self._api.list_jobs, request.include_finished)
+        records = await call_trio(functools.partial(self._api.list_jobs, request.include_finished,
+                                                    caller=_caller()))
         records = sorted(records, key=lambda r: r.submitted_at)
         if request.limit:
             records = records[-request.limit:]  # the most recent ones, oldest first
@@ -134,11 +164,34 @@ class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
     @_unary
     async def HealthCheck(self, request: pb.HealthCheckRequest, context: Any) -> pb.HealthCheckResponse:
         health = await call_trio(self._api.health)
-        return pb.HealthCheckResponse(
+        reply = pb.HealthCheckResponse(
             status=pb.HealthCheckResponse.SERVING if health.serving else pb.HealthCheckResponse.NOT_SERVING,
             reason=health.reason,
             version=__version__,
-            supervisor_id=health.supervisor_id,
-            workers_ready=health.workers_ready,
-            jobs_active=health.jobs_active,
         )
+        if current_caller() is not None:  # anonymous callers learn whether it serves, nothing about the cluster
+            reply.supervisor_id = health.supervisor_id
+            reply.workers_ready = health.workers_ready
+            reply.jobs_active = health.jobs_active
+        return reply
+
+    @_unary
+    async def CreateToken(self, request: pb.CreateTokenRequest, context: Any) -> pb.CreateTokenResponse:
+        _admin()
+        token = request.token
+        limits = Limits(token.max_running, token.max_queued, token.max_gpu, token.rate)
+        info, secret = await call_trio(functools.partial(self._api.create_token, token.name, admin=token.admin,
+                                                         limits=limits))
+        return pb.CreateTokenResponse(token=convert.token_to_pb(info), secret=secret)
+
+    @_unary
+    async def ListTokens(self, request: pb.ListTokensRequest, context: Any) -> pb.ListTokensResponse:
+        _admin()
+        tokens = await call_trio(self._api.list_tokens)
+        return pb.ListTokensResponse(tokens=[convert.token_to_pb(t) for t in tokens])
+
+    @_unary
+    async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Any) -> pb.RevokeTokenResponse:
+        _admin()
+        info = await call_trio(self._api.revoke_token, request.name)
+        return pb.RevokeTokenResponse(token=convert.token_to_pb(info))

@@ -34,6 +34,11 @@ def error_for(code: grpc.StatusCode, message: str) -> errors.CumulusError:
     for kind, mapped in _CODES:
         if mapped == code and issubclass(kind, errors.RequestRejected):
             return kind(message)
+    if code == grpc.StatusCode.UNAVAILABLE and any(w in details.lower() for w in ("ssl", "handshake", "tls")):
+        return errors.SupervisorUnavailable(
+            f"TLS with the supervisor at {address} failed ({details}); the client trusts the CA named by `ca` in "
+            f"its config (~/.config/cumulus/config.yaml, written by `cumulus local up`); a supervisor started "
+            f"--insecure needs `insecure: true` (or CUMULUS_INSECURE=1) instead")
     if code == grpc.StatusCode.UNAVAILABLE:
         return errors.SupervisorUnavailable(message)
     return errors.CumulusError(f"{code.name}: {message}")
@@ -47,6 +52,11 @@ def error_from_rpc(error: grpc.RpcError, address: str) -> errors.CumulusError:
     """
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else "") or ""
+    if code == grpc.StatusCode.UNAVAILABLE and any(w in details.lower() for w in ("ssl", "handshake", "tls")):
+        return errors.SupervisorUnavailable(
+            f"TLS with the supervisor at {address} failed ({details}); the client trusts the CA named by `ca` in "
+            f"its config (~/.config/cumulus/config.yaml, written by `cumulus local up`); a supervisor started "
+            f"--insecure needs `insecure: true` (or CUMULUS_INSECURE=1) instead")
     if code == grpc.StatusCode.UNAVAILABLE:
         return errors.SupervisorUnavailable(
             f"no Cumulus supervisor reachable at {address} ({details or 'unavailable'}); start one with "

@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping
 
 import pytest
 
+from tests.credentials import security_yaml
 from helpers import (cluster_description, holder_processes, job_dirs, lingering_containers, stale_locks,
                      swarm_services)
 
@@ -63,7 +64,7 @@ def free_port() -> int:
 
 def clean_env() -> dict[str, str]:
     """This process's environment without CUMULUS_* (settings come from the config file and flags only)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CUMULUS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUMULUS_") or k == "CUMULUS_CONFIG"}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -75,6 +76,7 @@ def write_config(path: Path, *, sid: str, listen: str, journal: Path, extra: str
         f"cluster:\n  description: \"{CLUSTER_JSON}\"\n  allow_non_gpu_devices: true\n  poll_interval: 0.1\n"
         f"journal:\n  path: \"{journal}\"\n"
         f"logging:\n  level: \"INFO\"\n"
+        + security_yaml()
         + extra
     )
     return path

@@ -30,6 +30,7 @@ from cumulus.app import Health
 from cumulus.config import Settings
 from cumulus.errors import CapacityExhausted, NotFound, Unsatisfiable
 from cumulus.history import HistoryEvent
+from tests.credentials import FixedCredentials, security_overrides
 from tests.trio_thread import serving_in_thread
 from cumulus.jobs import DeviceInfo, JobRecord, JobSpec, JobState, Placement, TeardownReport, WorkerInfo
 from cumulus.jobformat import check_gpu_share
@@ -76,7 +77,7 @@ class FakeSupervisorApi:
 
     # ---- the API ------------------------------------------------------------------------------------------
 
-    async def submit(self, spec: JobSpec) -> JobRecord:
+    async def submit(self, spec: JobSpec, caller: Any = None) -> JobRecord:
         self.calls.append("submit")
         await trio.lowlevel.checkpoint()
         if spec.idempotency_key and spec.idempotency_key in self._by_key:
@@ -101,7 +102,7 @@ class FakeSupervisorApi:
         self._nursery.start_soon(self._run, job)
         return record
 
-    async def get(self, job_id: str) -> JobRecord:
+    async def get(self, job_id: str, caller: Any = None) -> JobRecord:
         self.calls.append("get")
         await trio.lowlevel.checkpoint()
         try:
@@ -109,12 +110,12 @@ class FakeSupervisorApi:
         except KeyError:
             raise NotFound(f"no job {job_id!r} (fake supervisor)") from None
 
-    async def describe(self, job_id: str) -> tuple[JobRecord, list[HistoryEvent]]:
+    async def describe(self, job_id: str, caller: Any = None) -> tuple[JobRecord, list[HistoryEvent]]:
         self.calls.append("describe")
         record = await self.get(job_id)
         return record, list(self.history[job_id])
 
-    async def cancel(self, job_id: str) -> tuple[JobRecord, bool]:
+    async def cancel(self, job_id: str, caller: Any = None) -> tuple[JobRecord, bool]:
         self.calls.append("cancel")
         job = self.jobs.get(job_id)
         if job is None:
@@ -126,7 +127,7 @@ class FakeSupervisorApi:
         await job.record.torn_down.wait()
         return job.record, was_running
 
-    async def list_jobs(self, include_finished: bool = True) -> list[JobRecord]:
+    async def list_jobs(self, include_finished: bool = True, caller: Any = None) -> list[JobRecord]:
         self.calls.append("list_jobs")
         await trio.lowlevel.checkpoint()
         return [j.record for j in self.jobs.values() if include_finished or not j.record.state.terminal]
@@ -261,6 +262,7 @@ def running_fake_server(workdir: Path | None = None, *, start_delay: float = 0.0
         overrides[f"{section}.{leaf}"] = value
     port = free_port()
     overrides["grpc.listen"] = f"127.0.0.1:{port}"
+    overrides.update(security_overrides())
     settings = load_settings(environ={}, overrides=overrides)
     own_dir = tempfile.TemporaryDirectory(prefix="cumulus-fake-") if workdir is None else None
     root = Path(own_dir.name) if own_dir else Path(workdir)
@@ -269,8 +271,8 @@ def running_fake_server(workdir: Path | None = None, *, start_delay: float = 0.0
         async with trio.open_nursery() as nursery:
             api = FakeSupervisorApi(settings, nursery, root, start_delay=start_delay)
             address = await nursery.start(lambda task_status: serve_grpc(
-                api, settings.grpc.listen, max_message_bytes=settings.grpc.max_message_mb * 2**20,
-                task_status=task_status))
+                api, settings.grpc.listen, security=settings.security, credentials=FixedCredentials(),
+                max_message_bytes=settings.grpc.max_message_mb * 2**20, task_status=task_status))
             ready(FakeServer(address, api, settings))
 
     try:

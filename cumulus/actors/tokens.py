@@ -1,0 +1,170 @@
+"""TokenRegistry: the supervisor's bearer tokens, kept as hashes in the ``tokens`` table of the journal database,
+and :class:`Credentials`, the read-only view of them that the RPC layer checks every call against.
+
+The registry is the only writer of both. After every change it replaces the credentials' mapping (hash ->
+:class:`~cumulus.identity.Caller`) as a whole, so a revoked token is refused from the next call on, and a reader
+never sees a half-made mapping. The token itself is never stored nor logged: :class:`CreateToken` returns it once.
+
+At start, ``admin_token_file`` (written by ``cumulus local up``, or by an operator) is the admin token named
+``admin``: created, or its hash replaced when the file changed, and un-revoked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, AsyncIterator, Mapping
+
+import trio
+
+from cumulus.actors.base import Actor
+from cumulus.errors import AlreadyExists, ConfigError, InvalidRequest, NotFound
+from cumulus.identity import (TOKEN_NAME_PATTERN, TOKEN_PREFIX, Caller, Limits, TokenInfo, new_token_secret,
+                              token_hash)
+from cumulus.journal import open_database
+
+log = logging.getLogger(__name__)
+
+ADMIN_TOKEN_NAME = "admin"
+_NAME = re.compile(TOKEN_NAME_PATTERN)
+
+
+class Credentials:
+    """Which token hashes are valid now, and whose they are. Written by the :class:`TokenRegistry` only."""
+
+    def __init__(self) -> None:
+        self._callers: Mapping[str, Caller] = MappingProxyType({})
+
+    def caller_for(self, secret: str) -> Caller | None:
+        """The caller a bearer token stands for; None for an unknown or revoked token."""
+        if not secret.startswith(TOKEN_PREFIX):
+            return None
+        return self._callers.get(token_hash(secret))
+
+    def _replace(self, callers: dict[str, Caller]) -> None:
+        self._callers = MappingProxyType(dict(callers))
+
+
+@dataclass(frozen=True)
+class CreateToken:
+    """Call: make a token; answers ``(TokenInfo, secret)``. AlreadyExists when the name is taken (even revoked:
+    names are never reused, so an old job's owner cannot become someone else)."""
+
+    name: str
+    admin: bool = False
+    limits: Limits = Limits()
+
+
+@dataclass(frozen=True)
+class ListTokens:
+    """Call: every token, revoked ones included, by name."""
+
+
+@dataclass(frozen=True)
+class RevokeToken:
+    """Call: revoke a token by name (idempotent); answers its TokenInfo. NotFound for an unknown name."""
+
+    name: str
+
+
+def check_limits(limits: Limits) -> Limits:
+    for field, value in asdict(limits).items():
+        if not (0 <= value < 1e9) or value != value:
+            raise InvalidRequest(f"{field}={value!r} is out of range; use 0 (no limit) or a positive number")
+    return limits
+
+
+class TokenRegistry(Actor):
+    name = "tokens"
+
+    def __init__(self, path: str, credentials: Credentials, admin_token_file: str = "") -> None:
+        super().__init__()
+        self.path = str(Path(path).expanduser()) if path != ":memory:" else path
+        self.credentials = credentials
+        self.admin_token_file = admin_token_file
+        self.db: Any = None
+
+    async def on_start(self) -> None:
+        self.db = await trio.to_thread.run_sync(open_database, self.path)
+        await self.owner.own(self._open_until_stopped(), what="token table", same_task=True)
+        if self.admin_token_file:
+            self._bootstrap_admin(self._read_admin_token())
+        self._publish()
+
+    async def handle(self, message: Any) -> Any:
+        match message:
+            case CreateToken(name, admin, limits):
+                return self._create(name, admin, check_limits(limits))
+            case ListTokens():
+                return self._tokens()
+            case RevokeToken(name):
+                return self._revoke(name)
+        raise TypeError(f"tokens: unknown message {message!r}")
+
+    def _read_admin_token(self) -> str:
+        try:
+            secret = Path(self.admin_token_file).expanduser().read_text().strip()
+        except OSError as error:
+            raise ConfigError("security.admin_token_file", f"cannot read {self.admin_token_file}: "
+                                                           f"{error.strerror or error}") from None
+        if not secret.startswith(TOKEN_PREFIX) or len(secret) < len(TOKEN_PREFIX) + 32:
+            raise ConfigError("security.admin_token_file",
+                              f"{self.admin_token_file} does not hold a Cumulus token (cumulus_...)")
+        return secret
+
+    def _bootstrap_admin(self, secret: str) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO tokens (name, hash, admin, limits, created_at) VALUES (?, ?, 1, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET hash = excluded.hash, admin = 1, revoked_at = NULL",
+                (ADMIN_TOKEN_NAME, token_hash(secret), json.dumps(asdict(Limits())), time.time()))
+
+    def _create(self, name: str, admin: bool, limits: Limits) -> tuple[TokenInfo, str]:
+        if not _NAME.fullmatch(name):
+            raise InvalidRequest(f"token name {name[:40]!r} is not allowed; use 1-63 of a-z, 0-9, '.', '_', '-', "
+                                 f"starting with a letter or digit")
+        if self.db.execute("SELECT 1 FROM tokens WHERE name = ?", (name,)).fetchone():
+            raise AlreadyExists(f"a token named {name!r} exists already (names are never reused, even after "
+                                f"revoke); choose another name")
+        secret = new_token_secret()
+        info = TokenInfo(name, admin, limits, time.time())
+        with self.db:
+            self.db.execute("INSERT INTO tokens (name, hash, admin, limits, created_at) VALUES (?, ?, ?, ?, ?)",
+                            (name, token_hash(secret), int(admin), json.dumps(asdict(limits)), info.created_at))
+        self._publish()
+        log.info("token %r created (admin: %s, limits: %s)", name, admin, limits)
+        return info, secret
+
+    def _revoke(self, name: str) -> TokenInfo:
+        with self.db:
+            self.db.execute("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                            (time.time(), name))
+        info = next((t for t in self._tokens() if t.name == name), None)
+        if info is None:
+            raise NotFound(f"no token named {name!r}; `cumulus token list` shows them")
+        self._publish()
+        log.info("token %r revoked", name)
+        return info
+
+    def _tokens(self) -> list[TokenInfo]:
+        rows = self.db.execute("SELECT * FROM tokens ORDER BY name").fetchall()
+        return [TokenInfo(row["name"], bool(row["admin"]), Limits(**json.loads(row["limits"])), row["created_at"],
+                          row["revoked_at"]) for row in rows]
+
+    def _publish(self) -> None:
+        rows = self.db.execute("SELECT hash, name FROM tokens WHERE revoked_at IS NULL").fetchall()
+        infos = {t.name: t for t in self._tokens()}
+        self.credentials._replace({row["hash"]: infos[row["name"]].caller for row in rows})
+
+    @asynccontextmanager
+    async def _open_until_stopped(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            self.db.close()

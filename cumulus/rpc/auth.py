@@ -1,0 +1,125 @@
+"""Who may call: the server interceptor that checks every RPC's bearer token, and the caller it found.
+
+Every RPC except the open ones (Cumulus's own ``HealthCheck``, the standard ``grpc.health.v1`` and reflection
+services) must carry ``authorization: Bearer <token>`` metadata naming a token the
+:class:`~cumulus.actors.tokens.Credentials` know; otherwise it ends with ``UNAUTHENTICATED`` and a message saying
+how to get a token, before any handler runs. The handler reads the caller with :func:`current_caller` (set per
+RPC, in the RPC's own task). A supervisor started ``--insecure`` has no credentials: every caller is the local
+admin.
+
+The interceptor also guards decoding: a request that is not a valid protobuf message of the method's type ends
+with ``INVALID_ARGUMENT`` (grpc itself would answer ``UNKNOWN`` or ``INTERNAL``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any, Awaitable, Callable
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from cumulus.identity import LOCAL_ADMIN, Caller
+
+OPEN_METHODS = frozenset({
+    "/cumulus.v1.OrchestratorService/HealthCheck",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+})
+OPEN_PREFIXES = ("/grpc.reflection.",)
+NO_TOKEN = ("this supervisor needs a token: send 'authorization: Bearer <token>' metadata (the CLI and SDK take "
+            "it from $CUMULUS_TOKEN or the client config, ~/.config/cumulus/config.yaml); an admin makes one with "
+            "`cumulus token create NAME`")
+BAD_TOKEN = "the token is not valid (unknown or revoked); ask an admin for a new one (`cumulus token create NAME`)"
+BAD_SCHEME = "the authorization metadata must be 'Bearer <token>'"
+
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("cumulus_caller", default=None)
+
+
+def current_caller() -> Caller | None:
+    """The caller of the RPC being handled: None for an anonymous call of an open method."""
+    return _caller.get()
+
+
+class _Undecodable:
+    """What the guarded deserializer returns for bytes that are not a message of the expected type."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _guarded(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except (DecodeError, ValueError, TypeError, RuntimeError) as error:
+            return _Undecodable(error)
+
+    return decode
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Checks each call's token against ``credentials`` (an object with ``caller_for(secret) -> Caller | None``);
+    ``credentials=None`` lets every call in as the local admin (``--insecure``)."""
+
+    def __init__(self, credentials: Any | None) -> None:
+        self._credentials = credentials
+
+    def _caller(self, method: str, metadata: Any) -> tuple[Caller | None, str]:
+        """The caller and, when the call must be refused, why (empty when it may go on)."""
+        if self._credentials is None:
+            return LOCAL_ADMIN, ""
+        is_open = method in OPEN_METHODS or method.startswith(OPEN_PREFIXES)
+        header = next((value for key, value in metadata or () if key == "authorization"), None)
+        if header is None:
+            return None, "" if is_open else NO_TOKEN
+        scheme, _, secret = str(header).partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            return None, "" if is_open else BAD_SCHEME
+        caller = self._credentials.caller_for(secret.strip())
+        if caller is None and not is_open:
+            return None, BAD_TOKEN
+        return caller, ""
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        caller, refusal = self._caller(details.method, details.invocation_metadata)
+        return _wrapped(handler, caller, refusal)
+
+
+def _wrapped(handler: Any, caller: Caller | None, refusal: str) -> Any:
+    """The same method with the caller set (or the refusal answered) and decoding guarded."""
+    decode = _guarded(handler.request_deserializer)
+
+    async def check(request: Any, context: grpc.aio.ServicerContext) -> None:
+        if refusal:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the request is not a valid message of this method's type "
+                                f"({type(request.error).__name__}); use the Cumulus SDK or the stubs generated "
+                                f"from proto/cumulus/v1/cumulus.proto")
+        _caller.set(caller)
+
+    if handler.unary_unary is not None:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await check(request, context)
+            return await handler.unary_unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=decode,
+                                                   response_serializer=handler.response_serializer)
+    if handler.unary_stream is not None:
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await check(request, context)
+            async for item in handler.unary_stream(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=decode,
+                                                    response_serializer=handler.response_serializer)
+    return handler  # client streaming methods: Cumulus has none; let grpc handle them unchanged
