@@ -320,6 +320,7 @@ class ClusterActor(Actor):
         for job_id in [j for j, r in self.jobs.items() if r.torn_down.is_set() and (r.finished_at or 0) < horizon]:
             record = self.jobs.pop(job_id)
             self.fingerprints.pop(job_id, None)
+            self.maybe_live.get(record.spec.owner, {}).pop(job_id, None)
             if record.spec.idempotency_key:
                 self.by_key.pop((record.spec.owner, record.spec.idempotency_key), None)
 
