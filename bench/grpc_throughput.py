@@ -12,6 +12,9 @@ RUNNING, log line, result, COMPLETED). A lifecycle is one such stream.
 Baseline: a bare grpc.aio server process implementing the same ``SubmitJob`` with no supervisor behind it, which
 answers every submission with the same nine events at once. Both servers run in their own process (as a
 supervisor does), the client in this one; rounds alternate between them. Goal: >= 0.8x the bare server.
+
+Both serve TLS with the same certificate and the client sends its bearer token to both (the supervisor checks it,
+as it does by default; the bare server ignores it): the baseline pays for the same encryption.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import grpc  # noqa: E402
 
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb  # noqa: E402
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc  # noqa: E402
+from tests.credentials import run_credentials, security_overrides  # noqa: E402
 
 TERMINAL = {pb.COMPLETED, pb.FAILED, pb.CANCELLED}
 
@@ -41,6 +45,13 @@ def trivial(a, b):
 
 
 # ------------------------------------------------------------------------------------------------- servers
+def client_credentials() -> grpc.ChannelCredentials:
+    """TLS trusting the run's CA, with its admin token on every call (what a configured client sends)."""
+    creds = run_credentials()
+    return grpc.composite_channel_credentials(grpc.ssl_channel_credentials(creds.ca.read_bytes()),
+                                              grpc.access_token_call_credentials(creds.admin_token))
+
+
 def serve_cumulus(workers: int) -> None:
     """The supervisor with in-memory backends, serving gRPC on a free loopback port (printed), until killed."""
     import trio
@@ -54,7 +65,7 @@ def serve_cumulus(workers: int) -> None:
     settings = load_settings(environ={}, overrides={
         "supervisor_id": "bench", "cluster.docker_host": "unix:///fake", "cluster.image": "sha256:fake",
         "cluster.poll_interval": 0.05, "journal.path": ":memory:", "jobs.max_queue": 1_000_000,
-        "grpc.listen": "127.0.0.1:0", "logging.level": "WARNING",
+        "grpc.listen": "127.0.0.1:0", "logging.level": "WARNING", **security_overrides(),
     })
 
     async def main() -> None:
@@ -99,7 +110,9 @@ def serve_bare(_workers: int) -> None:
     async def main() -> None:
         server = grpc.aio.server()
         cumulus_pb2_grpc.add_OrchestratorServiceServicer_to_server(Bare(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
+        creds = run_credentials()
+        tls = grpc.ssl_server_credentials([(creds.server_key.read_bytes(), creds.server_cert.read_bytes())])
+        port = server.add_secure_port("127.0.0.1:0", tls)
         await server.start()
         print(f"LISTENING 127.0.0.1:{port}", flush=True)
         await server.wait_for_termination()
@@ -111,6 +124,7 @@ class Server:
     """One of the servers above in its own process; ``address`` once it listens."""
 
     def __init__(self, kind: str, workers: int = 10) -> None:
+        run_credentials()  # made here, inherited by the server process: both ends trust the same CA
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--workers", str(workers)],
                                      stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
         line = self.proc.stdout.readline() if self.proc.stdout else ""
@@ -132,7 +146,7 @@ class Server:
 
 # -------------------------------------------------------------------------------------------------- client
 async def _lifecycles(address: str, jobs: int, concurrency: int, package: bytes) -> float:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.secure_channel(address, client_credentials()) as channel:
         stub = cumulus_pb2_grpc.OrchestratorServiceStub(channel)
         request = pb.JobSubmission(code_package=package, gpu=0.125, duration_seconds=60,
                                    env={"FAKE_RUNTIME": "0"})

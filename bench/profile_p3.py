@@ -202,6 +202,7 @@ def serve_profiled(workers: int, out: str, sample: bool) -> None:
 
     from cumulus.app import open_supervisor
     from cumulus.config import load_settings
+    from tests.credentials import security_overrides
     from tests.fakes import fake_cluster
     from tests.fakes.fake_cluster import FakeWorld, fake_node
 
@@ -209,7 +210,7 @@ def serve_profiled(workers: int, out: str, sample: bool) -> None:
     settings = load_settings(environ={}, overrides={
         "supervisor_id": "bench", "cluster.docker_host": "unix:///fake", "cluster.image": "sha256:fake",
         "cluster.poll_interval": 0.05, "journal.path": ":memory:", "jobs.max_queue": 1_000_000,
-        "grpc.listen": "127.0.0.1:0", "logging.level": "WARNING",
+        "grpc.listen": "127.0.0.1:0", "logging.level": "WARNING", **security_overrides(),
     })
     profiler: Any = Sampler() if sample else cProfile.Profile()
     if sample:
@@ -242,6 +243,7 @@ def serve_profiled(workers: int, out: str, sample: bool) -> None:
 def grpc_p3(args: argparse.Namespace) -> None:
     import grpc_throughput
 
+    grpc_throughput.run_credentials()  # made here, inherited by the server process: both trust the same CA
     out = args.out or ("/tmp/p3-grpc-sampled.txt" if args.sample else "/tmp/p3-grpc.prof")
     proc = subprocess.Popen([sys.executable, __file__, "serve", "--workers", str(args.workers), "--out", out,
                              "--top", str(args.top)] + (["--sample"] if args.sample else []),

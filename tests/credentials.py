@@ -16,10 +16,13 @@ TEST_ADMIN = Caller("tester", admin=True)
 
 @functools.cache
 def run_credentials():  # type: ignore[no-untyped-def]
-    """This test process's CA, server certificate and admin token (made once per run, in a private dir)."""
+    """The run's CA, server certificate and admin token: made once, in a private dir that child processes inherit
+    through ``CUMULUS_TEST_TLS_DIR`` (so a server process and its clients trust the same CA)."""
     from cumulus.local.credentials import ensure_credentials
 
-    creds, _ = ensure_credentials(Path(tempfile.mkdtemp(prefix="cumulus-test-tls-")))
+    directory = os.environ.get("CUMULUS_TEST_TLS_DIR") or tempfile.mkdtemp(prefix="cumulus-test-tls-")
+    os.environ["CUMULUS_TEST_TLS_DIR"] = directory
+    creds, _ = ensure_credentials(Path(directory))
     return creds
 
 
