@@ -18,10 +18,19 @@ from cumulus.asyncio_bridge import open_asyncio_bridge
 from cumulus.errors import InvalidRequest
 from cumulus.resources.files import list_job_dirs, open_job_files, remove_job_dir
 from cumulus.resources.partition import PartitionError, find_holders, kill_holder, open_partition_lease
-from cumulus.resources.ssh import RemoteCommandFailed, SshError, open_ssh_connection
+from cumulus.resources.ssh import RemoteCommandFailed, RemoteFileTooLarge, SshError, open_ssh_connection
 from cumulus.resources.swarm import (
     LABEL_JOB, ServiceRequest, SwarmClient, follow_logs, open_service,
 )
+
+
+def worker_user() -> str:
+    """uid:gid of the workers' SSH user (the local cluster's workers share this machine's user database): jobs run
+    as it."""
+    import pwd
+
+    user = pwd.getpwnam("cumulus")
+    return f"{user.pw_uid}:{user.pw_gid}"
 
 
 def uid(prefix: str) -> str:
@@ -174,13 +183,13 @@ async def test_job_files(cluster, workers):
                 assert files.job_dir == f"{jobs_dir}/{job}"
                 modes = (await conn.run(f"stat -c '%a %n' {files.code_dir}/package.zip {files.output_dir} "
                                         f"{files.code_dir}")).stdout
-                assert modes.split() == ["444", f"{files.code_dir}/package.zip", "777", files.output_dir,
+                assert modes.split() == ["444", f"{files.code_dir}/package.zip", "700", files.output_dir,
                                          "555", files.code_dir]
                 assert await conn.get_bytes(f"{files.code_dir}/package.zip", 100) == b"PK-zip-bytes"
                 assert await files.fetch_result(1000) is None
                 await conn.run(f"printf result > {files.output_dir}/result.msgpack")
                 assert await files.fetch_result(1000) == b"result"
-                with pytest.raises(SshError, match="larger than"):
+                with pytest.raises(RemoteFileTooLarge, match="is 6 bytes, over the limit of 3 bytes"):
                     await files.fetch_result(3)
                 assert job in await list_job_dirs(conn, jobs_dir)
             assert (await conn.run(f"test -e {files.job_dir}", check=False)).exit_status != 0
@@ -214,7 +223,7 @@ async def _job_on(cluster, node, swarm: SwarmClient, timings: dict) -> None:
             req = ServiceRequest(
                 job_id=job, supervisor_id="test-resources", node_id=node["node_id"], image=cluster["image_id"],
                 device_index=0, partition_id="partition_test", code_dir=files.code_dir, output_dir=files.output_dir,
-                env={"USER_VAR": "1"}, command=["python3", "-c", RUNNER],
+                env={"USER_VAR": "1"}, command=["python3", "-c", RUNNER], user=worker_user(),
             )
             t0 = time.monotonic()
             async with open_service(swarm, req) as svc:
@@ -285,7 +294,7 @@ async def test_follow_logs_of_silent_service_closes_promptly(cluster, workers):
     req = ServiceRequest(
         job_id=job, supervisor_id="test-resources", node_id=workers[-1]["node_id"], image=cluster["image_id"],
         device_index=0, partition_id="p", code_dir="/tmp", output_dir="/tmp",
-        command=["python3", "-c", "import time; time.sleep(300)"],
+        command=["python3", "-c", "import time; time.sleep(300)"], user=worker_user(),
     )
     async with open_service(swarm, req) as svc:
         # Nothing is ever printed: the reader thread is blocked in recv() when we leave.
