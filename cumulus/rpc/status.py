@@ -34,11 +34,6 @@ def error_for(code: grpc.StatusCode, message: str) -> errors.CumulusError:
     for kind, mapped in _CODES:
         if mapped == code and issubclass(kind, errors.RequestRejected):
             return kind(message)
-    if code == grpc.StatusCode.UNAVAILABLE and any(w in details.lower() for w in ("ssl", "handshake", "tls")):
-        return errors.SupervisorUnavailable(
-            f"TLS with the supervisor at {address} failed ({details}); the client trusts the CA named by `ca` in "
-            f"its config (~/.config/cumulus/config.yaml, written by `cumulus local up`); a supervisor started "
-            f"--insecure needs `insecure: true` (or CUMULUS_INSECURE=1) instead")
     if code == grpc.StatusCode.UNAVAILABLE:
         return errors.SupervisorUnavailable(message)
     return errors.CumulusError(f"{code.name}: {message}")
