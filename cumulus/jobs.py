@@ -14,7 +14,7 @@ import itertools
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Callable
 
 import trio
@@ -57,6 +57,7 @@ class FailureReason(enum.Enum):
     LOST = "lost"  # the supervisor restarted and the job could not be re-adopted
     INTERNAL = "internal"  # a bug in the supervisor
     CANCELLED = "cancelled"  # stopped on request (CancelJob) or by the supervisor's shutdown: state CANCELLED
+    INVALID_RESULT = "invalid_result"  # the job left no readable result: not a regular file, or too large to send
 
     @property
     def infrastructure(self) -> bool:
@@ -191,7 +192,9 @@ class JobRecord:
     def set_state(self, state: JobState, reason: str = "", *, failure: FailureReason | None = None) -> None:
         """Move to ``state``. The terminal state is written once: later calls after it are ignored.
 
-        A FAILED or CANCELLED end gives its ``failure`` (see :class:`FailureReason` for the ``reason`` text)."""
+        A FAILED or CANCELLED end gives its ``failure`` (see :class:`FailureReason` for the ``reason`` text). With
+        the terminal state the spec's ``package`` becomes ``b""``: no attempt runs any more, and the record stays
+        in memory for ``jobs.result_retention`` (the journal keeps the package)."""
         if self.state.terminal or (state is self.state and not reason):
             return
         self.state = state
@@ -202,6 +205,7 @@ class JobRecord:
             self.started_at = time.time()
         if state.terminal:
             self.finished_at = time.time()
+            self.spec = replace(self.spec, package=b"")
         self._publish(JobEvent(self.job_id, time.time(), state=state, reason=reason,
                                queue_position=self.queue_position, attempt=self.attempt))
         self._note("state", state.value + (f": {reason}" if reason else ""), state=state.value, reason=reason)
@@ -306,12 +310,12 @@ class JobRecord:
 
     def _note(self, kind: str, text: str, *, state: str = "", reason: str = "",
               data: dict[str, Any] | None = None) -> None:
-        """Hand a history event to ``on_history`` (the journal), scrubbed of the job's env values."""
+        """Hand a history event to ``on_history`` (the journal), scrubbed of the job's env and secret env values."""
         if self.on_history is None:
             return
         secrets = self._secrets
         if secrets is None:
-            secrets = self._secrets = secrets_of(self.spec.env)
+            secrets = self._secrets = secrets_of(self.spec.env, self.spec.secret_env)
         self.on_history(HistoryEvent(self.job_id, time.time(), kind, scrub(text, secrets), self.attempt, state,
                                      scrub(reason, secrets), scrub(data or {}, secrets)))
 

@@ -14,6 +14,9 @@ The policy:
   comes after the others: jobs start in parallel on several nodes instead of queueing behind one node's work.
 * **Tiny shares** (below ``spread_below``) spread: the node with the fewest jobs first, packed on its devices.
   Such jobs use little of a device, so what limits them is each node's start-up work, not device room.
+* **At most ``max_jobs_per_device`` jobs on a device** (``jobs.max_jobs_per_device``): a device holding that many
+  is full whatever share of it is free (every job costs the device a context and memory of its own), and a device
+  with any job on it is not free for a whole-device job.
 
 Ties break on hostname, then device index, so a placement is deterministic.
 """
@@ -28,6 +31,7 @@ from cumulus.jobs import DeviceInfo
 EPSILON = 1e-9
 SPREAD_BELOW = 0.1
 BUSY_JOBS = 8
+MAX_JOBS_PER_DEVICE = 16  # the default of jobs.max_jobs_per_device
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class DeviceLoad:
 
     info: DeviceInfo
     used: float = 0.0  # sum of the shares reserved on it
+    jobs: int = 0  # reservations on it
 
     @property
     def free(self) -> float:
@@ -43,7 +48,7 @@ class DeviceLoad:
 
     @property
     def unused(self) -> bool:
-        return self.used < EPSILON
+        return self.used < EPSILON and self.jobs == 0
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def can_ever_fit(nodes: Iterable[NodeView], request: Request) -> bool:
 
 
 def place(nodes: Sequence[NodeView], request: Request, *, spread_below: float = SPREAD_BELOW,
-          busy_jobs: int = BUSY_JOBS) -> Choice | None:
+          busy_jobs: int = BUSY_JOBS, max_jobs_per_device: int = MAX_JOBS_PER_DEVICE) -> Choice | None:
     """Where ``request`` goes now, or ``None`` if no available node has room (see the module docstring)."""
     available = [node for node in nodes if node.available]
     if request.whole_devices:
@@ -98,7 +103,8 @@ def place(nodes: Sequence[NodeView], request: Request, *, spread_below: float = 
     else:
         order = sorted(available, key=lambda n: (n.jobs >= busy_jobs, -n.jobs, n.hostname))
     for node in order:
-        fitting = [d for d in node.eligible(request.allow_non_gpu) if d.free + EPSILON >= share]
+        fitting = [d for d in node.eligible(request.allow_non_gpu)
+                   if d.free + EPSILON >= share and d.jobs < max_jobs_per_device]
         if fitting:
             device = min(fitting, key=lambda d: (d.unused, d.free, d.info.index))
             return Choice(node.node_id, node.hostname, (device.info.index,), share)
@@ -123,5 +129,5 @@ def fits_exactly(node: NodeView, device_indexes: Sequence[int], share: float) ->
     return all(i in by_index and by_index[i].free + EPSILON >= share for i in device_indexes)
 
 
-__all__ = ["BUSY_JOBS", "Choice", "DeviceLoad", "NodeView", "Request", "SPREAD_BELOW", "can_ever_fit",
-           "fits_exactly", "place"]
+__all__ = ["BUSY_JOBS", "Choice", "DeviceLoad", "MAX_JOBS_PER_DEVICE", "NodeView", "Request", "SPREAD_BELOW",
+           "can_ever_fit", "fits_exactly", "place"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import struct
 import subprocess
 import sys
 import zipfile
@@ -88,6 +89,50 @@ def test_good_env_passes_everywhere():
     assert normalize_options({"env": env})["env"] == env
 
 
+# Variables that programs of the job's container read before (or around) the job's code: loader, interpreter,
+# installer, container runtime. Refused wherever a job's env comes from, saying why.
+REFUSED_ENV = [
+    ("LD_PRELOAD", "dynamic loader"), ("LD_LIBRARY_PATH", "dynamic loader"), ("GCONV_PATH", "dynamic loader"),
+    ("PYTHONPATH", "Python interpreter"), ("PYTHONSTARTUP", "Python interpreter"), ("PYTHONHOME", "Python interpreter"),
+    ("PYTHONIOENCODING", "Python interpreter"), ("PIP_INDEX_URL", "installer"), ("PIP_EXTRA_INDEX_URL", "installer"),
+    ("UV_INDEX_URL", "installer"), ("NVIDIA_VISIBLE_DEVICES", "container runtime"), ("PATH", "which programs"),
+]
+
+
+@pytest.mark.parametrize("name, why", REFUSED_ENV, ids=[n for n, _ in REFUSED_ENV])
+def test_loader_interpreter_and_installer_variables_are_refused_everywhere_saying_why(name, why):
+    env = {name: "/tmp/evil"}
+    via_build = _sdk(lambda: packaging.build_package(job, (1,), env=env))
+    via_options = _sdk(lambda: normalize_options({"env": env}))
+    via_field = _server(env=env)
+    via_manifest = _server(code_package=_package({"env": env}))
+    assert via_build == via_options == via_field != "accepted"
+    assert via_manifest == f"{jobformat.MANIFEST}: {via_field}"
+    assert f"{name!r}: not allowed in a job's env" in via_field and why in via_field, via_field
+
+
+def test_harmless_python_variables_and_lookalike_names_pass():
+    env = {"PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0", "MY_LD_FLAGS": "x", "PIPELINE": "x", "pip_cache": "x",
+           "CUDA_VISIBLE_DEVICES": "0"}
+    assert _server(env=env) == "accepted"
+    assert jobformat.check_env(env) == env
+
+
+def test_the_whole_env_is_capped_at_one_mib_names_and_values():
+    fits = {f"V{i:03d}": "x" * (32 * 1024 - 5) for i in range(32)}  # 32 x (4 + 1 + 32763) bytes: 1 MiB exactly
+    assert len(jobformat.check_env(fits)) == 32
+    too_big = {**fits, "LAST": "x" * 200}
+    message = _server(env=too_big)
+    assert message == ("env is 1048781 bytes in all (names and values); at most 1048576 (1 MiB) are allowed: pass "
+                       "big data in the call's arguments or download it in the job")
+    assert _sdk(lambda: normalize_options({"env": too_big})) == message
+    with pytest.raises(InvalidRequest, match="1048781 bytes in all"):
+        jobformat.check_manifest({"format": 1, "python": "3.11", "cloudpickle": "3", "function": "m.f",
+                                  "env": too_big})
+    many = {f"V{i:03d}": "x" * (32 * 1024) for i in range(256)}  # the E2BIG case
+    assert _server(env=many).startswith("env is 8389888 bytes in all")
+
+
 # ---- requirements: one rule; an empty item is refused wherever it comes from ---------------------------------
 
 BAD_REQUIREMENTS = [
@@ -127,9 +172,74 @@ def test_a_string_is_not_a_list_of_requirements():
 
 # ---- gpu share ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("gpu", [0.0, -1.0, 1.5, 9.0, float("nan")])
+@pytest.mark.parametrize("gpu", [0.0, -1.0, 1.5, 9.0, float("nan"), 0.009, 1e-10, 5e-324])
 def test_a_bad_gpu_share_is_refused_by_the_sdk_and_the_supervisor_alike(gpu):
     assert _sdk(lambda: normalize_options({"gpu": gpu})) == _server(gpu=gpu) != "accepted"
+
+
+@pytest.mark.parametrize("gpu", [0.009, 1e-10, 5e-324])
+def test_a_share_below_the_minimum_says_so(gpu):
+    message = _server(gpu=gpu)
+    assert f"gpu={gpu!r} is below the smallest share of a device, 0.01" in message and "0.25" in message
+
+
+def test_the_smallest_share_is_accepted():
+    assert jobformat.MIN_GPU_SHARE == 0.01
+    assert _server(gpu=0.01) == "accepted" and normalize_options({"gpu": 0.01})["gpu"] == 0.01
+
+
+# ---- the package's zip directory is checked before zipfile reads it -----------------------------------------
+
+def zip_with_directory(entries: int, declared: int, *, zip64: bool = False) -> bytes:
+    """A zip of ``entries`` one-byte-named central directory entries (all pointing at one local header) whose end
+    record declares ``declared``: built by hand, in milliseconds, where zipfile would take minutes."""
+    name = b"a"
+    local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0) + name
+    entry = struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, 20, 0, 0, 0, 0, 0, 0, 0, 0, len(name), 0, 0, 0, 0,
+                        0o100644 << 16, 0) + name
+    directory = entry * entries
+    data = local + directory
+    if zip64:
+        record = len(data)
+        data += struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, declared, declared, len(directory),
+                            len(local))
+        data += struct.pack("<4sLQL", b"PK\x06\x07", 0, record, 1)
+        return data + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return data + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, declared, declared, len(directory), len(local), 0)
+
+
+@pytest.fixture
+def zipfile_never_parses(monkeypatch):
+    """The cheap check must answer before zipfile parses a directory (that is what takes seconds)."""
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("zipfile parsed the directory")
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", refuse)
+
+
+def test_a_zip_declaring_900k_entries_is_refused_from_its_end_record(zipfile_never_parses):
+    data = zip_with_directory(900_000, 900_000, zip64=True)  # 42 MiB, under the 50 MiB package limit
+    with pytest.raises(InvalidRequest, match="job package has 900000 entries; at most 10000 are allowed"):
+        jobformat.validate_package(data)
+
+
+def test_a_zip_whose_directory_holds_more_entries_than_it_declares_is_refused(zipfile_never_parses):
+    with pytest.raises(InvalidRequest, match="does not hold the 5 entries its end record declares"):
+        jobformat.validate_package(zip_with_directory(900_000, 5))
+    with pytest.raises(InvalidRequest, match="does not hold the 9 entries its end record declares"):
+        jobformat.validate_package(zip_with_directory(3, 9))
+
+
+def test_the_directory_check_agrees_with_zipfile_on_real_packages():
+    assert jobformat.check_zip_directory(GOOD) == len(zipfile.ZipFile(io.BytesIO(GOOD)).infolist())
+    assert jobformat.check_zip_directory(zip_with_directory(3, 3)) == 3
+    many = io.BytesIO()
+    with zipfile.ZipFile(many, "w") as zf:
+        zf.comment = b"a comment after the end record"
+        for i in range(jobformat.MAX_MEMBERS):
+            zf.writestr(f"src/m{i}.py", b"")
+    assert jobformat.check_zip_directory(many.getvalue()) == jobformat.MAX_MEMBERS
+    with pytest.raises(InvalidRequest, match="no end-of-central-directory record"):
+        jobformat.check_zip_directory(b"PK\x03\x04 not a zip")
 
 
 # ---- the result envelope ----------------------------------------------------------------------------------------

@@ -19,10 +19,11 @@ from cumulus.errors import CapacityExhausted, Unsatisfiable
 from cumulus.jobs import DeviceInfo, JobSpec, Placement
 
 
-def settings(max_queue: int = 100, allow_non_gpu: bool = False):
+def settings(max_queue: int = 100, allow_non_gpu: bool = False, max_jobs_per_device: int = 16):
     return load_settings(environ={}, overrides={
         "supervisor_id": "unit", "cluster.docker_host": "unix:///fake", "cluster.image": "sha256:fake",
-        "journal.path": ":memory:", "jobs.max_queue": max_queue, "cluster.allow_non_gpu_devices": allow_non_gpu})
+        "journal.path": ":memory:", "jobs.max_queue": max_queue, "cluster.allow_non_gpu_devices": allow_non_gpu,
+        "jobs.max_jobs_per_device": max_jobs_per_device})
 
 
 def inventory(name: str, devices: int = 1, *, ready: bool = True) -> NodeInventory:
@@ -80,6 +81,26 @@ async def test_a_fitting_request_is_granted_at_once_and_released_by_message():
         await ref.cast(Release("j1"))
         (worker,) = await ref.call(ListWorkers())
         assert worker.running_jobs == 1 + 1 and worker.devices[0].used_share == 1.0  # j3 took j1's share
+
+
+async def test_a_device_holding_the_most_jobs_allowed_takes_no_more_whatever_share_is_free():
+    async with scheduler(inventory("a"), max_jobs_per_device=3) as (ref, nursery):
+        for n in range(3):
+            assert isinstance(await ref.call(Reserve(f"j{n}", spec(0.01), 1)), Reservation)
+        waiting, waiting_ref = await fake_job(nursery, "waiting")
+        assert await ref.call(Reserve("j3", spec(0.01), 1, waiting_ref)) == Queued(1)  # 0.97 free, but 3 jobs
+        (worker,) = await ref.call(ListWorkers())
+        assert worker.running_jobs == 3 and worker.devices[0].used_share == 0.03
+        await ref.cast(Release("j0"))
+        await settle()
+        assert [m.reservation.job_id for m in waiting.got if isinstance(m, Granted)] == ["j3"]
+
+
+async def test_by_default_a_device_takes_sixteen_jobs():
+    async with scheduler(inventory("a", devices=2)) as (ref, _):
+        places = [(await ref.call(Reserve(f"j{n}", spec(0.01), 1))).device_indexes for n in range(32)]
+        assert places == [(0,)] * 16 + [(1,)] * 16
+        assert isinstance(await ref.call(Reserve("j32", spec(0.01), 1)), Queued)
 
 
 async def test_the_queue_is_strict_priority_then_arrival_and_grants_by_message():

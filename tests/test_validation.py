@@ -20,6 +20,7 @@ from cumulus.client import packaging as pk
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
 from tests.fakes.fake_api import running_fake_server
+from tests.test_jobformat import zip_with_directory
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -118,6 +119,18 @@ CASES = [
     ("env-reserved-lowercase", {"env": {"cumulus_output_dir": "/etc"}}, INVALID, ["CUMULUS_", "reserved"]),
     ("env-newline", {"env": {"A\n": "x"}}, INVALID, ["not a valid variable name"]),
     ("env-nul", {"env": {"OK": "a\0b"}}, INVALID, ["NUL"]),
+    ("env-pip-index", {"env": {"PIP_INDEX_URL": "https://evil.example/simple"}}, INVALID,
+     ["'PIP_INDEX_URL'", "not allowed in a job's env", "installer"]),
+    ("env-ld-preload", {"env": {"LD_PRELOAD": "/tmp/x.so"}}, INVALID, ["'LD_PRELOAD'", "dynamic loader"]),
+    ("env-pythonpath", {"env": {"PYTHONPATH": "/tmp"}}, INVALID, ["'PYTHONPATH'", "Python interpreter"]),
+    ("env-too-big", {"env": {f"V{i}": "x" * 32768 for i in range(40)}}, INVALID,
+     ["bytes in all (names and values)", "1 MiB"]),
+    ("gpu-below-minimum", {"gpu": 1e-10}, INVALID, ["gpu=1e-10", "smallest share", "0.01"]),
+    ("gpu-denormal", {"gpu": 5e-324}, INVALID, ["smallest share", "0.01"]),
+    ("package-too-many-entries", {"code_package": zip_with_directory(20_000, 20_000)}, INVALID,
+     ["20000 entries", "at most 10000"]),
+    ("package-directory-lies", {"code_package": zip_with_directory(20_000, 5)}, INVALID,
+     ["not a valid zip", "does not hold the 5 entries"]),
     ("name-too-long", {"name": "n" * 200}, INVALID, ["name", "at most 128"]),
     ("name-control-char", {"name": "bad\x1bname"}, INVALID, ["control character"]),
     ("priority-range", {"priority": 5000}, INVALID, ["priority=5000", "-1000..1000"]),

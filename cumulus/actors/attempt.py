@@ -25,6 +25,7 @@ from cumulus.actors.log_relay import LogRelay
 from cumulus.actors.outcome import COMPLETED, JobStopped, Outcome
 from cumulus.actors.ownership import ResourceOwner
 from cumulus.actors.requirements_step import job_requirements
+from cumulus.actors.result_fetch import MAX_RESULT_BYTES, fetch_result
 from cumulus.actors.scheduler import Granted, Queued, QueuePosition, Release, Reservation, Reserve
 from cumulus.actors.watcher import PollNow, Unwatch, Watch
 from cumulus.backends import NodeBackend, NodeConnections, SwarmBackend, WorkerUnavailable
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 EXIT_AFTER_FINISH_SECONDS = 10.0  # a finished job's container gets this long to exit before it is stopped
 STOP_WAIT_SECONDS = 5.0
-MAX_RESULT_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -337,7 +337,10 @@ class Attempt:
     async def _complete_when_finished(self, finished: trio.Event, files: Any, waiting: trio.CancelScope) -> None:
         await finished.wait()
         try:
-            envelope = await files.fetch_result(MAX_RESULT_BYTES)
+            envelope = await fetch_result(files, self.ctx.settings)
+        except JobStopped as refused:  # what the job left is no result: it fails now, whatever its task's end
+            self.fail(refused.outcome)
+            return
         except CumulusError:
             return  # the task's end decides, as usual
         if envelope is not None:
@@ -367,7 +370,7 @@ class Attempt:
         record = self.record
         if record.state is JobState.COMPLETED:  # concluded on the runner's last line already
             return COMPLETED
-        envelope = await files.fetch_result(MAX_RESULT_BYTES)
+        envelope = await fetch_result(files, self.ctx.settings)
         assert task is not None  # only a COMPLETED job may be concluded without its task's end
         if task.state == "complete" and task.exit_code == 0 and envelope is not None:
             record.set_result(envelope)

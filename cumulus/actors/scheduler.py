@@ -176,8 +176,8 @@ class _Node:
 
     def view(self, *, available: bool) -> NodeView:
         if self._devices is None:
-            self._devices = tuple(DeviceLoad(d, sum(self.used.get(d.index, {}).values()))
-                                  for d in self.inventory.devices)
+            self._devices = tuple(DeviceLoad(d, sum(shares.values()), len(shares)) for d in self.inventory.devices
+                                  for shares in (self.used.get(d.index, {}),))
             self._jobs = self.jobs()
         return NodeView(self.inventory.node_id, self.inventory.hostname, self._devices, self._jobs, available)
 
@@ -289,7 +289,7 @@ class Scheduler(Actor):
         adopting = set(self.adopting.values())
         views = [node.view(available=node.available and node_id not in adopting)
                  for node_id, node in self.nodes.items()]
-        choice = place(views, self._request(spec))
+        choice = place(views, self._request(spec), max_jobs_per_device=self.settings.jobs.max_jobs_per_device)
         if choice is None:
             return None
         return self._hold(job_id, self.nodes[choice.node_id], choice.device_indexes, choice.share)

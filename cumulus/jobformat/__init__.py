@@ -16,22 +16,25 @@ the copies together. Nothing here needs grpc or cloudpickle (msgpack is imported
 from __future__ import annotations
 
 from cumulus.jobformat.envelope import ENVELOPE_KEYS, INVALID_RESULT, Envelope, decode_envelope, encode_result
-from cumulus.jobformat.limits import (CALL, ENV_NAME_PATTERN, FORMAT, MANIFEST, MAX_ENV_VALUE_LEN, MAX_ENV_VARS,
-                                      MAX_MANIFEST_BYTES, MAX_MEMBERS, MAX_PACKAGE_BYTES, MAX_PACKAGE_MB,
-                                      MAX_REQUIREMENT_LEN, MAX_REQUIREMENTS, MAX_SOURCE_FILE_BYTES, MAX_WHOLE_GPUS,
-                                      PACKAGE_NAME, REQUIREMENTS, RESERVED_ENV_PREFIX, RESULT_NAME, SRC,
-                                      UNCOMPRESSED_FACTOR, MiB)
-from cumulus.jobformat.package import PackageInfo, check_manifest, check_member_name, fmt_bytes, validate_package
+from cumulus.jobformat.limits import (CALL, ENV_NAME_PATTERN, FORMAT, MANIFEST, MAX_ENV_TOTAL_BYTES,
+                                      MAX_ENV_VALUE_LEN, MAX_ENV_VARS, MAX_MANIFEST_BYTES, MAX_MEMBERS,
+                                      MAX_PACKAGE_BYTES, MAX_PACKAGE_MB, MAX_REQUIREMENT_LEN, MAX_REQUIREMENTS,
+                                      MAX_SOURCE_FILE_BYTES, MAX_WHOLE_GPUS, MIN_GPU_SHARE, PACKAGE_NAME,
+                                      REQUIREMENTS, RESERVED_ENV_PREFIX, RESULT_NAME, SRC, UNCOMPRESSED_FACTOR, MiB)
+from cumulus.jobformat.package import (PackageInfo, check_manifest, check_member_name, check_zip_directory, fmt_bytes,
+                                      validate_package)
 from cumulus.jobformat.request import (check_env, check_gpu_share, check_requirement, check_requirements,
-                                       is_reserved_env_name)
+                                       env_name_problem, is_reserved_env_name)
 
 __all__ = [
-    "CALL", "ENVELOPE_KEYS", "ENV_NAME_PATTERN", "FORMAT", "INVALID_RESULT", "MANIFEST", "MAX_ENV_VALUE_LEN",
-    "MAX_ENV_VARS", "MAX_MANIFEST_BYTES", "MAX_MEMBERS", "MAX_PACKAGE_BYTES", "MAX_PACKAGE_MB",
-    "MAX_REQUIREMENT_LEN", "MAX_REQUIREMENTS", "MAX_SOURCE_FILE_BYTES", "MAX_WHOLE_GPUS", "MiB", "PACKAGE_NAME",
+    "CALL", "ENVELOPE_KEYS", "ENV_NAME_PATTERN", "FORMAT", "INVALID_RESULT", "MANIFEST", "MAX_ENV_TOTAL_BYTES",
+    "MAX_ENV_VALUE_LEN", "MAX_ENV_VARS", "MAX_MANIFEST_BYTES", "MAX_MEMBERS", "MAX_PACKAGE_BYTES", "MAX_PACKAGE_MB",
+    "MAX_REQUIREMENT_LEN", "MAX_REQUIREMENTS", "MAX_SOURCE_FILE_BYTES", "MAX_WHOLE_GPUS", "MIN_GPU_SHARE", "MiB",
+    "PACKAGE_NAME",
     "REQUIREMENTS", "RESERVED_ENV_PREFIX", "RESULT_NAME", "SRC", "UNCOMPRESSED_FACTOR",
     "Envelope", "PackageInfo",
-    "check_env", "check_gpu_share", "check_manifest", "check_member_name", "check_requirement",
-    "check_requirements", "decode_envelope", "encode_result", "fmt_bytes", "is_reserved_env_name",
+    "check_env", "check_gpu_share", "check_manifest", "check_member_name", "check_requirement", "check_zip_directory",
+    "check_requirements", "decode_envelope", "encode_result", "env_name_problem", "fmt_bytes",
+    "is_reserved_env_name",
     "validate_package",
 ]

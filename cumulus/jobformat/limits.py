@@ -27,6 +27,8 @@ UNCOMPRESSED_FACTOR = 8
 """Zip bombs: the uncompressed total may be at most this many times the package limit (no per-member ratio check:
 a pickled array of zeros legitimately deflates 1000x). The runner enforces it again on the actual bytes."""
 MAX_MEMBERS = 10_000
+"""Entries of a package. Checked first on the zip's end-of-central-directory record, before the directory is
+parsed: a 50 MiB zip can declare a million entries, and parsing them all would take seconds."""
 MAX_MANIFEST_BYTES = 1 * MiB
 MAX_SOURCE_FILE_BYTES = 5 * MiB
 """A source file of the caller's project bigger than this is left out of the package (named in ``skipped``)."""
@@ -36,7 +38,15 @@ MAX_REQUIREMENTS = 200
 MAX_REQUIREMENT_LEN = 500
 MAX_ENV_VARS = 256
 MAX_ENV_VALUE_LEN = 32 * 1024
+MAX_ENV_TOTAL_BYTES = 1 * MiB
+"""The whole env of a job, names and values in UTF-8 (``NAME=VALUE`` each): the kernel refuses to start a process
+whose environment is too big (E2BIG, from about 2 MiB with the usual 8 MiB stack limit), so it could never run."""
 ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
 RESERVED_ENV_PREFIX = "CUMULUS_"
 """Names starting with this, in any case (``cumulus_x`` too), are Cumulus's own: refused in a job's env."""
 MAX_WHOLE_GPUS = 8
+MIN_GPU_SHARE = 0.01
+"""The smallest share of one device a job may ask for: below it, shares round away in the scheduler's accounting
+and a full device would seem to have room (the scheduler also caps the jobs per device: jobs.max_jobs_per_device)."""
+MAX_SECRET_ENV_BYTES = 500 * 1024
+"""A job's ``secret_env`` as the JSON the worker receives (a Docker Swarm secret, whose data Swarm caps at 500 KiB)."""

@@ -2,8 +2,11 @@
 :func:`validate_package`.
 
 :func:`validate_package` reads the zip directory and the JSON manifest only; it never unpickles anything (the
-supervisor runs it on every submission, the SDK on every package it builds). The runner checks the members again
-when it extracts them, with its own copy of :func:`check_member_name` and of the limits.
+supervisor runs it on every submission, the SDK on every package it builds). Before :mod:`zipfile` parses the
+directory, the zip's end-of-central-directory record and the directory's entry headers are checked against the
+limits (:func:`check_zip_directory`): its cost is then bounded by ``MAX_MEMBERS`` entries, however many the
+archive holds. The runner checks the members again when it extracts them, with its own copy of
+:func:`check_member_name` and of the limits.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import io
 import json
 import re
 import stat
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -25,6 +29,13 @@ from cumulus.jobformat.request import check_env, check_requirements
 
 _BUILD_HINT = "build it with cumulus.client.packaging.build_package"
 _DRIVE = re.compile(r"[A-Za-z]:")
+# The zip format's directory records (APPNOTE.TXT 4.3.12-4.3.16), as zipfile reads them.
+_END = struct.Struct("<4s4H2LH")  # end of central directory: signature, disks, entries, directory size/offset
+_END_SIGNATURE = b"PK\x05\x06"
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_END = struct.Struct("<4sQ2H2L4Q")
+_ENTRY = struct.Struct("<4s4B4HL2L5H2L")  # a central directory entry's fixed part; name, extra, comment follow
+_ENTRY_SIGNATURE = b"PK\x01\x02"
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ def validate_package(data: bytes, max_bytes: int = MAX_PACKAGE_BYTES) -> Package
         raise PackageTooLarge(f"job package is {fmt_bytes(len(data))}, over the limit of {fmt_bytes(max_bytes)}")
     if not data:
         raise InvalidRequest(f"job package is empty; {_BUILD_HINT}")
+    check_zip_directory(data)
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
@@ -105,6 +117,44 @@ def validate_package(data: bytes, max_bytes: int = MAX_PACKAGE_BYTES) -> Package
                        modules=m["modules"], env=m["env"], python=m["python"], cloudpickle=m["cloudpickle"],
                        compressed_bytes=len(data), uncompressed_bytes=total, members=len(infos),
                        sha256=hashlib.sha256(data).hexdigest())
+
+
+def check_zip_directory(data: bytes) -> int:
+    """The number of entries of the zip ``data``, checked without :mod:`zipfile`: its end record declares at most
+    ``MAX_MEMBERS`` entries, and its central directory holds exactly those (walked header by header, so at most
+    ``MAX_MEMBERS`` steps: a zip declaring few entries over a directory of a million is refused too).
+
+    Raises :class:`InvalidRequest`: "not a valid zip archive (why)", or too many entries."""
+    def invalid(why: str) -> InvalidRequest:
+        return InvalidRequest(f"job package is not a valid zip archive ({why}); {_BUILD_HINT}")
+
+    end = data.rfind(_END_SIGNATURE, max(0, len(data) - _END.size - 0xFFFF))  # the end record, then a comment
+    if end < 0 or len(data) - end < _END.size:
+        raise invalid("no end-of-central-directory record")
+    _, _, _, _, entries, size, offset, _ = _END.unpack_from(data, end)
+    directory_end = end
+    if entries == 0xFFFF or size == 0xFFFFFFFF or offset == 0xFFFFFFFF:  # zip64: the real numbers are before it
+        locator = end - _ZIP64_LOCATOR.size
+        record = locator - _ZIP64_END.size
+        if record < 0 or data[locator:locator + 4] != b"PK\x06\x07" or data[record:record + 4] != b"PK\x06\x06":
+            raise invalid("a zip64 end record is announced but missing")
+        _, _, _, _, _, _, _, entries, size, offset = _ZIP64_END.unpack_from(data, record)
+        directory_end = record
+    if entries > MAX_MEMBERS:
+        raise InvalidRequest(f"job package has {entries} entries; at most {MAX_MEMBERS} are allowed")
+    position = directory_end - size
+    if position < 0:
+        raise invalid(f"its central directory of {size} bytes is larger than the archive")
+    walked = 0
+    while walked < entries and position + _ENTRY.size <= directory_end:
+        if data[position:position + 4] != _ENTRY_SIGNATURE:
+            break
+        fields = _ENTRY.unpack_from(data, position)
+        position += _ENTRY.size + fields[12] + fields[13] + fields[14]  # name, extra field, comment
+        walked += 1
+    if walked != entries or position != directory_end:
+        raise invalid(f"its central directory does not hold the {entries} entries its end record declares")
+    return int(entries)
 
 
 def _check_member(info: zipfile.ZipInfo, seen: dict[str, zipfile.ZipInfo]) -> None:

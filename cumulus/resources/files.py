@@ -52,8 +52,12 @@ class JobFiles:
         return posixpath.join(self.output_dir, RESULT_NAME)
 
     async def fetch_result(self, max_bytes: int) -> bytes | None:
-        """The bytes of ``output/result.msgpack``, or ``None`` if the job wrote none. Raises :class:`SshError` if
-        it is larger than ``max_bytes`` or cannot be read."""
+        """The bytes of ``output/result.msgpack``, or ``None`` if the job wrote none. The job could have made it
+        anything: it is read only if it is a regular file (never through a symbolic link; a FIFO or device is never
+        opened) of at most ``max_bytes`` (:meth:`SshConnection.get_bytes`, in a session of its own, bounded).
+
+        Raises :class:`RemoteFileRefused` (:class:`NotARegularFile`, :class:`RemoteFileTooLarge`: nothing read)
+        for what the job left there, :class:`SshError` if the worker cannot be asked."""
         try:
             return await self.conn.get_bytes(self.result_path, max_bytes)
         except RemotePathNotFound:

@@ -4,15 +4,23 @@ Everything here is Trio-facing: asyncssh is only ever awaited through :func:`cum
 so callers need an open bridge (``async with open_asyncio_bridge():``). Host keys are always checked against a
 pinned ``known_hosts`` file; there is no way to turn that off.
 
-This module owns the connection (:func:`open_ssh_connection`, :class:`SshConnection`: commands, SFTP files, health,
+This module owns the connection (:func:`open_ssh_connection`, :class:`SshConnection`: commands, files, health,
 closing). Beside it, re-exported here: :mod:`cumulus.resources.ssh_process` (:class:`RemoteProcess`, a command
 that never outlives its session) and :mod:`cumulus.resources.ssh_errors` (:class:`SshError` and kin,
 :class:`SshResult`).
+
+Every remote operation is bounded by a timeout, and none holds anything shared with another: each command, each
+upload and each read has a session (channel) of its own, so a slow or stuck one (a job's FIFO, a stalled disk)
+delays only itself. (OpenSSH's sftp-server answers one request at a time: one SFTP session shared by every job
+would let one blocking ``open`` stall every other job's file operations.) Files that a job could have written are
+read by :meth:`SshConnection.get_bytes` only: never through a symbolic link, only if regular, within a size limit.
 """
 
 from __future__ import annotations
 
+import math
 import shlex
+import stat
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
@@ -20,10 +28,55 @@ import asyncssh
 import trio
 
 from cumulus.asyncio_bridge import call_asyncio
-from cumulus.resources.ssh_errors import RemoteCommandFailed, RemotePathNotFound, SshError, SshResult
+from cumulus.resources.ssh_errors import (NotARegularFile, RemoteCommandFailed, RemoteFileRefused, RemoteFileTooLarge,
+                                          RemotePathNotFound, SshError, SshResult)
 from cumulus.resources.ssh_process import CLOSE_TIMEOUT, RemoteProcess, wrapped_command
 
 T = TypeVar("T")
+
+#: The bound of a remote command or file operation when the caller gives none.
+DEFAULT_TIMEOUT = 60.0
+#: File transfers get DEFAULT_TIMEOUT plus the time their bytes take at this rate.
+MIN_TRANSFER_BYTES_PER_S = 1024 * 1024
+
+# Runs on the worker: write the regular file argv[1] (at most argv[2] bytes) to stdout, race-free. The name is
+# resolved once, without following a symbolic link and without opening what it names (O_PATH: a FIFO or a device is
+# never opened, so nothing blocks and no driver runs); the checks are made on that handle, and the bytes are read
+# through it (/proc/self/fd reopens the very inode the handle holds, whatever the name points to meanwhile).
+# Exit 3: no such file; 4: not a regular file (stderr: its octal S_IFMT); 5: too large (stderr: its size);
+# 6: not readable (stderr: why).
+_READ_REGULAR_FILE = r"""
+import errno, os, stat, sys
+path, limit = sys.argv[1], int(sys.argv[2])
+try:
+    d = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    fd = os.open(os.path.basename(path), os.O_PATH | os.O_NOFOLLOW, dir_fd=d)
+except OSError as e:
+    sys.stderr.write(str(e))
+    sys.exit(3 if e.errno == errno.ENOENT else 6)
+st = os.fstat(fd)
+if not stat.S_ISREG(st.st_mode):
+    sys.stderr.write("%o" % stat.S_IFMT(st.st_mode))
+    sys.exit(4)
+if st.st_size > limit:
+    sys.stderr.write(str(st.st_size))
+    sys.exit(5)
+try:
+    f = os.open("/proc/self/fd/%d" % fd, os.O_RDONLY | os.O_NOCTTY)
+except OSError as e:
+    sys.stderr.write(str(e))
+    sys.exit(6)
+left, out = st.st_size, sys.stdout.buffer
+while left > 0:
+    b = os.read(f, min(left, 1 << 20))
+    if not b:
+        break
+    out.write(b)
+    left -= len(b)
+out.flush()
+"""
+_FILE_KINDS = {stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a directory",
+               stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
 class SshConnection:
@@ -33,24 +86,30 @@ class SshConnection:
         self._conn = conn
         self.host = host
         self.port = port
-        self._sftp: Any = None
-        self._sftp_lock = trio.Lock()
 
     @property
     def label(self) -> str:
         return f"{self.host}:{self.port}"
 
-    async def _aio(self, fn: Callable[..., Awaitable[T]], *args: Any, what: str, **kwargs: Any) -> T:
-        """Await an asyncssh coroutine; asyncssh/OS errors become :class:`SshError`."""
-        try:
-            return await call_asyncio(fn, *args, **kwargs)
-        except (asyncssh.Error, OSError, EOFError) as exc:
-            if isinstance(exc, asyncssh.SFTPNoSuchFile) or isinstance(exc, FileNotFoundError):
-                raise RemotePathNotFound(self.label, what, str(exc)) from exc
-            raise SshError(self.label, what, f"{type(exc).__name__}: {exc}") from exc
+    async def _aio(self, fn: Callable[..., Awaitable[T]], *args: Any, what: str, timeout: float | None = None,
+                   command_timeout: float = 0.0, **kwargs: Any) -> T:
+        """Await an asyncssh coroutine; asyncssh/OS errors become :class:`SshError`, and so does ``timeout``
+        passing first (the coroutine is then cancelled: asyncssh closes what it had opened). ``command_timeout``:
+        the timeout given to asyncssh itself, for the message when that one passes."""
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            try:
+                return await call_asyncio(fn, *args, **kwargs)
+            except (asyncssh.Error, OSError, EOFError) as exc:
+                if isinstance(exc, asyncssh.SFTPNoSuchFile) or isinstance(exc, FileNotFoundError):
+                    raise RemotePathNotFound(self.label, what, str(exc)) from exc
+                if isinstance(exc, asyncssh.TimeoutError):
+                    raise SshError(self.label, what, f"timed out after {command_timeout:g} s") from exc
+                raise SshError(self.label, what, f"{type(exc).__name__}: {exc}") from exc
+        assert scope.cancelled_caught
+        raise SshError(self.label, what, f"no answer within {timeout:g} s")
 
     # ----------------------------------------------------------------------------------------------- commands
-    async def run(self, command: str, *, timeout: float | None = None, check: bool = True) -> SshResult:
+    async def run(self, command: str, *, timeout: float = DEFAULT_TIMEOUT, check: bool = True) -> SshResult:
         """Run ``command`` (a shell command line, run by the user's login shell) to completion.
 
         Raises :class:`RemoteCommandFailed` on a non-zero status when ``check``; :class:`SshError` if the session
@@ -61,12 +120,8 @@ class SshConnection:
         async def _run() -> Any:
             return await self._conn.run(command, check=False, timeout=timeout)
 
-        try:
-            res = await self._aio(_run, what=f"run {command!r}")
-        except SshError as exc:
-            if isinstance(exc.__cause__, asyncssh.TimeoutError):
-                raise SshError(self.label, f"run {command!r}", f"timed out after {timeout:g} s") from exc
-            raise
+        # asyncssh's timeout covers the command; the outer bound also covers opening its session.
+        res = await self._aio(_run, what=f"run {command!r}", timeout=timeout + CLOSE_TIMEOUT, command_timeout=timeout)
         status = res.exit_status if res.exit_status is not None else -1
         result = SshResult(status, _text(res.stdout), _text(res.stderr))
         if check and status != 0:
@@ -131,44 +186,65 @@ class SshConnection:
         await call_asyncio(self._conn.wait_closed)
 
     # ------------------------------------------------------------------------------------------------- files
-    async def _sftp_client(self) -> Any:
-        async with self._sftp_lock:
-            if self._sftp is None:
-                self._sftp = await self._aio(self._conn.start_sftp_client, what="start sftp")
-            return self._sftp
-
-    async def put_bytes(self, data: bytes, remote_path: str, mode: int = 0o644) -> None:
-        """Write ``data`` to ``remote_path`` (replacing it) and set its mode. Raises :class:`SshError`."""
-        sftp = await self._sftp_client()
+    async def put_bytes(self, data: bytes, remote_path: str, mode: int = 0o644, *,
+                        timeout: float | None = None) -> None:
+        """Write ``data`` to ``remote_path`` (replacing it) and set its mode, over an SFTP session of its own.
+        Raises :class:`SshError`, also when ``timeout`` passes (default: :data:`DEFAULT_TIMEOUT` plus the time
+        ``data`` takes at :data:`MIN_TRANSFER_BYTES_PER_S`)."""
 
         async def _put() -> None:
-            async with sftp.open(remote_path, "wb") as f:
-                await f.write(data)
-            await sftp.chmod(remote_path, mode)
+            async with self._conn.start_sftp_client() as sftp:
+                async with sftp.open(remote_path, "wb") as f:
+                    await f.write(data)
+                await sftp.chmod(remote_path, mode)
 
-        await self._aio(_put, what=f"write {remote_path}")
+        await self._aio(_put, what=f"write {remote_path}", timeout=_transfer_timeout(len(data), timeout))
 
-    async def chmod(self, remote_path: str, mode: int) -> None:
-        """Set ``remote_path``'s mode over the SFTP channel (no process on the worker). Raises :class:`SshError`."""
-        sftp = await self._sftp_client()
-        await self._aio(sftp.chmod, remote_path, mode, what=f"chmod {remote_path}")
+    async def chmod(self, remote_path: str, mode: int, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Set ``remote_path``'s mode over an SFTP session of its own (no process on the worker). Raises
+        :class:`SshError`, also when ``timeout`` passes."""
 
-    async def get_bytes(self, remote_path: str, max_bytes: int) -> bytes:
-        """Read the whole of ``remote_path``. Raises :class:`RemotePathNotFound` if it does not exist and
-        :class:`SshError` if it is larger than ``max_bytes`` (then nothing is read)."""
-        sftp = await self._sftp_client()
+        async def _chmod() -> None:
+            async with self._conn.start_sftp_client() as sftp:
+                await sftp.chmod(remote_path, mode)
 
-        async def _get() -> bytes | None:
-            async with sftp.open(remote_path, "rb") as f:
-                # Read what the file holds, not max_bytes: asyncssh reads in parallel blocks, and every block
-                # past the end is a request answered with an EOF error.
-                size = (await f.stat()).size or 0
-                return None if size > max_bytes else await f.read(size)
+        await self._aio(_chmod, what=f"chmod {remote_path}", timeout=timeout)
 
-        data = await self._aio(_get, what=f"read {remote_path}")
-        if data is None:
-            raise SshError(self.label, f"read {remote_path}", f"larger than {max_bytes} bytes")
-        return data
+    async def get_bytes(self, remote_path: str, max_bytes: int, *, timeout: float | None = None) -> bytes:
+        """Read the whole of the regular file ``remote_path`` (an absolute path), race-free, in a session of its
+        own: its last component is never followed if it is a symbolic link, and a FIFO, device, directory or
+        socket is never opened.
+
+        Raises :class:`RemotePathNotFound` if it does not exist, :class:`NotARegularFile` (``kind`` says what it
+        is) if it is no regular file, :class:`RemoteFileTooLarge` if it holds more than ``max_bytes`` (then
+        nothing is read), :class:`RemoteFileRefused` if it cannot be read, :class:`SshError` if the worker cannot
+        be asked or ``timeout`` passes (default: :data:`DEFAULT_TIMEOUT` plus ``max_bytes`` at
+        :data:`MIN_TRANSFER_BYTES_PER_S`). Cancellation closes its session.
+        """
+        if not remote_path.startswith("/"):
+            raise ValueError(f"get_bytes needs an absolute path, got {remote_path!r}")
+        limit = _transfer_timeout(max_bytes, timeout)
+        command = " ".join(["python3", "-c", shlex.quote(_READ_REGULAR_FILE), shlex.quote(remote_path),
+                            str(int(max_bytes))])
+
+        async def _read() -> Any:
+            return await self._conn.run(command, check=False, encoding=None, timeout=limit)
+
+        res = await self._aio(_read, what=f"read {remote_path}", timeout=limit + CLOSE_TIMEOUT, command_timeout=limit)
+        status, said = res.exit_status, _text(res.stderr).strip()
+        stdout = res.stdout or b""
+        if status == 0 and len(stdout) <= max_bytes:
+            return bytes(stdout)
+        if status == 3:
+            raise RemotePathNotFound(self.label, f"read {remote_path}", said)
+        if status == 4:
+            kind = _FILE_KINDS.get(int(said, 8) if said.isdigit() else -1, f"of file type {said}")
+            raise NotARegularFile(self.label, remote_path, kind)
+        if status == 5 and said.isdigit():
+            raise RemoteFileTooLarge(self.label, remote_path, int(said), max_bytes)
+        if status == 6:
+            raise RemoteFileRefused(self.label, remote_path, f"cannot be read: {said[-300:]}")
+        raise SshError(self.label, f"read {remote_path}", f"reader exited with status {status}: {said[-300:]}")
 
     async def makedirs(self, path: str, mode: int = 0o755) -> None:
         """Create directory ``path`` and missing parents (``mkdir -p``), then set ``path``'s mode. Idempotent."""
@@ -188,6 +264,10 @@ class SshConnection:
                 await call_asyncio(self._conn.wait_closed)
             except Exception:  # noqa: BLE001
                 pass
+
+
+def _transfer_timeout(size: int, timeout: float | None) -> float:
+    return timeout if timeout is not None else DEFAULT_TIMEOUT + size / MIN_TRANSFER_BYTES_PER_S
 
 
 def _text(value: Any) -> str:
@@ -253,7 +333,12 @@ async def open_ssh_connection(
 
 __all__ = [
     "CLOSE_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "MIN_TRANSFER_BYTES_PER_S",
+    "NotARegularFile",
     "RemoteCommandFailed",
+    "RemoteFileRefused",
+    "RemoteFileTooLarge",
     "RemotePathNotFound",
     "RemoteProcess",
     "SshConnection",

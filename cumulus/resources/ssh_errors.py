@@ -1,5 +1,6 @@
 """What SSH operations report: the :class:`SshError` family (every failure names its host and what was being
-done) and :class:`SshResult` (what a finished remote command left; :class:`RemoteCommandFailed` carries one).
+done; :class:`RemoteFileRefused` and its kinds say why a remote file was not read) and :class:`SshResult` (what a
+finished remote command left; :class:`RemoteCommandFailed` carries one).
 
 Shared by :mod:`cumulus.resources.ssh` and :mod:`cumulus.resources.ssh_process`, and re-exported by the former.
 """
@@ -33,6 +34,33 @@ class RemotePathNotFound(SshError):
     """A remote file or directory does not exist."""
 
 
+class RemoteFileRefused(SshError):
+    """A remote file was not read because of what it is; ``problem`` says it without the host (``"is a FIFO, not a
+    regular file"``), for a message about the file itself."""
+
+    def __init__(self, host: str, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(host, f"read {path}", problem)
+
+
+class NotARegularFile(RemoteFileRefused):
+    """The path names a symbolic link, a FIFO, a directory, a device or a socket (``kind``: ``"a FIFO"``, ...);
+    nothing was opened through it (a symbolic link is not followed, a FIFO or device never opened)."""
+
+    def __init__(self, host: str, path: str, kind: str) -> None:
+        self.kind = kind
+        super().__init__(host, path, f"is {kind}, not a regular file")
+
+
+class RemoteFileTooLarge(RemoteFileRefused):
+    """The file holds ``size`` bytes, more than the ``limit`` it was read with; nothing of it was read."""
+
+    def __init__(self, host: str, path: str, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+        super().__init__(host, path, f"is {size} bytes, over the limit of {limit} bytes")
+
+
 @dataclass(frozen=True)
 class SshResult:
     """What a finished remote command left: exit status (``-1`` if killed by a signal), stdout and stderr text."""
@@ -42,4 +70,5 @@ class SshResult:
     stderr: str
 
 
-__all__ = ["RemoteCommandFailed", "RemotePathNotFound", "SshError", "SshResult"]
+__all__ = ["NotARegularFile", "RemoteCommandFailed", "RemoteFileRefused", "RemoteFileTooLarge", "RemotePathNotFound",
+           "SshError", "SshResult"]

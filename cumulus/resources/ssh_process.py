@@ -100,21 +100,25 @@ class RemoteProcess:
     async def readline(self) -> str | None:
         """The next stdout line without its newline, or ``None`` at EOF (the process closed stdout / exited).
 
-        Cancelling it is safe; the line being read may then be lost.
+        Waits as long as the process is silent (a long-running process speaks when it has something to say):
+        callers that expect a line bound the wait themselves (``trio.fail_after``); a dead host ends it with
+        :class:`SshError` once the connection's keepalives go unanswered. Cancelling it is safe; the line being
+        read may then be lost.
         """
         line = await self._conn._aio(self._process.stdout.readline, what="read from remote process")
         if not line:
             return None
         return line.rstrip("\n")
 
-    async def write(self, data: str) -> None:
-        """Send ``data`` to the process's stdin (waits for flow control)."""
+    async def write(self, data: str, *, timeout: float = CLOSE_TIMEOUT * 6) -> None:
+        """Send ``data`` to the process's stdin (waits for flow control). Raises :class:`SshError`, also when the
+        process has not taken it within ``timeout`` s."""
 
         async def _write() -> None:
             self._process.stdin.write(data)
             await self._process.stdin.drain()
 
-        await self._conn._aio(_write, what="write to remote process")
+        await self._conn._aio(_write, what="write to remote process", timeout=timeout)
 
     async def close_stdin(self) -> None:
         """Send EOF on the process's stdin. Idempotent."""
@@ -124,7 +128,7 @@ class RemoteProcess:
                 self._process.stdin.write_eof()
 
         try:
-            await self._conn._aio(_eof, what="close stdin of remote process")
+            await self._conn._aio(_eof, what="close stdin of remote process", timeout=CLOSE_TIMEOUT)
         except SshError:
             pass
 
