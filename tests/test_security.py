@@ -235,3 +235,16 @@ def test_insecure_mode_is_logged_loudly(caplog):
     with caplog.at_level(logging.WARNING):
         trio.run(main)
     assert "INSECURE" in caplog.text and "anyone who can reach" in caplog.text
+
+
+def test_a_submission_over_the_rate_limit_says_when_to_retry_also_in_metadata(address):
+    from cumulus.errors import QuotaExceeded
+
+    admin = CumulusClient(config=config(address, run_credentials().admin_token), log_to_driver=False)
+    _, secret = admin.create_token("erin", rate=0.01)  # a burst of 1, then one every 100 s
+    erin = CumulusClient(config=config(address, secret), log_to_driver=False)
+    first = erin.submit(work, 1, env={"FAKE_RUNTIME": "0.1"})
+    with pytest.raises(QuotaExceeded) as refused:
+        erin.submit(work, 2, env={"FAKE_RUNTIME": "0.1"})
+    assert "rate" in str(refused.value) and 90 < refused.value.retry_after <= 100
+    assert first.job_id

@@ -40,13 +40,22 @@ MAX_JOB_ID_LEN = 256
 MAX_LINES_PER_MESSAGE = 1000  # log lines per ``logs`` message (each line is at most 64 KiB)
 
 
+RETRY_AFTER_KEY = "retry-after-ms"
+
+
+def _retry_after(error: CumulusError) -> tuple[tuple[str, str], ...]:
+    """A refusal over a limit says when to retry, also in metadata a program can read (milliseconds)."""
+    seconds = getattr(error, "retry_after", None)
+    return ((RETRY_AFTER_KEY, str(max(1, round(seconds * 1000)))),) if isinstance(seconds, (int, float)) else ()
+
+
 def _unary(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     async def wrapper(self: OrchestratorServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
         except CumulusError as error:
-            await context.abort(status_for(error), str(error))
+            await context.abort(status_for(error), str(error), trailing_metadata=_retry_after(error))
         except Exception as error:  # a bug: report it to the caller as INTERNAL and keep serving
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
@@ -62,7 +71,7 @@ def _streaming(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., Async
                 async for item in items:
                     yield item
         except CumulusError as error:
-            await context.abort(status_for(error), str(error))
+            await context.abort(status_for(error), str(error), trailing_metadata=_retry_after(error))
         except Exception as error:  # noqa: BLE001 - a bug: INTERNAL, keep serving
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")

@@ -62,6 +62,11 @@ def error_from_rpc(error: grpc.RpcError, address: str) -> errors.CumulusError:
         return errors.PackageTooLarge(
             f"the request is bigger than the supervisor at {address} accepts ({details}); pass big data by "
             f"reference (a path or URL the job reads) instead of as an argument")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        retry_ms = dict(error.trailing_metadata() or ()).get("retry-after-ms") if hasattr(
+            error, "trailing_metadata") else None
+        if retry_ms is not None and str(retry_ms).isdigit():
+            return errors.QuotaExceeded(details, retry_after=int(retry_ms) / 1000)
     if code == grpc.StatusCode.CANCELLED:
         return errors.CumulusError(f"the call to {address} was cancelled ({details})")
     return error_for(code, details)
