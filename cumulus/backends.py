@@ -1,7 +1,7 @@
 """The two doors from the actors to the outside world, and their real implementations.
 
 * :class:`NodeBackend` - one worker host (over SSH in production): partition leases, job files, orphans.
-* :class:`SwarmBackend` - the Swarm manager (Docker API): services, task states, logs, nodes.
+* :class:`SwarmBackend` - the Swarm manager (Docker API): services, task states, logs, nodes, jobs' secret env.
 
 Actors decide; backends do. The real ones here only adapt :mod:`cumulus.resources`. Unit tests of actor logic
 use in-memory fakes with the same methods (``tests/fakes/``).
@@ -19,7 +19,7 @@ import trio
 
 from cumulus.config import Settings
 from cumulus.errors import RequestRejected
-from cumulus.resources import files, job_network, partition, swarm
+from cumulus.resources import files, job_network, partition, swarm, swarm_secrets
 from cumulus.resources.ssh import SshConnection, open_ssh_connection
 from cumulus.resources.swarm import NodeInfo, ServiceRequest, SwarmClient, TaskState
 
@@ -65,6 +65,11 @@ class SwarmBackend(Protocol):
     async def list_nodes(self) -> list[NodeInfo]: ...
     async def list_services(self, labels: dict[str, str]) -> list[Any]: ...
     async def remove_service(self, service_id: str) -> bool: ...
+    def open_secret_env(self, job_id: str, attempt: int,
+                        values: dict[str, str]) -> AbstractAsyncContextManager[Any]: ...
+    def adopt_secret_env(self, job_id: str) -> AbstractAsyncContextManager[Any]: ...
+    async def list_secrets(self, labels: dict[str, str]) -> list[Any]: ...
+    async def remove_secret(self, secret_id: str) -> bool: ...
 
 
 class SshNodeBackend:
@@ -281,6 +286,22 @@ class DockerSwarmBackend:
 
     async def remove_service(self, service_id: str) -> bool:
         return await self.client.remove_service(service_id)
+
+    def open_secret_env(self, job_id: str, attempt: int, values: dict[str, str]):
+        """The job's secret env as a Swarm secret (:func:`cumulus.resources.swarm_secrets.open_secret_env`)."""
+        return swarm_secrets.open_secret_env(self.client, job_id=job_id, supervisor_id=self._settings.supervisor_id,
+                                             attempt=attempt, values=values,
+                                             remove_timeout=self._settings.jobs.release_timeout)
+
+    def adopt_secret_env(self, job_id: str):
+        return swarm_secrets.adopt_secret_env(self.client, job_id=job_id,
+                                              remove_timeout=self._settings.jobs.release_timeout)
+
+    async def list_secrets(self, labels: dict[str, str]) -> list[Any]:
+        return await swarm_secrets.list_secrets(self.client, labels)
+
+    async def remove_secret(self, secret_id: str) -> bool:
+        return await swarm_secrets.remove_secret(self.client, secret_id)
 
 
 @asynccontextmanager

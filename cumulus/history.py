@@ -3,8 +3,8 @@
 Kinds: ``state`` (each state change, with its reason and attempt), ``placement`` (worker, devices, share),
 ``queue`` (queue position changes), ``retry`` (attempt N failed: why, backoff), ``teardown`` (released / leaked)
 and ``message`` (the human progress messages a job emits, and restart recovery notes). Never log lines (the job's
-output) and never env values: every text is scrubbed of the job's env values and of URL credentials (a
-requirement's ``https://user:token@host/...``, :mod:`cumulus.redaction`) before it is recorded.
+output) and never env values: every text is scrubbed of the job's env and ``secret_env`` values and of URL
+credentials (a requirement's ``https://user:token@host/...``, :mod:`cumulus.redaction`) before it is recorded.
 
 Bounds: at most :data:`MAX_EVENTS_PER_JOB` events per job (the last of them says that later ones were not kept);
 the job's end (its terminal state and teardown report) is always kept, in :data:`END_EVENTS_RESERVE` extra slots.
@@ -82,6 +82,9 @@ def scrub(value: Any, secrets: Iterable[str]) -> Any:
     return value
 
 
-def secrets_of(env: Mapping[str, str]) -> tuple[str, ...]:
-    """The env values to scrub, longest first (so a value that contains another is replaced whole)."""
-    return tuple(sorted({v for v in env.values() if len(v) >= MIN_SECRET_CHARS}, key=len, reverse=True))
+def secrets_of(env: Mapping[str, str], secret_env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The values to scrub, longest first (so a value that contains another is replaced whole): ``env`` values of
+    at least MIN_SECRET_CHARS (shorter ones are flags and numbers that texts are full of), and every non-empty
+    ``secret_env`` value, whatever its length (it was declared secret: a garbled text beats a leaked value)."""
+    values = {v for v in env.values() if len(v) >= MIN_SECRET_CHARS} | {v for v in (secret_env or {}).values() if v}
+    return tuple(sorted(values, key=len, reverse=True))

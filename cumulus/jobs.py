@@ -310,12 +310,12 @@ class JobRecord:
 
     def _note(self, kind: str, text: str, *, state: str = "", reason: str = "",
               data: dict[str, Any] | None = None) -> None:
-        """Hand a history event to ``on_history`` (the journal), scrubbed of the job's env values."""
+        """Hand a history event to ``on_history`` (the journal), scrubbed of the job's env and secret env values."""
         if self.on_history is None:
             return
         secrets = self._secrets
         if secrets is None:
-            secrets = self._secrets = secrets_of(self.spec.env)
+            secrets = self._secrets = secrets_of(self.spec.env, self.spec.secret_env)
         self.on_history(HistoryEvent(self.job_id, time.time(), kind, scrub(text, secrets), self.attempt, state,
                                      scrub(reason, secrets), scrub(data or {}, secrets)))
 

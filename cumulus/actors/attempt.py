@@ -2,7 +2,8 @@
 
 Everything the attempt holds outside the process is owned, nested, by its :class:`ResourceOwner`::
 
-    reservation (Scheduler)  >  partition lease + job files (worker)  >  task watch  >  service  >  container stop
+    reservation (Scheduler)  >  partition lease + job files (worker)  >  task watch  >  secret env  >  service
+        >  container stop
 
 acquired in that order and released in reverse, each release shielded and bounded, so a cancelled or crashed
 attempt still gives everything back; a release that fails is a leak in the teardown report. An attempt is run by
@@ -212,7 +213,10 @@ class Attempt:
         ] + ([(job_requirements(ctx, node, reservation.node_id), "requirements")] if spec.requirements else []))
         record.partition_id = lease.partition_id
         updates = await own(self._task_watch(), what="task watch", same_task=True)
-        request = replace(self._service_request(reservation, node, lease, files), deps_dir=deps[0] if deps else None)
+        secret = await own(ctx.swarm.open_secret_env(record.job_id, record.attempt, spec.secret_env),
+                           what="secret env", same_task=True) if spec.secret_env else None  # removed after the service
+        request = replace(self._service_request(reservation, node, lease, files), deps_dir=deps[0] if deps else None,
+                          secret_env=secret)
         service = self.service = await own(ctx.swarm.open_service(request), what="service", same_task=True)
         record.service_id = service.id
         record.persist()  # a restarted supervisor must find (and re-adopt) the service even before RUNNING
@@ -249,6 +253,8 @@ class Attempt:
         except CumulusError as error:
             lost = lost or error
         updates = await own(self._task_watch(), what="task watch", same_task=True)
+        if record.spec.secret_env:  # its Swarm secret goes after its service, as for a new attempt
+            await own(ctx.swarm.adopt_secret_env(record.job_id), what="secret env", same_task=True)
         try:
             service = self.service = await own(ctx.swarm.adopt_service(record.service_id, record.job_id),
                                                what="service", same_task=True)

@@ -14,7 +14,7 @@
   the caller's limits (:mod:`cumulus.quotas`: rate, running, queued, GPU share), counted from this job table.
 * Recovery: at start, the journal's unfinished jobs are each given a JobActor that re-adopts, restarts, or ends
   them (the cluster decides which, :class:`~cumulus.actors.job.Start`), and services labelled with this
-  supervisor's id that no live job owns are removed (orphans of a crash).
+  supervisor's id that no live job owns are removed (orphans of a crash), then such jobs' secret env (Swarm secrets).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from cumulus.actors.scheduler import Admit, ExpectAdoptions, NodeInventory, Node
 from cumulus.actors.worker import LiveJobs, NodeUpdate, WorkerActor, parse_devices
 from cumulus.backends import Backends, NodeConnections, SwarmBackend
 from cumulus.config import Settings
-from cumulus.errors import ActorDied, NotFound
+from cumulus.errors import ActorDied, CumulusError, NotFound
 from cumulus.identity import LOCAL_ADMIN, Caller
 from cumulus.idempotency import RequestFingerprint, check_same_request
 from cumulus.jobs import JobRecord, JobSpec, JobState
@@ -366,6 +366,17 @@ class ClusterActor(Actor):
                 self.reaped_services.append(service.id)
         if self.reaped_services:
             log.warning("cluster: removed %d orphan services", len(self.reaped_services))
+        # Jobs' secret env (Swarm secrets), after the services that referenced them: Swarm refuses to remove a
+        # secret in use. One that still cannot be removed is left for the next start; node sync goes on.
+        reaped = 0
+        for secret in await self.swarm.list_secrets({LABEL_SUPERVISOR: self.settings.supervisor_id}):
+            if not self.is_live_job(secret.labels.get(LABEL_JOB, "")):
+                try:
+                    reaped += await self.swarm.remove_secret(secret.id)
+                except CumulusError as error:
+                    log.warning("cluster: orphan secret %s not removed: %s", secret.name, error)
+        if reaped:
+            log.warning("cluster: removed %d orphan secrets (secret env of jobs no longer live)", reaped)
 
 
 __all__ = ["CancelJob", "ClusterActor", "DescribeJob", "GetJob", "ListJobs", "Submit", "SyncNodes"]

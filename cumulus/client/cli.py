@@ -46,6 +46,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                      "repeat for more")
     sub.add_argument("--kwarg", action="append", default=[], metavar="NAME=JSON", help="a keyword argument")
     sub.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment for the job")
+    sub.add_argument("--secret-env", action="append", default=[], metavar="NAME=VALUE",
+                     help="environment for the job whose value is never stored in clear nor logged (a value given "
+                     "here is visible in the process list: prefer --secret-env-file)")
+    secret_file = sub.add_argument("--secret-env-file", action="append", default=[], metavar="PATH",
+                                   help="secret environment from a file of NAME=VALUE lines (blank lines and # "
+                                   "comments ignored; values taken as they are, no quotes removed)")
+    secret_file.complete = FILE_COMPLETION  # type: ignore[attr-defined]
     sub.add_argument("--name", default=None, help="a name for humans")
     sub.add_argument("--memory", default=None, metavar="SIZE", help="memory limit of the job's container: MiB "
                      "(4096) or with a unit (512MiB, 8GiB); default: the supervisor's containers.memory_mb")
@@ -178,6 +185,31 @@ def _pairs(items: list[str], what: str) -> list[tuple[str, str]]:
     return out
 
 
+def _secret_env(items: list[str], paths: list[str]) -> dict[str, str]:
+    """``--secret-env`` pairs and ``--secret-env-file`` lines; usage errors name the flag, file and line, never
+    what was given (it may be a secret)."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError("--secret-env: use NAME=VALUE (the argument given has no NAME= part)")
+        pairs[name] = value
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"--secret-env-file {path}: cannot read it ({type(error).__name__}: "
+                             f"{getattr(error, 'strerror', None) or 'not UTF-8'})") from None
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name, sep, value = line.partition("=")
+            if not sep or not name.strip():
+                raise UsageError(f"--secret-env-file {path}: line {number} is not NAME=VALUE")
+            pairs[name.strip()] = value
+    return pairs
+
+
 @_command
 def _submit(args: argparse.Namespace) -> int:
     func = load_function(args.target)
@@ -192,6 +224,9 @@ def _submit(args: argparse.Namespace) -> int:
         options["requirements"] = args.requirements
     if args.env:
         options["env"] = dict(_pairs(args.env, "--env"))
+    secret_env = _secret_env(args.secret_env, args.secret_env_file)
+    if secret_env:
+        options["secret_env"] = secret_env
     if args.name:
         options["name"] = args.name
     if args.memory is not None:  # MiB as digits, else a size string: the SDK checks both

@@ -112,28 +112,30 @@ class CumulusClient:
                gpu_memory: float | None = None, duration: int | None = None, requirements: Iterable[str] = (),
                env: dict[str, str] | None = None, retries: int = 0, log_to_driver: bool | None = None,
                memory: int | str | None = None, cpus: float | None = None, network: str | None = None,
-               **kwargs: Any) -> JobRef[R]:
+               secret_env: dict[str, str] | None = None, **kwargs: Any) -> JobRef[R]:
         """Submit ``func(*args, **kwargs)`` as a job and return its :class:`JobRef` once the supervisor accepted it.
 
         Keyword arguments named like an option (``gpu``, ``gpu_memory``, ``duration``, ``requirements``, ``env``,
-        ``retries``, ``log_to_driver``, ``memory``, ``cpus``, ``network``) are options, every other one goes to ``func``; to pass a keyword
-        argument that has an option's name, use :meth:`submit_call`. ``func`` may be a ``@remote`` function: its
-        options are the defaults.
+        ``retries``, ``log_to_driver``, ``memory``, ``cpus``, ``network``, ``secret_env``) are options, every other
+        one goes to ``func``; to pass a keyword argument that has an option's name, use :meth:`submit_call`.
+        ``func`` may be a ``@remote`` function: its options are the defaults. ``secret_env`` values travel in the
+        request only (never in the package), and the supervisor never stores them in clear nor logs them.
         """
         options: dict[str, Any] = {"gpu": gpu, "gpu_memory": gpu_memory, "duration": duration,
                                    "requirements": requirements, "env": env, "retries": retries,
                                    "log_to_driver": log_to_driver, "memory": memory, "cpus": cpus,
-                                   "network": network}
+                                   "network": network, "secret_env": secret_env}
         return self.submit_call(func, args, kwargs, **{k: v for k, v in options.items() if v not in (None, ())})
 
     def run(self, func: Callable[..., R], *args: Any, gpu: float | None = None, gpu_memory: float | None = None,
             duration: int | None = None, requirements: Iterable[str] = (), env: dict[str, str] | None = None,
             retries: int = 0, log_to_driver: bool | None = None, memory: int | str | None = None,
-            cpus: float | None = None, network: str | None = None, **kwargs: Any) -> R:
+            cpus: float | None = None, network: str | None = None, secret_env: dict[str, str] | None = None,
+            **kwargs: Any) -> R:
         """Submit ``func(*args, **kwargs)``, wait for it (blocking) and return its value or raise its exception."""
         return self.submit(func, *args, gpu=gpu, gpu_memory=gpu_memory, duration=duration,
                            requirements=requirements, env=env, retries=retries, log_to_driver=log_to_driver,
-                           memory=memory, cpus=cpus, network=network, **kwargs).result()
+                           memory=memory, cpus=cpus, network=network, secret_env=secret_env, **kwargs).result()
 
     def submit_call(self, func: Callable[..., R], args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
                     *, on_event: Callable[[JobUpdate], None] | None = None, **options: Unpack[RemoteOptions]
@@ -172,6 +174,7 @@ class CumulusClient:
             memory_bytes=int(opts.get("memory", 0)),  # 0, "", 0.0: the supervisor's containers defaults
             cpus=float(opts.get("cpus", 0.0)),
             network=opts.get("network", ""),
+            secret_env=opts.get("secret_env") or {},  # in the request only: never in the package or its manifest
         )
         stream = self._stub.SubmitJob(request)
         try:

@@ -20,12 +20,13 @@ from typing import Any, TypedDict
 
 from cumulus.errors import InvalidRequest
 from cumulus.jobformat import check_env, check_gpu_share, check_requirements
+from cumulus.jobformat.request import check_secret_env
 
 DEFAULT_GPU = 0.5  # the supervisor's JobSpec default
 OPTION_NAMES = frozenset({
     "gpu", "gpu_memory", "duration", "requirements", "env", "retries", "retry_exceptions", "timeout", "name",
     "priority", "max_queue_seconds", "idempotency_key", "log_to_driver", "address", "project_root",
-    "memory", "cpus", "network",
+    "memory", "cpus", "network", "secret_env",
 })
 NETWORKS = ("internet", "none")
 MIN_MEMORY_MIB = 16  # the supervisor's floor too (containers.memory_mb); its ceiling is its own setting
@@ -58,14 +59,18 @@ class RemoteOptions(TypedDict, total=False):
     memory: int | str | None
     cpus: float | None
     network: str | None
+    secret_env: dict[str, str] | None
 
 
 def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options checked and in canonical form (``None`` values dropped, ``gpu_memory`` folded into ``gpu``,
     ``requirements`` a tuple of stripped strings, ``duration`` an int, ``memory`` in bytes (given in MiB as an
-    int, or as a string like ``"512MiB"`` / ``"8GiB"``), ``cpus`` a float, ``network`` ``internet`` or ``none``).
+    int, or as a string like ``"512MiB"`` / ``"8GiB"``), ``cpus`` a float, ``network`` ``internet`` or ``none``,
+    ``secret_env`` checked like ``env`` and against it: no name in both, see
+    :func:`~cumulus.jobformat.request.check_secret_env`).
 
-    Raises :class:`~cumulus.errors.InvalidRequest` naming the option, the value given and what is allowed.
+    Raises :class:`~cumulus.errors.InvalidRequest` naming the option, the value given and what is allowed (never a
+    value of ``secret_env``: its messages name the variable only).
     """
     unknown = sorted(set(options) - OPTION_NAMES)
     if unknown:
@@ -97,6 +102,10 @@ def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(opts["env"], dict):
             raise InvalidRequest(f"env must be a dict of str to str, got {type(opts['env']).__name__}")
         opts["env"] = check_env(opts["env"])
+    if "secret_env" in opts:
+        if not isinstance(opts["secret_env"], dict):
+            raise InvalidRequest(f"secret_env must be a dict of str to str, got {type(opts['secret_env']).__name__}")
+        opts["secret_env"] = check_secret_env(opts["secret_env"], opts.get("env") or {})
     for key in ("retries", "priority", "max_queue_seconds"):
         value = opts.get(key)
         if key in opts and (isinstance(value, bool) or not isinstance(value, int)

@@ -43,7 +43,9 @@ class RemoteFunction(Generic[P, R_co]):
     installed in the job's container), ``env`` (extra environment variables), ``retries`` (infrastructure
     retries), ``retry_exceptions``, ``timeout`` (default seconds :meth:`JobRef.result` waits; None: forever),
     ``address`` (the supervisor; default :func:`cumulus.config.default_address`), ``name``, ``priority``,
-    ``max_queue_seconds``, ``log_to_driver`` (print the job's output here; default on unless
+    ``max_queue_seconds``, ``secret_env`` (like ``env``, for values that are never stored in clear nor logged:
+    not in the package, not in the Swarm service, not in the history; not pickled with this function either),
+    ``log_to_driver`` (print the job's output here; default on unless
     ``CUMULUS_QUIET_LOGS=1``). A bad option (an unknown name, a value of the wrong type or out of range) raises
     :class:`~cumulus.errors.InvalidRequest` at once: at the decoration or at ``.options(...)``.
     """
@@ -78,11 +80,21 @@ class RemoteFunction(Generic[P, R_co]):
 
     def __repr__(self) -> str:
         name = getattr(self._cumulus_function, "__qualname__", repr(self._cumulus_function))
-        opts = ", ".join(f"{k}={v!r}" for k, v in self._cumulus_options.items())
+        opts = ", ".join(f"{k}={_shown(k, v)}" for k, v in self._cumulus_options.items())
         return f"<remote function {name}{' (' + opts + ')' if opts else ''}>"
 
-    def __reduce__(self) -> Any:  # shipped inside jobs as (function, options): no client, no threads
-        return (RemoteFunction, (self._cumulus_function, self._cumulus_options))
+    def __reduce__(self) -> Any:
+        # Shipped inside jobs as (function, options): no client, no threads, and no secret_env: its values would
+        # be stored in clear in the job's package (a job that submits this function gives its own secret_env).
+        options = {k: v for k, v in self._cumulus_options.items() if k != "secret_env"}
+        return (RemoteFunction, (self._cumulus_function, options))
+
+
+def _shown(option: str, value: Any) -> str:
+    """How an option appears in a repr: ``secret_env`` by its names only (its values are never shown)."""
+    if option == "secret_env" and isinstance(value, Mapping):
+        return "{" + ", ".join(f"{name!r}: '***'" for name in value) + "}"
+    return repr(value)
 
 
 class RemoteDecorator(Protocol):

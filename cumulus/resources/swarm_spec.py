@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from docker.types import ContainerSpec, Mount, Placement, RestartPolicy, ServiceMode, TaskTemplate
+from docker.types import ContainerSpec, Mount, Placement, RestartPolicy, SecretReference, ServiceMode, TaskTemplate
 
 from cumulus.errors import InvalidRequest
 
@@ -36,10 +36,23 @@ JOB_NETWORK = "cumulus-jobs"
 """The Swarm-scoped network of ``internet`` jobs (its bridge and egress filter are made by setup-worker.sh)."""
 NETWORKS = ("internet", "none")
 SERVICE_PREFIX = "cumulus-"
+SECRET_ENV_FILE = "cumulus-secret-env"
+"""The file name of a job's secret env in its container: ``/run/secrets/cumulus-secret-env`` (the runner reads it)."""
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NODE_ID = re.compile(r"^[a-z0-9]{10,64}$")
 _USER = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
+_SECRET_ID = re.compile(r"[a-z0-9]{10,64}")
+_SECRET_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}[a-zA-Z0-9]")
 MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class SecretEnvRef:
+    """A Docker Swarm secret that holds a job's secret env (made by :mod:`cumulus.resources.swarm_secrets`): what a
+    service needs to reference it. Never the values."""
+
+    id: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,8 @@ class ServiceRequest:
     read-only at ``/cumulus/lease``: the runner's watchdog kills the job when the holder writes ``expired`` there.
     ``deps_dir``: optional worker directory holding the job's installed requirements (made by the trusted install
     step), mounted read-only at ``/cumulus/deps``.
+    ``secret_env``: optional Swarm secret holding the job's secret env, given to the container as the file
+    ``/run/secrets/cumulus-secret-env`` (owned by ``user``, mode 0400); its values are never in the spec's env.
     """
 
     job_id: str
@@ -79,6 +94,7 @@ class ServiceRequest:
     cpus: float = 2.0
     pids_limit: int = 4096
     tmpfs_bytes: int = 1024 * MiB
+    secret_env: SecretEnvRef | None = None
 
     @property
     def service_name(self) -> str:
@@ -109,6 +125,7 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
             raise InvalidRequest(f"mount source must be an absolute path without '..': {path!r}")
     if not req.supervisor_id or "=" in req.supervisor_id:
         raise InvalidRequest(f"invalid supervisor id {req.supervisor_id!r}")
+    secrets = [_secret_reference(req.secret_env, req.user)] if req.secret_env is not None else None
 
     env: dict[str, str] = {}
     for key, value in req.env.items():
@@ -151,6 +168,7 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
         user=req.user,
         read_only=True,
         cap_drop=["ALL"],
+        secrets=secrets,
     )
     # API >= 1.44 only (older engines ignore it: their dockerd runs with --no-new-privileges instead).
     container["Privileges"] = {"NoNewPrivileges": True}
@@ -171,6 +189,14 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
     }
 
 
+def _secret_reference(ref: SecretEnvRef, user: str | None) -> SecretReference:
+    """The job's secret env as a file of the container, readable by the job's user only (checked by the caller)."""
+    if not _SECRET_ID.fullmatch(ref.id) or not _SECRET_NAME.fullmatch(ref.name):
+        raise InvalidRequest(f"invalid secret reference {ref.id!r} / {ref.name!r}")
+    uid, gid = str(user).split(":")
+    return SecretReference(ref.id, ref.name, filename=SECRET_ENV_FILE, uid=uid, gid=gid, mode=0o400)
+
+
 def _check_hardening(req: ServiceRequest) -> None:
     """The user and the limits: a job container never runs as root nor without limits."""
     if not isinstance(req.user, str) or not _USER.fullmatch(req.user):
@@ -186,6 +212,6 @@ def _check_hardening(req: ServiceRequest) -> None:
 
 __all__ = [
     "CODE_MOUNT", "DEFAULT_COMMAND", "DEPS_MOUNT", "LABEL_DEVICE", "LABEL_JOB", "LABEL_PARTITION", "LABEL_SUPERVISOR", "LEASE_MOUNT",
-    "OUTPUT_MOUNT", "SERVICE_PREFIX", "ServiceRequest", "build_service_spec",
+    "OUTPUT_MOUNT", "SECRET_ENV_FILE", "SERVICE_PREFIX", "SecretEnvRef", "ServiceRequest", "build_service_spec",
     "JOB_NETWORK", "NETWORKS", "TMP_MOUNT",
 ]

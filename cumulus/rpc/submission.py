@@ -15,6 +15,7 @@ from typing import Any
 
 from cumulus.errors import InvalidRequest
 from cumulus.jobformat import MiB, check_env, check_gpu_share, check_requirements, validate_package
+from cumulus.jobformat.request import check_secret_env
 from cumulus.jobs import JobSpec
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 
@@ -40,6 +41,7 @@ def spec_from_submission(request: pb.JobSubmission, settings: Any) -> JobSpec:
     _check_range("max_queue_seconds", request.max_queue_seconds, 0, MAX_QUEUE_SECONDS,
                  hint="0 waits as long as the queue allows")
     env = check_env(dict(request.env))
+    secret_env = check_secret_env(dict(request.secret_env), env)  # its messages name variables, never values
     requirements = check_requirements(list(request.requirements))
     memory_bytes, cpus, network = check_container_options(request, settings.containers)
     info = validate_package(request.code_package, jobs.max_package_mb * MiB)  # its requirements and env too
@@ -63,6 +65,7 @@ def spec_from_submission(request: pb.JobSubmission, settings: Any) -> JobSpec:
         memory_bytes=memory_bytes,
         cpus=cpus,
         network=network,
+        secret_env=secret_env,
     )
 
 

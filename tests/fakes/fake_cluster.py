@@ -82,6 +82,8 @@ class FakeWorld:
         self.max_used: dict[tuple[str, int], float] = {}
         self.frozen = False  # set when the supervisor "dies": nothing it owned gets released
         self.lease_ttl = 30.0
+        self.secrets: dict[str, tuple[dict[str, str], dict[str, str]]] = {}  # id -> (labels, values)
+        self.secret_log: list[str] = []  # "created NAME" / "removed NAME (service left: N)", in order
         self._ids = itertools.count(1)
 
     def backends(self) -> Backends:
@@ -257,6 +259,44 @@ class FakeSwarm:
         if container is None:
             return False
         container.stop.set()
+        return True
+
+    @asynccontextmanager
+    async def open_secret_env(self, job_id: str, attempt: int, values: dict[str, str]) -> AsyncIterator[Any]:
+        """Like the real one: a secret per attempt, removed on exit (``secret_log`` notes how many services of
+        the job were left then: the service must be gone first)."""
+        from cumulus.resources.swarm_secrets import secret_name
+        from cumulus.resources.swarm_spec import SecretEnvRef
+
+        await trio.sleep(0)
+        secret_id, name = f"sec{next(self.world._ids):07d}xyz", secret_name(job_id, attempt)
+        self.world.secrets[secret_id] = ({LABEL_JOB: job_id, "name": name}, dict(values))
+        self.world.secret_log.append(f"created {name}")
+        try:
+            yield SecretEnvRef(secret_id, name)
+        finally:
+            if not self.world.frozen:
+                await self.remove_secret(secret_id)
+
+    @asynccontextmanager
+    async def adopt_secret_env(self, job_id: str) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            for secret_id, (labels, _) in list(self.world.secrets.items()):
+                if labels[LABEL_JOB] == job_id and not self.world.frozen:
+                    await self.remove_secret(secret_id)
+
+    async def list_secrets(self, labels: dict[str, str]) -> list[Any]:
+        return [type("Secret", (), {"id": sid, "name": lab["name"], "labels": dict(lab)})()
+                for sid, (lab, _) in self.world.secrets.items() if all(lab.get(k) == v for k, v in labels.items())]
+
+    async def remove_secret(self, secret_id: str) -> bool:
+        entry = self.world.secrets.pop(secret_id, None)
+        if entry is None:
+            return False
+        left = sum(1 for c in self.world.services.values() if c.job_id == entry[0][LABEL_JOB])
+        self.world.secret_log.append(f"removed {entry[0]['name']} (services of the job left: {left})")
         return True
 
 

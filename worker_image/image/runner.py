@@ -5,7 +5,8 @@ its copy of the job format and the extraction of the package are runner_package.
     python3 /opt/cumulus/runner.py
 
 Reads the job package ($CUMULUS_CODE_DIR/package.zip, default /cumulus/code), extracts it into a temporary work
-directory (checking every path again), installs the requirements if any, runs the function with unbuffered
+directory (checking every path again), installs the requirements if any, sets the job's env (and its secret env,
+from the Swarm secret file /run/secrets/cumulus-secret-env, never printed), runs the function with unbuffered
 output, and writes the result envelope ($CUMULUS_OUTPUT_DIR/result.msgpack, default /cumulus/output) atomically.
 Formats: docs/job-format.md.
 
@@ -16,6 +17,7 @@ Exit status: 0 success; 1 the job's code raised (or its result could not be pick
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import shutil
@@ -37,6 +39,7 @@ from runner_package import (CALL, FORMAT, PACKAGE_NAME, RESULT_NAME, InfraFailur
 
 PIP_TIMEOUT_S = float(os.environ.get("CUMULUS_PIP_TIMEOUT", "900"))
 DEPS_MOUNT = "/cumulus/deps"  # cumulus.resources.swarm_spec.DEPS_MOUNT: requirements installed by the supervisor
+SECRET_ENV_FILE = "/run/secrets/cumulus-secret-env"  # cumulus.resources.swarm_spec.SECRET_ENV_FILE, as Swarm mounts it
 
 EXIT_OK, EXIT_USER, EXIT_INFRA = 0, 1, 2
 STDOUT_END_MARKER = "[cumulus] end of stdout"  # cumulus.actors.log_relay.STDOUT_END_MARKER
@@ -132,6 +135,33 @@ def install_requirements(reqs: list, work: str) -> str | None:
                            "\n".join(tail))
     log(f"requirements installed in {time.monotonic() - t0:.1f} s")
     return target
+
+
+# ----------------------------------------------------------------------------------------------- secret env
+
+
+def read_secret_env() -> dict:
+    """The job's secret env: the JSON object Swarm put in ``$CUMULUS_SECRET_ENV_FILE`` (default
+    /run/secrets/cumulus-secret-env; none there: ``{}``), filtered like the manifest's env. Never printed: a file
+    that cannot be read or decoded is an InfraFailure that names the file only, not what is in it."""
+    path = os.environ.get("CUMULUS_SECRET_ENV_FILE") or SECRET_ENV_FILE
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise InfraFailure("cumulus.SecretEnvUnreadable", f"cannot read the job's secret env {path}: "
+                                                          f"{exc.strerror or type(exc).__name__}") from None
+    try:
+        values = json.loads(data.decode("utf-8", "surrogatepass"))
+    except ValueError:
+        raise InfraFailure("cumulus.SecretEnvUnreadable", f"the job's secret env {path} is not a JSON object "
+                                                          f"(contents not shown)") from None
+    if not isinstance(values, dict):
+        raise InfraFailure("cumulus.SecretEnvUnreadable", f"the job's secret env {path} is not a JSON object "
+                                                          f"(contents not shown)")
+    return job_env(values)
 
 
 # ----------------------------------------------------------------------------------------------- partition
@@ -279,6 +309,8 @@ def run_job(code_dir: str, work: str) -> tuple[int, dict]:
     if deps:
         sys.path.insert(0, deps)
     os.environ.update(job_env(manifest.get("env")))
+    # After pip (it must not see them), for the job's function and what it starts; never printed.
+    os.environ.update(read_secret_env())
     setup_partition()
     os.chdir(work)
 
