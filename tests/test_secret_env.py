@@ -23,6 +23,7 @@ import pytest
 import trio
 
 import cumulus
+from cumulus.app import open_supervisor
 from cumulus.cli import main
 from cumulus.client.options import normalize_options
 from cumulus.client.packaging import build_package
@@ -34,7 +35,8 @@ from cumulus.resources.swarm_spec import SECRET_ENV_FILE, SecretEnvRef, build_se
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.submission import spec_from_submission
 from tests.fakes.fake_api import running_fake_server
-from tests.test_job_lifecycle import fake_cluster, spec as fake_spec
+from tests.fakes.fake_cluster import FakeWorld, fake_node
+from tests.test_job_lifecycle import fake_cluster, settings as fake_settings, spec as fake_spec
 from tests.test_runner import run_runner
 from tests.test_swarm_spec import env_of, request as service_request
 
@@ -234,3 +236,42 @@ async def test_an_attempt_owns_its_secret_from_before_its_service_to_after_it(au
         with trio.fail_after(60):
             await plain.torn_down.wait()
         assert "secret env" not in plain.teardown.released and len(world.secret_log) == 2
+
+
+async def test_a_readopted_job_removes_its_secret_and_a_dead_jobs_secret_is_reaped(tmp_path):
+    """A supervisor 'SIGKILLed' while a job with secret_env runs (nothing released): the next one re-adopts the
+    job and removes its secret after its service; a secret of this supervisor whose job is not live is reaped."""
+    import sqlite3
+
+    path, copy = tmp_path / "journal.sqlite3", tmp_path / "after-crash.sqlite3"
+    conf = {"lease.ttl": 3.0, "lease.renew_interval": 0.5, "security.secret_key_file": str(tmp_path / "key")}
+    async with trio.open_nursery() as nursery:
+        world = FakeWorld([fake_node(1), fake_node(2)], nursery)
+        world.lease_ttl = 3.0
+        async with open_supervisor(fake_settings(**{"journal.path": str(path)}, **conf),
+                                               backends=world.backends(), serve_rpc=False) as sup:
+            while not (ws := await sup.list_workers()) or not all(w.healthy for w in ws):
+                await trio.sleep(0.05)
+            record = await sup.submit(fake_spec(gpu=0.25, runtime=3, secret_env={"API_TOKEN": SECRET}))
+            async for event in record.events():
+                if event.state is JobState.RUNNING:
+                    break
+            await trio.sleep(0.3)
+            with sqlite3.connect(path) as source, sqlite3.connect(copy) as target:
+                source.backup(target)  # the journal as a killed process leaves it
+            world.frozen = True
+        world.frozen = False
+        world.secrets["sec9999999xyz"] = ({"cumulus.job_id": "unit-deadbeef0000", "cumulus.supervisor_id": "unit",
+                                           "name": "cumulus-unit-deadbeef0000-env-1"}, {"T": "x"})
+        async with open_supervisor(fake_settings(**{"journal.path": str(copy)}, **conf),
+                                               backends=world.backends(), serve_rpc=False) as sup:
+            recovered = await sup.get(record.job_id)
+            with trio.fail_after(30):
+                await recovered.torn_down.wait()
+        nursery.cancel_scope.cancel()
+    assert (recovered.state, recovered.attempt) == (JobState.COMPLETED, 1), recovered.reason  # adopted
+    assert "secret env" in recovered.teardown.released and recovered.teardown.leaked == ()
+    name = secret_name(record.job_id, 1)
+    assert world.secret_log == [f"created {name}", "removed cumulus-unit-deadbeef0000-env-1 (services of the job "
+                                "left: 0)", f"removed {name} (services of the job left: 0)"]
+    assert world.secrets == {}

@@ -93,7 +93,7 @@ class FakeWorld:
 
     @asynccontextmanager
     async def open_swarm(self, settings: Any) -> AsyncIterator[FakeSwarm]:
-        yield FakeSwarm(self)
+        yield FakeSwarm(self, getattr(settings, "supervisor_id", ""))
 
     @asynccontextmanager
     async def connect_node(self, node: NodeInfo, settings: Any) -> AsyncIterator[FakeNode]:
@@ -167,8 +167,9 @@ class FakeWorld:
 
 
 class FakeSwarm:
-    def __init__(self, world: FakeWorld) -> None:
+    def __init__(self, world: FakeWorld, supervisor_id: str = "") -> None:
         self.world = world
+        self.supervisor_id = supervisor_id
 
     @asynccontextmanager
     async def open_service(self, request: ServiceRequest) -> AsyncIterator[Any]:
@@ -270,7 +271,8 @@ class FakeSwarm:
 
         await trio.sleep(0)
         secret_id, name = f"sec{next(self.world._ids):07d}xyz", secret_name(job_id, attempt)
-        self.world.secrets[secret_id] = ({LABEL_JOB: job_id, "name": name}, dict(values))
+        labels = {LABEL_JOB: job_id, LABEL_SUPERVISOR: self.supervisor_id, "name": name}
+        self.world.secrets[secret_id] = (labels, dict(values))
         self.world.secret_log.append(f"created {name}")
         try:
             yield SecretEnvRef(secret_id, name)
