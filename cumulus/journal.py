@@ -30,6 +30,7 @@ import trio
 
 from cumulus.actors.base import Actor
 from cumulus.history import END_EVENTS_RESERVE, MAX_EVENTS_PER_JOB, HistoryEvent, limit_reached
+from cumulus.errors import ConfigError
 from cumulus.jobs import JobState
 from cumulus.journal_rows import SecretBox, record_of, row_of
 
@@ -74,6 +75,7 @@ CREATE TABLE IF NOT EXISTS job_events (
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
 """
+SECRETS_UNREADABLE = "secret_env_unreadable"  # set in a row whose secret env values cannot be opened
 TERMINAL = tuple(s.value for s in JobState if s.terminal)
 
 
@@ -223,7 +225,11 @@ class JournalStore:
         """The row as a dict, its secret env values opened."""
         if row is None:
             return None
-        return {**dict(row), "secret_env": self.secrets.open(row["secret_env"])}
+        try:
+            return {**dict(row), "secret_env": self.secrets.open(row["secret_env"])}
+        except ConfigError as error:  # the key file changed: this job cannot run again, the others still can
+            log.error("journal: job %s: %s", row["job_id"], error)
+            return {**dict(row), "secret_env": {}, SECRETS_UNREADABLE: True}
 
     def load(self, job_id: str) -> dict[str, Any] | None:
         return self._opened(self.db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone())

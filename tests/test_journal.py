@@ -253,3 +253,28 @@ def test_an_older_journal_file_is_made_private_on_open(tmp_path):
     os.chmod(path, 0o644)
     JournalStore(str(path)).close()
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_changed_journal_key_fails_only_the_jobs_whose_secrets_cannot_be_opened(tmp_path):
+    from cumulus.journal_rows import SecretBox
+
+    path = tmp_path / "journal.sqlite3"
+    sealed_with_another_key = JournalStore(str(path), SecretBox.from_key_file(tmp_path / "old.key"))
+    secret = JobRecord("unit-0000000secret", JobSpec(package=b"zip", secret_env={"TOKEN": "t0ps3cret"},
+                                                    env={"FAKE_RUNTIME": "0.2"}))
+    plain = JobRecord("unit-00000000plain", JobSpec(package=b"zip", env={"FAKE_RUNTIME": "0.2"}))
+    for record in (secret, plain):
+        record.state = JobState.QUEUED
+    sealed_with_another_key.save_many([row_of(r, with_package=True) for r in (secret, plain)])
+    sealed_with_another_key.close()
+
+    async def check(sup):
+        records = [await sup.get(r.job_id) for r in (secret, plain)]
+        with trio.fail_after(20):
+            for record in records:
+                await record.torn_down.wait()
+        return records
+
+    lost, ran = await run_supervisor(path, check)  # its key is journal.key, made on this start
+    assert (lost.state, ran.state) == (JobState.FAILED, JobState.COMPLETED)
+    assert "secret env values cannot be opened" in lost.reason and "t0ps3cret" not in lost.reason

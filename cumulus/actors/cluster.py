@@ -38,7 +38,7 @@ from cumulus.errors import ActorDied, CumulusError, NotFound
 from cumulus.identity import LOCAL_ADMIN, Caller
 from cumulus.idempotency import RequestFingerprint, check_same_request
 from cumulus.jobs import JobRecord, JobSpec, JobState
-from cumulus.journal import FindKey, Load, LoadEvents, Unfinished, record_of
+from cumulus.journal import SECRETS_UNREADABLE, FindKey, Load, LoadEvents, Unfinished, record_of
 from cumulus.quotas import SubmissionRates, Usage, check_limits
 from cumulus.resources.swarm import LABEL_JOB, LABEL_SUPERVISOR, NodeInfo
 from cumulus.supervisor import DynamicSupervisor
@@ -290,7 +290,10 @@ class ClusterActor(Actor):
                 decision = Start.ADOPT, ""
             else:
                 services = await self._remove_services_of(record.job_id)  # what the lost attempt left in the Swarm
-                if services == 0 and not record.service_id and record.state in NOT_STARTED:
+                if row.get(SECRETS_UNREADABLE):
+                    decision = Start.LOST, ("its secret env values cannot be opened: the journal's key "
+                                            "(security.secret_key_file) changed since it was submitted")
+                elif services == 0 and not record.service_id and record.state in NOT_STARTED:
                     # Never ran. (What the interrupted attempt made on a worker - a partition holder - is
                     # replaced when it starts.)
                     decision = Start.RESTART, (f"supervisor restarted while {lost_in}, before the job's container "
