@@ -93,9 +93,10 @@ def row_of(record: JobRecord, *, with_package: bool) -> dict[str, Any]:
 
 def record_of(row: Mapping[str, Any]) -> JobRecord:
     """Rebuild a record from its row (``secret_env`` already opened by the store); an ended job's record comes
-    back ended (finished and torn down)."""
+    back ended (finished and torn down), without its package (``row["package"]`` still has it)."""
     meta = json.loads(row["spec"])
-    spec = JobSpec(package=row["package"], gpu=meta["gpu"], duration=meta["duration"],
+    ended = JobState(row["state"]).terminal  # an ended job runs no more: its package stays in the journal only
+    spec = JobSpec(package=b"" if ended else row["package"], gpu=meta["gpu"], duration=meta["duration"],
                    requirements=tuple(meta["requirements"]), env=meta["env"], name=row["name"],
                    idempotency_key=row["idempotency_key"] or "", retries=meta["retries"],
                    retry_exceptions=meta["retry_exceptions"], priority=meta["priority"],

@@ -120,3 +120,16 @@ def test_spec_is_pure():
     a, b = build_service_spec(req), build_service_spec(dataclasses.replace(req))
     assert a == b
     assert req.env == {"FOO": "bar"}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("job_id", "job-1\n"), ("node_id", "abcdefghij12\n"), ("image", "sha256:" + "a" * 64 + "\n"),
+    ("env", {"NAME\n": "x"}),
+])
+def test_a_trailing_newline_never_passes_a_name_check(field, value):
+    from cumulus.resources.files import check_job_id
+
+    with pytest.raises(InvalidRequest):
+        build_service_spec(request(**{field: value}))
+    with pytest.raises(InvalidRequest):
+        check_job_id("job-1\n")

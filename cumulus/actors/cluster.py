@@ -247,10 +247,16 @@ class ClusterActor(Actor):
         row = await self.journal.call(FindKey(key, owner))
         if row is None:
             return None
-        stored = record_of(row)  # its spec as journaled: the package and every field that defines the job
+        stored = record_of(row)
         record = self.jobs.setdefault(stored.job_id, stored)
-        self._track(record, await trio.to_thread.run_sync(RequestFingerprint.of, stored.spec))
+        self._track(record, await self._fingerprint_of(row, stored))
         return record
+
+    @staticmethod
+    async def _fingerprint_of(row: Any, record: JobRecord) -> RequestFingerprint:
+        """The fingerprint of a journaled job's request: its spec with the package as journaled (an ended job's
+        record no longer holds it)."""
+        return await trio.to_thread.run_sync(RequestFingerprint.of, replace(record.spec, package=row["package"]))
 
     def _adoptable(self, record: JobRecord) -> bool:
         """A job whose partition may still be held (leases on) and whose service and placement are known (its
@@ -281,8 +287,7 @@ class ClusterActor(Actor):
         for row in await self.journal.call(Unfinished()):
             record = record_of(row)
             self.jobs[record.job_id] = record
-            self._track(record, await trio.to_thread.run_sync(RequestFingerprint.of, record.spec)
-                        if record.spec.idempotency_key else None)
+            self._track(record, await self._fingerprint_of(row, record) if record.spec.idempotency_key else None)
             lost_in = record.state.value
             if record.state.terminal:  # ended, but its teardown was never recorded (the orphan reaping that
                 decision = Start.CLOSE, ""  # follows removes its service: its restored record is not live)

@@ -26,7 +26,7 @@ CLEANUP_TIMEOUT = 30.0
 def check_job_id(job_id: str) -> str:
     """Return ``job_id`` if it matches ``^[a-z0-9][a-z0-9-]{0,62}$`` (safe as a path component, a Docker name and
     a label); raise :class:`InvalidRequest` otherwise."""
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
         raise InvalidRequest(f"invalid job id {job_id!r}: must match {JOB_ID_RE.pattern}")
     return job_id
 
@@ -158,7 +158,7 @@ async def list_job_dirs(conn: SshConnection, jobs_dir: str) -> list[str]:
     """The job ids that have a directory under ``jobs_dir`` on the worker (names that are not valid job ids are
     skipped). Raises :class:`SshError`."""
     res = await conn.run(f"ls -1A -- {shlex.quote(_check_jobs_dir(jobs_dir))}", timeout=30)
-    return sorted(n for n in res.stdout.split("\n") if JOB_ID_RE.match(n))
+    return sorted(n for n in res.stdout.split("\n") if JOB_ID_RE.fullmatch(n))
 
 
 async def remove_job_dir(conn: SshConnection, jobs_dir: str, job_id: str) -> None:

@@ -110,9 +110,9 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
     from cumulus.resources.files import check_job_id  # one job-id rule for files and services
 
     check_job_id(req.job_id)
-    if not _NODE_ID.match(req.node_id or ""):
+    if not _NODE_ID.fullmatch(req.node_id or ""):
         raise InvalidRequest(f"invalid node id {req.node_id!r}")
-    if not req.image.startswith("sha256:") or not re.match(r"^sha256:[0-9a-f]{64}$", req.image):
+    if not req.image.startswith("sha256:") or not re.fullmatch(r"sha256:[0-9a-f]{64}", req.image):
         raise InvalidRequest(f"image must be referenced by id (sha256:<64 hex>), got {req.image!r}")
     if req.network not in NETWORKS:
         raise InvalidRequest(f"network must be one of {', '.join(NETWORKS)}, got {req.network!r}")
@@ -129,7 +129,7 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
 
     env: dict[str, str] = {}
     for key, value in req.env.items():
-        if not _ENV_KEY.match(str(key)):
+        if not _ENV_KEY.fullmatch(str(key)):
             raise InvalidRequest(f"invalid environment variable name {key!r}")
         env[str(key)] = str(value)
     # Cumulus's own variables win over the user's. The root filesystem is read-only: HOME and TMPDIR are the tmpfs.
