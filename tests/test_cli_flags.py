@@ -137,11 +137,11 @@ def test_unknown_flag_shows_the_commands_usage(capsys):
     assert "usage: cumulus jobs" in err and "unrecognized arguments: --bogus" in err
 
 
-# ---- a client-only install: no docker, asyncssh, trio_asyncio, yaml -------------------------------------------
+# ---- a client-only install: no docker, asyncssh, trio_asyncio, cryptography -------------------------------------------
 
 CLIENT_ONLY = textwrap.dedent("""
     import json, sys
-    for name in ("docker", "asyncssh", "trio_asyncio", "yaml"):
+    for name in ("docker", "asyncssh", "trio_asyncio", "cryptography"):
         sys.modules[name] = None  # what `import name` finds when the package is not installed
     from cumulus.cli import main
     argv = json.loads(sys.argv[1])
@@ -149,7 +149,7 @@ CLIENT_ONLY = textwrap.dedent("""
         code = main(argv)
     except SystemExit as exit:
         code = exit.code
-    server = sorted(m for m in sys.modules if m.split(".")[0] in ("docker", "asyncssh", "trio_asyncio", "yaml")
+    server = sorted(m for m in sys.modules if m.split(".")[0] in ("docker", "asyncssh", "trio_asyncio", "cryptography")
                     and sys.modules[m] is not None)
     server += sorted(m for m in ("cumulus.app", "cumulus.process", "cumulus.supervisor", "cumulus.local.cluster")
                      if m in sys.modules)

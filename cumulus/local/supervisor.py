@@ -10,6 +10,7 @@ with the same settings and journal; `local down` stops it first (SIGTERM, then S
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -106,8 +107,13 @@ def write_client_configs(creds: LocalCredentials) -> str:
 
 def write_config() -> bool:
     creds = credentials()
+    try:  # a new description (a rebuilt image) changes this file, so the supervisor is restarted with it
+        described = hashlib.sha256(state.CLUSTER_JSON.read_bytes()).hexdigest()[:16]
+    except OSError:
+        described = "none"
     text = (
         "# Written by `cumulus local up`: the supervisor of the local cluster.\n"
+        f"# cluster description {described}\n"
         f"supervisor_id: {SUPERVISOR_ID}\n"
         f"grpc:\n  listen: \"{ADDRESS}\"\n"
         f"security:\n  tls_cert: \"{creds.server_cert}\"\n  tls_key: \"{creds.server_key}\"\n"
