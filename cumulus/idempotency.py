@@ -23,7 +23,7 @@ from cumulus.errors import AlreadyExists
 from cumulus.jobs import JobSpec
 
 #: Fields that do not define the job: who asked, and the key itself.
-NOT_COMPARED = frozenset({"owner", "idempotency_key"})
+NOT_COMPARED = frozenset({"owner", "idempotency_key", "limits"})
 
 
 def _digest(value: Any) -> str:

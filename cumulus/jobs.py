@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Callable
 
 import trio
 
+from cumulus.identity import Limits
 from cumulus.history import MAX_QUEUE_EVENTS, HistoryEvent, scrub, secrets_of
 
 LOG_HISTORY_LINES = 10_000
@@ -94,6 +95,9 @@ class JobSpec:
     """Like ``env`` for the job, but never stored in clear (the journal keeps it encrypted) nor logged."""
     owner: str = ""
     """The name of the token that submitted the job (empty when the supervisor runs without tokens)."""
+    limits: Limits = Limits()
+    """The owner's limits when the job was submitted: the Scheduler holds the job back while its owner is at
+    ``max_running`` or ``max_gpu``."""
 
     @property
     def whole_devices(self) -> int:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
 from cumulus.errors import ConfigError
+from cumulus.identity import Limits
 from cumulus.jobs import JobRecord, JobSpec, JobState, Placement, TeardownReport
 
 
@@ -86,7 +88,8 @@ def row_of(record: JobRecord, *, with_package: bool) -> dict[str, Any]:
             "spec": json.dumps({"gpu": spec.gpu, "duration": spec.duration, "requirements": list(spec.requirements),
                                 "env": spec.env, "retries": spec.retries, "retry_exceptions": spec.retry_exceptions,
                                 "priority": spec.priority, "max_queue_seconds": spec.max_queue_seconds,
-                                "memory_bytes": spec.memory_bytes, "cpus": spec.cpus, "network": spec.network}),
+                                "memory_bytes": spec.memory_bytes, "cpus": spec.cpus, "network": spec.network,
+                                "limits": asdict(spec.limits)}),
         })
     return row
 
@@ -102,7 +105,8 @@ def record_of(row: Mapping[str, Any]) -> JobRecord:
                    retry_exceptions=meta["retry_exceptions"], priority=meta["priority"],
                    max_queue_seconds=meta["max_queue_seconds"], memory_bytes=meta.get("memory_bytes", 0),
                    cpus=meta.get("cpus", 0.0), network=meta.get("network", ""),
-                   secret_env=dict(row.get("secret_env") or {}), owner=row.get("owner") or "")
+                   secret_env=dict(row.get("secret_env") or {}), owner=row.get("owner") or "",
+                   limits=Limits(**meta.get("limits", {})))
     record = JobRecord(row["job_id"], spec)
     record.state = JobState(row["state"])
     record.reason = row["reason"]

@@ -1,11 +1,14 @@
-"""Per-user admission policy: what a user's live jobs use, whether a new job fits their limits, and the token
-bucket that paces their submissions.
+"""Per-user limits: whether a new job may be admitted (its owner's queue, a GPU share they may ever hold), the
+token bucket that paces their submissions, and what each user holds now, for the Scheduler.
 
-Pure logic (no Trio, no I/O): times are passed in, so the policy is tested with plain numbers. The state - one
-:class:`SubmissionRates` and the job table the usage is counted from - belongs to the cluster actor
-(:mod:`cumulus.actors.cluster`), which asks :func:`check_limits` and :meth:`SubmissionRates.take` before it admits
-a job. Both raise :class:`~cumulus.errors.QuotaExceeded` (gRPC ``RESOURCE_EXHAUSTED``) whose message names the
-limit, the current use, and when to retry.
+Pure logic (no Trio, no I/O): times are passed in, so the policy is tested with plain numbers. Two owners use it:
+
+* the cluster actor (:mod:`cumulus.actors.cluster`) asks :func:`check_limits` and :meth:`SubmissionRates.take`
+  before it admits a job; both raise :class:`~cumulus.errors.QuotaExceeded` (gRPC ``RESOURCE_EXHAUSTED``) whose
+  message names the limit, the current use, and when to retry;
+* the Scheduler keeps an :class:`OwnerHoldings`: a job whose owner already runs ``max_running`` jobs, or holds so
+  much GPU that the job would pass ``max_gpu``, waits in the queue (``max_queued`` bounds how many may wait) and
+  starts when one of the owner's jobs ends, like Slurm's per-user job limits.
 
 A limit of 0 means no limit (:class:`~cumulus.identity.Limits`).
 """
@@ -13,7 +16,7 @@ A limit of 0 means no limit (:class:`~cumulus.identity.Limits`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from cumulus.errors import QuotaExceeded
 from cumulus.identity import Limits
@@ -63,16 +66,13 @@ def check_limits(limits: Limits, usage: Usage, gpu: float) -> None:
     Raises :class:`QuotaExceeded` (``retry_after`` None: the user retries when one of their jobs ends; a job
     asking more GPU than the user may ever hold says so and has no retry) for the first limit it would pass:
 
-    * ``max_running``: every live job counts, the queued ones too: the scheduler starts a queued job as soon as
-      capacity frees, without looking at its owner, so only this check keeps a user to ``max_running`` at once;
-    * ``max_queued``: the jobs waiting in the queue (the new one may have to wait too);
-    * ``max_gpu``: the share of all live jobs, the new one included.
+    * ``max_queued``: the user's jobs waiting in the queue, for capacity or for their own running jobs (the new one
+      may have to wait too);
+    * ``max_gpu``: a job asking more than the user may ever hold at once.
+
+    ``max_running`` and ``max_gpu`` in use are not admission limits: a job over them waits in the queue
+    (:class:`OwnerHoldings`, the Scheduler's).
     """
-    live = usage.running + usage.queued
-    if limits.max_running and live >= limits.max_running:
-        raise QuotaExceeded(
-            f"limit max_running={limits.max_running} reached: you have {usage.running} jobs running and "
-            f"{usage.queued} waiting to run; {RETRY_WHEN_A_JOB_ENDS}")
     if limits.max_queued and usage.queued >= limits.max_queued:
         raise QuotaExceeded(
             f"limit max_queued={limits.max_queued} reached: you have {usage.queued} jobs waiting in the queue; "
@@ -81,10 +81,6 @@ def check_limits(limits: Limits, usage: Usage, gpu: float) -> None:
         raise QuotaExceeded(
             f"limit max_gpu={limits.max_gpu:g}: this job asks gpu={gpu:g}, more than you may ever hold; "
             f"ask for at most {limits.max_gpu:g}")
-    if limits.max_gpu and usage.gpu + gpu > limits.max_gpu + GPU_TOLERANCE:
-        raise QuotaExceeded(
-            f"limit max_gpu={limits.max_gpu:g} would be exceeded: your live jobs hold {usage.gpu:g} and this "
-            f"job asks {gpu:g}; {RETRY_WHEN_A_JOB_ENDS}")
 
 
 class TokenBucket:
@@ -147,3 +143,43 @@ class SubmissionRates:
 
 
 __all__ = ["BUCKETS_KEPT", "SubmissionRates", "TokenBucket", "Usage", "burst_of", "check_limits"]
+
+
+class OwnerHoldings:
+    """How many reservations each user's jobs hold, and how much GPU (a whole device counts 1). Kept by the
+    Scheduler, which is the only one that knows when a share is granted and given back."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, tuple[str, float]] = {}  # job id -> (owner, gpu)
+        self._owners: dict[str, tuple[int, float]] = {}  # owner -> (jobs, gpu)
+
+    def add(self, owner: str, job_id: str, gpu: float) -> None:
+        self.remove(job_id)
+        self._jobs[job_id] = owner, gpu
+        jobs, held = self._owners.get(owner, (0, 0.0))
+        self._owners[owner] = jobs + 1, held + gpu
+
+    def remove(self, job_id: str) -> None:
+        """Idempotent."""
+        entry = self._jobs.pop(job_id, None)
+        if entry is None:
+            return
+        owner, gpu = entry
+        jobs, held = self._owners[owner]
+        if jobs <= 1:
+            del self._owners[owner]
+        else:
+            self._owners[owner] = jobs - 1, max(0.0, held - gpu)
+
+    def held(self, owner: str) -> tuple[int, float]:
+        return self._owners.get(owner, (0, 0.0))
+
+    def at_limit(self, spec: Any) -> bool:
+        """Whether a job (``spec.owner``, ``spec.limits``, ``spec.gpu``) must wait for its owner's other jobs."""
+        limits: Limits = spec.limits
+        if not (limits.max_running or limits.max_gpu):
+            return False
+        jobs, held = self.held(spec.owner)
+        if limits.max_running and jobs >= limits.max_running:
+            return True
+        return bool(limits.max_gpu) and held + spec.gpu > limits.max_gpu + GPU_TOLERANCE

@@ -148,29 +148,37 @@ async def test_a_recovered_job_keeps_its_owner_and_counts_against_their_limits(t
     async def check(sup):
         record = await sup.get("unit-00000000cafe", caller=ALICE)
         hidden = await refusal(sup.get("unit-00000000cafe", caller=BOB))
-        over = await refusal(sup.submit(spec(), caller=limited("alice", max_running=1)))
+        with trio.fail_after(20):
+            while record.state is not JobState.RUNNING:
+                await trio.sleep(0.05)
+        held_back = await sup.submit(spec(), caller=limited("alice", max_running=1))
+        await wait_for(lambda: held_back.queue_position > 0)
+        state = held_back.state
         await sup.cancel(record.job_id)
-        return record, hidden, over
+        await held_back.torn_down.wait()
+        return record, hidden, state, held_back
 
-    record, hidden, over = await run_supervisor(path, check)
+    record, hidden, state, held_back = await run_supervisor(path, check)
     assert record.spec.owner == "alice" and isinstance(hidden, NotFound)
-    assert isinstance(over, QuotaExceeded) and "max_running=1" in str(over)
+    assert state is JobState.QUEUED and held_back.state is JobState.COMPLETED
 
 
 # ---- limits ---------------------------------------------------------------------------------------------------
 
 
-async def test_max_running_refuses_until_one_of_the_users_jobs_ends(autojump_clock):
+async def test_max_running_holds_a_users_next_job_in_the_queue_without_holding_up_others(autojump_clock):
     alice = limited("alice", max_running=1)
-    async with fake_cluster() as (sup, world):
+    async with fake_cluster(workers=2, devices=1) as (sup, world):
         first = await sup.submit(spec(runtime=5), caller=alice)
-        refused = await refusal(sup.submit(spec(runtime=5), caller=alice))
-        assert isinstance(refused, QuotaExceeded) and refused.retry_after is None
-        assert str(refused) == ("limit max_running=1 reached: you have 1 jobs running and 0 waiting to run; "
-                                "retry when one of your jobs ends")
-        await sup.submit(spec(runtime=5), caller=limited("bob", max_running=1))  # bob's limit is his own
+        second = await sup.submit(spec(runtime=5), caller=alice)  # there is room, but alice runs one already
+        await wait_for(lambda: second.queue_position > 0)
+        assert second.state is JobState.QUEUED
+        bobs = await sup.submit(spec(runtime=1), caller=limited("bob", max_running=1))  # behind alice's in line
+        await bobs.finished.wait()
+        assert bobs.state is JobState.COMPLETED and second.state is JobState.QUEUED
         await first.finished.wait()
-        await sup.submit(spec(runtime=5), caller=alice)
+        await second.finished.wait()
+        assert second.state is JobState.COMPLETED and second.started_at >= first.finished_at
 
 
 async def test_max_queued_counts_the_jobs_waiting_for_capacity(autojump_clock):
@@ -187,20 +195,21 @@ async def test_max_queued_counts_the_jobs_waiting_for_capacity(autojump_clock):
         await sup.submit(spec(gpu=1.0), caller=alice)
 
 
-async def test_max_gpu_counts_the_share_of_every_live_job_and_the_new_one(autojump_clock):
+async def test_max_gpu_holds_a_job_that_would_pass_it_and_lets_one_that_fits_go_by(autojump_clock):
     alice = limited("alice", max_gpu=1)
     async with fake_cluster(workers=2, devices=1) as (sup, world):
         first = await sup.submit(spec(gpu=0.5, runtime=5), caller=alice)
         await sup.submit(spec(gpu=0.25, runtime=30), caller=alice)
-        refused = await refusal(sup.submit(spec(gpu=0.5), caller=alice))
-        assert isinstance(refused, QuotaExceeded)
-        assert str(refused) == ("limit max_gpu=1 would be exceeded: your live jobs hold 0.75 and this job asks "
-                                "0.5; retry when one of your jobs ends")
-        await sup.submit(spec(gpu=0.25, runtime=30), caller=alice)
+        held = await sup.submit(spec(gpu=0.5, runtime=1), caller=alice)  # 0.75 + 0.5 > 1: waits
+        await wait_for(lambda: held.queue_position > 0)
+        small = await sup.submit(spec(gpu=0.25, runtime=1), caller=alice)  # 0.75 + 0.25 = 1: goes by
+        await small.finished.wait()
+        assert small.state is JobState.COMPLETED and held.state is JobState.QUEUED
         too_big = await refusal(sup.submit(spec(gpu=2), caller=alice))
-        assert "more than you may ever hold" in str(too_big)
+        assert isinstance(too_big, QuotaExceeded) and "more than you may ever hold" in str(too_big)
         await first.finished.wait()
-        await sup.submit(spec(gpu=0.5), caller=alice)
+        await held.finished.wait()
+        assert held.state is JobState.COMPLETED
 
 
 async def test_the_submission_rate_is_a_token_bucket_per_user(autojump_clock):

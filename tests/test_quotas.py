@@ -13,7 +13,7 @@ from cumulus.errors import AlreadyExists, QuotaExceeded
 from cumulus.identity import Limits
 from cumulus.idempotency import RequestFingerprint, check_same_request
 from cumulus.jobs import JobSpec, JobState
-from cumulus.quotas import SubmissionRates, TokenBucket, Usage, burst_of, check_limits
+from cumulus.quotas import OwnerHoldings, SubmissionRates, TokenBucket, Usage, burst_of, check_limits
 
 Q, S, R, DONE = JobState.QUEUED, JobState.SCHEDULING, JobState.RUNNING, JobState.COMPLETED
 
@@ -29,13 +29,8 @@ def test_no_limits_admit_anything():
     check_limits(Limits(), Usage(running=1000, queued=1000, gpu=1000.0), 8)
 
 
-def test_max_running_counts_every_live_job_and_says_when_to_retry():
-    with pytest.raises(QuotaExceeded) as refused:
-        check_limits(Limits(max_running=2), Usage(running=1, queued=1), 0.5)
-    assert str(refused.value) == ("limit max_running=2 reached: you have 1 jobs running and 1 waiting to run; "
-                                  "retry when one of your jobs ends")
-    assert refused.value.retry_after is None
-    check_limits(Limits(max_running=2), Usage(running=1), 0.5)
+def test_running_jobs_and_gpu_in_use_are_not_admission_limits_they_make_jobs_wait():
+    check_limits(Limits(max_running=2, max_gpu=1), Usage(running=2, queued=1, gpu=1.0), 0.5)
 
 
 def test_max_queued_counts_waiting_jobs_only():
@@ -45,11 +40,22 @@ def test_max_queued_counts_waiting_jobs_only():
         check_limits(Limits(max_queued=1), Usage(running=5, queued=1), 0.5)
 
 
-def test_max_gpu_includes_the_new_job_and_tolerates_float_sums():
-    check_limits(Limits(max_gpu=1), Usage(gpu=0.1 + 0.2 + 0.4), 0.3)  # 1.0000000000000002 is 1
-    with pytest.raises(QuotaExceeded, match=r"limit max_gpu=1 would be exceeded: your live jobs hold 0.75 and "
-                                            r"this job asks 0.5; retry when one of your jobs ends"):
-        check_limits(Limits(max_gpu=1), Usage(running=1, gpu=0.75), 0.5)
+def test_holdings_say_when_an_owner_must_wait_for_their_own_jobs():
+    holdings = OwnerHoldings()
+    alice = JobSpec(package=b"", gpu=0.3, owner="alice", limits=Limits(max_running=2, max_gpu=1))
+    assert not holdings.at_limit(alice)
+    holdings.add("alice", "a1", 0.1 + 0.2)
+    holdings.add("alice", "a2", 0.4)
+    assert holdings.held("alice") == (2, pytest.approx(0.7))
+    assert holdings.at_limit(alice)  # two running
+    holdings.remove("a2")
+    holdings.remove("a2")  # idempotent
+    assert not holdings.at_limit(alice)  # 0.3 + 0.3 + 0.4 would be 1.0000000000000002: still within max_gpu=1
+    assert holdings.at_limit(JobSpec(package=b"", gpu=0.75, owner="alice", limits=Limits(max_gpu=1)))
+    assert not holdings.at_limit(JobSpec(package=b"", gpu=0.75, owner="bob", limits=Limits(max_gpu=1)))
+    assert not holdings.at_limit(JobSpec(package=b"", gpu=8, owner="alice"))  # no limits
+    holdings.remove("a1")
+    assert holdings.held("alice") == (0, 0.0)
 
 
 def test_a_job_larger_than_the_gpu_limit_is_told_it_can_never_fit():

@@ -196,8 +196,8 @@ class ClusterActor(Actor):
 
     async def _submit(self, spec: JobSpec, caller: Caller) -> JobRecord:
         owner = caller.name
-        if spec.owner != owner:
-            spec = replace(spec, owner=owner)
+        if (spec.owner, spec.limits) != (owner, caller.limits):
+            spec = replace(spec, owner=owner, limits=caller.limits)
         self.rates.take(owner, caller.limits.rate, trio.current_time())  # every submission counts, repeats too
         fingerprint = None
         if spec.idempotency_key:

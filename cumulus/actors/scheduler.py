@@ -8,7 +8,10 @@ is promised: the scheduler's accounting is the truth. Its state:
   (:class:`WorkerHealth`);
 * every reservation (job id -> node, devices, share);
 * the queue of jobs waiting for capacity: higher priority first, then arrival order, strictly (nobody overtakes
-  the head), bounded by ``jobs.max_queue``.
+  the head), bounded by ``jobs.max_queue``;
+* what each user holds (jobs, GPU share): a job whose owner is at their ``max_running`` or ``max_gpu``
+  (``spec.limits``) waits in the queue even when there is room, and is passed over, without blocking anyone,
+  until one of the owner's jobs gives its share back.
 
 A job asks once: ``Reserve`` answers a :class:`Reservation` at once, or :class:`Queued`, and then the job gets
 :class:`QueuePosition` updates and, when capacity comes back, :class:`Granted` - messages to its actor. A job
@@ -30,119 +33,17 @@ from typing import Any
 import trio
 
 from cumulus.actors.base import Actor, ActorRef
+from cumulus.actors.scheduler_messages import (Admit, ExpectAdoptions, Granted, ListWorkers, NodeInventory,
+                                               NodesChanged, QueuePosition, Queued, Release, Reservation, Reserve,
+                                               WorkerHealth)
 from cumulus.backends import WorkerUnavailable
 from cumulus.config import Settings
 from cumulus.errors import ActorDied, CapacityExhausted, Unsatisfiable
 from cumulus.jobs import DeviceInfo, JobSpec, Placement, WorkerInfo
+from cumulus.quotas import OwnerHoldings
 from cumulus.placement import DeviceLoad, NodeView, Request, can_ever_fit, fits_exactly, place
 
 log = logging.getLogger(__name__)
-
-
-# ---- messages -----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class NodeInventory:
-    """A worker node as the Swarm describes it (from the cluster's node sync)."""
-
-    node_id: str
-    hostname: str
-    ssh_address: str
-    devices: tuple[DeviceInfo, ...]
-    ready: bool
-    status: str = ""  # "<state>/<availability>" when not ready
-
-
-@dataclass(frozen=True)
-class NodesChanged:
-    """Cast by the cluster: the worker nodes now (nodes not listed have left)."""
-
-    nodes: tuple[NodeInventory, ...]
-
-
-@dataclass(frozen=True)
-class WorkerHealth:
-    """Cast by a WorkerActor when its connection to the node comes or goes."""
-
-    node_id: str
-    connected: bool
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class ExpectAdoptions:
-    """Cast by the cluster before it starts re-adopted jobs: job id -> node id."""
-
-    job_nodes: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class Admit:
-    """Call: could the cluster ever run ``spec``, and is there room in the queue? Raises Unsatisfiable or
-    CapacityExhausted; answers None."""
-
-    spec: JobSpec
-
-
-@dataclass(frozen=True)
-class Reserve:
-    """Call from a job: a share for it (a Reservation), or a place in the queue (Queued).
-
-    ``ticket`` names this request in the Granted and QueuePosition messages sent to ``notify`` later.
-    ``exact``: re-adoption, reserve exactly this placement (WorkerUnavailable while its node is not connected).
-    """
-
-    job_id: str
-    spec: JobSpec
-    ticket: int
-    notify: ActorRef | None = None
-    exact: Placement | None = None
-
-
-@dataclass(frozen=True)
-class Release:
-    """Cast from a job: it holds nothing and waits for nothing any more (idempotent)."""
-
-    job_id: str
-
-
-@dataclass(frozen=True)
-class ListWorkers:
-    """Call: every known worker as a WorkerInfo, sorted by hostname."""
-
-
-@dataclass(frozen=True)
-class Reservation:
-    job_id: str
-    worker: str  # hostname
-    node_id: str
-    device_indexes: tuple[int, ...]
-    share: float
-    gpu_uuids: tuple[str | None, ...]
-
-    def placement(self) -> Placement:
-        return Placement(worker=self.worker, node_id=self.node_id, device_index=self.device_indexes[0],
-                         share=self.share, device_indexes=self.device_indexes, gpu_uuids=self.gpu_uuids)
-
-
-@dataclass(frozen=True)
-class Queued:
-    position: int
-
-
-@dataclass(frozen=True)
-class Granted:
-    """To a queued job: its reservation."""
-
-    ticket: int
-    reservation: Reservation
-
-
-@dataclass(frozen=True)
-class QueuePosition:
-    """To a queued job: its place in the queue changed."""
-
-    ticket: int
-    position: int
 
 
 # ---- state --------------------------------------------------------------------------------------------------------
@@ -204,6 +105,7 @@ class Scheduler(Actor):
         self.queue: list[_Waiting] = []  # sorted: higher priority first, then arrival
         self.adopting: dict[str, str] = {}  # job id -> node id, until its exact reservation is made
         self.links: dict[str, tuple[bool, str]] = {}  # node id -> (connected, reason), from its WorkerActor
+        self.owners = OwnerHoldings()
         self._seq = itertools.count()
 
     async def handle(self, message: Any) -> Any:
@@ -256,8 +158,8 @@ class Scheduler(Actor):
         if job_id in self.held or any(w.job_id == job_id for w in self.queue):
             raise CapacityExhausted(f"job {job_id} already holds or waits for a reservation")
         if exact is not None:
-            return self._reserve_exactly(job_id, exact)
-        if not self.queue:
+            return self._reserve_exactly(job_id, exact, spec.owner)
+        if not self.queue and not self.owners.at_limit(spec):
             reservation = self._try_place(job_id, spec)
             if reservation is not None:
                 return reservation
@@ -269,18 +171,17 @@ class Scheduler(Actor):
         self.queue.sort(key=lambda w: (-w.spec.priority, w.seq))
         self._number_queue(skip=waiting)
         queued = Queued(waiting.position)
-        if self.queue[0] is waiting:  # a higher priority than every waiting job, and it may fit now
-            self._drain()
+        self._drain()  # it may fit now: ahead of the others, or behind jobs held back by their owners' limits
         return queued
 
-    def _reserve_exactly(self, job_id: str, placement: Placement) -> Reservation:
+    def _reserve_exactly(self, job_id: str, placement: Placement, owner: str) -> Reservation:
         node = self.nodes.get(placement.node_id)
         if node is None or not node.connected:
             raise WorkerUnavailable(f"worker {placement.worker} is not connected (yet)")
         devices = placement.device_indexes or (placement.device_index,)
         if not fits_exactly(node.view(available=True), devices, placement.share):
             raise CapacityExhausted(f"{placement.worker}: devices {devices} cannot take {placement.share:g} again")
-        reservation = self._hold(job_id, node, devices, placement.share)  # its share first, then the waiting
+        reservation = self._hold(job_id, node, devices, placement.share, owner)  # its share first, then the waiting
         if self.adopting.pop(job_id, None) is not None:
             self._drain()
         return reservation
@@ -292,11 +193,13 @@ class Scheduler(Actor):
         choice = place(views, self._request(spec), max_jobs_per_device=self.settings.jobs.max_jobs_per_device)
         if choice is None:
             return None
-        return self._hold(job_id, self.nodes[choice.node_id], choice.device_indexes, choice.share)
+        return self._hold(job_id, self.nodes[choice.node_id], choice.device_indexes, choice.share, spec.owner)
 
-    def _hold(self, job_id: str, node: _Node, device_indexes: tuple[int, ...], share: float) -> Reservation:
+    def _hold(self, job_id: str, node: _Node, device_indexes: tuple[int, ...], share: float,
+              owner: str) -> Reservation:
         by_index = {d.index: d for d in node.inventory.devices}
         node.add(job_id, device_indexes, share)
+        self.owners.add(owner, job_id, share * len(device_indexes))
         reservation = Reservation(job_id, node.inventory.hostname, node.inventory.node_id, tuple(device_indexes),
                                   share, tuple(by_index[i].uuid if by_index[i].is_gpu else None
                                                for i in device_indexes))
@@ -311,6 +214,7 @@ class Scheduler(Actor):
                 self._number_queue()
                 break
         reservation = self.held.pop(job_id, None)
+        self.owners.remove(job_id)
         if reservation is not None:
             node = self.nodes.get(reservation.node_id)
             if node is not None:
@@ -320,16 +224,20 @@ class Scheduler(Actor):
     # ---- the queue --------------------------------------------------------------------------------------------
 
     def _drain(self) -> None:
-        """Place waiting jobs in order (priority, then arrival) until the head does not fit."""
+        """Place waiting jobs in order (priority, then arrival) until one does not fit; a job whose owner is at
+        their limit is passed over (it waits for its owner's jobs, not for capacity)."""
         placed = False
-        while self.queue:
-            head = self.queue[0]
-            reservation = self._try_place(head.job_id, head.spec)
+        for waiting in list(self.queue):
+            if waiting not in self.queue:  # granted by a drain that a dead job's release started meanwhile
+                continue
+            if self.owners.at_limit(waiting.spec):
+                continue
+            reservation = self._try_place(waiting.job_id, waiting.spec)
             if reservation is None:
                 break
-            self.queue.pop(0)
+            self.queue.remove(waiting)
             placed = True
-            self._tell(head.notify, Granted(head.ticket, reservation), on_dead=head.job_id)
+            self._tell(waiting.notify, Granted(waiting.ticket, reservation), on_dead=waiting.job_id)
         if placed:
             self._number_queue()
 
