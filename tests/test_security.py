@@ -7,6 +7,7 @@ import datetime
 import logging
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -248,3 +249,33 @@ def test_a_submission_over_the_rate_limit_says_when_to_retry_also_in_metadata(ad
         erin.submit(work, 2, env={"FAKE_RUNTIME": "0.1"})
     assert "rate" in str(refused.value) and 90 < refused.value.retry_after <= 100
     assert first.job_id
+
+
+def test_calls_beyond_max_concurrent_rpcs_are_refused_not_queued(tmp_path):
+    import threading
+
+    with grpc_supervisor(tmp_path / "journal.sqlite3", **{"grpc.max_concurrent_rpcs": 1}) as address:
+        admin = config(address, run_credentials().admin_token)
+        with open_channel(admin) as channel:
+            stub = cumulus_pb2_grpc.OrchestratorServiceStub(channel)
+            with CumulusClient(config=admin, log_to_driver=False) as submitter:  # its stream ends with it
+                job_id = submitter.submit(work, 1, env={"FAKE_RUNTIME": "30"}).job_id
+            first = threading.Event()
+
+            def watch() -> None:
+                nonlocal watching
+                while not first.is_set():  # the submitter's stream may hold the slot a moment longer
+                    watching = stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=60)
+                    try:
+                        next(watching)
+                        first.set()
+                    except grpc.RpcError:
+                        time.sleep(0.1)
+
+            watching = None
+            threading.Thread(target=watch, daemon=True).start()
+            assert first.wait(20)  # the watch holds the one slot
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ListJobs(pb.ListJobsRequest(), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            watching.cancel()
