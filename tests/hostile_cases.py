@@ -35,8 +35,6 @@ SECRET_MARK = "hunter2"
 UNKNOWN_JOB = "unit-000000000000"
 REUSED_KEY = "reused-key"
 UNDECODABLE = "not a valid message of this method's type"
-URL_CREDENTIALS_TODO = ("requirement errors quote the requirement with its URL credentials; they should be redacted "
-                        "(cumulus.redaction.redact_credentials)")
 
 
 @dataclass
@@ -244,10 +242,8 @@ REQUIREMENTS = [submit(f"requirement-{label}", INVALID, words, requirements=item
     ("unparsable", ["numpy>="], ("not a valid requirement", "numpy>=1.26"), ""),
     ("bad-marker", ["numpy; os_name =="], ("not a valid requirement",), ""),
     ("differs-from-package", ["numpy>=1.26"], ("differ from the package", "requirements="), ""),
-    ("option-with-password", [f"--index-url https://user:{SECRET_MARK}@evil.example/simple"], PIP_OPTION,
-     URL_CREDENTIALS_TODO),
-    ("file-url-with-password", [f"pkg @ file://user:{SECRET_MARK}@host/pkg.whl"], ("file:",),
-     URL_CREDENTIALS_TODO),
+    ("option-with-password", [f"--index-url https://user:{SECRET_MARK}@evil.example/simple"], PIP_OPTION, ""),
+    ("file-url-with-password", [f"pkg @ file://user:{SECRET_MARK}@host/pkg.whl"], ("file:",), ""),
 ]]
 
 CONTAINER = [

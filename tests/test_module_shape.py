@@ -27,3 +27,12 @@ def test_module_is_small_and_says_what_it_owns(path: Path):
     assert lines <= MAX_LINES, f"{path.relative_to(ROOT.parent)} has {lines} lines: split it along a seam"
     if path.name != "__init__.py" or text.strip():
         assert ast.get_docstring(ast.parse(text)), f"{path.relative_to(ROOT.parent)} has no module docstring"
+
+
+def test_test_modules_have_unique_names():
+    """pytest imports test files by basename (no packages): two files of one name break the collection of both."""
+    from collections import Counter
+
+    tests = Path(__file__).resolve().parent
+    names = Counter(p.name for p in tests.rglob("test_*.py"))
+    assert not [name for name, count in names.items() if count > 1]

@@ -26,7 +26,8 @@ from cumulus.errors import InvalidRequest, PackageTooLarge
 from cumulus.jobformat import (CALL, FORMAT, MANIFEST, MAX_MANIFEST_BYTES, MAX_MEMBERS, MAX_PACKAGE_BYTES,
                                MAX_REQUIREMENT_LEN, MAX_REQUIREMENTS, MAX_SOURCE_FILE_BYTES, REQUIREMENTS, SRC,
                                UNCOMPRESSED_FACTOR, MiB, PackageInfo, check_env, check_member_name,
-                               check_requirements, encode_result, fmt_bytes, validate_package)
+                               check_requirements, encode_result, fmt_bytes, over_limit,
+                               validate_package)
 
 __all__ = [
     "CALL", "DEFAULT_MAX_BYTES", "FORMAT", "MANIFEST", "MAX_MANIFEST_BYTES", "MAX_MEMBERS", "MAX_REQUIREMENTS",
@@ -98,7 +99,7 @@ def build_package(func: Callable[..., Any], args: Iterable[Any] = (), kwargs: di
         biggest = ", ".join(f"{n} ({fmt_bytes(s)})" for s, n in sizes[:5])
         hint = ("pass big data by reference (a path or URL the job reads) instead of as an argument"
                 if sizes and sizes[0][1] == CALL else "move big files out of the project directory")
-        raise PackageTooLarge(f"job package is {fmt_bytes(len(data))}, over the limit of {fmt_bytes(max_bytes)}; "
+        raise PackageTooLarge(f"job package is {over_limit(len(data), max_bytes)}; "
                               f"biggest files (compressed): {biggest}; {hint}")
     validate_package(data, max_bytes)
     return data

@@ -22,12 +22,12 @@ from cumulus.jobformat.limits import (CALL, ENV_NAME_PATTERN, FORMAT, MANIFEST, 
                                       MAX_SOURCE_FILE_BYTES, MAX_WHOLE_GPUS, MIN_GPU_SHARE, PACKAGE_NAME,
                                       REQUIREMENTS, RESERVED_ENV_PREFIX, RESULT_NAME, SRC, UNCOMPRESSED_FACTOR, MiB)
 from cumulus.jobformat.package import (PackageInfo, check_manifest, check_member_name, check_zip_directory, fmt_bytes,
-                                      validate_package)
+                                      over_limit, validate_package)
 from cumulus.jobformat.request import (check_env, check_gpu_share, check_requirement, check_requirements,
                                        env_name_problem, is_reserved_env_name)
 
 __all__ = [
-    "CALL", "ENVELOPE_KEYS", "ENV_NAME_PATTERN", "FORMAT", "INVALID_RESULT", "MANIFEST", "MAX_ENV_TOTAL_BYTES",
+    "over_limit", "CALL", "ENVELOPE_KEYS", "ENV_NAME_PATTERN", "FORMAT", "INVALID_RESULT", "MANIFEST", "MAX_ENV_TOTAL_BYTES",
     "MAX_ENV_VALUE_LEN", "MAX_ENV_VARS", "MAX_MANIFEST_BYTES", "MAX_MEMBERS", "MAX_PACKAGE_BYTES", "MAX_PACKAGE_MB",
     "MAX_REQUIREMENT_LEN", "MAX_REQUIREMENTS", "MAX_SOURCE_FILE_BYTES", "MAX_WHOLE_GPUS", "MIN_GPU_SHARE", "MiB",
     "PACKAGE_NAME",

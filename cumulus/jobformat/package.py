@@ -55,6 +55,14 @@ class PackageInfo:
     sha256: str
 
 
+def over_limit(size: int, limit: int) -> str:
+    """``"<size>, over the limit of <limit>"``, in bytes when the rounded figures would read the same."""
+    shown, most = fmt_bytes(size), fmt_bytes(limit)
+    if shown == most:
+        shown, most = f"{size} bytes", f"{limit} bytes"
+    return f"{shown}, over the limit of {most}"
+
+
 def fmt_bytes(n: int) -> str:
     """``n`` bytes for a message: ``1.0 MiB``, ``3.5 KiB``, ``12 B``."""
     if n >= MiB:
@@ -87,7 +95,7 @@ def validate_package(data: bytes, max_bytes: int = MAX_PACKAGE_BYTES) -> Package
         raise InvalidRequest(f"job package must be bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) > max_bytes:
-        raise PackageTooLarge(f"job package is {fmt_bytes(len(data))}, over the limit of {fmt_bytes(max_bytes)}")
+        raise PackageTooLarge(f"job package is {over_limit(len(data), max_bytes)}")
     if not data:
         raise InvalidRequest(f"job package is empty; {_BUILD_HINT}")
     check_zip_directory(data)

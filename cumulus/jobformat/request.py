@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cumulus.errors import InvalidRequest
+from cumulus.redaction import redact_credentials
 from cumulus.jobformat.limits import (ENV_NAME_PATTERN, MAX_ENV_TOTAL_BYTES, MAX_ENV_VALUE_LEN, MAX_ENV_VARS,
                                       MAX_REQUIREMENT_LEN, MAX_REQUIREMENTS, MAX_WHOLE_GPUS, MIN_GPU_SHARE, MiB,
                                       RESERVED_ENV_PREFIX)
@@ -63,8 +64,16 @@ def check_requirements(requirements: Iterable[Any], *, where: str = "requirement
 
     Refused: a string instead of a list, more than 200 items, empty items, items over 500 characters, line breaks,
     pip options (``-e``, ``--index-url``, ``-r``), bare URLs or paths, ``file:`` URLs (they name the client's disk).
-    ``where`` starts each message (``requirements``, ``cumulus-job.json: requirements``).
+    ``where`` starts each message (``requirements``, ``cumulus-job.json: requirements``); a message quotes the
+    requirement with the credentials of its URLs hidden.
     """
+    try:
+        return _check_requirements(requirements, where)
+    except InvalidRequest as error:
+        raise InvalidRequest(redact_credentials(str(error))) from None
+
+
+def _check_requirements(requirements: Iterable[Any], where: str) -> list[str]:
     if isinstance(requirements, (str, bytes)):
         raise InvalidRequest(f"{where}: give a list of requirements (one per item), not the string "
                              f"{requirements[:60]!r}")
