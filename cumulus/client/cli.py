@@ -365,13 +365,14 @@ UNREACHABLE_HINT = ("start one with `cumulus supervisor`, or `cumulus local up` 
 def _health(args: argparse.Namespace) -> int:
     import grpc
 
-    from cumulus.config import default_address
+    from cumulus.client.connection import load_client_config, open_channel
     from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
     from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
     from cumulus.rpc.status import error_from_rpc
 
-    address = args.address or default_address()
-    with grpc.insecure_channel(address) as channel:
+    config = load_client_config(args.address)
+    address = config.address
+    with open_channel(config) as channel:
         try:
             reply = cumulus_pb2_grpc.OrchestratorServiceStub(channel).HealthCheck(pb.HealthCheckRequest(),
                                                                                   timeout=args.timeout)
