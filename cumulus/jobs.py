@@ -173,6 +173,7 @@ class JobRecord:
         self.on_history: Callable[[HistoryEvent], None] | None = None
         self._queue_notes = 0
         self._secrets: tuple[str, ...] | None = None  # the env values scrubbed from history, computed once
+        self._log_masks: tuple[str, ...] | None = None  # the secret env values masked in log lines
 
     def journal_to(self, on_change: Callable[[JobRecord], None] | None,
                    on_history: Callable[[HistoryEvent], None] | None) -> None:
@@ -217,6 +218,15 @@ class JobRecord:
             self.finished.set()
 
     def add_log(self, stream: str, line: str) -> None:
+        """Relay one line of the job's output; values of its ``secret_env`` (4 characters or more) are masked,
+        as CI systems do, should the job print one."""
+        masks = self._log_masks
+        if masks is None:
+            masks = self._log_masks = tuple(sorted((v for v in self.spec.secret_env.values() if len(v) >= 4),
+                                                   key=len, reverse=True))
+        for value in masks:
+            if value in line:
+                line = line.replace(value, "***")
         self._publish(JobEvent(self.job_id, time.time(), log=(stream, line), attempt=self.attempt))
 
     def add_message(self, text: str) -> None:

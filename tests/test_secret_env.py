@@ -221,6 +221,22 @@ def test_history_is_scrubbed_of_secret_values_whatever_their_length():
     assert history and all(SHORT not in event.payload() for event in history), history
 
 
+async def test_a_secret_value_the_job_prints_is_masked_in_its_log():
+    record = JobRecord("job-1", JobSpec(package=b"zip", secret_env={"API_TOKEN": SECRET, "PIN": "12"}))
+    record.add_log("stdout", f"token={SECRET} pin=12")
+    async with trio.open_nursery() as nursery:  # the replay of a late subscriber
+        events = []
+
+        async def follow() -> None:
+            async for event in record.events(replay_logs=True):
+                events.append(event)
+
+        nursery.start_soon(follow)
+        await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert [e.log for e in events if e.log] == [("stdout", "token=*** pin=12")]  # 2 characters: left alone
+
+
 async def test_an_attempt_owns_its_secret_from_before_its_service_to_after_it(autojump_clock):
     async with fake_cluster() as (sup, world):
         record = await sup.submit(fake_spec(secret_env={"API_TOKEN": SECRET}))
