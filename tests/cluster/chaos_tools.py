@@ -29,6 +29,7 @@ from types import SimpleNamespace
 from typing import Callable, Iterable
 
 from helpers import _external_problems, cluster_description, share_problems
+from tests.credentials import security_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_JSON = "/var/lib/cumulus-local/cluster.json"
@@ -85,7 +86,7 @@ class SupervisorProcess:
             f"grpc:\n  listen: \"{self.address}\"\n"
             f"cluster:\n  description: \"{CLUSTER_JSON}\"\n  allow_non_gpu_devices: true\n  poll_interval: 0.1\n"
             f"lease:\n  renew_interval: {renew_interval}\n  ttl: {ttl}\n"
-            f"journal:\n  path: \"{self.journal}\"\n" + extra
+            f"journal:\n  path: \"{self.journal}\"\n" + security_yaml() + extra
         )
         self.proc: subprocess.Popen | None = None
         self.starts = 0

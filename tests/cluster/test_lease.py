@@ -30,6 +30,7 @@ from cumulus.resources.ssh import RemotePathNotFound, open_ssh_connection
 from cumulus.resources.swarm import (
     LABEL_JOB, ServiceRequest, SwarmClient, SwarmError, adopt_service, build_service_spec, open_service,
 )
+from test_resources import worker_user
 
 LOCKS = Path("/tmp/chronos_locks")
 TTL = 3.0
@@ -231,7 +232,7 @@ async def test_adopt_job_files_and_bad_adoptions(cluster, workers):
 def test_lease_mount_in_spec():
     base = dict(job_id="job-1", supervisor_id="s", node_id="abcdefghij0123456789abcde",
                 image="sha256:" + "0" * 64, device_index=0, partition_id="p", code_dir="/j/job-1/code",
-                output_dir="/j/job-1/output")
+                output_dir="/j/job-1/output", user="1001:1001")
     mounts = {m["Target"]: m for m in
               build_service_spec(ServiceRequest(**base))["task_template"]["ContainerSpec"]["Mounts"]}
     assert "/cumulus/lease" not in mounts
@@ -272,7 +273,7 @@ async def test_job_container_stops_when_lease_expires(cluster, workers):
                     req = ServiceRequest(
                         job_id=job, supervisor_id="test-lease", node_id=node["node_id"], image=cluster["image_id"],
                         device_index=0, partition_id=lease.partition_id, code_dir=files.code_dir,
-                        output_dir=files.output_dir, lease_dir=files.lease_dir,
+                        output_dir=files.output_dir, lease_dir=files.lease_dir, user=worker_user(),
                     )
                     last_renew = [time.monotonic()]
 
