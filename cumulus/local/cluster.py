@@ -365,6 +365,8 @@ def revive_node(index: int, wait: bool = True, timeout: float = 90, quiet: bool 
         netns.ensure_netns(node)
         proc = daemons.start_dockerd(node)
         daemons.wait_dockerd(node, proc)
+        if node.role == "worker":
+            daemons.ensure_job_network_config(node)
         daemons.start_sshd(node)
         daemons.wait_sshd(node)
     if wait:

@@ -105,6 +105,12 @@ def start_dockerd(node: state.Node) -> subprocess.Popen | None:
     unmount_under(node.data_root)
     for stale in (node.docker_socket, node.docker_pidfile):
         stale.unlink(missing_ok=True)
+    if node.role == "worker":
+        # Docker 20.10 keeps a Swarm-scoped bridge network that was in use when its dockerd died in its network
+        # store, and every later task on that network is rejected ("network ... exists": moby/moby#37087). A
+        # worker's store holds nothing else of value (no default bridge; the job network's config-only network
+        # is made again by ensure_job_network_config), so a (re)started worker dockerd starts with a clean one.
+        (node.data_root / "network" / "files" / "local-kv.db").unlink(missing_ok=True)
     # --config-file: never pick up the host's /etc/docker/daemon.json.
     node.docker_config.write_text("{}\n")
     args = dockerd_args(node)
@@ -254,3 +260,18 @@ def remove_cgroups(node: state.Node) -> None:
                     os.rmdir(dirpath)
                 except OSError:
                     pass
+
+
+JOB_SUBNET = "10.213.254.0/24"  # setup-worker.sh's default: each worker's job bridge, inside its own netns
+
+
+def ensure_job_network_config(node: state.Node) -> bool:
+    """Make the config-only network ``cumulus-jobs-config`` on a worker's dockerd if it lacks it (as
+    setup-worker.sh does; needed again after :func:`start_dockerd` cleaned the network store). True if made."""
+    docker = [binary("docker"), "-H", node.docker_url]
+    if subprocess.run(docker + ["network", "inspect", "cumulus-jobs-config"], capture_output=True).returncode == 0:
+        return False
+    run(docker + ["network", "create", "--config-only", "--subnet", JOB_SUBNET,
+                  "-o", "com.docker.network.bridge.name=cumulus-jobs",
+                  "-o", "com.docker.network.bridge.enable_icc=false", "cumulus-jobs-config"])
+    return True

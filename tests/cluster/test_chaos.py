@@ -161,7 +161,7 @@ def test_supervisor_sigkilled_while_jobs_run(tmp_path, two_workers):
         client = sup.client()
         thread = threading.Thread(target=killer, name="chaos-killer", daemon=True)
         thread.start()
-        ids, keys, args = [], [], {}
+        ids, keys, args, calls = [], [], {}, []
         for i in range(20):
             if i == 10:  # the second half while the first runs (and the supervisor dies)
                 deadline = time.monotonic() + 30
@@ -177,6 +177,7 @@ def test_supervisor_sigkilled_while_jobs_run(tmp_path, two_workers):
             ids.append(ref.job_id)
             keys.append(key)
             args[ref.job_id] = i
+            calls.append((i, seconds))
         counts.note(f"20 jobs submitted: {ids[0]} .. {ids[-1]}")
         thread.join(120)
         assert not thread.is_alive(), "kill schedule did not finish"
@@ -186,10 +187,10 @@ def test_supervisor_sigkilled_while_jobs_run(tmp_path, two_workers):
         infos = wait_terminal(client, ids, timeout=120)
         counts.note("all terminal: " + ", ".join(sorted({f"{i.state} {i.reason[:40]}" for i in infos.values()})))
 
-        # Idempotency survived the restarts: the same key gives the same job, not a new one.
+        # Idempotency survived the restarts: the same request with the same key gives the same job, not a new one.
         fresh = sup.client()
-        for key, job_id, i in zip(keys, ids, range(20)):
-            again = fresh.submit_call(nap, (i, 1), gpu=0.1, idempotency_key=key, log_to_driver=False)
+        for key, job_id, call in zip(keys, ids, calls):
+            again = fresh.submit_call(nap, call, gpu=0.1, duration=120, idempotency_key=key, log_to_driver=False)
             assert again.job_id == job_id, f"key {key}: {again.job_id} != {job_id}"
 
         infos = finish(counts, sup, ids, settle=30, args=args)
