@@ -4,10 +4,12 @@ whole run by ``tests/conftest.py``, so that neither a developer's own config nor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from cumulus.identity import Caller
 
@@ -60,3 +62,15 @@ class FixedCredentials:
 
     def caller_for(self, secret: str) -> Caller | None:
         return self.callers.get(secret)
+
+
+@contextlib.contextmanager
+def users_client_config() -> Iterator[None]:
+    """For the block, ``CUMULUS_CONFIG`` is unset: what `cumulus local up` writes goes to the user's own client
+    config, as it does outside the tests, never over the run's."""
+    run_config = os.environ.pop("CUMULUS_CONFIG", None)
+    try:
+        yield
+    finally:
+        if run_config is not None:
+            os.environ["CUMULUS_CONFIG"] = run_config

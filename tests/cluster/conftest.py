@@ -34,13 +34,10 @@ def cluster() -> dict:
     except (FileNotFoundError, ValueError, KeyError):
         healthy = False
     if not healthy:
-        # `up` writes the user's client config: the real one, not the test run's (CUMULUS_CONFIG).
-        run_config = os.environ.pop("CUMULUS_CONFIG", None)
-        try:
+        from tests.credentials import users_client_config
+
+        with users_client_config():
             lc.up(int(os.environ.get("CUMULUS_TEST_WORKERS", "0")) or None)
-        finally:
-            if run_config is not None:
-                os.environ["CUMULUS_CONFIG"] = run_config
         desc = lc.status()
     assert desc["ready"], desc
     return desc
