@@ -44,10 +44,14 @@ def test_the_installer_is_hardened_like_a_job():
     assert container["User"] == "1000:1000"
     assert container["CapabilityDrop"] == ["ALL"] and container["ReadOnly"] is True and container["Init"] is True
     mounts = {m["Target"]: m for m in container["Mounts"]}
-    assert mounts[INSTALL_MOUNT]["Source"] == "/var/lib/cumulus/jobs/.requirements/.tmp-x"
-    assert not mounts[INSTALL_MOUNT].get("ReadOnly")
-    assert mounts["/cumulus/wheelhouse"]["ReadOnly"] is True and mounts["/tmp"]["Type"] == "tmpfs"
-    assert set(mounts) == {INSTALL_MOUNT, "/cumulus/wheelhouse", "/tmp"}  # nothing else of the worker
+    tmp = "/var/lib/cumulus/jobs/.requirements/.tmp-x"
+    # Writable: site/ and log/ only, each a mount of its own, so that the installer (which runs the packages'
+    # build code) cannot swap them for a symbolic link to elsewhere on the worker; requirements.txt read-only.
+    assert {target: (m["Source"], bool(m.get("ReadOnly"))) for target, m in mounts.items() if m["Type"] == "bind"} == {
+        f"{INSTALL_MOUNT}/site": (f"{tmp}/site", False), f"{INSTALL_MOUNT}/log": (f"{tmp}/log", False),
+        f"{INSTALL_MOUNT}/requirements.txt": (f"{tmp}/requirements.txt", True),
+        "/cumulus/wheelhouse": ("/var/lib/cumulus/wheelhouse", True)}
+    assert mounts["/tmp"]["Type"] == "tmpfs" and len(mounts) == 5  # nothing else of the worker
     assert spec["task_template"]["Resources"]["Limits"]["Pids"] == 99
     assert spec["task_template"]["Placement"]["Constraints"] == ["node.id==" + "n" * 25]
     # Reaped with its supervisor's orphans, but never taken for a job's service (no cumulus.job_id).
@@ -89,3 +93,54 @@ def test_the_runner_uses_mounted_requirements_without_pip(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert pk.decode_result((tmp_path / "out" / "result.msgpack").read_bytes()).value == 7
     assert "installed by the supervisor" in proc.stderr and "[pip]" not in proc.stderr
+
+
+# ---- what the installer leaves behind is never followed ---------------------------------------------------------
+
+
+class FakeLocalShell:
+    """A fake SSH connection that runs the command in a local shell (the scripts are plain sh)."""
+
+    label = "local"
+
+    async def run(self, command, *, timeout=None, check=True):
+        import subprocess
+        from types import SimpleNamespace
+
+        proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=timeout)
+        return SimpleNamespace(exit_status=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
+
+
+def test_an_install_whose_site_was_swapped_for_a_symlink_is_never_put_in_place(tmp_path):
+    import subprocess
+
+    from cumulus.resources.requirements_cache import _finalize_script
+
+    tmp, entry = tmp_path / ".tmp-x", tmp_path / "key"
+    tmp.mkdir()
+    (tmp / "log").mkdir()
+    (tmp / "site").symlink_to("/etc")  # what build code in the installer could try, were site/ not a mount
+    done = subprocess.run(["sh", "-c", _finalize_script(str(tmp), str(entry))], capture_output=True, text=True)
+    assert done.returncode != 0 and not entry.exists()
+
+
+async def test_the_install_log_is_read_without_following_links_or_blocking_on_a_fifo(tmp_path):
+    import os
+
+    from cumulus.resources.requirements_cache import _OutputRelay
+
+    seen = []
+    (tmp_path / "link.log").symlink_to("/etc/passwd")
+    os.mkfifo(tmp_path / "fifo.log")
+    for name in ("link.log", "fifo.log"):
+        relay = _OutputRelay(FakeLocalShell(), str(tmp_path / name), seen.append)
+        await relay.poll(final=True)
+    assert seen == []
+    (tmp_path / "install.log").write_bytes(b"Collecting pkg @ https://user:s3cret@host/pkg.whl\ncaf\xc3\xa9\npart")
+    relay = _OutputRelay(FakeLocalShell(), str(tmp_path / "install.log"), seen.append)
+    await relay.poll()
+    assert seen == ["[pip] Collecting pkg @ https://***@host/pkg.whl", "[pip] caf??"]
+    with open(tmp_path / "install.log", "ab") as log:
+        log.write(b"ial line\n")
+    await relay.poll(final=True)
+    assert seen[-1] == "[pip] partial line" and relay.offset == len((tmp_path / "install.log").read_bytes())

@@ -42,7 +42,7 @@ import trio
 
 from cumulus.errors import CumulusError
 from cumulus.redaction import redact_credentials
-from cumulus.resources.requirements_install import (LOG_FILE, REQUIREMENTS_FILE, SITE, InstallService,
+from cumulus.resources.requirements_install import (LOG_DIR, LOG_FILE, REQUIREMENTS_FILE, SITE, InstallService,
                                                    run_install_service)
 from cumulus.resources.ssh import SshConnection
 from cumulus.resources.swarm_client import SwarmClient, SwarmError
@@ -54,6 +54,9 @@ DEFAULT_WHEELHOUSE = "/var/lib/cumulus/wheelhouse"  # on the worker: wheels offe
 KEY_VERSION = "cumulus-requirements-v1"
 MAX_RELAYED_LINES = 1000  # install output lines put into the job's log; the rest is in <key>/install.log
 TAIL_LINES = 40  # pip's last lines, kept for the failure's detail
+POLL_BYTES = 1 << 20  # read from the install log per poll
+MAX_LOG_BYTES = 16 << 20  # read from the install log in all (the installer writes it: it may never end)
+MAX_LINE_CHARS = 4096
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -224,7 +227,7 @@ def _probe_script(root: str, key: str, wheelhouse: str) -> str:
     r, e, w = shlex.quote(root), shlex.quote(posixpath.join(root, key)), shlex.quote(wheelhouse)
     return (f"set -e; mkdir -p {r}; "
             f"if [ -d {e}/{SITE} ] && touch {e}/last-used; then echo hit; exit 0; fi; "
-            f"tmp=$(mktemp -d {r}/.tmp-{key[:16]}-XXXXXX); chmod 755 \"$tmp\"; mkdir \"$tmp\"/{SITE}; "
+            f"tmp=$(mktemp -d {r}/.tmp-{key[:16]}-XXXXXX); chmod 755 \"$tmp\"; mkdir \"$tmp\"/{SITE} \"$tmp\"/{LOG_DIR}; "
             f"if [ -d {w} ]; then if [ -e {w}/.no-index ]; then wh=no-index; else wh=index; fi; else wh=none; fi; "
             "echo miss \"$tmp\" \"$(id -u)\" \"$(id -g)\" \"$wh\"")
 
@@ -233,7 +236,8 @@ def _finalize_script(tmp: str, entry: str) -> str:
     """Make the install readable by any job uid and writable by none (no set-id bits), record its size, and
     rename it into place; ``installed``, or ``reused`` when another installer was first (this copy is dropped)."""
     t, e = shlex.quote(tmp), shlex.quote(entry)
-    return (f"set -e; [ -d {t}/{SITE} ]; chmod -R u+rwX,go+rX,go-w,u-s,g-s {t}; "
+    return (f"set -e; [ -d {t}/{SITE} ]; [ ! -L {t}/{SITE} ]; [ ! -L {t}/{LOG_DIR} ]; "
+            f"chmod -R u+rwX,go+rX,go-w,u-s,g-s {t}; "
             f"du -sb {t} | cut -f1 > {t}/size; touch {t}/last-used; "
             f"if mv -T {t} {e} 2>/dev/null; then echo installed; "
             f"else rm -rf {t}; [ -d {e}/{SITE} ]; echo reused; fi")
@@ -245,22 +249,35 @@ class _OutputRelay:
     def __init__(self, conn: SshConnection, path: str, on_line: Callable[[str], None]) -> None:
         self.conn, self.path, self.on_line = conn, path, on_line
         self.relayed = 0  # whole lines read so far (a line still being written is read once it is whole)
+        self.offset = 0  # bytes read so far
+        self.partial = ""
         self.last: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
     async def poll(self, *, final: bool = False) -> None:
         """Relay the lines written since the last poll; ``final``: the writer is gone, a last line without
-        newline is whole too."""
-        result = await self.conn.run(f"tail -n +{self.relayed + 1} -- {shlex.quote(self.path)} 2>/dev/null | "
-                                     "head -n 5000", timeout=30, check=False)
-        lines = result.stdout.split("\n")
-        if lines[-1] == "" or not final:
-            lines.pop()  # after the last newline: nothing, or a line not yet whole
+        newline is whole too. The installer owns the file: it is read without following a symbolic link or
+        blocking on a FIFO (``dd iflag=nofollow,nonblock``), from where the last poll stopped, at most
+        ``POLL_BYTES`` a time and ``MAX_LOG_BYTES`` in all."""
+        if self.offset >= MAX_LOG_BYTES:
+            return
+        result = await self.conn.run(
+            f"dd if={shlex.quote(self.path)} iflag=nofollow,nonblock,skip_bytes,count_bytes skip={self.offset} "
+            f"count={POLL_BYTES} bs=65536 status=none 2>/dev/null | LC_ALL=C tr -c '\\11\\12\\15\\40-\\176' '?'",
+            timeout=30, check=False)
+        chunk = result.stdout  # one character per byte read (anything but printable ASCII became '?')
+        self.offset += len(chunk)
+        self.partial += chunk
+        lines = self.partial.split("\n")
+        self.partial = lines.pop()  # after the last newline: nothing, or a line not yet whole
+        if final and self.partial:
+            lines.append(self.partial)
+            self.partial = ""
         for raw in lines:
             line = redact_credentials(raw.rstrip("\r"))
             self.last.append(line)
             self.relayed += 1
             if self.relayed <= MAX_RELAYED_LINES:
-                self.on_line(f"[pip] {line}")
+                self.on_line(f"[pip] {line[:MAX_LINE_CHARS]}")
             elif self.relayed == MAX_RELAYED_LINES + 1:
                 self.on_line(f"[cumulus] further install output is not relayed (it is in {LOG_FILE} of the cache "
                              "entry on the worker)")

@@ -30,11 +30,12 @@ from cumulus.resources.swarm_spec import LABEL_SUPERVISOR
 
 log = logging.getLogger(__name__)
 
-INSTALL_MOUNT = "/cumulus/install"  # the fresh install dir: site/ (pip's target), requirements.txt, install.log
+INSTALL_MOUNT = "/cumulus/install"  # where the installer sees site/ (pip's target), log/install.log, requirements.txt
 WHEELHOUSE_MOUNT = "/cumulus/wheelhouse"
 SITE = "site"
 REQUIREMENTS_FILE = "requirements.txt"
-LOG_FILE = "install.log"
+LOG_DIR = "log"
+LOG_FILE = "log/install.log"
 LABEL_ROLE = "cumulus.role"
 ROLE_INSTALL = "requirements-install"
 LABEL_KEY = "cumulus.requirements_key"
@@ -89,7 +90,14 @@ def build_install_spec(svc: InstallService) -> dict[str, Any]:
     """The keyword arguments of ``docker.APIClient.create_service`` for ``svc`` (pure; no Docker needed)."""
     if svc.uid <= 0 or svc.gid < 0:
         raise ValueError(f"the installer must run as a non-root uid, got {svc.uid}:{svc.gid}")
-    mounts = [Mount(target=INSTALL_MOUNT, source=svc.install_dir, type="bind", read_only=False),
+    # Only site/ and log/ are writable, each its own mount: the installer runs code of the packages it builds, and
+    # a mount point cannot be replaced from inside the container (by a symlink to elsewhere on the worker, which
+    # the job's own bind mount of site/ would then follow).
+    install = svc.install_dir.rstrip("/")
+    mounts = [Mount(target=f"{INSTALL_MOUNT}/{SITE}", source=f"{install}/{SITE}", type="bind", read_only=False),
+              Mount(target=f"{INSTALL_MOUNT}/{LOG_DIR}", source=f"{install}/{LOG_DIR}", type="bind", read_only=False),
+              Mount(target=f"{INSTALL_MOUNT}/{REQUIREMENTS_FILE}", source=f"{install}/{REQUIREMENTS_FILE}",
+                    type="bind", read_only=True),
               Mount(target="/tmp", source=None, type="tmpfs", tmpfs_size=svc.tmpfs_mb * 2**20)]
     if svc.wheelhouse:
         mounts.append(Mount(target=WHEELHOUSE_MOUNT, source=svc.wheelhouse, type="bind", read_only=True))
@@ -187,6 +195,6 @@ async def _ended(client: SwarmClient, service_id: str) -> InstallEnd | None:
     return None
 
 
-__all__ = ["INSTALL_MOUNT", "InstallEnd", "InstallService", "LABEL_FOR_JOB", "LABEL_KEY", "LABEL_ROLE", "LOG_FILE",
-           "REQUIREMENTS_FILE", "ROLE_INSTALL", "SITE", "WHEELHOUSE_MOUNT", "build_install_spec", "pip_command",
+__all__ = ["INSTALL_MOUNT", "InstallEnd", "InstallService", "LABEL_FOR_JOB", "LABEL_KEY", "LABEL_ROLE", "LOG_DIR",
+           "LOG_FILE", "REQUIREMENTS_FILE", "ROLE_INSTALL", "SITE", "WHEELHOUSE_MOUNT", "build_install_spec", "pip_command",
            "run_install_service"]

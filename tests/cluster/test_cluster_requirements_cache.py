@@ -124,7 +124,7 @@ async def test_a_network_none_job_gets_its_requirements_from_the_node_cache(clus
         # once): run jobs until one lands on the first job's node, and check that it did not install.
         key = cache_key([REQUIREMENT], settings.cluster.image)
         entry = Path(cache_root(settings.cluster.jobs_dir)) / key
-        assert (entry / "site" / NAME / "__init__.py").is_file() and (entry / "install.log").is_file()
+        assert (entry / "site" / NAME / "__init__.py").is_file() and (entry / "log" / "install.log").is_file()
         for _ in range(4):
             again = await sup.submit(spec([REQUIREMENT]))
             again_log = await finish(again)
