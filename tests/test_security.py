@@ -278,4 +278,27 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused_not_queued(tmp_path):
             with pytest.raises(grpc.RpcError) as refused:
                 stub.ListJobs(pb.ListJobsRequest(), timeout=10)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "grpc.max_concurrent_rpcs" in refused.value.details()
+            health = stub.HealthCheck(pb.HealthCheckRequest(), timeout=10)  # health keeps room of its own
+            assert health.status == pb.HealthCheckResponse.SERVING
             watching.cancel()
+
+
+def test_a_call_without_a_token_is_refused_before_its_request_is_read(address):
+    """A caller without a token cannot hold a server slot by never sending its request's body."""
+    import threading
+
+    never = threading.Event()
+
+    def no_body():
+        never.wait(30)  # the request message never comes
+        yield pb.ListJobsRequest()
+
+    with open_channel(config(address)) as channel:
+        as_stream = channel.stream_unary("/cumulus.v1.OrchestratorService/ListJobs",
+                                         request_serializer=pb.ListJobsRequest.SerializeToString,
+                                         response_deserializer=pb.ListJobsResponse.FromString)
+        with pytest.raises(grpc.RpcError) as refused:
+            as_stream(no_body(), timeout=5)
+    never.set()
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # not DEADLINE_EXCEEDED: it did not wait

@@ -63,43 +63,69 @@ def _guarded(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], An
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Checks each call's token against ``credentials`` (an object with ``caller_for(secret) -> Caller | None``);
-    ``credentials=None`` lets every call in as the local admin (``--insecure``)."""
+    ``credentials=None`` lets every call in as the local admin (``--insecure``).
 
-    def __init__(self, credentials: Any | None) -> None:
+    A refused call is answered from its metadata alone, before its request is read: a caller without a token
+    cannot hold a server slot by never sending a body. ``max_calls`` bounds the calls of the closed methods in
+    progress at once (beyond it: RESOURCE_EXHAUSTED); the open ones (health) do not count, so the server's own,
+    larger limit keeps room for them."""
+
+    def __init__(self, credentials: Any | None, *, max_calls: int | None = None) -> None:
         self._credentials = credentials
+        self._max_calls = max_calls
+        self.in_progress = 0
 
     def _caller(self, method: str, metadata: Any) -> tuple[Caller | None, str]:
         """The caller and, when the call must be refused, why (empty when it may go on)."""
         if self._credentials is None:
             return LOCAL_ADMIN, ""
-        is_open = method in OPEN_METHODS or method.startswith(OPEN_PREFIXES)
         header = next((value for key, value in metadata or () if key == "authorization"), None)
         if header is None:
-            return None, "" if is_open else NO_TOKEN
+            return None, NO_TOKEN
         scheme, _, secret = str(header).partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
-            return None, "" if is_open else BAD_SCHEME
+            return None, BAD_SCHEME
         caller = self._credentials.caller_for(secret.strip())
-        if caller is None and not is_open:
-            return None, BAD_TOKEN
-        return caller, ""
+        return caller, "" if caller is not None else BAD_TOKEN
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         if handler is None:
             return None
+        is_open = details.method in OPEN_METHODS or details.method.startswith(OPEN_PREFIXES)
         caller, refusal = self._caller(details.method, details.invocation_metadata)
-        return _wrapped(handler, caller, refusal)
+        if is_open:
+            return _wrapped(handler, caller, None)
+        if refusal:
+            return _refused(handler, grpc.StatusCode.UNAUTHENTICATED, refusal)
+        if self._max_calls is not None and self.in_progress >= self._max_calls:
+            return _refused(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"the supervisor is serving {self.in_progress} calls, its limit "
+                            f"(grpc.max_concurrent_rpcs); retry shortly, or follow fewer jobs at once")
+        return _wrapped(handler, caller, self)
 
 
-def _wrapped(handler: Any, caller: Caller | None, refusal: str) -> Any:
-    """The same method with the caller set (or the refusal answered) and decoding guarded."""
+def _refused(handler: Any, code: grpc.StatusCode, message: str) -> Any:
+    """A handler that answers ``code`` at once, without reading the request (request-streaming on this side)."""
+
+    async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+
+    async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+        yield  # an async generator, as a streaming handler is
+
+    if handler.unary_stream is not None or handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream, response_serializer=handler.response_serializer)
+    return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=handler.response_serializer)
+
+
+def _wrapped(handler: Any, caller: Caller | None, counter: AuthInterceptor | None) -> Any:
+    """The same method with the caller set, decoding guarded, and (``counter``) counted while it runs."""
     decode = _guarded(handler.request_deserializer)
 
     async def check(request: Any, context: grpc.aio.ServicerContext) -> None:
-        if refusal:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
         if isinstance(request, _Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"the request is not a valid message of this method's type "
@@ -109,16 +135,28 @@ def _wrapped(handler: Any, caller: Caller | None, refusal: str) -> Any:
 
     if handler.unary_unary is not None:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await check(request, context)
-            return await handler.unary_unary(request, context)
+            if counter is not None:
+                counter.in_progress += 1
+            try:
+                await check(request, context)
+                return await handler.unary_unary(request, context)
+            finally:
+                if counter is not None:
+                    counter.in_progress -= 1
 
         return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=decode,
                                                    response_serializer=handler.response_serializer)
     if handler.unary_stream is not None:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await check(request, context)
-            async for item in handler.unary_stream(request, context):
-                yield item
+            if counter is not None:
+                counter.in_progress += 1
+            try:
+                await check(request, context)
+                async for item in handler.unary_stream(request, context):
+                    yield item
+            finally:
+                if counter is not None:
+                    counter.in_progress -= 1
 
         return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=decode,
                                                     response_serializer=handler.response_serializer)

@@ -25,6 +25,7 @@ from cumulus.rpc.servicer import OrchestratorServicer
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 0.5
+HEALTH_RESERVE = 64  # calls beyond grpc.max_concurrent_rpcs that only the open methods (health) can use
 
 
 class ListenError(CumulusError):
@@ -91,8 +92,9 @@ async def serve_grpc(
         log.log(logging.WARNING if is_loopback(host) else logging.CRITICAL, INSECURE_WARNING, listen)
     async with open_asyncio_bridge():
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(None if security.insecure else credentials)],
-            maximum_concurrent_rpcs=max_concurrent_rpcs,
+            interceptors=[AuthInterceptor(None if security.insecure else credentials, max_calls=max_concurrent_rpcs)],
+            # The interceptor holds job calls to max_concurrent_rpcs; the rest is room for health checks.
+            maximum_concurrent_rpcs=None if max_concurrent_rpcs is None else max_concurrent_rpcs + HEALTH_RESERVE,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
