@@ -45,14 +45,15 @@ class Usage:
 
     @classmethod
     def of(cls, jobs: Iterable[tuple[JobState, int, float]]) -> Usage:
-        """The usage of jobs given as (state, queue position, gpu); ended ones are skipped. A job is waiting in
-        the queue when it is QUEUED with a position (a new job is QUEUED with none until it asked for a place)."""
+        """The usage of jobs given as (state, queue position, gpu); ended ones are skipped. Every QUEUED job counts
+        as waiting, also a new one that has not asked for a place yet (position 0): a burst of submissions is
+        counted before the first of them reaches the Scheduler."""
         running = queued = 0
         gpu = 0.0
         for state, queue_position, share in jobs:
             if state.terminal:
                 continue
-            if state is JobState.QUEUED and queue_position > 0:
+            if state is JobState.QUEUED:
                 queued += 1
             else:
                 running += 1

@@ -19,10 +19,11 @@ Q, S, R, DONE = JobState.QUEUED, JobState.SCHEDULING, JobState.RUNNING, JobState
 
 
 def test_usage_counts_live_jobs_and_tells_waiting_ones_from_the_others():
-    # A new job is QUEUED without a position until it asked for a place: it is on its way to running.
+    # A new job is QUEUED without a position until it asked for a place: it counts as waiting already, so that a
+    # burst of submissions cannot pass max_queued before the first of them reached the Scheduler.
     usage = Usage.of([(Q, 0, 0.5), (Q, 2, 1.0), (S, 0, 0.25), (R, 0, 0.25), (DONE, 0, 1.0),
                       (JobState.FAILED, 0, 1.0)])
-    assert usage == Usage(running=3, queued=1, gpu=2.0)
+    assert usage == Usage(running=2, queued=2, gpu=2.0)
 
 
 def test_no_limits_admit_anything():

@@ -302,3 +302,29 @@ def test_a_call_without_a_token_is_refused_before_its_request_is_read(address):
             as_stream(no_body(), timeout=5)
     never.set()
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # not DEADLINE_EXCEEDED: it did not wait
+
+
+def test_a_revoked_admin_token_does_not_come_back_with_a_restart(tmp_path):
+    from cumulus.actors.tokens import Credentials, TokenRegistry
+    from cumulus.identity import new_token_secret
+    from cumulus.journal import open_database
+
+    token_file = tmp_path / "admin.token"
+    leaked = new_token_secret()
+    token_file.write_text(leaked)
+
+    def start() -> TokenRegistry:  # what the actor's start does, without the actor
+        registry = TokenRegistry(str(tmp_path / "journal.sqlite3"), Credentials(), str(token_file))
+        registry.db = open_database(registry.path)
+        registry._bootstrap_admin(registry._read_admin_token())
+        registry._publish()
+        return registry
+
+    registry = start()
+    assert registry.credentials.caller_for(leaked).admin
+    registry._revoke("admin")
+    assert start().credentials.caller_for(leaked) is None  # restarted with the same file: still revoked
+    fresh = new_token_secret()
+    token_file.write_text(fresh)
+    restarted = start()
+    assert restarted.credentials.caller_for(fresh).admin and restarted.credentials.caller_for(leaked) is None

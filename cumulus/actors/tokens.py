@@ -6,7 +6,7 @@ The registry is the only writer of both. After every change it replaces the cred
 never sees a half-made mapping. The token itself is never stored nor logged: :class:`CreateToken` returns it once.
 
 At start, ``admin_token_file`` (written by ``cumulus local up``, or by an operator) is the admin token named
-``admin``: created, or its hash replaced when the file changed, and un-revoked.
+``admin``: created, or replaced when the file holds a new token; a revoked one stays revoked.
 """
 
 from __future__ import annotations
@@ -122,11 +122,23 @@ class TokenRegistry(Actor):
         return secret
 
     def _bootstrap_admin(self, secret: str) -> None:
+        """Make the file's token the admin token ``admin``: created, or its hash replaced when the file holds a
+        new token. A revoked admin token stays revoked while the file holds that same token (a leaked token must
+        not come back with a restart); writing a new token to the file replaces it."""
+        digest = token_hash(secret)
+        row = self.db.execute("SELECT hash, revoked_at FROM tokens WHERE name = ?", (ADMIN_TOKEN_NAME,)).fetchone()
+        if row is not None and row["hash"] == digest:
+            if row["revoked_at"] is not None:
+                log.error("the admin token in %s was revoked; it stays revoked: write a new token to the file "
+                          "(`cumulus local up` makes one when the file is missing) and restart", self.admin_token_file)
+            return
         with self.db:
             self.db.execute(
                 "INSERT INTO tokens (name, hash, admin, limits, created_at) VALUES (?, ?, 1, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET hash = excluded.hash, admin = 1, revoked_at = NULL",
-                (ADMIN_TOKEN_NAME, token_hash(secret), json.dumps(asdict(Limits())), time.time()))
+                (ADMIN_TOKEN_NAME, digest, json.dumps(asdict(Limits())), time.time()))
+        if row is not None:
+            log.warning("the admin token was replaced by the one in %s", self.admin_token_file)
 
     def _create(self, name: str, admin: bool, limits: Limits) -> tuple[TokenInfo, str]:
         if not _NAME.fullmatch(name):
