@@ -317,12 +317,14 @@ def test_a_revoked_admin_token_does_not_come_back_with_a_restart(tmp_path):
         registry = TokenRegistry(str(tmp_path / "journal.sqlite3"), Credentials(), str(token_file))
         registry.db = open_database(registry.path)
         registry._bootstrap_admin(registry._read_admin_token())
-        registry._publish()
+        registry.credentials._replace(registry._callers())
         return registry
 
     registry = start()
     assert registry.credentials.caller_for(leaked).admin
     registry._revoke("admin")
+    registry.credentials._replace(registry._callers())
+    assert registry.credentials.caller_for(leaked) is None
     assert start().credentials.caller_for(leaked) is None  # restarted with the same file: still revoked
     fresh = new_token_secret()
     token_file.write_text(fresh)

@@ -90,25 +90,33 @@ class TokenRegistry(Actor):
         self.admin_token_file = admin_token_file
         self.db: Any = None
 
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` on the database: in a worker thread (the journal may hold SQLite's write lock for a
+        moment), inline for an in-memory database (tests: Trio's autojump clock sees no idle wait)."""
+        if self.path == ":memory:":
+            await trio.lowlevel.checkpoint()
+            return fn(*args)
+        return await trio.to_thread.run_sync(fn, *args)
+
     async def on_start(self) -> None:
-        if self.path == ":memory:":  # tests: no thread, so that Trio's autojump clock sees no idle wait
-            self.db = open_database(self.path)
-        else:
-            self.db = await trio.to_thread.run_sync(open_database, self.path)
+        self.db = await self._run(open_database, self.path)
         await self.owner.own(self._open_until_stopped(), what="token table", same_task=True)
         if self.admin_token_file:
-            self._bootstrap_admin(self._read_admin_token())
-        self._publish()
+            await self._run(self._bootstrap_admin, self._read_admin_token())
+        self.credentials._replace(await self._run(self._callers))
 
     async def handle(self, message: Any) -> Any:
         match message:
             case CreateToken(name, admin, limits):
-                return self._create(name, admin, check_limits(limits))
+                answer = await self._run(self._create, name, admin, check_limits(limits))
             case ListTokens():
-                return self._tokens()
+                return await self._run(self._tokens)
             case RevokeToken(name):
-                return self._revoke(name)
-        raise TypeError(f"tokens: unknown message {message!r}")
+                answer = await self._run(self._revoke, name)
+            case _:
+                raise TypeError(f"tokens: unknown message {message!r}")
+        self.credentials._replace(await self._run(self._callers))  # from the next call on
+        return answer
 
     def _read_admin_token(self) -> str:
         try:
@@ -152,7 +160,6 @@ class TokenRegistry(Actor):
         with self.db:
             self.db.execute("INSERT INTO tokens (name, hash, admin, limits, created_at) VALUES (?, ?, ?, ?, ?)",
                             (name, token_hash(secret), int(admin), json.dumps(asdict(limits)), info.created_at))
-        self._publish()
         log.info("token %r created (admin: %s, limits: %s)", name, admin, limits)
         return info, secret
 
@@ -163,7 +170,6 @@ class TokenRegistry(Actor):
         info = next((t for t in self._tokens() if t.name == name), None)
         if info is None:
             raise NotFound(f"no token named {name!r}; `cumulus token list` shows them")
-        self._publish()
         log.info("token %r revoked", name)
         return info
 
@@ -172,10 +178,11 @@ class TokenRegistry(Actor):
         return [TokenInfo(row["name"], bool(row["admin"]), Limits(**json.loads(row["limits"])), row["created_at"],
                           row["revoked_at"]) for row in rows]
 
-    def _publish(self) -> None:
+    def _callers(self) -> dict[str, Caller]:
+        """Every valid token's hash and its caller."""
         rows = self.db.execute("SELECT hash, name FROM tokens WHERE revoked_at IS NULL").fetchall()
         infos = {t.name: t for t in self._tokens()}
-        self.credentials._replace({row["hash"]: infos[row["name"]].caller for row in rows})
+        return {row["hash"]: infos[row["name"]].caller for row in rows}
 
     @asynccontextmanager
     async def _open_until_stopped(self) -> AsyncIterator[None]:

@@ -37,6 +37,7 @@ from cumulus.rpc.status import status_for
 log = logging.getLogger(__name__)
 
 MAX_JOB_ID_LEN = 256
+VALIDATION_THREADS = 2
 MAX_LINES_PER_MESSAGE = 1000  # log lines per ``logs`` message (each line is at most 64 KiB)
 
 
@@ -104,6 +105,9 @@ def _admin() -> Caller:
 class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
     def __init__(self, api: Any) -> None:
         self._api = api
+        # Package validation's own threads: a burst of big submissions waits here, and never takes the threads
+        # that the journal and the Docker calls of running jobs need.
+        self._validation = trio.CapacityLimiter(VALIDATION_THREADS)
 
     async def _follow(self, record: Any, *, replay_logs: bool) -> AsyncIterator[pb.JobEvent]:
         """The record's events as messages; log lines that arrived together go out as one ``logs`` batch (a
@@ -116,7 +120,8 @@ class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
     @_streaming
     async def SubmitJob(self, request: pb.JobSubmission, context: Any) -> AsyncIterator[pb.JobEvent]:
         caller = _caller()
-        spec = await call_trio(trio.to_thread.run_sync, convert.spec_from_submission, request, self._api.settings)
+        spec = await call_trio(functools.partial(trio.to_thread.run_sync, convert.spec_from_submission, request,
+                                                 self._api.settings, limiter=self._validation))
         record = await call_trio(functools.partial(self._api.submit, spec, caller=caller))
         # The first event names the job at once, whatever the job's actor publishes (and when).
         yield convert.message_event(record.job_id, f"accepted as job {record.job_id}", time.time())
