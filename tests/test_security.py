@@ -330,3 +330,27 @@ def test_a_revoked_admin_token_does_not_come_back_with_a_restart(tmp_path):
     token_file.write_text(fresh)
     restarted = start()
     assert restarted.credentials.caller_for(fresh).admin and restarted.credentials.caller_for(leaked) is None
+
+
+def test_a_client_config_written_for_another_user_follows_no_link_and_is_theirs(tmp_path):
+    import os
+
+    from cumulus.client.connection import write_client_config
+
+    home = tmp_path / "home"
+    home.mkdir()
+    me = (os.getuid(), os.getgid())
+    path = home / ".config" / "cumulus" / "config.yaml"
+    write_client_config(path, {"address": "127.0.0.1:1"}, owner=me)
+    assert [(p.stat().st_mode & 0o777, p.stat().st_uid) for p in (home / ".config", path.parent, path)] == [
+        (0o700, me[0]), (0o700, me[0]), (0o600, me[0])]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (home / ".config" / "other").symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match="not followed"):
+        write_client_config(home / ".config" / "other" / "config.yaml", {"address": "x:1"}, owner=me)
+    assert list(elsewhere.iterdir()) == []
+    path.unlink()
+    path.symlink_to(elsewhere / "target")  # a link named like the file is replaced, not written through
+    write_client_config(path, {"address": "127.0.0.1:2"}, owner=me)
+    assert not path.is_symlink() and not (elsewhere / "target").exists()

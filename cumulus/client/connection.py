@@ -123,19 +123,35 @@ def open_channel(config: ClientConfig, options: Sequence[tuple[str, Any]] = ()) 
 
 
 def write_client_config(path: Path, settings: Mapping[str, Any], *, owner: tuple[int, int] | None = None) -> None:
-    """Write a client config file (mode 0600, its directory created 0700); ``owner`` (uid, gid) chowns both."""
+    """Write a client config file (mode 0600; missing directories made 0700). ``owner`` (uid, gid): root writes it
+    for that user (``local up`` under sudo): the file and every directory made are theirs, and no symbolic link
+    on the way is followed (the user's home is theirs to arrange)."""
     import yaml
 
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write("# Written by `cumulus local up`: how the cumulus CLI and SDK reach the local supervisor.\n")
-        yaml.safe_dump(dict(settings), out, sort_keys=False)
-    if owner is not None:
-        os.chown(tmp, *owner)
-        os.chown(path.parent, *owner)
-    os.replace(tmp, path)
+    made = []
+    directory = path.parent
+    while not os.path.lexists(directory):
+        made.append(directory)
+        directory = directory.parent
+    for new in reversed(made):
+        os.mkdir(new, 0o700)
+        if owner is not None:
+            os.lchown(new, *owner)
+    if path.parent.is_symlink() or not path.parent.is_dir():
+        raise ConfigError("client config", f"{path.parent} is not a directory (a symbolic link is not followed)")
+    text = ("# Written by `cumulus local up`: how the cumulus CLI and SDK reach the local supervisor.\n"
+            + yaml.safe_dump(dict(settings), sort_keys=False))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            if owner is not None:
+                os.fchown(out.fileno(), *owner)
+            out.write(text)
+        os.replace(tmp, path)  # replaces a link named like the file, never what it points at
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 __all__ = ["ClientConfig", "config_path", "load_client_config", "open_channel", "read_config_file",
