@@ -91,10 +91,22 @@ async def test_a_job_whose_result_is_refused_fails_alone_at_once_and_is_not_retr
         await assert_nothing_left(sup, world, [record])
 
 
+async def test_a_package_leaves_memory_once_uploaded_and_a_retry_uploads_it_again(autojump_clock):
+    async with fake_cluster() as (sup, world):
+        retried = await sup.submit(spec(exit_code=1, retries=1, retry_exceptions=True, runtime=5))
+        with trio.fail_after(60):
+            while retried.state is not JobState.RUNNING:
+                await trio.sleep(0.1)
+        assert retried.spec.package == b""  # uploaded: only the journal keeps it
+        with trio.fail_after(60):
+            await retried.torn_down.wait()
+        assert retried.attempt == 2 and world.uploads == [(retried.job_id, b"zip")] * 2
+
+
 async def test_a_finished_job_keeps_no_package_in_memory(autojump_clock):
     async with fake_cluster() as (sup, world):
         done, failed = await sup.submit(spec()), await sup.submit(spec(exit_code=1))
-        assert done.spec.package == b"zip"  # kept while an attempt may still need it
+        assert done.spec.package == b"zip"  # kept until its attempt uploaded it
         with trio.fail_after(60):
             await done.torn_down.wait()
             await failed.torn_down.wait()

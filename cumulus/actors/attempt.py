@@ -6,8 +6,8 @@ Everything the attempt holds outside the process is owned, nested, by its :class
         >  container stop
 
 acquired in that order and released in reverse, each release shielded and bounded, so a cancelled or crashed
-attempt still gives everything back; a release that fails is a leak in the teardown report. An attempt is run by
-its JobActor (``cumulus/actors/job.py``), which owns the record it writes to and decides on retries.
+attempt still gives everything back; a failed release is a leak in the teardown report. Its JobActor
+(``cumulus/actors/job.py``) runs it, owns the record it writes to and decides on retries.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from cumulus.backends import NodeBackend, NodeConnections, SwarmBackend, WorkerU
 from cumulus.config import Settings
 from cumulus.errors import ActorDied, CumulusError
 from cumulus.jobs import FailureReason, JobRecord, JobState
+from cumulus.journal import Load
 from cumulus.resources.partition import LeaseLoss
 from cumulus.resources.swarm import LABEL_JOB, ServiceRequest, TaskState
 
@@ -44,8 +45,7 @@ STOP_WAIT_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class JobContext:
-    """What a job's attempts use: its record (written by the job's actor, which runs the attempts), the doors to
-    the world, and the actors it talks to."""
+    """What a job's attempts use: its record (written by the job's actor), the doors to the world, its actors."""
 
     record: JobRecord
     settings: Settings
@@ -56,6 +56,7 @@ class JobContext:
     name: str
     start_soon: Callable[..., None]
     self_ref: Callable[[], ActorRef | None]
+    journal: ActorRef | None = None  # where a retry finds the package again (it leaves memory once uploaded)
 
 
 class Attempt:
@@ -79,15 +80,14 @@ class Attempt:
             self._grant = message.reservation
             self._granted.set()
 
-    def queue_moved(self, message: QueuePosition) -> None:
-        """The Scheduler's newer word on this attempt's place in the queue (it may arrive before the answer to
-        the Reserve that queued it)."""
+    def queue_moved(self, message: QueuePosition) -> None:  # may arrive before the answer to the Reserve
+        """The Scheduler's newer word on this attempt's place in the queue."""
         if message.ticket == self.ticket and not self._granted.is_set():
             self._moved = True
             self.record.set_queue_position(message.position)
 
-    def fail(self, outcome: Outcome) -> None:
-        """End this attempt with ``outcome`` (it is torn down; the retry policy decides)."""
+    def fail(self, outcome: Outcome) -> None:  # it is torn down; the retry policy decides
+        """End this attempt with ``outcome``."""
         self.failure = outcome
         self.scope.cancel()
 
@@ -193,6 +193,12 @@ class Attempt:
         service_id = self.service.id if self.service is not None else None
         return all(task.terminal for task in tasks if service_id is None or task.service_id == service_id)
 
+    async def _package(self) -> bytes:  # from the journal: memory drops it once uploaded
+        row = await self.ctx.journal.call(Load(self.record.job_id)) if self.ctx.journal else None
+        if row and row.get("package"):
+            return bytes(row["package"])
+        raise JobStopped(Outcome.failed(FailureReason.LOST, "the job's package is not in the journal any more"))
+
     # ---- running ----------------------------------------------------------------------------------------------
 
     async def run(self) -> Outcome:
@@ -209,8 +215,10 @@ class Attempt:
             (node.open_partition(device=reservation.device_indexes[0], fraction=reservation.share,
                                  duration=spec.duration, job_id=record.job_id,
                                  replace_earlier=record.attempt > 1), "partition"),
-            (node.open_job_files(job_id=record.job_id, package=spec.package), "files"),
+            (node.open_job_files(job_id=record.job_id, package=spec.package or await self._package()), "files"),
         ] + ([(job_requirements(ctx, node, reservation.node_id), "requirements")] if spec.requirements else []))
+        if spec.package:  # uploaded: a retry reads it from the journal again
+            record.spec = spec = replace(spec, package=b"")
         record.partition_id = lease.partition_id
         updates = await own(self._task_watch(), what="task watch", same_task=True)
         secret = await own(ctx.swarm.open_secret_env(record.job_id, record.attempt, spec.secret_env),
@@ -288,8 +296,7 @@ class Attempt:
                 return outcome
         raise JobStopped(Outcome.failed(FailureReason.LOST, f"could not re-adopt after a supervisor restart: {lost}"))
 
-    def _service_request(self, reservation: Reservation, node: NodeBackend, lease: Any,
-                         files: Any) -> ServiceRequest:
+    def _service_request(self, reservation: Reservation, node: NodeBackend, lease: Any, files: Any) -> ServiceRequest:
         record, settings = self.record, self.ctx.settings
         limits, spec = settings.containers, record.spec  # the job's own limits, else the defaults; never above max
         return ServiceRequest(

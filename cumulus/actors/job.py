@@ -84,7 +84,7 @@ class JobActor(Actor):
         self.journal = journal
         self._start, self._note = start, note
         self._ctx = JobContext(record, settings, swarm, connections, scheduler, watcher, self.name,
-                               self.start_soon, lambda: self.ref)
+                               self.start_soon, lambda: self.ref, journal)
         self._tickets = itertools.count(1)
         self._life_scope = trio.CancelScope()
         self._stop_reason: Outcome | None = None

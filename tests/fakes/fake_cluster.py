@@ -73,6 +73,7 @@ class FakeWorld:
         self.nursery = nursery
         self.partitions: dict[str, FakePartition] = {}
         self.job_dirs: set[tuple[str, str]] = set()
+        self.uploads: list[tuple[str, bytes]] = []  # (job id, package) of every job directory made
         self.outputs: dict[str, bytes] = {}
         self.services: dict[str, FakeContainer] = {}
         self.services_labels: dict[str, dict[str, str]] = {}
@@ -383,6 +384,7 @@ class FakeNode:
         world = self.world
         await trio.sleep(DELAY)
         world.job_dirs.add((self.node.hostname, job_id))
+        world.uploads.append((job_id, package))
 
         class Files:
             code_dir = f"/var/lib/cumulus/jobs/{job_id}/code"
