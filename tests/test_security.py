@@ -222,6 +222,15 @@ def test_local_credentials_are_private_and_kept(tmp_path):
     assert ensure_credentials(tmp_path) == (creds, "kept") and creds.admin_token == token
 
 
+class NotServingApi:
+    """A fake supervisor API that is never ready (the server only asks it for its health)."""
+
+    async def health(self):
+        from cumulus.app import Health
+
+        return Health(False, "starting")
+
+
 def test_insecure_mode_is_logged_loudly(caplog):
     import trio
 
@@ -230,7 +239,7 @@ def test_insecure_mode_is_logged_loudly(caplog):
     async def main():
         async with trio.open_nursery() as nursery:
             await nursery.start(lambda task_status: serve_grpc(
-                object(), "127.0.0.1:0", security=SecuritySettings(insecure=True), task_status=task_status))
+                NotServingApi(), "127.0.0.1:0", security=SecuritySettings(insecure=True), task_status=task_status))
             nursery.cancel_scope.cancel()
 
     with caplog.at_level(logging.WARNING):

@@ -14,6 +14,7 @@ with ``INVALID_ARGUMENT`` (grpc itself would answer ``UNKNOWN`` or ``INTERNAL``)
 from __future__ import annotations
 
 import contextvars
+import inspect
 from typing import Any, Awaitable, Callable
 
 import grpc
@@ -146,6 +147,19 @@ def _wrapped(handler: Any, caller: Caller | None, counter: AuthInterceptor | Non
 
         return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=decode,
                                                    response_serializer=handler.response_serializer)
+    if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+        async def written(request: Any, context: grpc.aio.ServicerContext) -> None:  # writes with context.write
+            if counter is not None:
+                counter.in_progress += 1
+            try:
+                await check(request, context)
+                await handler.unary_stream(request, context)
+            finally:
+                if counter is not None:
+                    counter.in_progress -= 1
+
+        return grpc.unary_stream_rpc_method_handler(written, request_deserializer=decode,
+                                                    response_serializer=handler.response_serializer)
     if handler.unary_stream is not None:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if counter is not None:
@@ -160,4 +174,18 @@ def _wrapped(handler: Any, caller: Caller | None, counter: AuthInterceptor | Non
 
         return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=decode,
                                                     response_serializer=handler.response_serializer)
-    return handler  # client streaming methods: Cumulus has none; let grpc handle them unchanged
+    if handler.stream_stream is not None:  # server reflection
+        async def bidi(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            _caller.set(caller)
+            # grpc's own request iterator is a Cython async generator, which Trio's async generator hooks (this
+            # loop runs inside Trio) cannot take: read the requests with context.read() instead.
+            async def read() -> Any:
+                while (request := await context.read()) is not grpc.aio.EOF:
+                    yield request
+
+            async for item in handler.stream_stream(read(), context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(bidi, request_deserializer=handler.request_deserializer,
+                                                     response_serializer=handler.response_serializer)
+    return handler  # stream-unary: Cumulus has none

@@ -21,6 +21,7 @@ from cumulus.errors import ConfigError, CumulusError
 from cumulus.rpc.auth import AuthInterceptor
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
 from cumulus.rpc.servicer import OrchestratorServicer
+from cumulus.rpc.standard import add_standard_services, keep_health_current
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ async def serve_grpc(
             ]
         )
         cumulus_pb2_grpc.add_OrchestratorServiceServicer_to_server(OrchestratorServicer(api), server)
+        health = add_standard_services(server)
         try:
             port = server.add_insecure_port(listen) if tls is None else server.add_secure_port(listen, tls)
         except RuntimeError as error:
@@ -113,8 +115,10 @@ async def serve_grpc(
         log.info("gRPC server listening on %s (%s)", bound, "INSECURE: plaintext, no tokens" if tls is None else
                  "TLS, client certificates required" if security.client_ca else "TLS, bearer tokens")
         try:
-            task_status.started(bound)
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep_health_current, health, api)
+                task_status.started(bound)
+                await trio.sleep_forever()
         finally:
             with trio.move_on_after(STOP_GRACE_SECONDS + 2, shield=True):
                 await call_asyncio(server.stop, STOP_GRACE_SECONDS)
