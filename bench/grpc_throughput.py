@@ -65,7 +65,7 @@ def serve_cumulus(workers: int) -> None:
     settings = load_settings(environ={}, overrides={
         "supervisor_id": "bench", "cluster.docker_host": "unix:///fake", "cluster.image": "sha256:fake",
         "cluster.poll_interval": 0.05, "journal.path": ":memory:", "jobs.max_queue": 1_000_000,
-        "grpc.listen": "127.0.0.1:0", "logging.level": "WARNING", **security_overrides(),
+        "grpc.listen": "127.0.0.1:0", "server.http_listen": "", "logging.level": "WARNING", **security_overrides(),
     })
 
     async def main() -> None:

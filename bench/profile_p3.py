@@ -210,7 +210,7 @@ def serve_profiled(workers: int, out: str, sample: bool) -> None:
     settings = load_settings(environ={}, overrides={
         "supervisor_id": "bench", "cluster.docker_host": "unix:///fake", "cluster.image": "sha256:fake",
         "cluster.poll_interval": 0.05, "journal.path": ":memory:", "jobs.max_queue": 1_000_000,
-        "grpc.listen": "127.0.0.1:0", "logging.level": "WARNING", **security_overrides(),
+        "grpc.listen": "127.0.0.1:0", "server.http_listen": "", "logging.level": "WARNING", **security_overrides(),
     })
     profiler: Any = Sampler() if sample else cProfile.Profile()
     if sample:

@@ -21,6 +21,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 import trio
 import trio_asyncio
 
+from cumulus import metrics
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -34,14 +36,20 @@ async def open_asyncio_bridge() -> AsyncIterator[None]:
 
     An error that no one retrieves - an asyncio task a library abandoned, e.g. asyncssh's parallel SFTP reads
     left behind by a cancelled read, that later fail - is logged (at ERROR, with asyncio's context) and counted in
-    :data:`unhandled_errors`. trio-asyncio's own handler would instead raise it into the loop, ending the whole
+    :data:`unhandled_errors` and in the supervisor's ``cumulus_asyncio_unhandled_errors_total``. trio-asyncio's own handler would instead raise it into the loop, ending the whole
     process and every job's actor with it.
     """
     if _current_loop() is not None:
         yield
         return
+    counted = metrics.current()
+
+    def on_unhandled_error(loop: Any, context: dict[str, Any]) -> None:
+        counted.asyncio_errors.inc()
+        _log_unhandled_error(loop, context)
+
     async with trio_asyncio.open_loop() as loop:
-        loop.set_exception_handler(_log_unhandled_error)
+        loop.set_exception_handler(on_unhandled_error)
         yield
 
 

@@ -47,7 +47,7 @@ class NodeBackend(Protocol):
     def open_job_files(self, *, job_id: str, package: bytes) -> AbstractAsyncContextManager[Any]: ...
     def adopt_job_files(self, *, job_id: str) -> AbstractAsyncContextManager[Any]: ...
     def lease_dir(self, job_id: str) -> str | None: ...
-    async def renew_leases(self) -> None: ...
+    async def renew_leases(self) -> int: ...
     def fail_leases(self, reason: str) -> None: ...
     async def stop_job(self, job_id: str) -> None: ...
     async def find_orphans(self, job_prefix: str) -> NodeOrphans: ...
@@ -160,15 +160,17 @@ class SshNodeBackend:
         for lease in self._leases.values():
             lease.mark_lost(partition.LeaseLoss.NODE_UNREACHABLE, reason)
 
-    async def renew_leases(self) -> None:
-        """Renew every lease held through this backend (one SSH command); mark the ones whose holder is gone."""
+    async def renew_leases(self) -> int:
+        """Renew every lease held through this backend (one SSH command); mark the ones whose holder is gone.
+        Returns how many were renewed."""
         leases = dict(self._leases)
         if not leases:
-            return
+            return 0
         gone = await partition.renew_leases(
             self.conn, {job: (self.lease_dir(job) or "", lease.holder_pid) for job, lease in leases.items()})
         for job in gone:
             leases[job].mark_lost(partition.LeaseLoss.HOLDER_GONE, "holder gone or lease expired")
+        return len(leases) - len(gone)
 
     async def stop_job(self, job_id: str) -> None:
         """Mark the job's lease stopped: the runner in its container kills the job within a fraction of a second

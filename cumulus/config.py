@@ -21,6 +21,7 @@ from cumulus.errors import ConfigError
 from cumulus.jobformat.limits import MAX_PACKAGE_MB
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:50052"
 LOCAL_CLUSTER_DESCRIPTION = "/var/lib/cumulus-local/cluster.json"
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(?P<port>\d{1,5})$")
 
@@ -38,6 +39,38 @@ class GrpcSettings:
         parse_host_port(self.listen, key="grpc.listen", allow_any_port=True)
         _check_range("grpc.max_message_mb", self.max_message_mb, 1, 1024)
         _check_range("grpc.max_concurrent_rpcs", self.max_concurrent_rpcs, 1, 100_000)
+
+
+@dataclass
+class ServerSettings:
+    http_listen: str = DEFAULT_HTTP_ADDRESS
+    """HOST:PORT of the supervisor's HTTP port (``/metrics``, ``/healthz``, ``/readyz``); TLS with the gRPC port's
+    certificate unless insecure. Empty: no HTTP port. Loopback by default: Prometheus scrapes it from this machine
+    or through a proxy."""
+
+    def validate(self) -> None:
+        if self.http_listen:
+            parse_host_port(self.http_listen, key="server.http_listen", allow_any_port=True)
+
+
+@dataclass
+class MetricsSettings:
+    enabled: bool = True
+    """Count and time what the supervisor does (Prometheus metrics on ``/metrics``). Off: nothing is counted."""
+
+
+@dataclass
+class UsageSettings:
+    prices: dict[str, float] = field(default_factory=dict)
+    """Price of one device-hour by device model, as ``cumulus workers`` names it (``{"NVIDIA H200": 3.5}``;
+    from the environment ``MODEL=PRICE,MODEL=PRICE``). ``cumulus usage`` turns device time into money with it."""
+    currency: str = "USD"
+
+    def validate(self) -> None:
+        for model, price in self.prices.items():
+            if not model:
+                raise ConfigError("usage.prices", "a device model name is empty")
+            _check_range(f"usage.prices[{model!r}]", price, 0, 1e9)
 
 
 @dataclass
@@ -172,12 +205,17 @@ class JournalSettings:
 @dataclass
 class LoggingSettings:
     level: str = "INFO"
+    format: str = "text"
+    """``text`` (one human line per record) or ``json`` (one object per line: time, level, logger, message, and
+    job_id, attempt, worker, user, trace_id where known)."""
 
     def validate(self) -> None:
         allowed = ("DEBUG", "INFO", "WARNING", "ERROR")
         if self.level.upper() not in allowed:
             raise ConfigError("logging.level", f"{self.level!r} is not one of {', '.join(allowed)}")
         self.level = self.level.upper()
+        if self.format not in ("text", "json"):
+            raise ConfigError("logging.format", f"{self.format!r} is not one of text, json")
 
 
 @dataclass
@@ -185,6 +223,7 @@ class Settings:
     supervisor_id: str = ""
     """Label put on everything this supervisor creates; orphans are found by it. Generated when empty."""
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     containers: ContainerSettings = field(default_factory=ContainerSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
@@ -192,14 +231,16 @@ class Settings:
     lease: LeaseSettings = field(default_factory=LeaseSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    usage: UsageSettings = field(default_factory=UsageSettings)
 
     def validate(self) -> Settings:
         if not self.supervisor_id:
             self.supervisor_id = f"sup-{uuid.uuid4().hex[:8]}"
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", self.supervisor_id):
             raise ConfigError("supervisor_id", f"{self.supervisor_id!r}: use 1-63 of a-z, 0-9 and '-'")
-        for section in (self.grpc, self.security, self.containers, self.cluster, self.jobs, self.lease,
-                        self.logging):
+        for section in (self.grpc, self.server, self.security, self.containers, self.cluster, self.jobs,
+                        self.lease, self.logging, self.usage):
             section.validate()
         return self
 
@@ -369,6 +410,15 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         if not math.isfinite(number):
             raise ConfigError(key, f"{value!r} must be a finite number")
         return number
+    if kind == dict[str, float]:
+        if isinstance(value, str):  # from the environment: MODEL=PRICE,MODEL=PRICE
+            pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise ConfigError(key, f"{value!r}: write NAME=NUMBER,NAME=NUMBER")
+            value = {name.strip(): number for name, _, number in pairs}
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"{value!r} is not a mapping of names to numbers")
+        return {str(name): _coerce(f"{key}[{name!r}]", number, float) for name, number in value.items()}
     if kind is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(key, f"{value!r} is not a string")

@@ -217,7 +217,8 @@ def work(x):  # never run: the fake cluster's containers only pretend to
 def grpc_supervisor(path, **overrides: Any) -> Iterator[str]:
     """The real supervisor on the in-memory fakes, serving real gRPC on loopback, in a thread of its own."""
     address = f"127.0.0.1:{free_port()}"
-    conf = settings(**{"journal.path": str(path), "grpc.listen": address, **overrides})
+    conf = settings(**{"journal.path": str(path), "grpc.listen": address, "server.http_listen": "127.0.0.1:0",
+                       **overrides})
 
     async def serve(ready: Callable[[Any], None]) -> None:
         async with trio.open_nursery() as nursery:

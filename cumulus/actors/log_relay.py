@@ -12,11 +12,13 @@ lines of each stream it has already relayed, so each line reaches the caller onc
 
 from __future__ import annotations
 
+import time
 import re
 from typing import Callable
 
 import trio
 
+from cumulus import metrics
 from cumulus.backends import SwarmBackend
 from cumulus.errors import CumulusError
 from cumulus.jobs import JobRecord, JobState
@@ -45,6 +47,7 @@ class LogRelay:
         self.done = trio.Event()  #: every line has been relayed (both end markers came), or relaying ended
         self.finished = trio.Event()  #: the runner said the job finished (its result is written)
         self.lines_relayed = 0
+        self._created = time.perf_counter()  # just after the service was: the first line's wait starts here
         self._seen = {"stdout": 0, "stderr": 0}  # lines of each stream taken from the log, markers included
         self._refollowing = False  # waiting to follow the log again, or skipping lines already relayed
         self._stdout_ended = self._stderr_ended = self._job_finished = False
@@ -96,6 +99,8 @@ class LogRelay:
     def _take(self, stream: str, line: str) -> None:
         self.record.set_state(JobState.RUNNING)  # output proves it runs, even before the next poll
         self.lines_relayed += 1
+        if self.lines_relayed == 1:
+            metrics.current().phase("first_log", time.perf_counter() - self._created)
         if stream == "stdout" and line == STDOUT_END_MARKER:
             self._stdout_ended = True  # the runner's, not the job's: not relayed
             if self._held_back is not None:

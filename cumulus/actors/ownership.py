@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from cumulus import metrics
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -72,6 +74,7 @@ class ResourceOwner:
         self.name = name
         self.leaks: list[Leak] = []
         self.released: list[str] = []
+        self.release_seconds = 0.0  # how long the owner's exit took to release everything
         self._held: list[_Held] = []
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: Any = None
@@ -100,11 +103,13 @@ class ResourceOwner:
         if self._nursery is None:
             raise RuntimeError(f"{self.name}: own() needs the owner to be entered (async with owner)")
         held = _Held(what, manager, release_timeout)
+        started = time.perf_counter()
         if same_task:
             value = await manager.__aenter__()
             held.entered, held.task = True, trio.lowlevel.current_task()
         else:
             value = await self._nursery.start(self._hold, held)
+        metrics.current().resource_acquired(what, time.perf_counter() - started)
         self._held.append(held)
         return value
 
@@ -128,8 +133,10 @@ class ResourceOwner:
         nursery_of_holders = self._nursery
 
         async def enter(index: int) -> None:
+            started = time.perf_counter()
             values[index] = await nursery_of_holders.start(self._hold, helds[index])
             entered[index] = True
+            metrics.current().resource_acquired(helds[index].what, time.perf_counter() - started)
 
         committed = False
         try:
@@ -171,11 +178,13 @@ class ResourceOwner:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
+        started = time.perf_counter()
         try:
             with trio.CancelScope(shield=True):
                 while self._held:
                     await self._release_one(self._held.pop())
         finally:
+            self.release_seconds = time.perf_counter() - started
             self._nursery = None
             manager, self._nursery_manager = self._nursery_manager, None
             # Every holder task has finished, so the nursery has nothing left to wait for. It is not shown the
@@ -211,6 +220,10 @@ class ResourceOwner:
             self._leak(held, f"release did not finish within {held.timeout:g} s")
 
     async def _release_one(self, held: _Held) -> bool:
+        with metrics.current().resource_release.labels(held.what).time():
+            return await self._release_held(held)
+
+    async def _release_held(self, held: _Held) -> bool:
         if held.task is not None:
             return await self._release_here(held)
         held.scope.deadline = trio.current_time() + held.timeout
@@ -240,6 +253,7 @@ class ResourceOwner:
 
     def _leak(self, held: _Held, reason: str) -> None:
         log.error("%s: releasing %s failed: %s", self.name, held.what, reason)
+        metrics.current().leaks.labels("release", held.what).inc()
         self.leaks.append(Leak(self.name, held.what, reason, time.time()))
 
 

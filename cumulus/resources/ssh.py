@@ -19,6 +19,7 @@ read by :meth:`SshConnection.get_bytes` only: never through a symbolic link, onl
 from __future__ import annotations
 
 import math
+import re
 import shlex
 import stat
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 import asyncssh
 import trio
 
+from cumulus import metrics
 from cumulus.asyncio_bridge import call_asyncio
 from cumulus.resources.ssh_errors import (NotARegularFile, RemoteCommandFailed, RemoteFileRefused, RemoteFileTooLarge,
                                           RemotePathNotFound, SshError, SshResult)
@@ -92,10 +94,18 @@ class SshConnection:
         return f"{self.host}:{self.port}"
 
     async def _aio(self, fn: Callable[..., Awaitable[T]], *args: Any, what: str, timeout: float | None = None,
-                   command_timeout: float = 0.0, **kwargs: Any) -> T:
+                   command_timeout: float = 0.0, label: str = "", **kwargs: Any) -> T:
         """Await an asyncssh coroutine; asyncssh/OS errors become :class:`SshError`, and so does ``timeout``
         passing first (the coroutine is then cancelled: asyncssh closes what it had opened). ``command_timeout``:
-        the timeout given to asyncssh itself, for the message when that one passes."""
+        the timeout given to asyncssh itself, for the message when that one passes. Timed in
+        ``cumulus_ssh_command_seconds`` under ``label`` (default: the first word of ``what``)."""
+        m = metrics.current()
+        with m.timing(m.ssh_command, label or what.split(" ", 1)[0]):
+            return await self._aio_untimed(fn, *args, what=what, timeout=timeout, command_timeout=command_timeout,
+                                           **kwargs)
+
+    async def _aio_untimed(self, fn: Callable[..., Awaitable[T]], *args: Any, what: str, timeout: float | None,
+                           command_timeout: float, **kwargs: Any) -> T:
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
             try:
                 return await call_asyncio(fn, *args, **kwargs)
@@ -121,7 +131,8 @@ class SshConnection:
             return await self._conn.run(command, check=False, timeout=timeout)
 
         # asyncssh's timeout covers the command; the outer bound also covers opening its session.
-        res = await self._aio(_run, what=f"run {command!r}", timeout=timeout + CLOSE_TIMEOUT, command_timeout=timeout)
+        res = await self._aio(_run, what=f"run {command!r}", timeout=timeout + CLOSE_TIMEOUT, command_timeout=timeout,
+                              label=f"run {command_name(command)}")
         status = res.exit_status if res.exit_status is not None else -1
         result = SshResult(status, _text(res.stdout), _text(res.stderr))
         if check and status != 0:
@@ -161,7 +172,7 @@ class SshConnection:
         # object to stop it. Bounded instead; cancellation is delivered right after, inside the try below.
         with trio.CancelScope(shield=True):
             with trio.move_on_after(close_timeout * 2) as start_scope:
-                process = await self._aio(_create, what=f"start {command!r}")
+                process = await self._aio(_create, what=f"start {command!r}", label=f"start {command_name(command)}")
         if start_scope.cancelled_caught:
             raise SshError(self.label, f"start {command!r}", f"no answer within {close_timeout * 2:g} s")
         proc = RemoteProcess(self, process, command)
@@ -331,6 +342,14 @@ async def open_ssh_connection(
         await conn.close()
 
 
+def command_name(command: str) -> str:
+    """A metric label for a shell command line: its program's name (``ls``, ``cumulus-partition-holder``), or
+    ``script`` when it does not start with a plain one."""
+    words = command.split(None, 1)
+    name = words[0].rsplit("/", 1)[-1] if words else ""
+    return name if re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", name) else "script"
+
+
 __all__ = [
     "CLOSE_TIMEOUT",
     "DEFAULT_TIMEOUT",
@@ -344,5 +363,7 @@ __all__ = [
     "SshConnection",
     "SshError",
     "SshResult",
+    "command_name",
     "open_ssh_connection",
 ]
+

@@ -21,6 +21,7 @@ import docker.errors
 import requests
 import trio
 
+from cumulus import metrics
 from cumulus.errors import CumulusError
 from cumulus.resources.swarm_spec import LABEL_JOB, ServiceRequest, build_service_spec
 
@@ -148,8 +149,10 @@ class SwarmClient:
             target = getattr(self.api, fn) if isinstance(fn, str) else fn
             return target(*args, **kw)
 
+        m = metrics.current()
         try:
-            return await trio.to_thread.run_sync(run, abandon_on_cancel=abandon)
+            with m.timing(m.docker_call, fn if isinstance(fn, str) else fn.__name__):
+                return await trio.to_thread.run_sync(run, abandon_on_cancel=abandon)
         except docker.errors.NotFound:
             raise
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:

@@ -8,18 +8,22 @@ RPC, in the RPC's own task). A supervisor started ``--insecure`` has no credenti
 admin.
 
 The interceptor also guards decoding: a request that is not a valid protobuf message of the method's type ends
-with ``INVALID_ARGUMENT`` (grpc itself would answer ``UNKNOWN`` or ``INTERNAL``).
+with ``INVALID_ARGUMENT`` (grpc itself would answer ``UNKNOWN`` or ``INTERNAL``), and counts every call by method
+and status code (``cumulus_rpcs_total``; unary calls are timed too).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
+import time
 from typing import Any, Awaitable, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from cumulus import metrics as metrics_module
 from cumulus.identity import LOCAL_ADMIN, Caller
 
 OPEN_METHODS = frozenset({
@@ -71,9 +75,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     progress at once (beyond it: RESOURCE_EXHAUSTED); the open ones (health) do not count, so the server's own,
     larger limit keeps room for them."""
 
-    def __init__(self, credentials: Any | None, *, max_calls: int | None = None) -> None:
+    def __init__(self, credentials: Any | None, *, max_calls: int | None = None,
+                 metrics: metrics_module.Metrics = metrics_module.OFF) -> None:
         self._credentials = credentials
         self._max_calls = max_calls
+        self._metrics = metrics
         self.in_progress = 0
 
     def _caller(self, method: str, metadata: Any) -> tuple[Caller | None, str]:
@@ -96,15 +102,45 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return None
         is_open = details.method in OPEN_METHODS or details.method.startswith(OPEN_PREFIXES)
         caller, refusal = self._caller(details.method, details.invocation_metadata)
+        tally = _Tally(self._metrics, details.method.rsplit("/", 1)[-1])
         if is_open:
-            return _wrapped(handler, caller, None)
+            return _wrapped(handler, caller, None, tally)
         if refusal:
+            tally.done(grpc.StatusCode.UNAUTHENTICATED.name)
             return _refused(handler, grpc.StatusCode.UNAUTHENTICATED, refusal)
         if self._max_calls is not None and self.in_progress >= self._max_calls:
+            tally.done(grpc.StatusCode.RESOURCE_EXHAUSTED.name)
             return _refused(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"the supervisor is serving {self.in_progress} calls, its limit "
                             f"(grpc.max_concurrent_rpcs); retry shortly, or follow fewer jobs at once")
-        return _wrapped(handler, caller, self)
+        return _wrapped(handler, caller, self, tally)
+
+
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+class _Tally:
+    """Counts one call of ``method`` by the status it ended with."""
+
+    __slots__ = ("metrics", "method", "started")
+
+    def __init__(self, metrics: metrics_module.Metrics, method: str) -> None:
+        self.metrics, self.method, self.started = metrics, method, time.perf_counter()
+
+    def done(self, code: str) -> None:
+        self.metrics.rpcs.labels(self.method, code).inc()
+
+    def ended(self, context: grpc.aio.ServicerContext, error: BaseException | None, *, timed: bool = False) -> None:
+        code = context.code()
+        if isinstance(code, grpc.StatusCode):
+            name = code.name
+        elif isinstance(code, int):
+            name = _CODE_NAMES.get(code, "UNKNOWN")
+        else:
+            name = "OK" if error is None else "CANCELLED" if isinstance(error, asyncio.CancelledError) else "UNKNOWN"
+        self.done(name)
+        if timed:
+            self.metrics.rpc_seconds.labels(self.method).observe(time.perf_counter() - self.started)
 
 
 def _refused(handler: Any, code: grpc.StatusCode, message: str) -> Any:
@@ -122,8 +158,9 @@ def _refused(handler: Any, code: grpc.StatusCode, message: str) -> Any:
     return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=handler.response_serializer)
 
 
-def _wrapped(handler: Any, caller: Caller | None, counter: AuthInterceptor | None) -> Any:
-    """The same method with the caller set, decoding guarded, and (``counter``) counted while it runs."""
+def _wrapped(handler: Any, caller: Caller | None, counter: AuthInterceptor | None, tally: _Tally) -> Any:
+    """The same method with the caller set, decoding guarded, its end tallied, and (``counter``) counted while it
+    runs."""
     decode = _guarded(handler.request_deserializer)
 
     async def check(request: Any, context: grpc.aio.ServicerContext) -> None:
@@ -138,12 +175,17 @@ def _wrapped(handler: Any, caller: Caller | None, counter: AuthInterceptor | Non
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if counter is not None:
                 counter.in_progress += 1
+            error: BaseException | None = None
             try:
                 await check(request, context)
                 return await handler.unary_unary(request, context)
+            except BaseException as raised:
+                error = raised
+                raise
             finally:
                 if counter is not None:
                     counter.in_progress -= 1
+                tally.ended(context, error, timed=True)
 
         return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=decode,
                                                    response_serializer=handler.response_serializer)
@@ -151,12 +193,17 @@ def _wrapped(handler: Any, caller: Caller | None, counter: AuthInterceptor | Non
         async def written(request: Any, context: grpc.aio.ServicerContext) -> None:  # writes with context.write
             if counter is not None:
                 counter.in_progress += 1
+            error: BaseException | None = None
             try:
                 await check(request, context)
                 await handler.unary_stream(request, context)
+            except BaseException as raised:
+                error = raised
+                raise
             finally:
                 if counter is not None:
                     counter.in_progress -= 1
+                tally.ended(context, error)
 
         return grpc.unary_stream_rpc_method_handler(written, request_deserializer=decode,
                                                     response_serializer=handler.response_serializer)
@@ -164,13 +211,18 @@ def _wrapped(handler: Any, caller: Caller | None, counter: AuthInterceptor | Non
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if counter is not None:
                 counter.in_progress += 1
+            error: BaseException | None = None
             try:
                 await check(request, context)
                 async for item in handler.unary_stream(request, context):
                     yield item
+            except BaseException as raised:
+                error = raised
+                raise
             finally:
                 if counter is not None:
                     counter.in_progress -= 1
+                tally.ended(context, error)
 
         return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=decode,
                                                     response_serializer=handler.response_serializer)
@@ -183,8 +235,15 @@ def _wrapped(handler: Any, caller: Caller | None, counter: AuthInterceptor | Non
                 while (request := await context.read()) is not grpc.aio.EOF:
                     yield request
 
-            async for item in handler.stream_stream(read(), context):
-                yield item
+            error: BaseException | None = None
+            try:
+                async for item in handler.stream_stream(read(), context):
+                    yield item
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                tally.ended(context, error)
 
         return grpc.stream_stream_rpc_method_handler(bidi, request_deserializer=handler.request_deserializer,
                                                      response_serializer=handler.response_serializer)

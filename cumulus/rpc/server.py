@@ -18,6 +18,7 @@ import trio
 from cumulus.asyncio_bridge import call_asyncio, open_asyncio_bridge
 from cumulus.config import SecuritySettings, parse_host_port
 from cumulus.errors import ConfigError, CumulusError
+from cumulus.metrics import OFF, Metrics
 from cumulus.rpc.auth import AuthInterceptor
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
 from cumulus.rpc.servicer import OrchestratorServicer
@@ -75,12 +76,13 @@ async def serve_grpc(
     credentials: Any | None = None,
     max_message_bytes: int = 64 * 1024 * 1024,
     max_concurrent_rpcs: int | None = None,
+    metrics: Metrics = OFF,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the Cumulus API on ``listen`` (HOST:PORT; port 0 picks a free one) until cancelled.
 
     ``security`` says how (TLS, mutual TLS, or insecure); ``credentials`` (``caller_for(token)``) checks tokens,
-    required unless ``security.insecure``. Reports the bound ``HOST:PORT`` through ``task_status`` once it accepts
+    required unless ``security.insecure``; every call is counted in ``metrics``. Reports the bound ``HOST:PORT`` through ``task_status`` once it accepts
     connections. Raises :class:`ListenError` if the address cannot be bound, :class:`ConfigError` when TLS is not
     configured. Cancellation stops the server: in-flight RPCs get ``STOP_GRACE_SECONDS`` to finish (shielded,
     bounded), then are cancelled; streams end with CANCELLED.
@@ -93,7 +95,8 @@ async def serve_grpc(
         log.log(logging.WARNING if is_loopback(host) else logging.CRITICAL, INSECURE_WARNING, listen)
     async with open_asyncio_bridge():
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(None if security.insecure else credentials, max_calls=max_concurrent_rpcs)],
+            interceptors=[AuthInterceptor(None if security.insecure else credentials, max_calls=max_concurrent_rpcs,
+                                          metrics=metrics)],
             # The interceptor holds job calls to max_concurrent_rpcs; the rest is room for health checks.
             maximum_concurrent_rpcs=None if max_concurrent_rpcs is None else max_concurrent_rpcs + HEALTH_RESERVE,
             options=[

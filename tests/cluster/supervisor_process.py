@@ -69,10 +69,12 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def write_config(path: Path, *, sid: str, listen: str, journal: Path, extra: str = "") -> Path:
+def write_config(path: Path, *, sid: str, listen: str, journal: Path, extra: str = "",
+                 http_listen: str = "127.0.0.1:0") -> Path:
     path.write_text(
         f"supervisor_id: \"{sid}\"\n"
         f"grpc:\n  listen: \"{listen}\"\n"
+        f"server:\n  http_listen: \"{http_listen}\"\n"
         f"cluster:\n  description: \"{CLUSTER_JSON}\"\n  allow_non_gpu_devices: true\n  poll_interval: 0.1\n"
         f"journal:\n  path: \"{journal}\"\n"
         f"logging:\n  level: \"INFO\"\n"

@@ -367,17 +367,20 @@ class FakeNode:
                 partition.lost_cause = LeaseLoss.NODE_UNREACHABLE
                 partition.lost.set()
 
-    async def renew_leases(self) -> None:
+    async def renew_leases(self) -> int:
         await trio.sleep(0)
         if self.node.hostname in self.world.unreachable:
             raise SshError(self.node.hostname, "renew", "connection lost")
+        renewed = 0
         for job_id, partition in list(self.leases.items()):
             if partition.partition_id in self.world.partitions:
                 partition.renewed_at = trio.current_time()
+                renewed += 1
             else:
                 partition.lost_reason = "holder gone or lease expired"
                 partition.lost_cause = LeaseLoss.HOLDER_GONE
                 partition.lost.set()
+        return renewed
 
     @asynccontextmanager
     async def open_job_files(self, *, job_id: str, package: bytes):

@@ -20,6 +20,13 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COMPLETED: _ClassVar[JobState]
     FAILED: _ClassVar[JobState]
     CANCELLED: _ClassVar[JobState]
+
+class UsageGroup(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    USAGE_GROUP_UNSPECIFIED: _ClassVar[UsageGroup]
+    BY_USER: _ClassVar[UsageGroup]
+    BY_JOB: _ClassVar[UsageGroup]
+    BY_WORKER: _ClassVar[UsageGroup]
 JOB_STATE_UNSPECIFIED: JobState
 QUEUED: JobState
 SCHEDULING: JobState
@@ -28,6 +35,10 @@ RUNNING: JobState
 COMPLETED: JobState
 FAILED: JobState
 CANCELLED: JobState
+USAGE_GROUP_UNSPECIFIED: UsageGroup
+BY_USER: UsageGroup
+BY_JOB: UsageGroup
+BY_WORKER: UsageGroup
 
 class JobSubmission(_message.Message):
     __slots__ = ("code_package", "requirements", "gpu", "duration_seconds", "env", "idempotency_key", "name", "retries", "retry_exceptions", "priority", "max_queue_seconds", "memory_bytes", "cpus", "network", "secret_env")
@@ -188,7 +199,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "name", "state", "reason", "worker", "device_index", "gpu", "partition_id", "service_id", "submitted_at", "started_at", "finished_at", "attempt", "teardown", "has_result", "queue_position", "owner")
+    __slots__ = ("job_id", "name", "state", "reason", "worker", "device_index", "gpu", "partition_id", "service_id", "submitted_at", "started_at", "finished_at", "attempt", "teardown", "has_result", "queue_position", "owner", "trace_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +217,7 @@ class JobStatus(_message.Message):
     HAS_RESULT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: JobState
@@ -223,7 +235,8 @@ class JobStatus(_message.Message):
     has_result: bool
     queue_position: int
     owner: str
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., worker: _Optional[str] = ..., device_index: _Optional[int] = ..., gpu: _Optional[float] = ..., partition_id: _Optional[str] = ..., service_id: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., has_result: _Optional[bool] = ..., queue_position: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., worker: _Optional[str] = ..., device_index: _Optional[int] = ..., gpu: _Optional[float] = ..., partition_id: _Optional[str] = ..., service_id: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., has_result: _Optional[bool] = ..., queue_position: _Optional[int] = ..., owner: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class CancelJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -388,3 +401,45 @@ class RevokeTokenResponse(_message.Message):
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     token: Token
     def __init__(self, token: _Optional[_Union[Token, _Mapping]] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("since", "by")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    since: _timestamp_pb2.Timestamp
+    by: UsageGroup
+    def __init__(self, since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., by: _Optional[_Union[UsageGroup, str]] = ...) -> None: ...
+
+class UsageRow(_message.Message):
+    __slots__ = ("key", "jobs", "attempts", "device_seconds", "gpu_seconds", "wall_seconds", "queue_seconds", "cost", "unpriced_device_seconds")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_DEVICE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    jobs: int
+    attempts: int
+    device_seconds: float
+    gpu_seconds: float
+    wall_seconds: float
+    queue_seconds: float
+    cost: float
+    unpriced_device_seconds: float
+    def __init__(self, key: _Optional[str] = ..., jobs: _Optional[int] = ..., attempts: _Optional[int] = ..., device_seconds: _Optional[float] = ..., gpu_seconds: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., cost: _Optional[float] = ..., unpriced_device_seconds: _Optional[float] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("rows", "total", "currency", "since")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[UsageRow]
+    total: UsageRow
+    currency: str
+    since: _timestamp_pb2.Timestamp
+    def __init__(self, rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., total: _Optional[_Union[UsageRow, _Mapping]] = ..., currency: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

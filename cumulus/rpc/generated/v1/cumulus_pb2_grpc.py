@@ -89,6 +89,11 @@ class OrchestratorServiceStub:
                 request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/cumulus.v1.OrchestratorService/GetUsage',
+                request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -167,6 +172,14 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """Device time used by finished attempts, grouped by user, job or worker, with totals (and cost when the
+        supervisor has prices). An admin sees every user's; anyone else only their own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -224,6 +237,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenRequest.FromString,
                     response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetUsageRequest.FromString,
+                    response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -523,6 +541,33 @@ class OrchestratorService:
             '/cumulus.v1.OrchestratorService/RevokeToken',
             cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenRequest.SerializeToString,
             cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cumulus.v1.OrchestratorService/GetUsage',
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetUsageRequest.SerializeToString,
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,
