@@ -2,6 +2,7 @@
 
     python bench/control_plane.py [--quick]
 
+* P3 with metrics on against P3 with metrics off (``metrics.enabled``): what counting costs (goal: under 5 %).
 * P3 throughput: complete job lifecycles per second (submit -> placed -> partition -> files -> service ->
   exit -> result -> teardown) driven through the real supervisor tree by its Python API, with instant in-memory
   backends. Baseline: a raw Trio loop
@@ -41,19 +42,19 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def settings():
+def settings(metrics: bool = True):
     return load_settings(environ={}, overrides={
         "supervisor_id": "bench", "cluster.docker_host": "unix:///fake", "cluster.image": "sha256:fake",
         "cluster.poll_interval": 0.05, "journal.path": ":memory:", "jobs.max_queue": 1_000_000,
-        "lease.renew_interval": 5, "lease.ttl": 30,
+        "lease.renew_interval": 5, "lease.ttl": 30, "metrics.enabled": metrics,
     })
 
 
-async def _with_cluster(workers: int, body):
+async def _with_cluster(workers: int, body, metrics: bool = True):
     fake_cluster.DELAY = 0.0
     async with trio.open_nursery() as nursery:
         world = FakeWorld([fake_node(i + 1, devices=8) for i in range(workers)], nursery)
-        async with open_supervisor(settings(), backends=world.backends(), serve_rpc=False) as sup:
+        async with open_supervisor(settings(metrics), backends=world.backends(), serve_rpc=False) as sup:
             while not (ws := await sup.list_workers()) or not all(w.healthy for w in ws):
                 await trio.sleep(0.01)
             result = await body(sup)
@@ -61,7 +62,7 @@ async def _with_cluster(workers: int, body):
     return result
 
 
-async def lifecycles_per_second(jobs: int, workers: int, concurrency: int = 64) -> float:
+async def lifecycles_per_second(jobs: int, workers: int, concurrency: int = 64, metrics: bool = True) -> float:
     async def body(sup):
         started = time.perf_counter()
         limiter = trio.Semaphore(concurrency)
@@ -76,7 +77,21 @@ async def lifecycles_per_second(jobs: int, workers: int, concurrency: int = 64) 
                 nursery.start_soon(one)
         return jobs / (time.perf_counter() - started)
 
-    return await _with_cluster(workers, body)
+    return await _with_cluster(workers, body, metrics)
+
+
+def metrics_cost(rounds: int, jobs: int) -> dict:
+    """P3 with metrics on against P3 with them off (the baseline), rounds interleaved so that both see the same
+    machine."""
+    on, off = [], []
+    for _ in range(rounds):
+        off.append(trio.run(lifecycles_per_second, jobs, 10, 64, False))
+        on.append(trio.run(lifecycles_per_second, jobs, 10, 64, True))
+    with_metrics, without = statistics.median(on), statistics.median(off)
+    print(f"P3 lifecycles/s with metrics on: {with_metrics:8.0f}   off: {without:8.0f}   "
+          f"ratio {with_metrics / without:.3f} (goal >= 0.95)")
+    return {"metric": "P3 job lifecycles/s, metrics on (baseline: metrics off), issue 14", "cumulus": with_metrics,
+            "baseline": without, "ratio": with_metrics / without, "goal": ">= 0.95x", "unit": "1/s"}
 
 
 async def raw_trio_per_second(jobs: int, concurrency: int = 64) -> float:
@@ -130,8 +145,11 @@ async def memory_per_job(jobs: int, workers: int) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer jobs and rounds")
+    parser.add_argument("--metrics-cost", action="store_true", help="only P3 with metrics on vs off")
     args = parser.parse_args(argv)
     rounds, jobs = (3, 500) if args.quick else (5, 2000)
+    if args.metrics_cost:
+        return [metrics_cost(rounds * 2 + 1, jobs)]
     results = []
     api, raw = [], []
     for _ in range(rounds):
@@ -142,6 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"ratio {cumulus / baseline:.3f} (goal >= 1,000/s)")
     results.append({"metric": "P3 job lifecycles/s, Python API, in-memory backends", "cumulus": cumulus,
                     "baseline": baseline, "ratio": cumulus / baseline, "goal": ">= 1000/s", "unit": "1/s"})
+    results.append(metrics_cost(rounds, jobs))
     for workers in (1, 10, 100):
         rate = trio.run(lifecycles_per_second, jobs // 2, workers)
         print(f"  scaling: {workers:3d} workers: {rate:8.0f} lifecycles/s")

@@ -21,35 +21,33 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 import trio
 import trio_asyncio
 
-from cumulus import metrics
-
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
-async def open_asyncio_bridge() -> AsyncIterator[None]:
+async def open_asyncio_bridge(on_unhandled_error: Callable[[], None] | None = None) -> AsyncIterator[None]:
     """Run an asyncio loop inside the current Trio run for the duration of the block.
 
     Nested use is allowed and reuses the loop that is already open. On exit every asyncio task still running on
     the loop is cancelled.
 
     An error that no one retrieves - an asyncio task a library abandoned, e.g. asyncssh's parallel SFTP reads
-    left behind by a cancelled read, that later fail - is logged (at ERROR, with asyncio's context) and counted in
-    :data:`unhandled_errors` and in the supervisor's ``cumulus_asyncio_unhandled_errors_total``. trio-asyncio's own handler would instead raise it into the loop, ending the whole
-    process and every job's actor with it.
+    left behind by a cancelled read, that later fail - is logged (at ERROR, with asyncio's context), counted in
+    :data:`unhandled_errors` and reported to ``on_unhandled_error`` (the supervisor counts it in its metrics).
+    trio-asyncio's own handler would instead raise it into the loop, ending the whole process and every job's
+    actor with it.
     """
     if _current_loop() is not None:
         yield
         return
-    counted = metrics.current()
-
-    def on_unhandled_error(loop: Any, context: dict[str, Any]) -> None:
-        counted.asyncio_errors.inc()
+    def handle(loop: Any, context: dict[str, Any]) -> None:
         _log_unhandled_error(loop, context)
+        if on_unhandled_error is not None:
+            on_unhandled_error()
 
     async with trio_asyncio.open_loop() as loop:
-        loop.set_exception_handler(on_unhandled_error)
+        loop.set_exception_handler(handle)
         yield
 
 

@@ -127,10 +127,21 @@ class Metrics:
     # ---- counted as it happens --------------------------------------------------------------------------------
 
     def resource_acquired(self, what: str, seconds: float) -> None:
+        """A ResourceOwner took ``what`` (it reports here: :func:`cumulus.actors.ownership.observed_by`)."""
         self.resource_acquire.labels(what).observe(seconds)
         phase = PHASE_OF_RESOURCE.get(what)
         if phase is not None:
             self.job_phase.labels(phase).observe(seconds)
+
+    def resource_released(self, what: str, seconds: float) -> None:
+        self.resource_release.labels(what).observe(seconds)
+
+    def resource_leaked(self, what: str) -> None:
+        self.leaks.labels("release", what).inc()
+
+    def lease_lost(self, placement: Any, cause: Any) -> None:
+        """A job's partition lease was lost while it ran (``cause``: a LeaseLoss, or None)."""
+        self.leases_expired.labels(placement.worker if placement else "", cause.value if cause else "").inc()
 
     def phase(self, phase: str, seconds: float) -> None:
         self.job_phase.labels(phase).observe(seconds)

@@ -218,3 +218,30 @@ def test_metrics_outside_a_supervisor_are_off():
         metrics.current().jobs_submitted.labels("ann").inc()
     assert metrics.current() is metrics.OFF
     assert value(samples(fresh.render().decode()), "cumulus_jobs_submitted_total", user="ann") == 1
+
+
+async def test_resource_owners_report_acquisitions_releases_and_leaks():
+    from contextlib import asynccontextmanager
+
+    from cumulus.actors.ownership import ResourceOwner, observed_by
+
+    @asynccontextmanager
+    async def fails_to_release():
+        yield "held"
+        raise OSError("the worker said no")
+
+    @asynccontextmanager
+    async def partition():
+        await trio.sleep(0.01)
+        yield "p"
+
+    m = Metrics()
+    with observed_by(m):
+        async with ResourceOwner("job:test") as owner:
+            await owner.own(partition(), what="partition")
+            await owner.own(fails_to_release(), what="service", same_task=True)
+    scraped = samples(m.render().decode())
+    assert value(scraped, "cumulus_leaks_found_total", where="release", resource="service") == 1
+    assert value(scraped, "cumulus_resource_release_seconds_count", resource="partition") == 1
+    assert value(scraped, "cumulus_job_phase_seconds_count", phase="partition") == 1
+    assert value(scraped, "cumulus_job_phase_seconds_sum", phase="partition") >= 0.01

@@ -23,21 +23,53 @@ in the owner's own task (the same order, shield and time bound), which saves a t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Iterator, Protocol, TypeVar
 
 import trio
-
-from cumulus import metrics
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 DEFAULT_RELEASE_TIMEOUT = 30.0
+
+
+class ResourceObserver(Protocol):
+    """Told how long each acquisition and release took, and of each leak (the supervisor's metrics are one)."""
+
+    def resource_acquired(self, what: str, seconds: float) -> None: ...
+    def resource_released(self, what: str, seconds: float) -> None: ...
+    def resource_leaked(self, what: str) -> None: ...
+
+
+class _Unobserved:
+    def resource_acquired(self, what: str, seconds: float) -> None:
+        pass
+
+    def resource_released(self, what: str, seconds: float) -> None:
+        pass
+
+    def resource_leaked(self, what: str) -> None:
+        pass
+
+
+_observer: ContextVar[ResourceObserver] = ContextVar("cumulus_resource_observer", default=_Unobserved())
+
+
+@contextlib.contextmanager
+def observed_by(observer: ResourceObserver) -> Iterator[None]:
+    """Report to ``observer`` what every ResourceOwner used in this task, and in tasks started inside, does."""
+    token = _observer.set(observer)
+    try:
+        yield
+    finally:
+        _observer.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +141,7 @@ class ResourceOwner:
             held.entered, held.task = True, trio.lowlevel.current_task()
         else:
             value = await self._nursery.start(self._hold, held)
-        metrics.current().resource_acquired(what, time.perf_counter() - started)
+        _observer.get().resource_acquired(what, time.perf_counter() - started)
         self._held.append(held)
         return value
 
@@ -136,7 +168,7 @@ class ResourceOwner:
             started = time.perf_counter()
             values[index] = await nursery_of_holders.start(self._hold, helds[index])
             entered[index] = True
-            metrics.current().resource_acquired(helds[index].what, time.perf_counter() - started)
+            _observer.get().resource_acquired(helds[index].what, time.perf_counter() - started)
 
         committed = False
         try:
@@ -220,8 +252,11 @@ class ResourceOwner:
             self._leak(held, f"release did not finish within {held.timeout:g} s")
 
     async def _release_one(self, held: _Held) -> bool:
-        with metrics.current().resource_release.labels(held.what).time():
+        started = time.perf_counter()
+        try:
             return await self._release_held(held)
+        finally:
+            _observer.get().resource_released(held.what, time.perf_counter() - started)
 
     async def _release_held(self, held: _Held) -> bool:
         if held.task is not None:
@@ -253,7 +288,7 @@ class ResourceOwner:
 
     def _leak(self, held: _Held, reason: str) -> None:
         log.error("%s: releasing %s failed: %s", self.name, held.what, reason)
-        metrics.current().leaks.labels("release", held.what).inc()
+        _observer.get().resource_leaked(held.what)
         self.leaks.append(Leak(self.name, held.what, reason, time.time()))
 
 

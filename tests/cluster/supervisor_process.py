@@ -251,14 +251,15 @@ def torn_down_problems(client: Any, job_id: str, timeout: float) -> list[str]:
 
 
 def start_supervisor(directory: Path, worker_hostnames: list[str], *, sid: str | None = None, extra: str = "",
-                     timeout: float = START_TIMEOUT) -> SupervisorProcess:
+                     timeout: float = START_TIMEOUT, http_listen: str = "127.0.0.1:0") -> SupervisorProcess:
     """Start a supervisor process with its config, journal and log in ``directory``; return it once it serves and
     sees every worker of ``worker_hostnames`` healthy (it is stopped again if that does not happen)."""
     directory.mkdir(parents=True, exist_ok=True)
     sid = sid or f"tf-{secrets.token_hex(4)}"
     address = f"127.0.0.1:{free_port()}"
     journal = directory / "journal.sqlite3"
-    config = write_config(directory / "sup.yaml", sid=sid, listen=address, journal=journal, extra=extra)
+    config = write_config(directory / "sup.yaml", sid=sid, listen=address, journal=journal, extra=extra,
+                          http_listen=http_listen)
     log_path = directory / "supervisor.log"
     started = time.monotonic()
     with open(log_path, "ab") as log:
