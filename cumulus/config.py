@@ -8,15 +8,14 @@ the key (``grpc.listen``) and says what is allowed.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, get_type_hints
+from typing import Any, Mapping
 
+from cumulus.config_values import apply_environment, apply_mapping, check_range, read_yaml, set_dotted
 from cumulus.errors import ConfigError
 from cumulus.jobformat.limits import MAX_PACKAGE_MB
 
@@ -37,8 +36,8 @@ class GrpcSettings:
 
     def validate(self) -> None:
         parse_host_port(self.listen, key="grpc.listen", allow_any_port=True)
-        _check_range("grpc.max_message_mb", self.max_message_mb, 1, 1024)
-        _check_range("grpc.max_concurrent_rpcs", self.max_concurrent_rpcs, 1, 100_000)
+        check_range("grpc.max_message_mb", self.max_message_mb, 1, 1024)
+        check_range("grpc.max_concurrent_rpcs", self.max_concurrent_rpcs, 1, 100_000)
 
 
 @dataclass
@@ -70,7 +69,7 @@ class UsageSettings:
         for model, price in self.prices.items():
             if not model:
                 raise ConfigError("usage.prices", "a device model name is empty")
-            _check_range(f"usage.prices[{model!r}]", price, 0, 1e9)
+            check_range(f"usage.prices[{model!r}]", price, 0, 1e9)
 
 
 @dataclass
@@ -114,12 +113,12 @@ class ContainerSettings:
     def validate(self) -> None:
         if self.user and not re.fullmatch(r"[1-9][0-9]{0,9}(:[0-9]{1,10})?", self.user):
             raise ConfigError("containers.user", f"{self.user!r}: give uid or uid:gid, uid not 0, or leave empty")
-        _check_range("containers.max_memory_mb", self.max_memory_mb, 16, 1 << 24)
-        _check_range("containers.memory_mb", self.memory_mb, 16, self.max_memory_mb)
-        _check_range("containers.max_cpus", self.max_cpus, 0.01, 4096)
-        _check_range("containers.cpus", self.cpus, 0.01, self.max_cpus)
-        _check_range("containers.pids_limit", self.pids_limit, 16, 1 << 22)
-        _check_range("containers.tmpfs_mb", self.tmpfs_mb, 1, 1 << 20)
+        check_range("containers.max_memory_mb", self.max_memory_mb, 16, 1 << 24)
+        check_range("containers.memory_mb", self.memory_mb, 16, self.max_memory_mb)
+        check_range("containers.max_cpus", self.max_cpus, 0.01, 4096)
+        check_range("containers.cpus", self.cpus, 0.01, self.max_cpus)
+        check_range("containers.pids_limit", self.pids_limit, 16, 1 << 22)
+        check_range("containers.tmpfs_mb", self.tmpfs_mb, 1, 1 << 20)
         if self.network not in ("internet", "none"):
             raise ConfigError("containers.network", f"{self.network!r} is not one of internet, none")
 
@@ -145,8 +144,8 @@ class ClusterSettings:
     """How often the Swarm task list is polled, in seconds (0.05..5)."""
 
     def validate(self) -> None:
-        _check_range("cluster.ssh_connect_timeout", self.ssh_connect_timeout, 0.1, 600)
-        _check_range("cluster.poll_interval", self.poll_interval, 0.05, 5)
+        check_range("cluster.ssh_connect_timeout", self.ssh_connect_timeout, 0.1, 600)
+        check_range("cluster.poll_interval", self.poll_interval, 0.05, 5)
         if self.image and not self.image.startswith("sha256:") and "@sha256:" not in self.image:
             raise ConfigError("cluster.image", f"{self.image!r} is a tag; give the image id (sha256:...) or a digest")
 
@@ -171,15 +170,15 @@ class JobSettings:
     """Jobs that may share one device at once, however small their shares."""
 
     def validate(self) -> None:
-        _check_range("jobs.max_package_mb", self.max_package_mb, 1, 2048)
-        _check_range("jobs.max_duration", self.max_duration, 1, 86400)
-        _check_range("jobs.default_duration", self.default_duration, 1, self.max_duration)
-        _check_range("jobs.release_timeout", self.release_timeout, 1, 600)
-        _check_range("jobs.stop_grace", self.stop_grace, 0, 60)
-        _check_range("jobs.result_retention", self.result_retention, 0, 365 * 86400)
-        _check_range("jobs.max_queue", self.max_queue, 0, 1_000_000)
-        _check_range("jobs.default_retries", self.default_retries, 0, 100)
-        _check_range("jobs.max_jobs_per_device", self.max_jobs_per_device, 1, 100)
+        check_range("jobs.max_package_mb", self.max_package_mb, 1, 2048)
+        check_range("jobs.max_duration", self.max_duration, 1, 86400)
+        check_range("jobs.default_duration", self.default_duration, 1, self.max_duration)
+        check_range("jobs.release_timeout", self.release_timeout, 1, 600)
+        check_range("jobs.stop_grace", self.stop_grace, 0, 60)
+        check_range("jobs.result_retention", self.result_retention, 0, 365 * 86400)
+        check_range("jobs.max_queue", self.max_queue, 0, 1_000_000)
+        check_range("jobs.default_retries", self.default_retries, 0, 100)
+        check_range("jobs.max_jobs_per_device", self.max_jobs_per_device, 1, 100)
 
 
 @dataclass
@@ -192,9 +191,9 @@ class LeaseSettings:
     (partitions then die with the supervisor's SSH sessions)."""
 
     def validate(self) -> None:
-        _check_range("lease.renew_interval", self.renew_interval, 0.2, 600)
+        check_range("lease.renew_interval", self.renew_interval, 0.2, 600)
         if self.ttl:
-            _check_range("lease.ttl", self.ttl, 2 * self.renew_interval, 86400)
+            check_range("lease.ttl", self.ttl, 2 * self.renew_interval, 86400)
 
 
 @dataclass
@@ -259,10 +258,10 @@ def load_settings(
     environ = os.environ if environ is None else environ
     settings = Settings()
     if path is not None:
-        _apply_mapping(settings, _read_yaml(Path(path)), prefix="")
-    _apply_environment(settings, environ)
+        apply_mapping(settings, read_yaml(Path(path)), prefix="")
+    apply_environment(settings, environ)
     for dotted, value in (overrides or {}).items():
-        _set_dotted(settings, dotted, value)
+        set_dotted(settings, dotted, value)
     return settings.validate()
 
 
@@ -323,109 +322,3 @@ def default_address(environ: Mapping[str, str] | None = None) -> str:
 
 
 # ---- internals ----------------------------------------------------------------------------------------------------
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml  # imported here: a client-only install (no PyYAML) imports this module for default_address
-
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError("config", f"cannot read {path}: {error.strerror or error}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError("config", f"{path} is not valid YAML: {error}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError("config", f"{path} must hold a mapping of sections, not {type(data).__name__}")
-    return data
-
-
-def _apply_mapping(target: Any, data: Mapping[str, Any], prefix: str) -> None:
-    hints = get_type_hints(type(target))
-    names = {f.name for f in dataclasses.fields(target)}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(dotted, f"unknown setting; allowed here: {', '.join(sorted(names))}")
-        current = getattr(target, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(dotted, f"must be a mapping with keys {', '.join(f.name for f in dataclasses.fields(current))}")
-            _apply_mapping(current, value, prefix=f"{dotted}.")
-        else:
-            setattr(target, key, _coerce(dotted, value, hints[key]))
-
-
-def _apply_environment(settings: Settings, environ: Mapping[str, str]) -> None:
-    for f in dataclasses.fields(settings):
-        section = getattr(settings, f.name)
-        if dataclasses.is_dataclass(section):
-            for sub in dataclasses.fields(section):
-                name = f"CUMULUS_{f.name}_{sub.name}".upper()
-                if name in environ:
-                    _set_dotted(settings, f"{f.name}.{sub.name}", environ[name], source=name)
-        else:
-            name = f"CUMULUS_{f.name}".upper()
-            if name in environ:
-                _set_dotted(settings, f.name, environ[name], source=name)
-
-
-def _set_dotted(settings: Settings, dotted: str, value: Any, source: str | None = None) -> None:
-    *parents, leaf = dotted.split(".")
-    target: Any = settings
-    for part in parents:
-        if not hasattr(target, part):
-            raise ConfigError(dotted, "unknown setting")
-        target = getattr(target, part)
-    if leaf not in {f.name for f in dataclasses.fields(target)}:
-        raise ConfigError(dotted, "unknown setting")
-    key = f"{dotted} (from {source})" if source else dotted
-    setattr(target, leaf, _coerce(key, value, get_type_hints(type(target))[leaf]))
-
-
-def _coerce(key: str, value: Any, kind: Any) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return value.lower() in ("1", "true", "yes", "on")
-        raise ConfigError(key, f"{value!r} is not a boolean (true/false)")
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(key, f"{value!r} is not an integer")
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(key, f"{value!r} is not an integer") from None
-    if kind is float:
-        if isinstance(value, bool):
-            raise ConfigError(key, f"{value!r} is not a number")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(key, f"{value!r} is not a number") from None
-        if not math.isfinite(number):
-            raise ConfigError(key, f"{value!r} must be a finite number")
-        return number
-    if kind == dict[str, float]:
-        if isinstance(value, str):  # from the environment: MODEL=PRICE,MODEL=PRICE
-            pairs = [item.partition("=") for item in value.split(",") if item.strip()]
-            if any(not sep for _, sep, _ in pairs):
-                raise ConfigError(key, f"{value!r}: write NAME=NUMBER,NAME=NUMBER")
-            value = {name.strip(): number for name, _, number in pairs}
-        if not isinstance(value, dict):
-            raise ConfigError(key, f"{value!r} is not a mapping of names to numbers")
-        return {str(name): _coerce(f"{key}[{name!r}]", number, float) for name, number in value.items()}
-    if kind is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(key, f"{value!r} is not a string")
-        return str(value)
-    raise ConfigError(key, f"unsupported setting type {kind!r}")
-
-
-def _check_range(key: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(key, f"{value!r} is out of range; allowed {low:g}..{high:g}")

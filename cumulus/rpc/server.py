@@ -82,9 +82,9 @@ async def serve_grpc(
     """Serve the Cumulus API on ``listen`` (HOST:PORT; port 0 picks a free one) until cancelled.
 
     ``security`` says how (TLS, mutual TLS, or insecure); ``credentials`` (``caller_for(token)``) checks tokens,
-    required unless ``security.insecure``; every call is counted in ``metrics``. Reports the bound ``HOST:PORT`` through ``task_status`` once it accepts
-    connections. Raises :class:`ListenError` if the address cannot be bound, :class:`ConfigError` when TLS is not
-    configured. Cancellation stops the server: in-flight RPCs get ``STOP_GRACE_SECONDS`` to finish (shielded,
+    required unless ``security.insecure``; every call is counted in ``metrics``. Reports the bound ``HOST:PORT``
+    through ``task_status`` once it accepts connections. Raises :class:`ListenError` if the address cannot be bound,
+    :class:`ConfigError` when TLS is not configured. Cancellation stops the server: in-flight RPCs get ``STOP_GRACE_SECONDS`` to finish (shielded,
     bounded), then are cancelled; streams end with CANCELLED.
     """
     host, _ = parse_host_port(listen, key="grpc.listen", allow_any_port=True)
