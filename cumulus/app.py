@@ -14,11 +14,12 @@ Tree (children start top to bottom, each ready before the next, and stop bottom 
     │   ├── jobs       dynamic, temporary: JobActor per job (reservation > partition > files > service)
     │   ├── watcher    TaskWatcher: one poller of the Swarm task list
     │   └── cluster    ClusterActor: job table, node sync, recovery
-    └── rpc            gRPC server
+    ├── rpc            gRPC server
+    └── http           HTTP port: /metrics, /healthz, /readyz (server.http_listen)
 
-Stopping the tree stops the RPC server first, then the cluster, then every job (each tearing down what it owns,
-while the workers' SSH connections and the scheduler are still there), then the workers, the scheduler, and the
-journal last.
+Stopping the tree stops the HTTP port and the RPC server first, then the cluster, then every job (each tearing
+down what it owns, while the workers' SSH connections and the scheduler are still there), then the workers, the
+scheduler, and the journal last.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from typing import AsyncIterator
 
 import trio
 
+from cumulus import metrics
 from cumulus.actors.base import ActorRef
+from cumulus.actors.ownership import observed_by
 from cumulus.actors.cluster import CancelJob, ClusterActor, DescribeJob, GetJob, ListJobs, Submit
 from cumulus.actors.scheduler import ListWorkers, Scheduler
 from cumulus.actors.tokens import CreateToken, Credentials, ListTokens, RevokeToken, TokenRegistry
@@ -39,13 +42,14 @@ from cumulus.actors.watcher import TaskWatcher
 from cumulus.asyncio_bridge import open_asyncio_bridge
 from cumulus.backends import Backends, NodeConnections
 from cumulus.config import Settings, apply_cluster_description
-from cumulus.errors import SupervisorUnavailable
+from cumulus.errors import InvalidRequest, SupervisorUnavailable
 from cumulus.history import HistoryEvent
 from cumulus.identity import LOCAL_ADMIN, Caller, Limits, TokenInfo
 from cumulus.jobs import JobRecord, JobSpec, WorkerInfo
 from cumulus.journal import Journal
 from cumulus.journal_rows import SecretBox
 from cumulus.supervisor import ChildSpec, DynamicSupervisor, Restart, Strategy, Supervisor
+from cumulus.usage import GROUPS, SummarizeUsage, UsageReport
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,8 @@ class SupervisorApi:
         self.settings = settings
         self.root: Supervisor | None = None
         self.listen_address: str | None = None
+        self.http_address: str | None = None  # http(s)://HOST:PORT of the HTTP port, when it serves
+        self.metrics = metrics.OFF  # the supervisor's own, from open_supervisor
         self.credentials = Credentials()  # written by the tokens actor only; read by the RPC layer
 
     def _core(self, name: str) -> ActorRef:
@@ -116,6 +122,17 @@ class SupervisorApi:
 
     async def list_workers(self) -> list[WorkerInfo]:
         return await self._core("scheduler").call(ListWorkers())
+
+    async def usage(self, since: float | None = None, by: str = "user", *, caller: Caller = LOCAL_ADMIN
+                    ) -> UsageReport:
+        """Device usage of the attempts that ended at or after ``since`` (all the journal keeps if None), grouped
+        ``by`` user, job or worker (:mod:`cumulus.usage`), priced with ``usage.prices``: every user's for an admin,
+        the caller's own jobs' otherwise. InvalidRequest for an unknown ``by``."""
+        if by not in GROUPS:  # checked here: the journal must never crash on a request
+            raise InvalidRequest(f"cannot group usage by {by!r}: use one of {', '.join(GROUPS)}")
+        prices = tuple(sorted(self.settings.usage.prices.items()))
+        query = SummarizeUsage(by, since, None if caller.admin else caller.name, prices, self.settings.usage.currency)
+        return await self._core("journal").call(query)
 
     def _tokens(self) -> ActorRef:
         tokens = self.root.whereis("tokens") if self.root is not None else None
@@ -197,16 +214,25 @@ def build_tree(api: SupervisorApi, backends: Backends, swarm: object, *, serve_r
         async def rpc(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
             await serve_grpc(api, settings.grpc.listen, security=settings.security, credentials=api.credentials,
                              max_message_bytes=settings.grpc.max_message_mb << 20,
-                             max_concurrent_rpcs=settings.grpc.max_concurrent_rpcs, task_status=task_status)
+                             max_concurrent_rpcs=settings.grpc.max_concurrent_rpcs, metrics=api.metrics,
+                             task_status=task_status)
 
         children.append(ChildSpec("rpc", rpc, Restart.PERMANENT))
+        if settings.server.http_listen:
+            from cumulus.rpc.http import serve_http
+
+            async def http(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+                await serve_http(api, api.metrics, settings.server.http_listen, security=settings.security,
+                                 task_status=task_status)
+
+            children.append(ChildSpec("http", http, Restart.PERMANENT))
     return Supervisor(children, name="root", max_restarts=3, max_seconds=10)
 
 
 @asynccontextmanager
-async def _maybe_asyncio(needed: bool) -> AsyncIterator[None]:
+async def _maybe_asyncio(needed: bool, counted: metrics.Metrics) -> AsyncIterator[None]:
     if needed:
-        async with open_asyncio_bridge():
+        async with open_asyncio_bridge(on_unhandled_error=counted.asyncio_errors.inc):
             yield
     else:
         yield
@@ -224,12 +250,22 @@ async def open_supervisor(
     backends = backends or Backends()
     apply_cluster_description(settings)
     api = SupervisorApi(settings)
-    async with _maybe_asyncio(backends.needs_asyncio), backends.open_swarm(settings) as swarm:
+    api.metrics = metrics.Metrics(enabled=settings.metrics.enabled)
+    with metrics.bound(api.metrics), observed_by(api.metrics):
+        async with _open_tree(api, backends, serve_rpc) as running:
+            yield running
+
+
+@asynccontextmanager
+async def _open_tree(api: SupervisorApi, backends: Backends, serve_rpc: bool) -> AsyncIterator[SupervisorApi]:
+    settings = api.settings
+    async with _maybe_asyncio(backends.needs_asyncio, api.metrics), backends.open_swarm(settings) as swarm:
         root = build_tree(api, backends, swarm, serve_rpc=serve_rpc)
         async with trio.open_nursery() as nursery:
             await nursery.start(root.run)
             api.root = root
             api.listen_address = root.whereis("rpc") if serve_rpc else None
+            api.http_address = root.whereis("http") if serve_rpc and settings.server.http_listen else None
             try:
                 yield api
             finally:

@@ -26,6 +26,7 @@ COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
 def build_parser() -> argparse.ArgumentParser:
     from cumulus.client import cli as client_cli
     from cumulus.client import tokens as token_cli
+    from cumulus.client import usage as usage_cli
     from cumulus.client.cli_flags import global_flags
     from cumulus.local import cli as local_cli
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_supervisor(commands)
     client_cli.register(commands)
     token_cli.register(commands)
+    usage_cli.register(commands)
     local_cli.register(commands)
     _register_completion(commands)
     return parser
@@ -55,6 +57,8 @@ def _register_supervisor(commands: argparse._SubParsersAction[argparse.ArgumentP
     config = sup.add_argument("--config", metavar="FILE", help="YAML settings file (see config.yaml.example)")
     config.complete = FILE_COMPLETION  # type: ignore[attr-defined]
     sup.add_argument("--listen", metavar="HOST:PORT", help="address to serve gRPC on (default 127.0.0.1:50051)")
+    sup.add_argument("--http-listen", metavar="HOST:PORT", help="address of the HTTP port: /metrics, /healthz, "
+                     "/readyz (default 127.0.0.1:50052; '' for none); server.http_listen")
     for flag, key, what in (("--tls-cert", "tls_cert", "the server's certificate chain (PEM)"),
                             ("--tls-key", "tls_key", "the server's private key (PEM)"),
                             ("--client-ca", "client_ca", "require client certificates signed by this CA (mTLS)"),
@@ -117,6 +121,8 @@ def _run_supervisor(args: argparse.Namespace) -> int:
         return 1
 
     overrides: dict[str, object] = {"grpc.listen": args.listen} if args.listen else {}
+    if args.http_listen is not None:
+        overrides["server.http_listen"] = args.http_listen
     for key in ("tls_cert", "tls_key", "client_ca", "admin_token_file"):
         if getattr(args, key):
             overrides[f"security.{key}"] = getattr(args, key)

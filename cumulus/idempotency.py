@@ -3,9 +3,10 @@
 A key belongs to its user: (owner, key) names at most one job (the cluster actor keeps the map, the journal a
 unique index). A request that comes again with the same key is the same job only if it asks for the same thing:
 the same package bytes and the same value of every :class:`~cumulus.jobs.JobSpec` field that defines the job (all
-of them but ``owner`` and ``idempotency_key``). :class:`RequestFingerprint` holds a SHA-256 digest of each, so
-neither the package nor any env value (``secret_env`` included) needs to be kept or compared in clear; the
-cluster computes it from the stored package and spec after a restart, so the comparison holds across restarts.
+of them but ``owner``, ``idempotency_key``, ``limits`` and ``trace_id``). :class:`RequestFingerprint` holds a
+SHA-256 digest of each, so neither the package nor any env value (``secret_env`` included) needs to be kept or
+compared in clear; the cluster computes it from the stored package and spec after a restart, so the comparison
+holds across restarts.
 
 Pure logic, no I/O: hashing a large package takes a moment, so callers on the event loop run
 :meth:`RequestFingerprint.of` in a thread.
@@ -22,8 +23,9 @@ from typing import Any
 from cumulus.errors import AlreadyExists
 from cumulus.jobs import JobSpec
 
-#: Fields that do not define the job: who asked, and the key itself.
-NOT_COMPARED = frozenset({"owner", "idempotency_key", "limits"})
+#: Fields that do not define the job: who asked, the key itself, and the submission's trace id (a client that
+#: sends the same request again, with a new traceparent, gets the job it made the first time).
+NOT_COMPARED = frozenset({"owner", "idempotency_key", "limits", "trace_id"})
 
 
 def _digest(value: Any) -> str:

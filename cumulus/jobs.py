@@ -98,6 +98,9 @@ class JobSpec:
     limits: Limits = Limits()
     """The owner's limits when the job was submitted: the Scheduler holds the job back while its owner is at
     ``max_running`` or ``max_gpu``."""
+    trace_id: str = ""
+    """W3C trace id (32 lower-case hex digits) of the submission: from the client's ``traceparent``, else made by
+    the server. The job sees it as ``CUMULUS_TRACE_ID``; every supervisor log line about the job carries it."""
 
     @property
     def whole_devices(self) -> int:
@@ -113,6 +116,8 @@ class Placement:
     share: float  # share of each device used
     device_indexes: tuple[int, ...] = ()
     gpu_uuids: tuple[str | None, ...] = ()
+    device_model: str = ""  # the (first) device's name, as `cumulus workers` shows it: what usage.prices prices
+    is_gpu: bool = False  # whether that device is a GPU (its device time counts as GPU time)
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,7 @@ class JobRecord:
         self.queue_position = 0
         self.submitted_at = time.time()
         self.started_at: float | None = None
+        self.running_at: float | None = None  # when the current attempt reached RUNNING (its usage starts)
         self.finished_at: float | None = None
         self.finished = trio.Event()  # the terminal state is set
         self.torn_down = trio.Event()  # teardown finished and reported; nothing of the job remains
@@ -206,8 +212,9 @@ class JobRecord:
         self.reason = reason
         if state in (JobState.FAILED, JobState.CANCELLED):
             self.failure = failure
-        if state is JobState.RUNNING and self.started_at is None:
-            self.started_at = time.time()
+        if state is JobState.RUNNING and self.running_at is None:  # the job's actor clears it between attempts
+            self.running_at = time.time()
+            self.started_at = self.running_at if self.started_at is None else self.started_at  # the same number
         if state.terminal:
             self.finished_at = time.time()
             self.spec = replace(self.spec, package=b"")

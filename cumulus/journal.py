@@ -7,7 +7,10 @@ which events and their bounds: at most ``MAX_EVENTS_PER_JOB`` (200) per job, plu
 The :class:`Journal` actor owns the connection; writes (rows and events) are casts, batched into one transaction
 per wake-up, so recording a state change or an event never waits for the disk. Reads are calls.
 
-A journal file written before ``job_events`` existed opens as it is: the table is created if missing.
+And every job attempt's device usage (``usage``, :mod:`cumulus.usage`: one row per attempt that reached RUNNING,
+cast as ``RecordUsage`` when it ends, summed by ``SummarizeUsage``), which is never deleted with its job.
+
+A journal file written before ``job_events`` or ``usage`` existed opens as it is: the tables are created if missing.
 The file is readable by its owner only (0600); a job's secret env values are stored sealed
 (:mod:`cumulus.journal_rows`), and idempotency keys are unique per owner.
 
@@ -33,6 +36,8 @@ from cumulus.history import END_EVENTS_RESERVE, MAX_EVENTS_PER_JOB, HistoryEvent
 from cumulus.errors import ConfigError
 from cumulus.jobs import JobState
 from cumulus.journal_rows import SecretBox, record_of, row_of
+from cumulus.usage import (USAGE_SCHEMA, RecordUsage, SummarizeUsage, UsageRecord, UsageReport, insert_usage,
+                           select_usage, summarize)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at      REAL,
     finished_at     REAL,
     owner           TEXT NOT NULL DEFAULT '',  -- the name of the token that submitted the job
-    secret_env      BLOB                    -- sealed (journal_rows.SecretBox), never clear text
+    secret_env      BLOB,                   -- sealed (journal_rows.SecretBox), never clear text
+    running_at      REAL                    -- when the current attempt reached RUNNING (re-adoption's usage)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS tokens (
@@ -122,7 +128,7 @@ class LoadEvents:
 
 
 # Columns added after the first release: a journal written before them gets them on open.
-ADDED_COLUMNS = {"owner": "TEXT NOT NULL DEFAULT ''", "secret_env": "BLOB"}
+ADDED_COLUMNS = {"owner": "TEXT NOT NULL DEFAULT ''", "secret_env": "BLOB", "running_at": "REAL"}
 INDEXES = """
 DROP INDEX IF EXISTS jobs_idempotency;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_idempotency ON jobs(owner, idempotency_key)
@@ -144,6 +150,7 @@ def open_database(path: str) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(SCHEMA)
+    db.executescript(USAGE_SCHEMA)
     columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
     for name, kind in ADDED_COLUMNS.items():
         if name not in columns:
@@ -163,10 +170,12 @@ class JournalStore:
         self._statements: dict[tuple[str, tuple[str, ...]], str] = {}
         self._event_counts: dict[str, list[int]] = {}
 
-    def save_many(self, rows: list[dict[str, Any]], events: Sequence[HistoryEvent] = ()) -> None:
+    def save_many(self, rows: list[dict[str, Any]], events: Sequence[HistoryEvent] = (),
+                  usage: Sequence[UsageRecord] = ()) -> None:
         with self.db:
             self.db.execute("BEGIN")
             self._add_events(events)
+            insert_usage(self.db, usage)
             rows = [{**row, "secret_env": self.secrets.seal(row["secret_env"])} if "secret_env" in row else row
                     for row in rows]
             new = [row for row in rows if "package" in row]
@@ -228,7 +237,7 @@ class JournalStore:
         try:
             return {**dict(row), "secret_env": self.secrets.open(row["secret_env"])}
         except ConfigError as error:  # the key file changed: this job cannot run again, the others still can
-            log.error("journal: job %s: %s", row["job_id"], error)
+            log.error("journal: job %s: %s", row["job_id"], error, extra={"job_id": row["job_id"]})
             return {**dict(row), "secret_env": {}, SECRETS_UNREADABLE: True}
 
     def load(self, job_id: str) -> dict[str, Any] | None:
@@ -242,7 +251,12 @@ class JournalStore:
         rows = self.db.execute(f"SELECT * FROM jobs WHERE state NOT IN {TERMINAL} OR teardown IS NULL").fetchall()
         return [self._opened(row) for row in rows]  # type: ignore[misc]
 
-    def forget_before(self, horizon: float) -> int:
+    def usage(self, query: SummarizeUsage) -> UsageReport:
+        records = select_usage(self.db, since=query.since, owner=query.owner)
+        return summarize(records, by=query.by, prices=dict(query.prices), currency=query.currency,
+                         since=query.since)
+
+    def forget_before(self, horizon: float) -> int:  # usage rows stay: they are what was used, and billed
         with self.db:
             self.db.execute("DELETE FROM job_events WHERE job_id IN (SELECT job_id FROM jobs WHERE state IN "
                             f"{TERMINAL} AND finished_at < ?)", (horizon,))
@@ -259,8 +273,8 @@ EVENT_COUNTS_KEPT = 10_000
 
 
 class Journal(Actor):
-    """Owns the journal database. ``Save``/``AddEvent`` casts are batched; ``Load``/``FindKey``/``Unfinished``/
-    ``LoadEvents`` are calls."""
+    """Owns the journal database. ``Save``/``AddEvent``/``RecordUsage`` casts are batched; ``Load``/``FindKey``/
+    ``Unfinished``/``LoadEvents``/``SummarizeUsage`` are calls."""
 
     name = "journal"
     mailbox_size = 100_000
@@ -273,6 +287,7 @@ class Journal(Actor):
         self.store: JournalStore | None = None
         self._pending: dict[str, dict[str, Any]] = {}
         self._pending_events: list[HistoryEvent] = []
+        self._pending_usage: list[UsageRecord] = []
         self._wake = trio.Event()
         self._lock = trio.Lock()
         self.writes = 0
@@ -306,6 +321,12 @@ class Journal(Actor):
                 self._pending_events.append(event)
                 self._wake.set()
                 return None
+            case RecordUsage(usage):
+                self._pending_usage.append(usage)
+                self._wake.set()
+                return None
+            case SummarizeUsage():
+                return await self._read(store.usage, message)
             case LoadEvents(job_id):
                 return await self._read(store.events, job_id)
             case Load(job_id):
@@ -330,11 +351,12 @@ class Journal(Actor):
 
     async def _flush(self) -> None:
         async with self._lock:  # one thread at a time on the connection
-            if not (self._pending or self._pending_events) or self.store is None:
+            if not (self._pending or self._pending_events or self._pending_usage) or self.store is None:
                 return
             rows, self._pending = list(self._pending.values()), {}
             events, self._pending_events = self._pending_events, []
-            await self._run(self.store.save_many, rows, events)
+            usage, self._pending_usage = self._pending_usage, []
+            await self._run(self.store.save_many, rows, events, usage)
             self.writes += len(rows)
 
     async def _read(self, fn: Any, *args: Any) -> Any:

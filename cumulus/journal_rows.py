@@ -80,6 +80,7 @@ def row_of(record: JobRecord, *, with_package: bool) -> dict[str, Any]:
         "teardown": None if record.teardown is None else json.dumps(
             {"released": record.teardown.released, "leaked": record.teardown.leaked}),
         "submitted_at": record.submitted_at, "started_at": record.started_at, "finished_at": record.finished_at,
+        "running_at": record.running_at,
     }
     if with_package:
         row.update({
@@ -89,7 +90,7 @@ def row_of(record: JobRecord, *, with_package: bool) -> dict[str, Any]:
                                 "env": spec.env, "retries": spec.retries, "retry_exceptions": spec.retry_exceptions,
                                 "priority": spec.priority, "max_queue_seconds": spec.max_queue_seconds,
                                 "memory_bytes": spec.memory_bytes, "cpus": spec.cpus, "network": spec.network,
-                                "limits": asdict(spec.limits)}),
+                                "limits": asdict(spec.limits), "trace_id": spec.trace_id}),
         })
     return row
 
@@ -106,7 +107,7 @@ def record_of(row: Mapping[str, Any]) -> JobRecord:
                    max_queue_seconds=meta["max_queue_seconds"], memory_bytes=meta.get("memory_bytes", 0),
                    cpus=meta.get("cpus", 0.0), network=meta.get("network", ""),
                    secret_env=dict(row.get("secret_env") or {}), owner=row.get("owner") or "",
-                   limits=Limits(**meta.get("limits", {})))
+                   limits=Limits(**meta.get("limits", {})), trace_id=meta.get("trace_id", ""))
     record = JobRecord(row["job_id"], spec)
     record.state = JobState(row["state"])
     record.reason = row["reason"]
@@ -119,6 +120,8 @@ def record_of(row: Mapping[str, Any]) -> JobRecord:
     record.partition_id, record.service_id, record.result = row["partition_id"], row["service_id"], row["result"]
     record.submitted_at, record.started_at, record.finished_at = (
         row["submitted_at"], row["started_at"], row["finished_at"])
+    # A journal from before ``running_at``: the first attempt's RUNNING is the job's start.
+    record.running_at = row.get("running_at") or (row["started_at"] if row["attempt"] == 1 else None)
     record.announce()
     if record.state.terminal:
         record.finished.set()

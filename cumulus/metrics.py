@@ -105,7 +105,7 @@ class Metrics:
         self.asyncio_errors = make(Counter, "cumulus_asyncio_unhandled_errors", "Errors the asyncio loop under "
                                    "gRPC and asyncssh reported to its exception handler", [], r)
         self.device_seconds = make(Counter, "cumulus_device_seconds", "Device-seconds x share used by finished "
-                                   "attempts, by user and device kind ('gpu' or not)", ["user", "device_kind"], r)
+                                   "attempts, by user and device kind (gpu or other)", ["user", "device_kind"], r)
         # Read at scrape time (set_snapshot).
         self.ready = make(Gauge, "cumulus_ready", "1 while the supervisor serves (tree up, journal recovered)", [], r)
         self.jobs = make(Gauge, "cumulus_jobs", "Live jobs by state", ["state"], r)
@@ -142,6 +142,11 @@ class Metrics:
     def lease_lost(self, placement: Any, cause: Any) -> None:
         """A job's partition lease was lost while it ran (``cause``: a LeaseLoss, or None)."""
         self.leases_expired.labels(placement.worker if placement else "", cause.value if cause else "").inc()
+
+    def attempt_used(self, user: str, is_gpu: bool, run_seconds: float, device_seconds: float) -> None:
+        """An attempt that ran ended: its run phase, and its device-seconds x share for its owner."""
+        self.job_phase.labels("run").observe(run_seconds)
+        self.device_seconds.labels(user, "gpu" if is_gpu else "other").inc(device_seconds)
 
     def phase(self, phase: str, seconds: float) -> None:
         self.job_phase.labels(phase).observe(seconds)

@@ -1,4 +1,4 @@
-"""Running the supervisor as a process: logging, signals, exit status."""
+"""Running the supervisor as a process: logging (set up by :mod:`cumulus.logs`), signals, exit status."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import trio
 from cumulus.app import open_supervisor
 from cumulus.config import Settings
 from cumulus.errors import CumulusError
+from cumulus.logs import CHATTY_LIBRARIES as CHATTY_LIBRARIES  # re-exported
+from cumulus.logs import configure_logging
 
 log = logging.getLogger("cumulus")
-#: Libraries that narrate every step at INFO (asyncssh: each SSH channel opened and closed, thousands of lines a
-#: minute under load): at INFO they say only warnings and errors; at DEBUG, everything.
-CHATTY_LIBRARIES = ("asyncssh", "asyncssh.sftp")
 
 
 def run_supervisor_process(settings: Settings) -> int:
@@ -24,19 +23,12 @@ def run_supervisor_process(settings: Settings) -> int:
     A signal shuts the tree down cleanly (children in reverse order, owned resources released) and returns 0.
     A failure to start (bad address, unreachable cluster) is printed as one line and returns 1.
     """
-    configure_logging(settings.logging.level)
+    configure_logging(settings.logging.level, settings.logging.format)
     try:
         return trio.run(_main, settings)
     except CumulusError as error:
         print(f"cumulus supervisor: {error}", file=sys.stderr)
         return 1
-
-
-def configure_logging(level: str) -> None:
-    """The supervisor's log level (``logging.level``); chatty libraries say only warnings unless it is DEBUG."""
-    logging.getLogger().setLevel(level)
-    for name in CHATTY_LIBRARIES:
-        logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
 
 
 async def _main(settings: Settings) -> int:

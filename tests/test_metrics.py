@@ -129,11 +129,12 @@ def test_jobs_are_counted_by_outcome_and_phase(served):
     scraped = scraped_after_teardown(served)
     assert value(scraped, "cumulus_jobs_submitted_total") == JOBS
     assert value(scraped, "cumulus_jobs_finished_total", state="COMPLETED", reason="none") == JOBS
-    for phase in ("queue", "placement", "partition", "upload", "service_create", "first_log", "teardown"):
+    for phase in ("queue", "placement", "partition", "upload", "service_create", "first_log", "run", "teardown"):
         assert value(scraped, "cumulus_job_phase_seconds_count", phase=phase) >= JOBS, phase
     assert value(scraped, "cumulus_resource_acquire_seconds_count", resource="service") == JOBS
     assert value(scraped, "cumulus_resource_release_seconds_count", resource="partition") == JOBS
     assert value(scraped, "cumulus_leaks_found_total") == 0
+    assert value(scraped, "cumulus_device_seconds_total") > 0
 
 
 def test_gauges_of_now_are_read_at_scrape_time(served):

@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator, Callable
 
 import trio
 
+from cumulus import metrics
 from cumulus.actors.base import ActorRef
 from cumulus.actors.log_relay import LogRelay
 from cumulus.actors.outcome import COMPLETED, JobStopped, Outcome
@@ -134,8 +135,7 @@ class Attempt:
             try:
                 await self.ctx.swarm.remove_service(record.service_id)
             except CumulusError as error:
-                log.warning("%s: removing the service of a job that could not be re-adopted: %s", self.ctx.name,
-                            error)
+                log.warning("%s: removing the service of a job that could not be re-adopted: %s", self.ctx.name, error)
         worker = record.placement.worker if record.placement else "its worker"
         raise JobStopped(Outcome.failed(FailureReason.LOST, f"{worker} did not come back within {within:g} s"))
 
@@ -306,11 +306,10 @@ class Attempt:
             job_id=record.job_id, supervisor_id=settings.supervisor_id, node_id=reservation.node_id,
             image=settings.cluster.image, device_index=reservation.device_indexes[0],
             partition_id=lease.partition_id, code_dir=files.code_dir, output_dir=files.output_dir,
-            env={**record.spec.env, "CUMULUS_GPU_FRACTION": repr(reservation.share),
+            env={**record.spec.env, "CUMULUS_GPU_FRACTION": repr(reservation.share), "CUMULUS_TRACE_ID": spec.trace_id,
                  "CUMULUS_MAX_PACKAGE_BYTES": str(settings.jobs.max_package_mb * 2**20)},
             gpu_uuid=reservation.gpu_uuids[0], stop_grace=settings.jobs.stop_grace,
-            lease_dir=node.lease_dir(record.job_id),
-        )
+            lease_dir=node.lease_dir(record.job_id))
 
     async def _follow(self, service: Any, updates: trio.MemoryReceiveChannel[TaskState], lease: Any,
                       files: Any) -> TaskState | None:
@@ -370,6 +369,7 @@ class Attempt:
 
     async def _watch_lease(self, lease: Any) -> None:
         await lease.lost.wait()
+        metrics.current().lease_lost(self.record.placement, lease.lost_cause)
         if lease.lost_cause is LeaseLoss.NODE_UNREACHABLE:
             if self.service is not None:
                 self.service.node_unreachable = True  # its removal cannot be confirmed: do not wait for it

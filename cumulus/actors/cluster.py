@@ -27,6 +27,7 @@ from typing import Any
 
 import trio
 
+from cumulus import metrics
 from cumulus.actors.attempt import STOP_WAIT_SECONDS
 from cumulus.actors.base import Actor, ActorRef
 from cumulus.actors.job import Cancel, JobActor, Start
@@ -38,10 +39,12 @@ from cumulus.errors import ActorDied, CumulusError, NotFound
 from cumulus.identity import LOCAL_ADMIN, Caller
 from cumulus.idempotency import RequestFingerprint, check_same_request
 from cumulus.jobs import JobRecord, JobSpec, JobState
+from cumulus.logs import job_log_fields
 from cumulus.journal import SECRETS_UNREADABLE, FindKey, Load, LoadEvents, Unfinished, record_of
 from cumulus.quotas import SubmissionRates, Usage, check_limits
 from cumulus.resources.swarm import LABEL_JOB, LABEL_SUPERVISOR, NodeInfo
 from cumulus.supervisor import DynamicSupervisor
+from cumulus.tracing import new_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +199,8 @@ class ClusterActor(Actor):
 
     async def _submit(self, spec: JobSpec, caller: Caller) -> JobRecord:
         owner = caller.name
-        if (spec.owner, spec.limits) != (owner, caller.limits):
-            spec = replace(spec, owner=owner, limits=caller.limits)
+        if (spec.owner, spec.limits) != (owner, caller.limits) or not spec.trace_id:  # every job gets a trace id
+            spec = replace(spec, owner=owner, limits=caller.limits, trace_id=spec.trace_id or new_trace_id())
         self.rates.take(owner, caller.limits.rate, trio.current_time())  # every submission counts, repeats too
         fingerprint = None
         if spec.idempotency_key:
@@ -213,6 +216,7 @@ class ClusterActor(Actor):
         self.jobs[record.job_id] = record
         self._track(record, fingerprint)
         await self._start_job(record, Start.NEW)
+        metrics.current().jobs_submitted.labels(owner).inc()
         return record
 
     def _track(self, record: JobRecord, fingerprint: RequestFingerprint | None) -> None:
@@ -272,7 +276,8 @@ class ClusterActor(Actor):
                 await self.swarm.remove_service(service.id)
             return len(services)
         except Exception as error:  # the manager is unreachable: the orphan is reaped at the next start
-            log.warning("cluster: could not remove the services of lost job %s: %s", job_id, error)
+            log.warning("cluster: could not remove the services of lost job %s: %s", job_id, error,
+                        extra=job_log_fields(self.jobs.get(job_id), job_id=job_id))  # not the job's own task
             return None
 
     async def _recover(self) -> None:

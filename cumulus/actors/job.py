@@ -24,11 +24,13 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
+from cumulus import metrics
 from cumulus.actors.attempt import Attempt, JobContext
 from cumulus.actors.base import Actor, ActorRef
 from cumulus.actors.outcome import JobStopped, Outcome, should_retry
@@ -39,7 +41,9 @@ from cumulus.errors import ActorDied, CumulusError
 from cumulus.history import HistoryEvent
 from cumulus.jobs import FailureReason, JobRecord, JobState, TeardownReport
 from cumulus.journal import AddEvent, Save, row_of
+from cumulus.logs import bind_job
 from cumulus.redaction import redact_credentials
+from cumulus.usage import RecordUsage, attempt_usage
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +93,27 @@ class JobActor(Actor):
         self._life_scope = trio.CancelScope()
         self._stop_reason: Outcome | None = None
         self.attempt: Attempt | None = None  # the current one
+        self._attempt_queued_at: float | None = None  # when the current attempt began to wait (its usage row)
 
     async def on_start(self) -> None:
         record = self.record
+        # First thing, in the actor's own task: every task it starts from here on (attempts, resource holders,
+        # threads) inherits the binding, so each of their log lines names the job, its attempt and its trace id.
+        bind_job(record)
         record.journal_to(self._journal_record, self._journal_event)
         match self._start:
             case Start.NEW:
                 self.journal.cast_nowait(Save(row_of(record, with_package=True)))
                 record.announce()  # QUEUED, before anything else happens to it
+                log.info("%s: accepted (gpu %g, duration %d s)", self.name, record.spec.gpu, record.spec.duration)
             case Start.RESTART:
+                record.running_at = None  # the lost attempt's end was seen by no one: it records no usage
                 record.attempt += 1
                 record.add_message(f"{self._note}: starting it (attempt {record.attempt})")
             case Start.LOST:
                 record.set_state(JobState.FAILED, FailureReason.LOST.text(self._note), failure=FailureReason.LOST)
                 record.set_torn_down(TeardownReport(released=("orphans reaped at restart",)))
+                count_end(record)
                 self.stop()
                 return
             case Start.CLOSE:
@@ -155,13 +166,17 @@ class JobActor(Actor):
         try:
             with self._life_scope:
                 while True:
+                    self._attempt_queued_at = (record.submitted_at if record.attempt == 1
+                                               else None if adopt else time.time())
                     outcome = await self._attempt(released, leaked, adopt=adopt)
                     adopt = False  # a retry after this attempt starts afresh
                     if self._stop_reason is not None or not self._should_retry(outcome):
                         break
+                    self._record_usage(time.time())
                     delay = min(RETRY_BACKOFF_SECONDS * 2 ** (record.attempt - 1), RETRY_BACKOFF_MAX_SECONDS)
                     record.attempt += 1
                     record.note_retry(outcome.reason, delay)
+                    metrics.current().job_retries.labels(outcome.failure.value if outcome.failure else "").inc()
                     log.info("%s: attempt %d failed (%s); retrying in %g s", self.name, record.attempt - 1,
                              redact_credentials(outcome.reason), delay)  # may quote a requirement's URL
                     await trio.sleep(delay)
@@ -171,7 +186,13 @@ class JobActor(Actor):
             if outcome.result is not None:
                 record.set_result(outcome.result)
             record.set_state(outcome.state, outcome.reason, failure=outcome.failure)  # once: may have ended
+            self._record_usage(record.finished_at)  # the last attempt ends when the job does, as its status says
             record.set_torn_down(TeardownReport(released=tuple(released), leaked=tuple(leaked)))
+            count_end(record)
+            # The failure's kind, not the reason's text: that may quote the job's own exception message.
+            log.info("%s: ended %s%s after %d attempt(s)%s", self.name, record.state.value,
+                     f" ({record.failure.value})" if record.failure else "", record.attempt,
+                     f"; {len(leaked)} leaked" if leaked else "")
             self.stop()
 
     async def _attempt(self, released: list[str], leaked: list[str], *, adopt: bool) -> Outcome:
@@ -195,6 +216,7 @@ class JobActor(Actor):
                     outcome = Outcome.failed(FailureReason.INTERNAL, f"{type(error).__name__}: {error}",
                                              retry=False)
         finally:
+            metrics.current().phase("teardown", attempt.resources.release_seconds)
             released.extend(attempt.resources.released)
             leaked.extend(f"{leak.what}: {leak.reason}" for leak in attempt.resources.leaks)
             service = attempt.service
@@ -206,11 +228,32 @@ class JobActor(Actor):
         return outcome or attempt.failure or Outcome.failed(FailureReason.INFRASTRUCTURE, "attempt stopped",
                                                             retry=False)
 
+    def _record_usage(self, ended_at: float | None) -> None:
+        """The current attempt ended at ``ended_at``: journal its device usage (nothing if it never ran)."""
+        record = self.record
+        usage = attempt_usage(record, started_at=record.running_at, ended_at=ended_at,
+                              queued_at=self._attempt_queued_at)
+        record.running_at = None  # recorded once; the next attempt's RUNNING starts its own row
+        if usage is None:
+            return
+        metrics.current().attempt_used(usage.owner, usage.is_gpu, usage.wall_seconds, usage.device_seconds)
+        try:
+            self.journal.cast_nowait(RecordUsage(usage))
+        except (ActorDied, trio.WouldBlock) as error:
+            log.error("%s: could not journal the usage of attempt %d: %s", self.name, usage.attempt, error)
+
     def _should_retry(self, outcome: Outcome) -> bool:
         spec = self.record.spec
         return should_retry(outcome, attempt=self.record.attempt, retries=spec.retries,
                             default_retries=self.settings.jobs.default_retries,
                             retry_exceptions=spec.retry_exceptions)
+
+
+def count_end(record: JobRecord) -> None:
+    """Count the job's end in ``cumulus_jobs_finished_total`` (by its state and reason)."""
+    failure = record.failure
+    metrics.current().jobs_finished.labels(record.state.value, failure.value if failure else "none",
+                                           "true" if failure is not None and failure.infrastructure else "false").inc()
 
 
 __all__ = ["Cancel", "JobActor", "RETRY_BACKOFF_MAX_SECONDS", "RETRY_BACKOFF_SECONDS", "Start"]

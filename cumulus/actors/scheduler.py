@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
+from cumulus import metrics
 from cumulus.actors.base import Actor, ActorRef
 from cumulus.actors.scheduler_messages import (Admit, ExpectAdoptions, Granted, ListWorkers, NodeInventory,
                                                NodesChanged, QueuePosition, Queued, Release, Reservation, Reserve,
@@ -187,10 +189,12 @@ class Scheduler(Actor):
         return reservation
 
     def _try_place(self, job_id: str, spec: JobSpec) -> Reservation | None:
+        started = time.perf_counter()
         adopting = set(self.adopting.values())
         views = [node.view(available=node.available and node_id not in adopting)
                  for node_id, node in self.nodes.items()]
         choice = place(views, self._request(spec), max_jobs_per_device=self.settings.jobs.max_jobs_per_device)
+        metrics.current().phase("placement", time.perf_counter() - started)  # each try, placed or not
         if choice is None:
             return None
         return self._hold(job_id, self.nodes[choice.node_id], choice.device_indexes, choice.share, spec.owner)
@@ -200,9 +204,10 @@ class Scheduler(Actor):
         by_index = {d.index: d for d in node.inventory.devices}
         node.add(job_id, device_indexes, share)
         self.owners.add(owner, job_id, share * len(device_indexes))
+        first = by_index[device_indexes[0]]
         reservation = Reservation(job_id, node.inventory.hostname, node.inventory.node_id, tuple(device_indexes),
                                   share, tuple(by_index[i].uuid if by_index[i].is_gpu else None
-                                               for i in device_indexes))
+                                               for i in device_indexes), first.name, first.is_gpu)
         self.held[job_id] = reservation
         return reservation
 

@@ -87,10 +87,13 @@ class Reservation:
     device_indexes: tuple[int, ...]
     share: float
     gpu_uuids: tuple[str | None, ...]
+    device_model: str = ""  # the first device's name and kind: what the job's usage is priced and counted as
+    is_gpu: bool = False
 
     def placement(self) -> Placement:
         return Placement(worker=self.worker, node_id=self.node_id, device_index=self.device_indexes[0],
-                         share=self.share, device_indexes=self.device_indexes, gpu_uuids=self.gpu_uuids)
+                         share=self.share, device_indexes=self.device_indexes, gpu_uuids=self.gpu_uuids,
+                         device_model=self.device_model, is_gpu=self.is_gpu)
 
 
 @dataclass(frozen=True)

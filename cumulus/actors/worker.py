@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from cumulus import metrics
 from cumulus.actors.base import Actor, ActorRef
 from cumulus.actors.ownership import Leak
 from cumulus.actors.scheduler import WorkerHealth
@@ -160,7 +161,8 @@ class WorkerActor(Actor):
         """Renew the partition leases of every job on this node, one SSH command per interval."""
         while True:
             try:
-                await backend.renew_leases()
+                renewed = await backend.renew_leases()
+                metrics.current().leases_renewed.labels(self.node.hostname).inc(renewed or 0)
             except Exception as error:  # one missed renewal is survivable (ttl >= 2 intervals); log it
                 log.warning("%s: renewing leases failed: %s", self.name, error)
             await trio.sleep(self.settings.lease.renew_interval)
@@ -189,6 +191,7 @@ class WorkerActor(Actor):
             try:
                 await step(arg)
                 self.reaped.append(what)
+                metrics.current().leaks.labels("orphan", what.split(":", 1)[0]).inc()
             except Exception as error:  # recorded as a leak; retried on the next connection
                 log.error("%s: reaping %s failed: %s", self.name, what, error)
                 self.owner.leaks.append(Leak(self.name, what, f"reap failed: {error}", time.time()))

@@ -104,6 +104,7 @@ def job_fields(info: Any, now: float | None = None) -> list[tuple[str, str | Non
         ("finished", when_and_age(info.finished_at, now)),
         ("duration", span(info.finished_at - info.started_at) if info.finished_at and info.started_at else None),
         ("result", "yes" if info.has_result else "no"),
+        ("trace id", getattr(info, "trace_id", "") or None),
         ("released", ", ".join(info.released) if info.released else None),
         ("leaked", ", ".join(info.leaked) if info.leaked else None),
     ]

@@ -28,11 +28,15 @@ from cumulus.client.tokens import TokenStatus
 from cumulus.client.jobref import RECONNECT_SECONDS, JobRef
 from cumulus.client.options import DEFAULT_GPU, OPTION_NAMES, RemoteOptions, normalize_options
 from cumulus.client.types import CancelResult, JobDescription, JobInfo, JobUpdate, WorkerStatus
-from cumulus.errors import CumulusError
+from cumulus.client.usage import GROUPS as USAGE_GROUPS
+from cumulus.client.usage import UsageReport, parse_since
+from cumulus.errors import CumulusError, InvalidRequest
 from cumulus.jobformat import MAX_PACKAGE_BYTES, MAX_PACKAGE_MB, MiB
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
 from cumulus.rpc.status import error_from_rpc
+from cumulus.tracing import (TRACE_ID_REPLY_KEY, TRACEPARENT_ENV, TRACEPARENT_KEY, child_traceparent,
+                             TraceParent, new_traceparent, parse_traceparent)
 
 __all__ = ["CANCEL_TIMEOUT", "DEFAULT_GPU", "OPTION_NAMES", "RECONNECT_SECONDS", "RPC_TIMEOUT", "CumulusClient",
            "JobRef", "RemoteOptions", "client_for", "normalize_options", "quiet_logs_default"]
@@ -112,12 +116,13 @@ class CumulusClient:
                gpu_memory: float | None = None, duration: int | None = None, requirements: Iterable[str] = (),
                env: dict[str, str] | None = None, retries: int = 0, log_to_driver: bool | None = None,
                memory: int | str | None = None, cpus: float | None = None, network: str | None = None,
-               secret_env: dict[str, str] | None = None, **kwargs: Any) -> JobRef[R]:
+               secret_env: dict[str, str] | None = None, traceparent: str | None = None, **kwargs: Any) -> JobRef[R]:
         """Submit ``func(*args, **kwargs)`` as a job and return its :class:`JobRef` once the supervisor accepted it.
 
         Keyword arguments named like an option (``gpu``, ``gpu_memory``, ``duration``, ``requirements``, ``env``,
-        ``retries``, ``log_to_driver``, ``memory``, ``cpus``, ``network``, ``secret_env``) are options, every other
-        one goes to ``func``; to pass a keyword argument that has an option's name, use :meth:`submit_call`.
+        ``retries``, ``log_to_driver``, ``memory``, ``cpus``, ``network``, ``secret_env``, ``traceparent``) are
+        options, every other one goes to ``func``; to pass a keyword argument that has an option's name, use
+        :meth:`submit_call`.
         ``func`` may be a ``@remote`` function: its options are the defaults. ``secret_env`` values travel in the
         request only (never in the package), and the supervisor never stores them in clear nor logs them.
         """
@@ -125,24 +130,32 @@ class CumulusClient:
                                    "requirements": requirements, "env": env, "retries": retries,
                                    "log_to_driver": log_to_driver, "memory": memory, "cpus": cpus,
                                    "network": network, "secret_env": secret_env}
-        return self.submit_call(func, args, kwargs, **{k: v for k, v in options.items() if v not in (None, ())})
+        return self.submit_call(func, args, kwargs, traceparent=traceparent,
+                                **{k: v for k, v in options.items() if v not in (None, ())})
 
     def run(self, func: Callable[..., R], *args: Any, gpu: float | None = None, gpu_memory: float | None = None,
             duration: int | None = None, requirements: Iterable[str] = (), env: dict[str, str] | None = None,
             retries: int = 0, log_to_driver: bool | None = None, memory: int | str | None = None,
             cpus: float | None = None, network: str | None = None, secret_env: dict[str, str] | None = None,
-            **kwargs: Any) -> R:
+            traceparent: str | None = None, **kwargs: Any) -> R:
         """Submit ``func(*args, **kwargs)``, wait for it (blocking) and return its value or raise its exception."""
         return self.submit(func, *args, gpu=gpu, gpu_memory=gpu_memory, duration=duration,
                            requirements=requirements, env=env, retries=retries, log_to_driver=log_to_driver,
-                           memory=memory, cpus=cpus, network=network, secret_env=secret_env, **kwargs).result()
+                           memory=memory, cpus=cpus, network=network, secret_env=secret_env,
+                           traceparent=traceparent, **kwargs).result()
 
     def submit_call(self, func: Callable[..., R], args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
-                    *, on_event: Callable[[JobUpdate], None] | None = None, **options: Unpack[RemoteOptions]
-                    ) -> JobRef[R]:
+                    *, on_event: Callable[[JobUpdate], None] | None = None, traceparent: str | None = None,
+                    **options: Unpack[RemoteOptions]) -> JobRef[R]:
         """Submit ``func(*args, **kwargs)`` with ``options`` (see :func:`cumulus.remote`) given apart from the call.
 
         ``on_event`` is called (from the JobRef's thread) with each :class:`JobUpdate`.
+
+        Each submission belongs to a trace (W3C Trace Context), sent as ``traceparent`` metadata: the trace of
+        ``traceparent`` if given (an invalid one raises :class:`~cumulus.errors.InvalidRequest`), else that of
+        ``$CUMULUS_TRACEPARENT`` if it holds a valid one, else a new trace per submission. The job keeps its trace
+        id (``JobRef.trace_id``, ``cumulus describe``, ``$CUMULUS_TRACE_ID`` in the job), and every supervisor log
+        line about the job carries it.
         """
         given: Mapping[str, Any] = options
         base = getattr(func, "_cumulus_options", None)
@@ -176,15 +189,18 @@ class CumulusClient:
             network=opts.get("network", ""),
             secret_env=opts.get("secret_env") or {},  # in the request only: never in the package or its manifest
         )
-        stream = self._stub.SubmitJob(request)
+        sent = _submission_traceparent(traceparent)
+        stream = self._stub.SubmitJob(request, metadata=((TRACEPARENT_KEY, sent.header()),))
         try:
             first = next(stream)
         except grpc.RpcError as error:
             raise error_from_rpc(error, self.address) from None
         except StopIteration:
             raise CumulusError(f"the supervisor at {self.address} ended the submission without a job id") from None
+        # The supervisor says which trace id the job has (another one when the idempotency key named an older job).
+        replied = dict(stream.initial_metadata() or ()).get(TRACE_ID_REPLY_KEY)
         ref: JobRef[R] = JobRef(self, first.job_id, log_to_driver=log_to_driver, on_event=on_event,
-                                default_timeout=timeout)
+                                default_timeout=timeout, trace_id=replied or sent.trace_id)
         ref._handle(first)
         ref._start(stream)
         return ref
@@ -198,7 +214,8 @@ class CumulusClient:
         """
         info = self.status(job_id)  # NotFound, unreachable: raised here
         log_to_driver = self.log_to_driver if log_to_driver is None else log_to_driver
-        ref: JobRef[Any] = JobRef(self, info.job_id, log_to_driver=log_to_driver, on_event=on_event)
+        ref: JobRef[Any] = JobRef(self, info.job_id, log_to_driver=log_to_driver, on_event=on_event,
+                                  trace_id=info.trace_id)
         ref._start(None, replay_logs=replay_logs)
         return ref
 
@@ -220,6 +237,23 @@ class CumulusClient:
 
     def list_workers(self) -> list[WorkerStatus]:
         return [WorkerStatus.from_pb(w) for w in self._call("ListWorkers", pb.ListWorkersRequest()).workers]
+
+    def usage(self, since: float | str | None = None, by: str = "user") -> UsageReport:
+        """Device time (and cost) used by the attempts that ended at or after ``since`` (Unix seconds, or as
+        ``cumulus usage --since`` takes it: ``"7d"``, ``"2024-05-01"``; None: all the supervisor keeps), grouped
+        ``by`` ``"user"``, ``"job"`` or ``"worker"``, with totals. An admin token sees every user's, any other
+        token its own. InvalidRequest for a bad ``since`` or ``by``."""
+        if by not in USAGE_GROUPS:
+            raise InvalidRequest(f"by={by!r}: use one of {', '.join(USAGE_GROUPS)}")
+        if isinstance(since, str):
+            try:
+                since = parse_since(since)
+            except ValueError as error:
+                raise InvalidRequest(f"since: {error}") from None
+        request = pb.GetUsageRequest(by=pb.UsageGroup.Value(f"BY_{by.upper()}"))
+        if since is not None:
+            request.since.FromNanoseconds(int(since * 1e9))
+        return UsageReport.from_pb(self._call("GetUsage", request), by)
 
     # ---- tokens (admin tokens only) ----------------------------------------------------------------------------
 
@@ -281,6 +315,19 @@ class CumulusClient:
             raise error_from_rpc(error, self.address) from None
         finally:
             call.cancel()
+
+
+def _submission_traceparent(given: str | None) -> TraceParent:
+    """The traceparent a submission sends: a child of ``given`` (the caller's span), else of a valid
+    ``$CUMULUS_TRACEPARENT``, else a new trace. An invalid ``given`` is the caller's mistake: InvalidRequest."""
+    if given is not None:
+        parent = parse_traceparent(given)
+        if parent is None:
+            raise InvalidRequest(f"traceparent {given[:80]!r} is not a W3C traceparent; expected "
+                                 f"00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>, ids not all zero")
+        return child_traceparent(parent)
+    parent = parse_traceparent(os.environ.get(TRACEPARENT_ENV))
+    return child_traceparent(parent) if parent is not None else new_traceparent()
 
 
 # ---- default clients, one per address ---------------------------------------------------------------------------

@@ -39,9 +39,13 @@ class JobRef(Generic[T_co]):
     """
 
     def __init__(self, client: CumulusClient, job_id: str, *, log_to_driver: bool = True,
-                 on_event: Callable[[JobUpdate], None] | None = None, default_timeout: float | None = None) -> None:
+                 on_event: Callable[[JobUpdate], None] | None = None, default_timeout: float | None = None,
+                 trace_id: str = "") -> None:
         self.client = client
         self.job_id = job_id
+        self.trace_id = trace_id
+        """The job's W3C trace id (32 hex digits): grep the supervisor's logs for it; the job has it as
+        ``$CUMULUS_TRACE_ID``. Empty only from a supervisor that records none."""
         self.log_to_driver = log_to_driver
         self._on_event = on_event
         self._default_timeout = default_timeout

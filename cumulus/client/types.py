@@ -42,6 +42,8 @@ class JobInfo:
     leaked: tuple[str, ...] = ()
     owner: str = ""
     """The name of the token that submitted the job ("" on a supervisor without tokens)."""
+    trace_id: str = ""
+    """The W3C trace id of the submission (32 hex digits); the job sees it as ``CUMULUS_TRACE_ID``."""
 
     @property
     def finished(self) -> bool:
@@ -55,7 +57,7 @@ class JobInfo:
             service_id=msg.service_id, submitted_at=_time(msg.submitted_at), started_at=_time(msg.started_at),
             finished_at=_time(msg.finished_at), attempt=msg.attempt, has_result=msg.has_result,
             queue_position=msg.queue_position, released=tuple(msg.teardown.released),
-            leaked=tuple(msg.teardown.leaked), owner=msg.owner,
+            leaked=tuple(msg.teardown.leaked), owner=msg.owner, trace_id=msg.trace_id,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,14 +8,18 @@ a :class:`~cumulus.jobs.JobSpec` or raises :class:`~cumulus.errors.InvalidReques
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import asdict
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cumulus.errors import InvalidRequest
 from cumulus.history import HistoryEvent
 from cumulus.identity import TokenInfo
 from cumulus.jobs import JobEvent, JobRecord, JobState, TeardownReport, WorkerInfo
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.submission import spec_from_submission as spec_from_submission  # re-exported (the servicer's)
+from cumulus.usage import UsageReport
 
 # ---- Python -> wire ------------------------------------------------------------------------------------------
 
@@ -104,6 +108,7 @@ def status_to_pb(record: JobRecord) -> pb.JobStatus:
         has_result=record.result is not None,
         queue_position=record.queue_position,
         owner=record.spec.owner,
+        trace_id=record.spec.trace_id,
     )
     if record.teardown is not None:
         msg.teardown.CopyFrom(teardown_to_pb(record.teardown))
@@ -160,3 +165,34 @@ def token_to_pb(info: TokenInfo) -> pb.Token:
     return pb.Token(name=info.name, admin=info.admin, max_running=limits.max_running, max_queued=limits.max_queued,
                     max_gpu=limits.max_gpu, rate=limits.rate, created_at=timestamp(info.created_at),
                     revoked=info.revoked_at is not None)
+
+
+# ---- usage ---------------------------------------------------------------------------------------------------------
+
+USAGE_GROUPS = {pb.USAGE_GROUP_UNSPECIFIED: "user", pb.BY_USER: "user", pb.BY_JOB: "job", pb.BY_WORKER: "worker"}
+SINCE_SLACK_SECONDS = 300.0  # a client clock a little ahead is not a mistake; a "since" far in the future is
+
+
+def usage_query(request: pb.GetUsageRequest, now: float | None = None) -> tuple[float | None, str]:
+    """``(since, by)`` of a GetUsage request (since None: unset); InvalidRequest says what to fix."""
+    by = USAGE_GROUPS.get(request.by)
+    if by is None:
+        raise InvalidRequest(f"by={request.by} is not a UsageGroup: use BY_USER, BY_JOB or BY_WORKER")
+    if not request.HasField("since"):
+        return None, by
+    if not 0 <= request.since.nanos < 1_000_000_000:
+        raise InvalidRequest(f"since has nanos={request.since.nanos}: a Timestamp's nanos are 0..999999999")
+    since = request.since.seconds + request.since.nanos / 1e9
+    now = time.time() if now is None else now
+    if since > now + SINCE_SLACK_SECONDS:
+        raise InvalidRequest(f"since is {since - now:.0f} s in the future: give a time in the past, or leave it "
+                             "unset for everything the journal keeps")
+    return since, by
+
+
+def usage_to_pb(report: UsageReport) -> pb.GetUsageResponse:
+    reply = pb.GetUsageResponse(rows=[pb.UsageRow(**asdict(row)) for row in report.rows],
+                                total=pb.UsageRow(**asdict(report.total)), currency=report.currency)
+    if report.since is not None:
+        reply.since.CopyFrom(timestamp(report.since))
+    return reply

@@ -33,6 +33,7 @@ from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.auth import NO_TOKEN, current_caller
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
 from cumulus.rpc.status import status_for
+from cumulus.tracing import TRACE_ID_REPLY_KEY, TRACEPARENT_KEY, trace_id_from
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,13 @@ def _job_id(value: str) -> str:
     return value
 
 
+def _trace_id(context: Any) -> str:
+    """The trace id of the call's ``traceparent`` metadata; a new one when it has none, more than one, or an
+    invalid one (W3C: a receiver ignores an invalid traceparent rather than failing the request)."""
+    values = [value for key, value in (context.invocation_metadata() or ()) if key == TRACEPARENT_KEY]
+    return trace_id_from(values[0] if len(values) == 1 else None)
+
+
 def _caller() -> Caller:
     caller = current_caller()
     if caller is None:  # only open methods run without one; they do not call this
@@ -120,9 +128,12 @@ class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
     @_streaming
     async def SubmitJob(self, request: pb.JobSubmission, context: Any) -> AsyncIterator[pb.JobEvent]:
         caller = _caller()
-        spec = await call_trio(functools.partial(trio.to_thread.run_sync, convert.spec_from_submission, request,
-                                                 self._api.settings, limiter=self._validation))
+        validate = functools.partial(convert.spec_from_submission, request, self._api.settings,
+                                     trace_id=_trace_id(context))
+        spec = await call_trio(functools.partial(trio.to_thread.run_sync, validate, limiter=self._validation))
         record = await call_trio(functools.partial(self._api.submit, spec, caller=caller))
+        # The trace id the job has: the one sent, unless the idempotency key named a job made earlier.
+        await context.send_initial_metadata(((TRACE_ID_REPLY_KEY, record.spec.trace_id),))
         # The first event names the job at once, whatever the job's actor publishes (and when).
         yield convert.message_event(record.job_id, f"accepted as job {record.job_id}", time.time())
         async with aclosing(self._follow(record, replay_logs=True)) as events:
@@ -174,6 +185,13 @@ class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
         if request.limit:
             records = records[-request.limit:]  # the most recent ones, oldest first
         return pb.ListJobsResponse(jobs=[convert.status_to_pb(r) for r in records])
+
+    @_unary
+    async def GetUsage(self, request: pb.GetUsageRequest, context: Any) -> pb.GetUsageResponse:
+        caller = _caller()  # an admin sees every user's usage, anyone else their own
+        since, by = convert.usage_query(request)
+        report = await call_trio(functools.partial(self._api.usage, since, by, caller=caller))
+        return convert.usage_to_pb(report)
 
     @_unary
     async def HealthCheck(self, request: pb.HealthCheckRequest, context: Any) -> pb.HealthCheckResponse:

@@ -26,8 +26,9 @@ MAX_RETRIES = 10
 MAX_QUEUE_SECONDS = 7 * 86400
 
 
-def spec_from_submission(request: pb.JobSubmission, settings: Any) -> JobSpec:
-    """Validate ``request`` against ``settings`` (a :class:`cumulus.config.Settings`) and build the JobSpec.
+def spec_from_submission(request: pb.JobSubmission, settings: Any, *, trace_id: str = "") -> JobSpec:
+    """Validate ``request`` against ``settings`` (a :class:`cumulus.config.Settings`) and build the JobSpec, whose
+    ``trace_id`` is ``trace_id`` (the servicer's, from the call's ``traceparent`` or made anew).
 
     Raises InvalidRequest (or its subclass PackageTooLarge) naming the first problem found.
     """
@@ -66,6 +67,7 @@ def spec_from_submission(request: pb.JobSubmission, settings: Any) -> JobSpec:
         cpus=cpus,
         network=network,
         secret_env=secret_env,
+        trace_id=trace_id,
     )
 
 

@@ -28,12 +28,13 @@ import trio
 
 from cumulus.app import Health
 from cumulus.config import Settings
-from cumulus.errors import CapacityExhausted, NotFound, Unsatisfiable
+from cumulus.errors import CapacityExhausted, InvalidRequest, NotFound, Unsatisfiable
 from cumulus.history import HistoryEvent
 from tests.credentials import FixedCredentials, security_overrides
 from tests.trio_thread import serving_in_thread
 from cumulus.jobs import DeviceInfo, JobRecord, JobSpec, JobState, Placement, TeardownReport, WorkerInfo
 from cumulus.jobformat import check_gpu_share
+from cumulus.usage import GROUPS, UsageRecord, UsageReport, attempt_usage, summarize
 
 RUNNER = Path(__file__).resolve().parents[2] / "worker_image" / "image" / "runner.py"
 
@@ -74,6 +75,7 @@ class FakeSupervisorApi:
         self._by_key: dict[str, str] = {}
         self._ids = itertools.count(1)
         self.calls: list[str] = []
+        self.usage_records: list[UsageRecord] = []  # one per job that ran (tests may add their own)
 
     # ---- the API ------------------------------------------------------------------------------------------
 
@@ -137,6 +139,17 @@ class FakeSupervisorApi:
         await trio.lowlevel.checkpoint()
         return list(self.workers)
 
+    async def usage(self, since: float | None = None, by: str = "user", caller: Any = None) -> UsageReport:
+        """As the real API: the jobs that ran here (and ``usage_records`` a test added), the caller's own unless
+        it is an admin (or None)."""
+        self.calls.append("usage")
+        await trio.lowlevel.checkpoint()
+        if by not in GROUPS:
+            raise InvalidRequest(f"cannot group usage by {by!r} (fake supervisor)")
+        owner = None if caller is None or caller.admin else caller.name
+        return summarize(self.usage_records, by=by, prices=self.settings.usage.prices,
+                         currency=self.settings.usage.currency, since=since, owner=owner)
+
     async def health(self) -> Health:
         await trio.lowlevel.checkpoint()
         active = sum(1 for j in self.jobs.values() if not j.record.state.terminal)
@@ -161,6 +174,10 @@ class FakeSupervisorApi:
             record.add_message(f"fake supervisor error: {type(error).__name__}: {error}")
             record.set_state(JobState.FAILED, "infrastructure")
         finally:
+            usage = attempt_usage(record, started_at=record.running_at, ended_at=record.finished_at,
+                                  queued_at=record.submitted_at)
+            if usage is not None:
+                self.usage_records.append(usage)
             record.set_torn_down(TeardownReport(released=tuple(reversed(released))))
 
     async def _lifecycle(self, record: JobRecord, released: list[str]) -> None:
@@ -171,7 +188,9 @@ class FakeSupervisorApi:
         record.set_state(JobState.SCHEDULING)
         worker = self.workers[0]
         record.placement = Placement(worker=worker.hostname, node_id=worker.node_id, device_index=0,
-                                     share=min(record.spec.gpu, 1.0))
+                                     share=min(record.spec.gpu, 1.0),
+                                     device_model=worker.devices[0].name if worker.devices else "",
+                                     is_gpu=bool(worker.devices) and worker.devices[0].is_gpu)
         released.append("reservation")
         record.add_message(f"placed on {worker.hostname} device 0")
         record.set_state(JobState.CREATING_PARTITION)
