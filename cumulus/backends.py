@@ -22,6 +22,7 @@ from cumulus.errors import RequestRejected
 from cumulus.resources import files, job_network, partition, swarm, swarm_secrets
 from cumulus.resources.ssh import SshConnection, open_ssh_connection
 from cumulus.resources.swarm import NodeInfo, ServiceRequest, SwarmClient, TaskState
+from cumulus.resources.swarm_client import SwarmJoinInfo
 
 
 LEASES_DIR = ".leases"  # <jobs_dir>/.leases/<job id>/{renew,expired}: a lease lives apart from its job dir
@@ -63,6 +64,10 @@ class SwarmBackend(Protocol):
     def follow_logs(self, service_id: str) -> AbstractAsyncContextManager[AsyncIterator[tuple[str, str]]]: ...
     async def task_states(self, labels: dict[str, str]) -> list[TaskState]: ...
     async def list_nodes(self) -> list[NodeInfo]: ...
+    async def join_info(self) -> SwarmJoinInfo: ...
+    async def update_node(self, node_id: str, *, labels_add: dict[str, str] | None = None,
+                          labels_remove: tuple[str, ...] = (), availability: str | None = None) -> NodeInfo: ...
+    async def remove_node(self, node_id: str) -> bool: ...
     async def list_services(self, labels: dict[str, str]) -> list[Any]: ...
     async def remove_service(self, service_id: str) -> bool: ...
     def open_secret_env(self, job_id: str, attempt: int,
@@ -282,6 +287,17 @@ class DockerSwarmBackend:
 
     async def list_nodes(self) -> list[NodeInfo]:
         return await self.client.list_nodes()
+
+    async def join_info(self) -> SwarmJoinInfo:
+        return await self.client.join_info()
+
+    async def update_node(self, node_id: str, *, labels_add: dict[str, str] | None = None,
+                          labels_remove: tuple[str, ...] = (), availability: str | None = None) -> NodeInfo:
+        return await self.client.update_node(node_id, labels_add=labels_add, labels_remove=labels_remove,
+                                             availability=availability)
+
+    async def remove_node(self, node_id: str) -> bool:
+        return await self.client.remove_node(node_id)
 
     async def list_services(self, labels: dict[str, str]) -> list[Any]:
         return await self.client.list_services(labels)

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cumulus.client import cli as client_cli
     from cumulus.client import tokens as token_cli
     from cumulus.client import usage as usage_cli
+    from cumulus.client import worker_cli
     from cumulus.client.cli_flags import global_flags
     from cumulus.local import cli as local_cli
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_cli.register(commands)
     token_cli.register(commands)
     usage_cli.register(commands)
+    worker_cli.register(commands)
     local_cli.register(commands)
     _register_completion(commands)
     return parser

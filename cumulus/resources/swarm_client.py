@@ -67,6 +67,12 @@ class NodeInfo:
 
 
 @dataclass(frozen=True)
+class SwarmJoinInfo:
+    worker_token: str
+    manager_addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TaskState:
     """One Swarm task, flattened. ``state`` is Swarm's lower-case task state (new, pending, assigned, accepted,
     preparing, starting, running, complete, failed, shutdown, rejected, orphaned, remove)."""
@@ -112,6 +118,19 @@ def _task_state(t: dict[str, Any]) -> TaskState:
         container_id=cstatus.get("ContainerID") or None,
         node_id=t.get("NodeID") or None,
         timestamp=status.get("Timestamp"),
+    )
+
+
+def _node_info(n: dict[str, Any]) -> NodeInfo:
+    spec, status, desc = n.get("Spec") or {}, n.get("Status") or {}, n.get("Description") or {}
+    return NodeInfo(
+        id=n["ID"],
+        hostname=desc.get("Hostname", ""),
+        state=str(status.get("State", "unknown")).lower(),
+        availability=str(spec.get("Availability", "")).lower(),
+        role=str(spec.get("Role", "")).lower(),
+        labels=dict(spec.get("Labels") or {}),
+        address=status.get("Addr"),
     )
 
 
@@ -164,20 +183,48 @@ class SwarmClient:
 
     async def list_nodes(self) -> list[NodeInfo]:
         """Every node of the Swarm. Raises :class:`SwarmError`."""
-        nodes = await self._call("list nodes", "nodes")
-        out = []
-        for n in nodes:
-            spec, status, desc = n.get("Spec") or {}, n.get("Status") or {}, n.get("Description") or {}
-            out.append(NodeInfo(
-                id=n["ID"],
-                hostname=desc.get("Hostname", ""),
-                state=str(status.get("State", "unknown")).lower(),
-                availability=str(spec.get("Availability", "")).lower(),
-                role=str(spec.get("Role", "")).lower(),
-                labels=dict(spec.get("Labels") or {}),
-                address=status.get("Addr"),
-            ))
-        return out
+        return [_node_info(n) for n in await self._call("list nodes", "nodes")]
+
+    async def join_info(self) -> SwarmJoinInfo:
+        """What a new worker needs to join: the Swarm's worker join token and its managers' addresses (HOST:PORT).
+        Raises :class:`SwarmError`."""
+        swarm = await self._call("inspect the swarm", "inspect_swarm")
+        nodes = await self._call("list nodes", "nodes", filters={"role": "manager"})
+        managers = sorted((n.get("ManagerStatus") or {}).get("Addr", "") for n in nodes)
+        return SwarmJoinInfo(swarm["JoinTokens"]["Worker"], tuple(a for a in managers if a))
+
+    async def update_node(self, node_id: str, *, labels_add: dict[str, str] | None = None,
+                          labels_remove: tuple[str, ...] = (), availability: str | None = None) -> NodeInfo:
+        """Change a node's labels and/or availability (``active``, ``pause``, ``drain``); other labels stay.
+        Retried once when another writer changed the node in between (Swarm's version check). Not abandoned on
+        cancellation. Raises ``docker.errors.NotFound`` for an unknown node, :class:`SwarmError`."""
+
+        def update() -> dict[str, Any]:
+            for attempt in range(2):
+                node = self.api.inspect_node(node_id)
+                spec = dict(node.get("Spec") or {})
+                labels = {k: v for k, v in (spec.get("Labels") or {}).items() if k not in labels_remove}
+                labels.update(labels_add or {})
+                spec["Labels"] = labels
+                if availability is not None:
+                    spec["Availability"] = availability
+                try:
+                    self.api.update_node(node_id, node["Version"]["Index"], spec)
+                    return self.api.inspect_node(node_id)
+                except docker.errors.APIError as exc:
+                    if attempt or "update out of sequence" not in str(exc):
+                        raise
+            raise AssertionError("unreachable")
+
+        return _node_info(await self._call(f"update node {node_id}", update, abandon=False))
+
+    async def remove_node(self, node_id: str) -> bool:
+        """Take a node out of the Swarm (forced: the node need not be down). ``False`` if it was not there."""
+        try:
+            await self._call(f"remove node {node_id}", "remove_node", node_id, force=True, abandon=False)
+            return True
+        except docker.errors.NotFound:
+            return False
 
     async def task_states(self, labels: dict[str, str] | None = None) -> list[TaskState]:
         """Every task whose container spec carries ``labels`` (e.g. ``{"cumulus.supervisor_id": S}``), in one API
@@ -234,5 +281,6 @@ class SwarmClient:
 
 
 __all__ = [
-    "TERMINAL_STATES", "NodeInfo", "ServiceHandle", "ServiceInfo", "SwarmClient", "SwarmError", "TaskState",
+    "TERMINAL_STATES", "NodeInfo", "ServiceHandle", "ServiceInfo", "SwarmClient", "SwarmError", "SwarmJoinInfo",
+    "TaskState",
 ]

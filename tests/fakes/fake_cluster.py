@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import itertools
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator
 
+import docker.errors
 import trio
 
 from cumulus.backends import Backends, NodeOrphans
@@ -20,6 +21,7 @@ from cumulus.resources.partition import LeaseLoss
 from cumulus.resources.ssh import SshError
 from cumulus.resources.swarm import ServiceHandle, SwarmError
 from cumulus.resources.swarm import LABEL_JOB, LABEL_SUPERVISOR, NodeInfo, ServiceRequest, TaskState
+from cumulus.resources.swarm_client import SwarmJoinInfo
 
 DELAY = 0.05
 
@@ -250,6 +252,26 @@ class FakeSwarm:
     async def list_nodes(self) -> list[NodeInfo]:
         await trio.sleep(0)
         return list(self.world.nodes)
+
+    async def join_info(self) -> SwarmJoinInfo:
+        await trio.sleep(0)
+        return SwarmJoinInfo("SWMTKN-1-fake", ("10.213.0.10:2377",))
+
+    async def update_node(self, node_id: str, *, labels_add: dict[str, str] | None = None,
+                          labels_remove: tuple[str, ...] = (), availability: str | None = None) -> NodeInfo:
+        await trio.sleep(0)
+        for i, node in enumerate(self.world.nodes):
+            if node.id == node_id:
+                labels = {k: v for k, v in node.labels.items() if k not in labels_remove} | (labels_add or {})
+                self.world.nodes[i] = replace(node, labels=labels, availability=availability or node.availability)
+                return self.world.nodes[i]
+        raise docker.errors.NotFound(f"node {node_id} not found")
+
+    async def remove_node(self, node_id: str) -> bool:
+        await trio.sleep(0)
+        before = len(self.world.nodes)
+        self.world.nodes[:] = [n for n in self.world.nodes if n.id != node_id]
+        return len(self.world.nodes) < before
 
     async def list_services(self, labels: dict[str, str]) -> list[Any]:
         return [type("Service", (), {"id": sid, "labels": dict(lab)})()

@@ -275,7 +275,14 @@ class Device(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., is_gpu: _Optional[bool] = ..., memory_bytes: _Optional[int] = ..., uuid: _Optional[str] = ..., used_share: _Optional[float] = ..., free_share: _Optional[float] = ...) -> None: ...
 
 class Worker(_message.Message):
-    __slots__ = ("node_id", "hostname", "ssh_address", "state", "healthy", "devices", "running_jobs", "reason")
+    __slots__ = ("node_id", "hostname", "ssh_address", "state", "healthy", "devices", "running_jobs", "reason", "availability", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     SSH_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +291,8 @@ class Worker(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     hostname: str
     ssh_address: str
@@ -292,7 +301,9 @@ class Worker(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[Device]
     running_jobs: int
     reason: str
-    def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., ssh_address: _Optional[str] = ..., state: _Optional[str] = ..., healthy: _Optional[bool] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., running_jobs: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    availability: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., ssh_address: _Optional[str] = ..., state: _Optional[str] = ..., healthy: _Optional[bool] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., running_jobs: _Optional[int] = ..., reason: _Optional[str] = ..., availability: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ()
