@@ -100,16 +100,14 @@ class RevokeJoinTokenRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("hostname", "ssh_address", "host_key", "worker_json")
+    __slots__ = ("hostname", "ssh_address", "host_key")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     SSH_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HOST_KEY_FIELD_NUMBER: _ClassVar[int]
-    WORKER_JSON_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     ssh_address: str
     host_key: str
-    worker_json: str
-    def __init__(self, hostname: _Optional[str] = ..., ssh_address: _Optional[str] = ..., host_key: _Optional[str] = ..., worker_json: _Optional[str] = ...) -> None: ...
+    def __init__(self, hostname: _Optional[str] = ..., ssh_address: _Optional[str] = ..., host_key: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("swarm_join_token", "manager_addresses", "supervisor_ssh_public_key", "ssh_user", "worker_image", "registry", "ca_certificate", "cluster_name")
@@ -132,10 +130,12 @@ class RegisterWorkerResponse(_message.Message):
     def __init__(self, swarm_join_token: _Optional[str] = ..., manager_addresses: _Optional[_Iterable[str]] = ..., supervisor_ssh_public_key: _Optional[str] = ..., ssh_user: _Optional[str] = ..., worker_image: _Optional[str] = ..., registry: _Optional[str] = ..., ca_certificate: _Optional[str] = ..., cluster_name: _Optional[str] = ...) -> None: ...
 
 class CompleteJoinRequest(_message.Message):
-    __slots__ = ("node_id",)
+    __slots__ = ("node_id", "worker_json")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_JSON_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+    worker_json: str
+    def __init__(self, node_id: _Optional[str] = ..., worker_json: _Optional[str] = ...) -> None: ...
 
 class CompleteJoinResponse(_message.Message):
     __slots__ = ("node_id", "hostname", "labels")
