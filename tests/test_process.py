@@ -34,7 +34,7 @@ def security_flags() -> list[str]:
 
 
 def test_a_supervisor_without_a_certificate_refuses_to_start_unless_insecure(tmp_path):
-    result = cumulus("supervisor", "--listen", f"127.0.0.1:{free_port()}")
+    result = cumulus("supervisor", "--listen", f"127.0.0.1:{free_port()}", "--http-listen", "127.0.0.1:0")
     assert result.returncode == 2 and "TLS is on by default" in result.stderr and "--insecure" in result.stderr
 
 
@@ -43,7 +43,7 @@ def supervisor_process(tmp_path: Path):
     port = free_port()
     env = {**os.environ, "CUMULUS_JOURNAL_PATH": str(tmp_path / "journal.sqlite3")}
     proc = subprocess.Popen(
-        [*CUMULUS, "supervisor", "--listen", f"127.0.0.1:{port}", *security_flags()],
+        [*CUMULUS, "supervisor", "--listen", f"127.0.0.1:{port}", "--http-listen", "127.0.0.1:0", *security_flags()],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     address = f"127.0.0.1:{port}"
@@ -80,7 +80,7 @@ def test_health_without_a_supervisor_says_why_and_exits_1():
 
 def test_second_supervisor_on_the_same_port_fails_with_a_clear_message(supervisor_process):
     _, address = supervisor_process
-    result = cumulus("supervisor", "--listen", address, *security_flags())
+    result = cumulus("supervisor", "--listen", address, "--http-listen", "127.0.0.1:0", *security_flags())
     assert result.returncode == 1
     assert f"cannot listen on {address}" in result.stderr
 

@@ -84,6 +84,7 @@ class SupervisorProcess:
         self.config.write_text(
             f"supervisor_id: {supervisor_id}\n"
             f"grpc:\n  listen: \"{self.address}\"\n"
+            f"server:\n  http_listen: \"127.0.0.1:0\"\n"  # a free port: the default may be the local cluster's
             f"cluster:\n  description: \"{CLUSTER_JSON}\"\n  allow_non_gpu_devices: true\n  poll_interval: 0.1\n"
             f"lease:\n  renew_interval: {renew_interval}\n  ttl: {ttl}\n"
             f"journal:\n  path: \"{self.journal}\"\n" + security_yaml() + extra
