@@ -32,11 +32,15 @@ from typing import AsyncIterator
 
 import trio
 
-from cumulus import metrics
+from cumulus import journal_lock, metrics
 from cumulus.actors.base import ActorRef
 from cumulus.actors.ownership import observed_by
 from cumulus.actors.cluster import CancelJob, ClusterActor, DescribeJob, GetJob, ListJobs, Submit
+from cumulus.actors.drain import ActivateWorker, DrainStatus, DrainWorker, RemoveIfDrained
+from cumulus.actors.image_gate import WorkerImages, open_image_store
 from cumulus.actors.scheduler import ListWorkers, Scheduler
+from cumulus.actors.join_tokens import (CompleteJoin, CreateJoinToken, JoinedNode, JoinGrant, JoinOffer,
+                                        JoinTokenRegistry, ListJoinTokens, RegisterWorker, RevokeJoinToken)
 from cumulus.actors.tokens import CreateToken, Credentials, ListTokens, RevokeToken, TokenRegistry
 from cumulus.actors.watcher import TaskWatcher
 from cumulus.asyncio_bridge import open_asyncio_bridge
@@ -46,12 +50,16 @@ from cumulus.errors import InvalidRequest, SupervisorUnavailable
 from cumulus.history import HistoryEvent
 from cumulus.identity import LOCAL_ADMIN, Caller, Limits, TokenInfo
 from cumulus.jobs import JobRecord, JobSpec, WorkerInfo
+from cumulus.join_table import JoinTokenInfo
 from cumulus.journal import Journal
 from cumulus.journal_rows import SecretBox
+from cumulus.resources.image_store import ImageStore
 from cumulus.supervisor import ChildSpec, DynamicSupervisor, Restart, Strategy, Supervisor
 from cumulus.usage import GROUPS, SummarizeUsage, UsageReport
 
 log = logging.getLogger(__name__)
+
+REMOVE_POLL_SECONDS = 1.0  # how often a removal looks whether the worker's jobs have ended
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class SupervisorApi:
         self.http_address: str | None = None  # http(s)://HOST:PORT of the HTTP port, when it serves
         self.metrics = metrics.OFF  # the supervisor's own, from open_supervisor
         self.credentials = Credentials()  # written by the tokens actor only; read by the RPC layer
+        self.image_store: ImageStore | None = None  # the worker image exports the HTTP port's registry serves
 
     def _core(self, name: str) -> ActorRef:
         core = self.root.whereis("core") if self.root is not None else None
@@ -123,6 +132,25 @@ class SupervisorApi:
     async def list_workers(self) -> list[WorkerInfo]:
         return await self._core("scheduler").call(ListWorkers())
 
+    async def drain_worker(self, name: str, timeout: int = 0) -> DrainStatus:
+        """No new job goes to worker ``name`` (hostname, node id or unique id prefix); jobs still running there
+        ``timeout`` seconds from now are cancelled (0: never). Returns at once (:mod:`cumulus.actors.drain`)."""
+        return await self._cluster().call(DrainWorker(name, timeout))
+
+    async def activate_worker(self, name: str) -> DrainStatus:
+        """Undo a drain: the worker takes new jobs again."""
+        return await self._cluster().call(ActivateWorker(name))
+
+    async def remove_worker(self, name: str, timeout: int = 0) -> DrainStatus:
+        """Drain the worker, wait until no job runs there (those left after ``timeout`` seconds are cancelled; 0:
+        wait however long they take), then take it out of the Swarm. Returns once it is gone."""
+        status = await self._cluster().call(DrainWorker(name, timeout, for_removal=True))
+        while not status.removed:
+            status = await self._cluster().call(RemoveIfDrained(status.node_id))
+            if not status.removed:
+                await trio.sleep(REMOVE_POLL_SECONDS)
+        return status
+
     async def usage(self, since: float | None = None, by: str = "user", *, caller: Caller = LOCAL_ADMIN
                     ) -> UsageReport:
         """Device usage of the attempts that ended at or after ``since`` (all the journal keeps if None), grouped
@@ -150,6 +178,30 @@ class SupervisorApi:
 
     async def revoke_token(self, name: str) -> TokenInfo:
         return await self._tokens().call(RevokeToken(name))
+
+    def _join_tokens(self) -> ActorRef:
+        registry = self.root.whereis("join_tokens") if self.root is not None else None
+        if registry is None:
+            raise SupervisorUnavailable("the supervisor is starting or stopping; try again shortly")
+        return registry
+
+    async def create_join_token(self, ttl: float = 0, labels: dict[str, str] | None = None, *,
+                                created_by: str = "") -> JoinOffer:
+        """A join token for one host and the line to run on it (:mod:`cumulus.actors.join_tokens`)."""
+        return await self._join_tokens().call(CreateJoinToken(ttl, dict(labels or {}), created_by))
+
+    async def list_join_tokens(self) -> list[JoinTokenInfo]:
+        return await self._join_tokens().call(ListJoinTokens())
+
+    async def revoke_join_token(self, token_id: str) -> JoinTokenInfo:
+        return await self._join_tokens().call(RevokeJoinToken(token_id))
+
+    async def register_worker(self, token: str, hostname: str, ssh_address: str, host_key: str) -> JoinGrant:
+        """A joining host, authenticated by its join token, registers; the answer is what it needs to join."""
+        return await self._join_tokens().call(RegisterWorker(token, hostname, ssh_address, host_key))
+
+    async def complete_join(self, token: str, node_id: str, worker_json: str) -> JoinedNode:
+        return await self._join_tokens().call(CompleteJoin(token, node_id, worker_json))
 
     async def health(self) -> Health:
         try:
@@ -185,7 +237,8 @@ def build_tree(api: SupervisorApi, backends: Backends, swarm: object, *, serve_r
             core = core_holder["core"]
             return ClusterActor(settings, backends, swarm, connections=connections, workers=workers, jobs=jobs,
                                 scheduler=core.whereis("scheduler"), watcher=core.whereis("watcher"),
-                                journal=core.whereis("journal"))
+                                journal=core.whereis("journal"),
+                                images=WorkerImages(settings, swarm, api.image_store))
 
         tree = Supervisor(
             [
@@ -206,6 +259,7 @@ def build_tree(api: SupervisorApi, backends: Backends, swarm: object, *, serve_r
     children = [
         ChildSpec.actor("tokens", lambda: TokenRegistry(settings.journal.path, api.credentials,
                                                         settings.security.admin_token_file)),
+        ChildSpec.actor("join_tokens", lambda: JoinTokenRegistry(settings, swarm)),
         ChildSpec.supervisor("core", core),
     ]
     if serve_rpc:
@@ -251,7 +305,8 @@ async def open_supervisor(
     apply_cluster_description(settings)
     api = SupervisorApi(settings)
     api.metrics = metrics.Metrics(enabled=settings.metrics.enabled)
-    with metrics.bound(api.metrics), observed_by(api.metrics):
+    # The journal's lock first (JournalInUse, naming the pid, while another supervisor uses the journal).
+    with journal_lock.holding(settings.journal.path), metrics.bound(api.metrics), observed_by(api.metrics):
         async with _open_tree(api, backends, serve_rpc) as running:
             yield running
 
@@ -260,6 +315,7 @@ async def open_supervisor(
 async def _open_tree(api: SupervisorApi, backends: Backends, serve_rpc: bool) -> AsyncIterator[SupervisorApi]:
     settings = api.settings
     async with _maybe_asyncio(backends.needs_asyncio, api.metrics), backends.open_swarm(settings) as swarm:
+        api.image_store = await open_image_store(settings)  # None: the worker image gate is off
         root = build_tree(api, backends, swarm, serve_rpc=serve_rpc)
         async with trio.open_nursery() as nursery:
             await nursery.start(root.run)

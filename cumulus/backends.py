@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import shlex
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator, Protocol
 
@@ -19,7 +19,7 @@ import trio
 
 from cumulus.config import Settings
 from cumulus.errors import RequestRejected
-from cumulus.resources import files, job_network, partition, swarm, swarm_secrets
+from cumulus.resources import files, image_pull, job_network, partition, swarm, swarm_secrets
 from cumulus.resources.ssh import SshConnection, open_ssh_connection
 from cumulus.resources.swarm import NodeInfo, ServiceRequest, SwarmClient, TaskState
 from cumulus.resources.swarm_client import SwarmJoinInfo
@@ -75,6 +75,8 @@ class SwarmBackend(Protocol):
     def adopt_secret_env(self, job_id: str) -> AbstractAsyncContextManager[Any]: ...
     async def list_secrets(self, labels: dict[str, str]) -> list[Any]: ...
     async def remove_secret(self, secret_id: str) -> bool: ...
+    def save_image(self, image_id: str) -> AbstractContextManager[Iterator[bytes]]: ...
+    async def pull_image(self, node_id: str, reference: str, *, timeout: float) -> None: ...
 
 
 class SshNodeBackend:
@@ -245,9 +247,11 @@ async def connect_ssh_node(node: NodeInfo, settings: Settings) -> AsyncIterator[
         raise ValueError(f"node {node.hostname} has no cumulus.ssh label (HOST:PORT); was it set up with "
                          "setup-worker.sh?")
     user = node.labels.get("cumulus.ssh_user") or settings.cluster.ssh_user
+    pinned = node.labels.get("cumulus.host_key", "")  # a joined worker: exactly the key it joined with
     async with open_ssh_connection(
         host, int(port), user=user, key_path=settings.cluster.ssh_key,
-        known_hosts_path=settings.cluster.known_hosts, connect_timeout=settings.cluster.ssh_connect_timeout,
+        known_hosts_path=settings.cluster.known_hosts, pinned_host_keys=(pinned,) if pinned else (),
+        connect_timeout=settings.cluster.ssh_connect_timeout,
     ) as conn:
         backend = SshNodeBackend(conn, settings)
         probe = await job_network.probe_worker(conn, settings.containers.user)  # once per connection
@@ -320,6 +324,16 @@ class DockerSwarmBackend:
 
     async def remove_secret(self, secret_id: str) -> bool:
         return await swarm_secrets.remove_secret(self.client, secret_id)
+
+    def save_image(self, image_id: str) -> AbstractContextManager[Iterator[bytes]]:
+        """The ``docker save`` stream of ``image_id`` from the manager (blocking: for a worker thread)."""
+        return self.client.save_image(image_id)
+
+    async def pull_image(self, node_id: str, reference: str, *, timeout: float) -> None:
+        """Make ``node_id``'s dockerd pull ``reference`` (a one-shot pull service); ImagePullFailed says why not."""
+        pull = image_pull.new_pull_service(node_id, reference, self._settings.supervisor_id)
+        await image_pull.pull_on_node(self.client, pull, timeout=timeout,
+                                      remove_timeout=self._settings.jobs.release_timeout)
 
 
 @asynccontextmanager

@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cumulus.client import worker_cli
     from cumulus.client.cli_flags import global_flags
     from cumulus.local import cli as local_cli
+    from cumulus import journal_cli
 
     parser = argparse.ArgumentParser(
         prog="cumulus", parents=[global_flags()],
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     _register_supervisor(commands)
+    journal_cli.register(commands)
     client_cli.register(commands)
     token_cli.register(commands)
     usage_cli.register(commands)

@@ -46,10 +46,15 @@ class ServerSettings:
     """HOST:PORT of the supervisor's HTTP port (``/metrics``, ``/healthz``, ``/readyz``); TLS with the gRPC port's
     certificate unless insecure. Empty: no HTTP port. Loopback by default: Prometheus scrapes it from this machine
     or through a proxy."""
+    http_advertise: str = ""
+    """HOST:PORT at which new hosts reach the HTTP port (``cumulus worker join-command`` puts it in the join line);
+    not loopback. Empty: no joining."""
 
     def validate(self) -> None:
         if self.http_listen:
             parse_host_port(self.http_listen, key="server.http_listen", allow_any_port=True)
+        if self.http_advertise:
+            parse_host_port(self.http_advertise, key="server.http_advertise")
 
 
 @dataclass
@@ -77,6 +82,8 @@ class SecuritySettings:
     tls_cert: str = ""
     """The server's certificate chain (PEM). With ``tls_key`` the supervisor serves TLS; required unless insecure."""
     tls_key: str = ""
+    tls_ca: str = ""
+    """The CA (PEM) that signed ``tls_cert``: joining hosts get it, for dockerd to trust the image registry."""
     client_ca: str = ""
     """A CA (PEM): when set, clients must also present a certificate it signed (mutual TLS)."""
     insecure: bool = False
@@ -134,7 +141,7 @@ class ClusterSettings:
     ssh_user: str = "cumulus"
     ssh_key: str = ""
     known_hosts: str = ""
-    """Pinned host keys of the workers. Required: Cumulus never accepts unknown host keys."""
+    """Pinned host keys of workers set up by hand (joined ones carry theirs: the ``cumulus.host_key`` label)."""
     ssh_connect_timeout: float = 10.0
     holder: str = "/opt/cumulus/bin/cumulus-partition-holder"
     jobs_dir: str = "/var/lib/cumulus/jobs"
@@ -142,6 +149,8 @@ class ClusterSettings:
     """Let jobs run on devices that are not GPUs (the CPU OpenCL device of a machine without GPU)."""
     poll_interval: float = 0.2
     """How often the Swarm task list is polled, in seconds (0.05..5)."""
+    worker_files: str = ""
+    """The worker_image/ directory served to joining hosts; empty: the one next to the cumulus package."""
 
     def validate(self) -> None:
         check_range("cluster.ssh_connect_timeout", self.ssh_connect_timeout, 0.1, 600)

@@ -371,8 +371,10 @@ class WorkerInfo:
     node_id: str
     hostname: str
     ssh_address: str
-    state: str  # "ready", "down", "unreachable", "connecting"
+    state: str  # "ready", "down", "unreachable", "preparing" (connected; its worker image is being pulled)
     healthy: bool
     devices: tuple[DeviceInfo, ...] = ()
     running_jobs: int = 0
     reason: str = ""
+    availability: str = "active"  # "active", "draining", "drained" (cumulus worker drain / activate)
+    labels: tuple[tuple[str, str], ...] = ()  # the node's ``cumulus.label.<key>`` labels, keys unprefixed

@@ -12,7 +12,8 @@ cast as ``RecordUsage`` when it ends, summed by ``SummarizeUsage``), which is ne
 
 A journal file written before ``job_events`` or ``usage`` existed opens as it is: the tables are created if missing.
 The file is readable by its owner only (0600); a job's secret env values are stored sealed
-(:mod:`cumulus.journal_rows`), and idempotency keys are unique per owner.
+(:mod:`cumulus.journal_rows`), and idempotency keys are unique per owner. One process at a time uses a journal
+file: every connection holds its lock (:mod:`cumulus.journal_lock`); backup and restore: :mod:`cumulus.journal_backup`.
 
 All SQLite work runs in a worker thread (``trio.to_thread``), one at a time (``:memory:`` journals, for tests,
 run in the Trio thread).
@@ -31,6 +32,7 @@ from typing import Any, AsyncIterator, Sequence
 
 import trio
 
+from cumulus import journal_lock
 from cumulus.actors.base import Actor
 from cumulus.history import END_EVENTS_RESERVE, MAX_EVENTS_PER_JOB, HistoryEvent, limit_reached
 from cumulus.errors import ConfigError
@@ -138,24 +140,36 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_idempotency ON jobs(owner, idempote
 
 def open_database(path: str) -> sqlite3.Connection:
     """The journal's SQLite database at ``path`` (``:memory:`` for tests), created readable by its owner only
-    (file 0600, directory 0700: it holds packages, results and token hashes), schema up to date."""
-    if path != ":memory:":
+    (file 0600, directory 0700: it holds packages, results and token hashes), schema up to date. The connection
+    holds the journal's lock (:mod:`cumulus.journal_lock`) until closed: :class:`~cumulus.journal_lock.JournalInUse`
+    when another process (a second supervisor, a restore) uses the journal."""
+    if path == ":memory:":
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    else:
         Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        for file in (path, path + "-wal", path + "-shm"):  # older journals were made 0644
-            if os.path.exists(file):
-                os.chmod(file, 0o600)
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.row_factory = sqlite3.Row
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(SCHEMA)
-    db.executescript(USAGE_SCHEMA)
-    columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
-    for name, kind in ADDED_COLUMNS.items():
-        if name not in columns:
-            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
-    db.executescript(INDEXES)
+        hold = journal_lock.acquire(path)  # JournalInUse while another supervisor uses it; before any change
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            for file in (path, path + "-wal", path + "-shm"):  # older journals were made 0644
+                if os.path.exists(file):
+                    os.chmod(file, 0o600)
+            db = journal_lock.connect(path, check_same_thread=False, isolation_level=None)
+        finally:
+            hold.release()  # the connection holds its own
+    try:
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        db.executescript(USAGE_SCHEMA)
+        columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in ADDED_COLUMNS.items():
+            if name not in columns:
+                db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        db.executescript(INDEXES)
+    except BaseException:
+        db.close()  # and its lock
+        raise
     return db
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
@@ -62,6 +62,7 @@ class Snapshot:
     oldest_queued_seconds: float
     workers_by_state: Mapping[str, int]
     devices: tuple[DeviceShare, ...]
+    workers_by_availability: Mapping[str, int] = field(default_factory=dict)
 
 
 class Metrics:
@@ -106,14 +107,18 @@ class Metrics:
                                    "gRPC and asyncssh reported to its exception handler", [], r)
         self.device_seconds = make(Counter, "cumulus_device_seconds", "Device-seconds x share used by finished "
                                    "attempts, by user and device kind (gpu or other)", ["user", "device_kind"], r)
+        self.worker_joins = make(Counter, "cumulus_worker_joins", "Joining hosts' register and complete requests, "
+                                 "by outcome (registered, joined, or why refused: expired, used, ...)", ["outcome"], r)
         # Read at scrape time (set_snapshot).
         self.ready = make(Gauge, "cumulus_ready", "1 while the supervisor serves (tree up, journal recovered)", [], r)
         self.jobs = make(Gauge, "cumulus_jobs", "Live jobs by state", ["state"], r)
         self.queue_length = make(Gauge, "cumulus_queue_length", "Jobs waiting for capacity", [], r)
         self.queue_oldest = make(Gauge, "cumulus_queue_oldest_seconds", "How long the job that has waited longest "
                                  "for capacity has waited (0 when none waits)", [], r)
-        self.workers = make(Gauge, "cumulus_workers", "Workers by state (ready, connecting, unreachable, down)",
+        self.workers = make(Gauge, "cumulus_workers", "Workers by state (ready, preparing, unreachable, down)",
                             ["state"], r)
+        self.workers_availability = make(Gauge, "cumulus_workers_by_availability", "Workers by availability "
+                                         "(active, draining, drained: cumulus worker drain)", ["availability"], r)
         self.share_used = make(Gauge, "cumulus_device_share_used", "Share of each device reserved by jobs",
                                ["worker", "device", "model", "is_gpu"], r)
         self.share_total = make(Gauge, "cumulus_device_share_total", "Share of each device that jobs may use "
@@ -172,6 +177,7 @@ class Metrics:
         self.queue_length.set(snapshot.queue_length)
         self.queue_oldest.set(snapshot.oldest_queued_seconds)
         _set_all(self.workers, {(state,): n for state, n in snapshot.workers_by_state.items()})
+        _set_all(self.workers_availability, {(a,): n for a, n in snapshot.workers_by_availability.items()})
         labels = {d: (d.worker, d.device, d.model, "true" if d.is_gpu else "false") for d in snapshot.devices}
         _set_all(self.share_used, {labels[d]: d.used for d in snapshot.devices})
         _set_all(self.share_total, {labels[d]: 1.0 for d in snapshot.devices})

@@ -51,15 +51,17 @@ QUIET=0
 
 usage() {
     cat <<'EOF'
-usage: setup-worker.sh [--manager ADDR:2377 --token TOKEN] [--supervisor-key "ssh-ed25519 ..."]...
-                       [--supervisor-key-file FILE] [--ssh-address HOST:PORT] [--docker-host URL]
+usage: setup-worker.sh [--manager ADDR:2377 --token TOKEN | --token-file FILE] [--supervisor-key "ssh-ed25519 ..."]...
+                       [--supervisor-key-file FILE] [--ssh-address HOST:PORT] [--ssh-user NAME] [--docker-host URL]
                        [--advertise-addr ADDR] [--hostname NAME] [--host-key-file FILE] [--output PATH]
                        [--skip-docker] [--skip-chronos] [--skip-join] [--skip-apt]
                        [--chronos-python PATH] [--chronos-version V] [--job-subnet CIDR] [--job-deny CIDR]...
                        [--quiet]
 
   --manager ADDR:PORT      Swarm manager to join (with --token, a *worker* join token)
-  --supervisor-key KEY     public key allowed to log in as user cumulus (repeatable)
+  --token-file FILE        read the Swarm join token from FILE (keeps it out of this script's command line)
+  --supervisor-key KEY     public key allowed to log in as the SSH user (repeatable)
+  --ssh-user NAME          the user the supervisor logs in as (default cumulus)
   --ssh-address HOST:PORT  address the supervisor reaches this host's sshd at (default: first IP of `hostname -I`:22)
   --docker-host URL        talk to this Docker daemon (e.g. unix:///run/x/docker.sock); implies the daemon is
                            managed elsewhere, so Docker is neither installed, started nor reconfigured
@@ -83,6 +85,8 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --manager) MANAGER="$2"; shift 2 ;;
         --token) TOKEN="$2"; shift 2 ;;
+        --token-file) TOKEN="$(cat "$2")"; shift 2 ;;
+        --ssh-user) USER_NAME="$2"; shift 2 ;;
         --supervisor-key) SUPERVISOR_KEYS+=("$2"); shift 2 ;;
         --supervisor-key-file) SUPERVISOR_KEYS+=("$(cat "$2")"); shift 2 ;;
         --ssh-address) SSH_ADDRESS="$2"; shift 2 ;;
@@ -116,6 +120,7 @@ changed() { CHANGED+=("$1"); log "$1: changed${2:+ ($2)}"; }
 ok() { log "$1: ok${2:+ ($2)}"; }
 
 [[ $(id -u) == 0 ]] || die "must run as root"
+[[ "$USER_NAME" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "--ssh-user: $USER_NAME is not a valid user name"
 for f in cumulus-partition-holder cumulus-chronos-available cumulus-job-network inventory.py; do
     [[ -f "$SRC_DIR/$f" ]] || die "missing $SRC_DIR/$f (run this script from a copy of the worker_image/ directory)"
 done
@@ -286,7 +291,8 @@ AUTH="$HOME_DIR/.ssh/authorized_keys"
 touch "$AUTH"
 for key in "${SUPERVISOR_KEYS[@]}"; do
     [[ -n "$key" ]] || continue
-    if ! grep -qxF -- "$key" "$AUTH"; then
+    # the same key with another comment is the same key (a key sent without its comment is not added twice)
+    if ! awk '{print $1 " " $2}' "$AUTH" | grep -qxF -- "$(awk '{print $1 " " $2}' <<<"$key")"; then
         printf '%s\n' "$key" >>"$AUTH"
         changed authorized_keys "${key:0:40}..."
     fi

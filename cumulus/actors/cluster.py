@@ -2,7 +2,8 @@
 
 * Nodes: every few seconds the Swarm's node list is read; each node labelled ``cumulus.worker=true`` gets a
   WorkerActor (under the ``workers`` dynamic supervisor), node changes are forwarded to it, vanished nodes' actors
-  are stopped, and the Scheduler gets the inventory (:class:`~cumulus.actors.scheduler.NodesChanged`).
+  are stopped, and the Scheduler gets the inventory (:class:`~cumulus.actors.scheduler.NodesChanged`). Workers are
+  drained, activated and removed here too (:mod:`cumulus.actors.drain`: their state is on the nodes' labels).
 * Jobs: :class:`Submit` asks the Scheduler whether the job could ever run and may queue
   (:class:`~cumulus.actors.scheduler.Admit`), then starts its JobActor (under the ``jobs`` dynamic supervisor,
   temporary), which creates and alone writes the job's record; the cluster keeps a reference for readers.
@@ -30,9 +31,10 @@ import trio
 from cumulus import metrics
 from cumulus.actors.attempt import STOP_WAIT_SECONDS
 from cumulus.actors.base import Actor, ActorRef
+from cumulus.actors.drain import DrainMessage, Drains, node_inventory
 from cumulus.actors.job import Cancel, JobActor, Start
-from cumulus.actors.scheduler import Admit, ExpectAdoptions, NodeInventory, NodesChanged
-from cumulus.actors.worker import LiveJobs, NodeUpdate, WorkerActor, parse_devices
+from cumulus.actors.scheduler import Admit, ExpectAdoptions, NodesChanged
+from cumulus.actors.worker import LiveJobs, NodeUpdate, WorkerActor, WorkerImages
 from cumulus.backends import Backends, NodeConnections, SwarmBackend
 from cumulus.config import Settings
 from cumulus.errors import ActorDied, CumulusError, NotFound
@@ -116,6 +118,7 @@ class ClusterActor(Actor):
         scheduler: ActorRef,
         watcher: ActorRef,
         journal: ActorRef,
+        images: WorkerImages | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -127,6 +130,7 @@ class ClusterActor(Actor):
         self.scheduler = scheduler
         self.watcher = watcher
         self.journal = journal
+        self.images = images  # the worker image gate, handed to every WorkerActor
         self.job_prefix = f"{settings.supervisor_id}-"
         self.jobs: dict[str, JobRecord] = {}  # read here, written by each job's actor
         self.by_key: dict[tuple[str, str], str] = {}  # (owner, idempotency key) -> job id
@@ -138,6 +142,7 @@ class ClusterActor(Actor):
         self.reaped_services: list[str] = []
         self._reaped = False
         self._recovered: list[tuple[JobRecord, Start, str]] = []
+        self.drains = Drains(self)  # worker drain / activate / remove (cumulus.actors.drain)
 
     async def on_start(self) -> None:
         await self._recover()
@@ -172,6 +177,8 @@ class ClusterActor(Actor):
                         and caller.may_see(r.spec.owner)]
             case LiveJobs():
                 return frozenset(job_id for job_id, r in self.jobs.items() if not r.torn_down.is_set())
+            case DrainMessage():
+                return await self.drains.handle(message)
             case SyncNodes():
                 try:
                     await self._sync_nodes()
@@ -351,10 +358,7 @@ class ClusterActor(Actor):
             self._reaped = True
         nodes = {n.id: n for n in await self.swarm.list_nodes() if n.labels.get("cumulus.worker") == "true"}
         if nodes != self.nodes:  # the Scheduler first: a worker that connects at once finds its node known
-            await self.scheduler.cast(NodesChanged(tuple(
-                NodeInventory(node.id, node.hostname, node.labels.get("cumulus.ssh", ""),
-                              tuple(parse_devices(node.labels)), node.ready, f"{node.state}/{node.availability}")
-                for node in nodes.values())))
+            await self.scheduler.cast(NodesChanged(tuple(node_inventory(node) for node in nodes.values())))
         for node_id in list(self.worker_refs):
             if node_id not in nodes:
                 log.warning("cluster: node %s left the Swarm", self.nodes[node_id].hostname)
@@ -365,10 +369,11 @@ class ClusterActor(Actor):
             if ref is None or not ref.alive:
                 self.worker_refs[node_id] = await self.workers.start_actor(node_id, lambda node=node: WorkerActor(
                     node, self.settings, self.backends, connections=self.connections, scheduler=self.scheduler,
-                    cluster=self.ref, job_prefix=self.job_prefix))
+                    cluster=self.ref, job_prefix=self.job_prefix, images=self.images))
             elif self.nodes.get(node_id) != node:
                 await ref.cast(NodeUpdate(node))
         self.nodes = nodes
+        self.drains.synced()
 
     async def _reap_orphan_services(self) -> None:
         services = await self.swarm.list_services({LABEL_SUPERVISOR: self.settings.supervisor_id})

@@ -3,9 +3,9 @@
 Chronos keeps partitions inside the process that made them, so nothing on a worker can tell how much of a device
 is promised: the scheduler's accounting is the truth. Its state:
 
-* the inventory of every worker node (devices, ready or not), sent by the ClusterActor's node sync
-  (:class:`NodesChanged`), and whether the supervisor is connected to it, sent by its WorkerActor
-  (:class:`WorkerHealth`);
+* the inventory of every worker node (devices, ready or not, draining or not: a draining node takes no new job,
+  :mod:`cumulus.actors.drain`), sent by the ClusterActor's node sync (:class:`NodesChanged`), and whether the
+  supervisor is connected to it, sent by its WorkerActor (:class:`WorkerHealth`);
 * every reservation (job id -> node, devices, share);
 * the queue of jobs waiting for capacity: higher priority first, then arrival order, strictly (nobody overtakes
   the head), bounded by ``jobs.max_queue``;
@@ -35,9 +35,9 @@ import trio
 
 from cumulus import metrics
 from cumulus.actors.base import Actor, ActorRef
-from cumulus.actors.scheduler_messages import (Admit, ExpectAdoptions, Granted, ListWorkers, NodeInventory,
-                                               NodesChanged, QueuePosition, Queued, Release, Reservation, Reserve,
-                                               WorkerHealth)
+from cumulus.actors.scheduler_messages import (Admit, Availability, ExpectAdoptions, Granted, ListWorkers,
+                                               NodeInventory, NodeJobs, NodesChanged, QueuePosition, Queued, Release,
+                                               Reservation, Reserve, WorkerHealth)
 from cumulus.backends import WorkerUnavailable
 from cumulus.config import Settings
 from cumulus.errors import ActorDied, CapacityExhausted, Unsatisfiable
@@ -54,12 +54,13 @@ class _Node:
     inventory: NodeInventory
     connected: bool = False
     reason: str = "connecting"
+    takes_jobs: bool = True  # False: connected, but no new job yet (WorkerHealth.takes_jobs)
     used: dict[int, dict[str, float]] = field(default_factory=dict)  # device index -> job id -> share
     _devices: tuple[DeviceLoad, ...] | None = None  # the devices' loads, rebuilt after a change
 
     @property
     def available(self) -> bool:
-        return self.inventory.ready and self.connected
+        return self.inventory.ready and self.connected and self.takes_jobs
 
     def add(self, job_id: str, device_indexes: tuple[int, ...], share: float) -> None:
         for index in device_indexes:
@@ -106,7 +107,7 @@ class Scheduler(Actor):
         self.held: dict[str, Reservation] = {}
         self.queue: list[_Waiting] = []  # sorted: higher priority first, then arrival
         self.adopting: dict[str, str] = {}  # job id -> node id, until its exact reservation is made
-        self.links: dict[str, tuple[bool, str]] = {}  # node id -> (connected, reason), from its WorkerActor
+        self.links: dict[str, tuple[bool, str, bool]] = {}  # node id -> (connected, reason, takes_jobs)
         self.owners = OwnerHoldings()
         self._seq = itertools.count()
 
@@ -123,12 +124,12 @@ class Scheduler(Actor):
             case NodesChanged(nodes):
                 self._nodes_changed(nodes)
                 return None
-            case WorkerHealth(node_id, connected, reason):
+            case WorkerHealth(node_id, connected, reason, takes_jobs):
                 # Kept also for a node not known yet: its worker may connect before the node list arrives.
-                self.links[node_id] = connected, reason
+                self.links[node_id] = connected, reason, takes_jobs
                 node = self.nodes.get(node_id)
                 if node is not None:
-                    node.connected, node.reason = connected, reason
+                    node.connected, node.reason, node.takes_jobs = connected, reason, takes_jobs
                     self._drain()
                 return None
             case ExpectAdoptions(job_nodes):
@@ -136,6 +137,8 @@ class Scheduler(Actor):
                 return None
             case ListWorkers():
                 return sorted((self._info(node) for node in self.nodes.values()), key=lambda w: w.hostname)
+            case NodeJobs(node_id):
+                return self._jobs_on(node_id)
         raise TypeError(f"scheduler: unknown message {message!r}")
 
     # ---- admission and reservations ---------------------------------------------------------------------------
@@ -191,8 +194,8 @@ class Scheduler(Actor):
     def _try_place(self, job_id: str, spec: JobSpec) -> Reservation | None:
         started = time.perf_counter()
         adopting = set(self.adopting.values())
-        views = [node.view(available=node.available and node_id not in adopting)
-                 for node_id, node in self.nodes.items()]
+        views = [node.view(available=node.available and not node.inventory.draining and node_id not in adopting)
+                 for node_id, node in self.nodes.items()]  # a draining node takes no new job
         choice = place(views, self._request(spec), max_jobs_per_device=self.settings.jobs.max_jobs_per_device)
         metrics.current().phase("placement", time.perf_counter() - started)  # each try, placed or not
         if choice is None:
@@ -290,12 +293,19 @@ class Scheduler(Actor):
                 node.set_inventory(inventory)
         self._drain()
 
+    def _jobs_on(self, node_id: str) -> tuple[str, ...]:
+        """The jobs holding a share of the node, or re-adopting one there."""
+        return tuple(sorted({r.job_id for r in self.held.values() if r.node_id == node_id}
+                            | {job_id for job_id, node in self.adopting.items() if node == node_id}))
+
     def _info(self, node: _Node) -> WorkerInfo:
         inv = node.inventory
         if not inv.ready:
             state, reason = "down", f"node is {inv.status}"
         elif not node.connected:
             state, reason = "unreachable", node.reason
+        elif not node.takes_jobs:  # e.g. its worker image is being pulled
+            state, reason = "preparing", node.reason
         else:
             state, reason = "ready", ""
         view = node.view(available=node.available)
@@ -303,9 +313,11 @@ class Scheduler(Actor):
             node_id=inv.node_id, hostname=inv.hostname, ssh_address=inv.ssh_address, state=state,
             healthy=node.available,
             devices=tuple(DeviceInfo(**{**d.info.__dict__, "used_share": round(d.used, 6)}) for d in view.devices),
-            running_jobs=view.jobs, reason=reason,
+            running_jobs=view.jobs, reason=reason, labels=inv.labels,
+            availability=(Availability.ACTIVE if not inv.draining else Availability.DRAINING
+                          if self._jobs_on(inv.node_id) else Availability.DRAINED).value,
         )
 
 
-__all__ = ["Admit", "ExpectAdoptions", "Granted", "ListWorkers", "NodeInventory", "NodesChanged", "QueuePosition",
-           "Queued", "Release", "Reservation", "Reserve", "Scheduler", "WorkerHealth"]
+__all__ = ["Admit", "Availability", "ExpectAdoptions", "Granted", "ListWorkers", "NodeInventory", "NodeJobs",
+           "NodesChanged", "QueuePosition", "Queued", "Release", "Reservation", "Reserve", "Scheduler", "WorkerHealth"]

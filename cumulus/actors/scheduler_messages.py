@@ -3,6 +3,7 @@ what it answers and tells queued jobs). Immutable data only; re-exported by :mod
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from cumulus.actors.base import ActorRef
@@ -19,6 +20,8 @@ class NodeInventory:
     devices: tuple[DeviceInfo, ...]
     ready: bool
     status: str = ""  # "<state>/<availability>" when not ready
+    draining: bool = False  # `cumulus worker drain`: takes no new job (:mod:`cumulus.actors.drain`)
+    labels: tuple[tuple[str, str], ...] = ()  # the node's own labels (``cumulus.label.<key>``), keys unprefixed
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class WorkerHealth:
     node_id: str
     connected: bool
     reason: str = ""
+    takes_jobs: bool = True
+    """False while connected but not ready for new jobs (its worker image is being pulled): no new job is placed
+    there, and its running jobs are followed and re-adopted as on any connected node."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,21 @@ class ListWorkers:
 
 
 @dataclass(frozen=True)
+class NodeJobs:
+    """Call: the ids of the jobs that hold a reservation on the node, or are being re-adopted there (a tuple)."""
+
+    node_id: str
+
+
+class Availability(enum.Enum):
+    """Whether a worker takes new jobs (``cumulus worker drain`` / ``activate``)."""
+
+    ACTIVE = "active"
+    DRAINING = "draining"  # takes no new job; some still run there
+    DRAINED = "drained"  # takes no new job; none runs there
+
+
+@dataclass(frozen=True)
 class Reservation:
     job_id: str
     worker: str  # hostname
@@ -117,5 +138,5 @@ class QueuePosition:
     position: int
 
 
-__all__ = ["Admit", "ExpectAdoptions", "Granted", "ListWorkers", "NodeInventory", "NodesChanged", "QueuePosition",
-           "Queued", "Release", "Reservation", "Reserve", "WorkerHealth"]
+__all__ = ["Admit", "Availability", "ExpectAdoptions", "Granted", "ListWorkers", "NodeInventory", "NodeJobs",
+           "NodesChanged", "QueuePosition", "Queued", "Release", "Reservation", "Reserve", "WorkerHealth"]

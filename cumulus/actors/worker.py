@@ -22,6 +22,7 @@ import trio
 
 from cumulus import metrics
 from cumulus.actors.base import Actor, ActorRef
+from cumulus.actors.image_gate import WorkerImages
 from cumulus.actors.ownership import Leak
 from cumulus.actors.scheduler import WorkerHealth
 from cumulus.backends import Backends, NodeBackend, NodeConnections
@@ -82,6 +83,7 @@ class WorkerActor(Actor):
         scheduler: ActorRef,
         cluster: ActorRef,
         job_prefix: str,
+        images: WorkerImages | None = None,
     ) -> None:
         super().__init__(f"worker:{node.hostname}")
         self.node = node
@@ -92,6 +94,7 @@ class WorkerActor(Actor):
         self.cluster = cluster
         self.job_prefix = job_prefix
         self.reaped: list[str] = []
+        self.images = images  # the worker image gate (cumulus.actors.image_gate); None: off
 
     async def on_start(self) -> None:
         self.start_soon(self._keep_connected)
@@ -103,11 +106,11 @@ class WorkerActor(Actor):
                 return None
         raise TypeError(f"{self.name}: unknown message {message!r}")
 
-    async def _tell_health(self, connected: bool, reason: str = "") -> None:
+    async def _tell_health(self, connected: bool, reason: str = "", *, takes_jobs: bool = True) -> None:
         """Tell the Scheduler (waiting if its mailbox is full: a lost word would leave the node wrongly marked)."""
         with trio.move_on_after(HEALTH_REPORT_SECONDS, shield=True) as scope:
             try:
-                await self.scheduler.cast(WorkerHealth(self.node.id, connected, reason))
+                await self.scheduler.cast(WorkerHealth(self.node.id, connected, reason, takes_jobs))
             except ActorDied:  # the Scheduler is stopping; a new one hears from this worker's next incarnation
                 pass
         if scope.cancelled_caught:
@@ -128,10 +131,9 @@ class WorkerActor(Actor):
                     if backend.isolation_problem:  # unsafe for jobs: none is placed here (checked on each connect)
                         raise WorkerNotIsolated(backend.isolation_problem)
                     with self.connections.serving(self.node.id, backend):
-                        await self._tell_health(True)
-                        log.info("%s: connected (%s)", self.name, backend.label)
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(self._renew_leases, backend)
+                            nursery.start_soon(self._take_jobs, backend)
                             while await backend.is_alive():
                                 await trio.sleep(HEALTH_PROBE_SECONDS)
                             nursery.cancel_scope.cancel()
@@ -152,6 +154,17 @@ class WorkerActor(Actor):
                     await self._lost(backend, reason)
             await trio.sleep(RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)])
             attempt += 1
+
+    async def _take_jobs(self, backend: NodeBackend) -> None:
+        """Connected: the node takes new jobs once its worker image is there (the image gate). Meanwhile it is
+        "preparing" with the gate's reason, and its running jobs are followed and re-adopted (leases renewed)."""
+        if self.images is not None:
+            self.node = await self.images.ensure(lambda: self.node, self._preparing) or self.node
+        await self._tell_health(True)
+        log.info("%s: connected (%s)", self.name, backend.label)
+
+    async def _preparing(self, reason: str) -> None:
+        await self._tell_health(True, reason, takes_jobs=False)
 
     async def _lost(self, backend: NodeBackend, reason: str) -> None:
         backend.fail_leases(f"connection lost to {self.node.hostname}: {reason}")

@@ -141,16 +141,23 @@ def describe_text(desc: Any, now: float | None = None) -> str:
 
 
 def workers_table(workers: list[Any]) -> str:
+    """One row per device; AVAILABILITY says whether the worker takes new jobs (drain), LABELS (when any worker
+    has some) its join labels."""
+    with_labels = any(getattr(w, "labels", None) for w in workers)
     rows = []
     for w in workers:
         state = w.state + ("" if w.healthy else f" ({w.reason or 'unhealthy'})")
+        first = [w.hostname, state, getattr(w, "availability", "") or "active", str(w.running_jobs)]
+        if with_labels:
+            first.append(",".join(f"{k}={v}" for k, v in sorted(w.labels.items())) or "-")
         if not w.devices:
-            rows.append([w.hostname, state, str(w.running_jobs), "-", "-", "-", "-"])
+            rows.append([*first, "-", "-", "-", "-"])
         for i, d in enumerate(w.devices):
-            rows.append([w.hostname if i == 0 else "", state if i == 0 else "", str(w.running_jobs) if i == 0
-                         else "", f"{d.index}: {d.name}" + ("" if d.is_gpu else f" ({d.kind}, not a GPU)"),
+            rows.append([*(first if i == 0 else [""] * len(first)),
+                         f"{d.index}: {d.name}" + ("" if d.is_gpu else f" ({d.kind}, not a GPU)"),
                          human_bytes(d.memory_bytes), f"{d.used_share:g}", f"{d.free_share:g}"])
-    return table(["WORKER", "STATE", "JOBS", "DEVICE", "MEMORY", "USED", "FREE"], rows)
+    return table(["WORKER", "STATE", "AVAILABILITY", "JOBS", *(["LABELS"] if with_labels else []), "DEVICE", "MEMORY",
+                  "USED", "FREE"], rows)
 
 
 def _count(n: int, one: str, many: str) -> str:

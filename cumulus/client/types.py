@@ -110,6 +110,8 @@ class WorkerStatus:
     running_jobs: int = 0
     reason: str = ""
     devices: tuple[DeviceStatus, ...] = field(default=())
+    availability: str = "active"  # "active", "draining", "drained" (`cumulus worker drain` / `activate`)
+    labels: dict[str, str] = field(default_factory=dict, hash=False)  # given at join (`--labels k=v`)
 
     @classmethod
     def from_pb(cls, msg: pb.Worker) -> WorkerStatus:
@@ -118,6 +120,7 @@ class WorkerStatus:
             healthy=msg.healthy, running_jobs=msg.running_jobs, reason=msg.reason,
             devices=tuple(DeviceStatus(d.index, d.name, d.kind, d.is_gpu, d.memory_bytes, d.uuid, d.used_share,
                                        d.free_share) for d in msg.devices),
+            availability=msg.availability or "active", labels=dict(sorted(msg.labels.items())),
         )
 
     def to_dict(self) -> dict[str, Any]:

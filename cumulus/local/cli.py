@@ -1,10 +1,14 @@
 """``cumulus local ...``: a real multi-node cluster (Swarm manager + N worker hosts) on this machine.
 
     cumulus local up [--workers N]      create or complete the cluster (idempotent)
+    cumulus local up --deployed         ... with the supervisor as a Swarm service on cw0 (without: a process)
     cumulus local down [--purge]        remove everything `up` made (--purge: also the image caches)
     cumulus local status [-o json]      table, or the cluster description + live node states as JSON
     cumulus local kill-node I           worker I dies (dockerd, containers, sshd killed)
     cumulus local revive-node I         restart worker I's dockerd and sshd; it becomes Ready again
+    cumulus local add-node              one more host cw<N> with nothing of Cumulus (to run the join line on)
+    cumulus local exec NAME -- CMD...   run CMD as root on node NAME (the local stand-in for `ssh root@host`)
+    cumulus local remove-node NAME      take an added node out of the Swarm and delete it
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from cumulus.client.cli_flags import global_flags
 def _up(args: argparse.Namespace) -> int:
     from cumulus.local import cluster
 
-    cluster.up(args.workers, verbose=args.verbose_setup, quiet=args.quiet)
+    cluster.up(args.workers, verbose=args.verbose_setup, quiet=args.quiet, supervisor_deployed=args.deployed)
     return 0
 
 
@@ -62,6 +66,29 @@ def _revive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_node(args: argparse.Namespace) -> int:
+    from cumulus.local import nodes
+
+    entry = nodes.add_node(quiet=args.quiet)
+    print(json.dumps(entry, indent=2, sort_keys=True) if args.output == "json" else entry["name"])
+    return 0
+
+
+def _remove_node(args: argparse.Namespace) -> int:
+    from cumulus.local import nodes
+
+    nodes.remove_node(args.name, quiet=args.quiet)
+    return 0
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from cumulus.local import nodes
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    nodes.exec_command(args.name, command)
+    return 127  # not reached: exec_command replaces this process
+
+
 def _wrap(fn):
     def run(args: argparse.Namespace) -> int:
         from cumulus.cli import require_server
@@ -91,6 +118,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--workers", type=int, default=None,
                     help="number of worker hosts (default 2, or the running cluster's size)")
     up.add_argument("--verbose-setup", action="store_true", help="show setup-worker.sh output")
+    up.add_argument("--deployed", action="store_true",
+                    help="run the supervisor as a Swarm service on the manager (deploy/swarm/stack.yml; gRPC on "
+                         "10.213.0.10:50051) instead of a process on this machine; `up` without it goes back")
     up.add_argument("-q", "--quiet", action="store_true")
     up.set_defaults(func=_wrap(_up))
 
@@ -111,4 +141,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         sp.add_argument("--timeout", type=float, default=90)
         sp.add_argument("-q", "--quiet", action="store_true")
         sp.set_defaults(func=_wrap(fn))
+    add = sub.add_parser("add-node", help="one more host with nothing of Cumulus on it", parents=flags(output=True))
+    add.add_argument("-q", "--quiet", action="store_true")
+    add.set_defaults(func=_wrap(_add_node))
+    rm = sub.add_parser("remove-node", help="remove a host made by add-node", parents=flags())
+    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("-q", "--quiet", action="store_true")
+    rm.set_defaults(func=_wrap(_remove_node))
+    ex = sub.add_parser("exec", help="run a command as root on a node (like `ssh root@host`)", parents=flags())
+    ex.add_argument("name", metavar="NAME")
+    ex.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    ex.set_defaults(func=_wrap(_exec))
     local.set_defaults(func=lambda args: (local.print_help(), 2)[1])

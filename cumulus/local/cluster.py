@@ -17,7 +17,8 @@ import sys
 import time
 from typing import Any, Callable, Iterator
 
-from cumulus.local import children, daemons, image, netns, state, teardown
+from cumulus.local import children, daemons, image, netns, nodes, state, teardown
+from cumulus.local import deployed, registry_trust
 from cumulus.local import supervisor as local_supervisor
 from cumulus.local.util import LocalClusterError, Progress, require_root, run
 
@@ -145,12 +146,14 @@ def existing_worker_count() -> int | None:
     return sum(1 for n in c.get("nodes", []) if n.get("role") == "worker")
 
 
-def up(workers: int | None, verbose: bool = False, quiet: bool = False) -> dict[str, Any]:
+def up(workers: int | None, verbose: bool = False, quiet: bool = False, supervisor_deployed: bool = False
+       ) -> dict[str, Any]:
     """Create or complete the cluster (idempotent). One `up` or `down` runs at a time (a machine-wide lock).
 
     Interrupted at any step (Ctrl-C, SIGTERM, an error; SIGKILL too, by the next run), it leaves nothing
     running, and the next `up` completes the cluster: what an interrupted run left running is stopped first,
-    and the unfinished base rootfs is released (processes, mounts) before it is deleted.
+    and the unfinished base rootfs is released (processes, mounts) before it is deleted. ``supervisor_deployed``:
+    the supervisor runs as a Swarm service on cw0 (:mod:`cumulus.local.deployed`), else as a process here.
     """
     require_root()
     p = Progress(quiet)
@@ -166,7 +169,7 @@ def up(workers: int | None, verbose: bool = False, quiet: bool = False) -> dict[
         if stopped:
             p.log(f"stopped {stopped} process(es) left running by an interrupted earlier run")
         try:
-            return _up(p, state.nodes_for(workers), verbose)
+            return _up(p, state.nodes_for(workers), verbose, supervisor_deployed)
         except BaseException:
             children.stop_all()
             raise
@@ -185,7 +188,7 @@ def _sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _up(p: Progress, nodes: list[state.Node], verbose: bool) -> dict[str, Any]:
+def _up(p: Progress, nodes: list[state.Node], verbose: bool, supervisor_deployed: bool) -> dict[str, Any]:
     p.log(f"cumulus local up: 1 manager + {len(nodes) - 1} workers, state in {state.STATE_DIR}")
     t0 = time.monotonic()
 
@@ -195,7 +198,7 @@ def _up(p: Progress, nodes: list[state.Node], verbose: bool) -> dict[str, Any]:
     base_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     base_future = base_pool.submit(image.ensure_base_tarball, p.detail("debootstrap"))
     try:
-        return _up_nodes(p, nodes, verbose, base_future, t0)
+        return _up_nodes(p, nodes, verbose, base_future, t0, supervisor_deployed)
     except BaseException:
         children.stop_all()  # the background debootstrap too
         base_pool.shutdown(wait=True, cancel_futures=True)
@@ -206,7 +209,8 @@ def _up(p: Progress, nodes: list[state.Node], verbose: bool) -> dict[str, Any]:
 
 
 def _up_nodes(p: Progress, nodes: list[state.Node], verbose: bool,
-              base_future: concurrent.futures.Future[str], t0: float) -> dict[str, Any]:
+              base_future: concurrent.futures.Future[str], t0: float, supervisor_deployed: bool
+              ) -> dict[str, Any]:
     manager, worker_nodes = nodes[0], nodes[1:]
     with p.step("network: bridge + namespaces") as s:
         s["note"] = netns.disable_bridge_netfilter()
@@ -258,7 +262,8 @@ def _up_nodes(p: Progress, nodes: list[state.Node], verbose: bool,
         for n in worker_nodes:
             doc = json.loads(n.worker_json.read_text())
             worker_docs[n] = doc
-            changed |= ensure_labels(manager, node_ids[n], {**doc["labels"], "cumulus.role": "worker"})
+            changed |= ensure_labels(manager, node_ids[n], {**doc["labels"], "cumulus.role": "worker",
+                                                            "cumulus.worker_image": image_id})  # loaded above
         kh_lines = []
         for n in worker_nodes:
             host_key = worker_docs[n].get("host_key") or " ".join(
@@ -273,8 +278,10 @@ def _up_nodes(p: Progress, nodes: list[state.Node], verbose: bool,
         s["note"] = "changed" if changed else "unchanged"
     with p.step("all nodes Ready"):
         wait_ready(manager, list(node_ids.values()))
-    with p.step("supervisor") as s:
-        s["note"] = local_supervisor.ensure_running()
+    with p.step("supervisor" + (" (Swarm service)" if supervisor_deployed else "")) as s:
+        trusted = registry_trust.trust_local_registries(local_supervisor.credentials().ca)  # worker image pulls
+        s["note"] = ", ".join(filter(None, [deployed.ensure_supervisor(supervisor_deployed,
+                                                                       p.detail("supervisor image")), trusted]))
     p.log(f"cluster up in {time.monotonic() - t0:.1f}s: {state.CLUSTER_JSON}")
     return description
 
@@ -299,7 +306,8 @@ def status() -> dict[str, Any]:
         entry["dockerd"] = "running" if daemons.dockerd_pid(n) else "stopped"
         if n.index:
             entry["sshd"] = "running" if daemons.sshd_pid(n) else "stopped"
-    cluster.update(local_supervisor.status())
+    cluster.update(deployed.status())
+    cluster["added_nodes"] = nodes.status(list(live.values()) if manager_ok else None)  # not in "ready"
     cluster["manager_reachable"] = manager_ok
     cluster["ready"] = manager_ok and all(e["state"] == "Ready" for e in cluster["nodes"])
     return cluster
@@ -308,16 +316,14 @@ def status() -> dict[str, Any]:
 def format_status(c: dict[str, Any]) -> str:
     lines = [f"manager socket: {c['manager_socket']}   image: {c['image_id'][:19]}   "
              f"ssh user: {c['ssh_user']}   ready: {'yes' if c['ready'] else 'NO'}",
-             f"supervisor: {c.get('supervisor_address')} "
-             + (f"pid {c['supervisor_pid']}, {'serving' if c.get('supervisor_serving') else 'NOT serving'}"
-                if c.get("supervisor_pid") else "not running (run `cumulus local up`)")]
+             deployed.status_line(c)]
     hdr = f"{'NODE':<5} {'ROLE':<8} {'STATE':<8} {'NODE ID':<26} {'SSH':<16} {'DOCKERD':<8} {'SSHD':<8} DEVICES"
     lines.append(hdr)
     for n in c["nodes"]:
         devs = ", ".join(f"{d['index']}:{d['name'][:24]}({d['kind']})" for d in n["inventory"].get("devices", []))
         lines.append(f"{n['name']:<5} {n['role']:<8} {n['state']:<8} {n['node_id']:<26} {n['ssh'] or '-':<16} "
                      f"{n['dockerd']:<8} {n.get('sshd', '-'):<8} {devs or '-'}")
-    return "\n".join(lines)
+    return "\n".join(lines + nodes.format_status(c.get("added_nodes", [])))
 
 
 # ------------------------------------------------------------------------------------------------ failures

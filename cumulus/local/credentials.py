@@ -3,9 +3,10 @@ for the supervisor's TLS, an admin token, and the client config that makes the C
 the user's.
 
 Files (under ``<state>/tls`` and ``<state>``): ``ca.pem`` (the CA certificate, public), ``ca-key.pem``,
-``server.pem`` (for 127.0.0.1, ::1 and localhost), ``server-key.pem`` and ``admin.token``, the last three and the
-CA key mode 0600. Each is made once and kept (a certificate is renewed when it has less than 30 days left), so
-re-running `local up` changes nothing a client already trusts.
+``server.pem`` (for 127.0.0.1, ::1, localhost, and the local cluster's bridge 10.213.0.1 and manager 10.213.0.10,
+which joining hosts reach the HTTP port at), ``server-key.pem`` and ``admin.token``, the last three and the CA key
+mode 0600. Each is made once and kept (a certificate is renewed when it has less than 30 days left, the server's
+also when its names differ from these), so re-running `local up` changes nothing a client already trusts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ CA_DAYS = 3650
 SERVER_DAYS = 825
 RENEW_BEFORE = datetime.timedelta(days=30)
 SERVER_NAMES = ("localhost",)
-SERVER_IPS = ("127.0.0.1", "::1")
+SERVER_IPS = ("127.0.0.1", "::1", "10.213.0.1", "10.213.0.10")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,19 @@ def _fresh(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc) > RENEW_BEFORE
+
+
+def _has_server_names(path: Path) -> bool:
+    """The certificate's subject alternative names are exactly SERVER_NAMES and SERVER_IPS."""
+    from cryptography import x509
+
+    try:
+        sans = x509.load_pem_x509_certificate(path.read_bytes()).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return False
+    return (set(sans.get_values_for_type(x509.DNSName)) == set(SERVER_NAMES)
+            and set(sans.get_values_for_type(x509.IPAddress)) == {ipaddress.ip_address(a) for a in SERVER_IPS})
 
 
 def _certificate(subject: str, key, issuer_name, issuer_key, days: int, *, ca: bool,  # type: ignore[no-untyped-def]
@@ -101,7 +115,7 @@ def ensure_credentials(state_dir: Path) -> tuple[LocalCredentials, str]:
         creds.ca.write_bytes(_certificate("cumulus local CA", ca_key, None, None, CA_DAYS, ca=True).public_bytes(pem))
         creds.server_cert.unlink(missing_ok=True)  # signed by the old CA
         made.append("CA")
-    if not (_fresh(creds.server_cert) and creds.server_key.exists()):
+    if not (_fresh(creds.server_cert) and _has_server_names(creds.server_cert) and creds.server_key.exists()):
         ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate(creds.ca.read_bytes())
         key = ec.generate_private_key(ec.SECP256R1())

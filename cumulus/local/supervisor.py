@@ -2,10 +2,12 @@
 
 Its settings are written to ``<state>/supervisor.yaml`` (the cluster description, non-GPU devices allowed, because
 a machine without a GPU only has PoCL's CPU device; TLS with the local CA's certificate, tokens on, the admin
-token from :mod:`cumulus.local.credentials`); its address and pid to ``<state>/supervisor.json``, and the client
-config (address, CA, admin token) to the invoking user's ``~/.config/cumulus/config.yaml`` (also root's when run
-with sudo), which the CLI and SDK read. `local up` on a cluster whose supervisor died starts a new one
-with the same settings and journal; `local down` stops it first (SIGTERM, then SIGKILL).
+token from :mod:`cumulus.local.credentials`; the HTTP port on the bridge, 10.213.0.1:50052, advertised to joining
+hosts, and the CA they are given; a renewed server certificate changes the file, so the supervisor restarts);
+its address and pid to ``<state>/supervisor.json``, and the client config (address, CA, admin token) to the
+invoking user's ``~/.config/cumulus/config.yaml`` (also root's when run with sudo), which the CLI and SDK read.
+`local up` on a cluster whose supervisor died starts a new one with the same settings and journal;
+`local down` stops it first (SIGTERM, then SIGKILL).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from cumulus.local.credentials import LocalCredentials, client_settings, ensure_
 from cumulus.local.util import LocalClusterError
 
 ADDRESS = os.environ.get("CUMULUS_LOCAL_ADDRESS", "127.0.0.1:50051")
+# The HTTP port (/metrics, the join script, the image registry) on the bridge: the nodes reach it there, and so
+# does this machine; it is what `cumulus worker join-command` puts in the join line.
+HTTP_ADDRESS = f"{state.BRIDGE_ADDR}:50052"
 SUPERVISOR_ID = "local"
 
 
@@ -84,11 +89,11 @@ def healthy(address: str = ADDRESS, timeout: float = 2.0) -> bool:
     return ok
 
 
-def write_client_configs(creds: LocalCredentials) -> str:
+def write_client_configs(creds: LocalCredentials, address: str = ADDRESS) -> str:
     """The client config for root and, under sudo, for the user who ran sudo (owned by them)."""
     from cumulus.client.connection import config_path, write_client_config
 
-    settings = client_settings(creds, ADDRESS)
+    settings = client_settings(creds, address)
     written = []
     targets: list[tuple[Path, tuple[int, int] | None]] = [(config_path(), None)]
     sudo_user = os.environ.get("SUDO_USER")
@@ -116,7 +121,10 @@ def write_config() -> bool:
         f"# cluster description {described}\n"
         f"supervisor_id: {SUPERVISOR_ID}\n"
         f"grpc:\n  listen: \"{ADDRESS}\"\n"
+        f"server:\n  http_listen: \"{HTTP_ADDRESS}\"\n  http_advertise: \"{HTTP_ADDRESS}\"\n"
         f"security:\n  tls_cert: \"{creds.server_cert}\"\n  tls_key: \"{creds.server_key}\"\n"
+        f"  tls_ca: \"{creds.ca}\"\n"
+        f"  # server certificate {hashlib.sha256(creds.server_cert.read_bytes()).hexdigest()[:16]} (renewed: restart)\n"
         f"  admin_token_file: \"{creds.admin_token_file}\"\n"
         f"cluster:\n  description: \"{state.CLUSTER_JSON}\"\n"
         "  allow_non_gpu_devices: true   # this machine has no GPU: jobs use the CPU OpenCL device\n"

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from cumulus.local import children, daemons, image, netns, state
+from cumulus.local import children, daemons, image, netns, registry_trust, state
 from cumulus.local import supervisor as local_supervisor
 from cumulus.local.util import (LocalClusterError, Progress, kill_pids, mounts_under, pid_cmdline, remove_tree,
                                 require_root, unmount_under)
@@ -87,6 +87,7 @@ def _down(p: Progress, purge: bool) -> None:
         s["note"] = f"{unmounted} mount(s), {len(nodes)} namespace(s)"
     with p.step("files") as s:
         _forget_supervisor_key()
+        registry_trust.untrust_local_registries()
         remove_tree(state.STATE_DIR)
         s["note"] = f"removed {state.STATE_DIR}"
         if purge:

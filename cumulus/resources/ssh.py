@@ -1,8 +1,9 @@
 """One SSH connection per worker host, shared by every job placed there (asyncssh behind the asyncio bridge).
 
 Everything here is Trio-facing: asyncssh is only ever awaited through :func:`cumulus.asyncio_bridge.call_asyncio`,
-so callers need an open bridge (``async with open_asyncio_bridge():``). Host keys are always checked against a
-pinned ``known_hosts`` file; there is no way to turn that off.
+so callers need an open bridge (``async with open_asyncio_bridge():``). Host keys are always checked: against the
+keys pinned for the host (a joined worker's, from its ``cumulus.host_key`` label), else a ``known_hosts`` file;
+there is no way to turn that off.
 
 This module owns the connection (:func:`open_ssh_connection`, :class:`SshConnection`: commands, files, health,
 closing). Beside it, re-exported here: :mod:`cumulus.resources.ssh_process` (:class:`RemoteProcess`, a command
@@ -23,7 +24,7 @@ import re
 import shlex
 import stat
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import asyncssh
 import trio
@@ -297,21 +298,29 @@ async def open_ssh_connection(
     user: str,
     key_path: str,
     known_hosts_path: str,
+    pinned_host_keys: Sequence[str] = (),
     connect_timeout: float = 10,
     keepalive_interval: float = 5,
     keepalive_count_max: int = 3,
 ) -> AsyncIterator[SshConnection]:
-    """Connect to ``host:port`` as ``user`` with the private key at ``key_path``; the host key must match
-    ``known_hosts_path`` (always pinned). Yields an :class:`SshConnection`.
+    """Connect to ``host:port`` as ``user`` with the private key at ``key_path``; the host key must be one of
+    ``pinned_host_keys`` (OpenSSH public key lines) when given, else match ``known_hosts_path``. Yields an
+    :class:`SshConnection`.
 
     Raises :class:`SshError` (host + reason: refused, timed out, host key not verifiable, auth failed) if the
     connection cannot be made within ``connect_timeout`` s. Keepalives detect a dead host after about
     ``keepalive_interval * keepalive_count_max`` s. Leaving the block closes the connection (shielded, bounded);
     every remote process still attached to it then sees stdin EOF and is stopped by its wrapper.
     """
-    if not known_hosts_path:
-        raise SshError(f"{host}:{port}", "connect", "a pinned known_hosts file is required")
     label = f"{host}:{port}"
+    known_hosts: Any = known_hosts_path
+    if pinned_host_keys:
+        try:  # exactly these keys, for this connection: (trusted host keys, trusted CA keys, revoked keys)
+            known_hosts = ([asyncssh.import_public_key(key) for key in pinned_host_keys], [], [])
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise SshError(label, "connect", f"the pinned host key does not parse: {exc}") from exc
+    elif not known_hosts_path:
+        raise SshError(label, "connect", "a pinned known_hosts file is required")
 
     async def _connect() -> Any:
         return await asyncssh.connect(
@@ -319,7 +328,7 @@ async def open_ssh_connection(
             port,
             username=user,
             client_keys=[key_path],
-            known_hosts=known_hosts_path,
+            known_hosts=known_hosts,
             connect_timeout=connect_timeout,
             keepalive_interval=keepalive_interval,
             keepalive_count_max=keepalive_count_max,
@@ -333,6 +342,12 @@ async def open_ssh_connection(
             raw = await call_asyncio(_connect)
     except trio.TooSlowError as exc:
         raise SshError(label, "connect", f"timed out after {connect_timeout:g} s") from exc
+    except asyncssh.HostKeyNotVerifiable as exc:
+        if not pinned_host_keys:
+            raise SshError(label, "connect", f"{type(exc).__name__}: {exc}") from exc
+        raise SshError(label, "connect", f"host key of {host} differs from the one pinned when it joined "
+                                         f"({pinned_host_keys[0].split()[0]}); if the host was reinstalled, remove "
+                                         f"the worker (`cumulus worker remove`) and join it again") from exc
     except (asyncssh.Error, OSError, ValueError) as exc:
         raise SshError(label, "connect", f"{type(exc).__name__}: {exc}") from exc
     conn = SshConnection(raw, host, port)

@@ -13,8 +13,9 @@ Re-exported by :mod:`cumulus.resources.swarm`.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import docker
 import docker.errors
@@ -225,6 +226,27 @@ class SwarmClient:
             return True
         except docker.errors.NotFound:
             return False
+
+    @contextmanager
+    def save_image(self, image_id: str, *, read_timeout: float = 300.0) -> Iterator[Iterator[bytes]]:
+        """The ``docker save`` stream of ``image_id`` from the manager's engine, in chunks. Blocking: for a worker
+        thread (:mod:`cumulus.resources.image_store` reads it). Each read waits at most ``read_timeout`` seconds
+        (the engine writes the whole image out before its first byte). Raises :class:`SwarmError`."""
+        try:
+            response = self.api._get(self.api._url("/images/{0}/get", image_id), stream=True, timeout=read_timeout)
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            raise SwarmError(f"save image {image_id}: {exc}") from exc
+        try:
+            try:
+                self.api._raise_for_status(response)
+            except docker.errors.NotFound as exc:
+                raise SwarmError(f"the image {image_id} is not on the Swarm manager's engine ({self.docker_url}): "
+                                 "load it there (docker load)") from exc
+            except docker.errors.APIError as exc:
+                raise SwarmError(f"save image {image_id}: {exc}") from exc
+            yield response.iter_content(1 << 20, False)
+        finally:
+            response.close()
 
     async def task_states(self, labels: dict[str, str] | None = None) -> list[TaskState]:
         """Every task whose container spec carries ``labels`` (e.g. ``{"cumulus.supervisor_id": S}``), in one API

@@ -1,7 +1,7 @@
 """Who may call: the server interceptor that checks every RPC's bearer token, and the caller it found.
 
 Every RPC except the open ones (Cumulus's own ``HealthCheck``, the standard ``grpc.health.v1`` and reflection
-services) must carry ``authorization: Bearer <token>`` metadata naming a token the
+services, and a joining host's ``RegisterWorker``/``CompleteJoin``, which carry a join token instead) must carry ``authorization: Bearer <token>`` metadata naming a token the
 :class:`~cumulus.actors.tokens.Credentials` know; otherwise it ends with ``UNAUTHENTICATED`` and a message saying
 how to get a token, before any handler runs. The handler reads the caller with :func:`current_caller` (set per
 RPC, in the RPC's own task). A supervisor started ``--insecure`` has no credentials: every caller is the local
@@ -30,6 +30,10 @@ OPEN_METHODS = frozenset({
     "/cumulus.v1.OrchestratorService/HealthCheck",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
+    # A joining host has no API token: its bearer is its join token, checked by the handler itself
+    # (cumulus.rpc.join_servicer) against the JoinTokenRegistry.
+    "/cumulus.v1.WorkerService/RegisterWorker",
+    "/cumulus.v1.WorkerService/CompleteJoin",
 })
 OPEN_PREFIXES = ("/grpc.reflection.",)
 NO_TOKEN = ("this supervisor needs a token: send 'authorization: Bearer <token>' metadata (the CLI and SDK take "

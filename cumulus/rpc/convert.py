@@ -152,6 +152,8 @@ def worker_to_pb(info: WorkerInfo) -> pb.Worker:
         healthy=info.healthy,
         running_jobs=info.running_jobs,
         reason=info.reason,
+        availability=info.availability,
+        labels=dict(info.labels),
         devices=[
             pb.Device(index=d.index, name=d.name, kind=d.kind, is_gpu=d.is_gpu, memory_bytes=max(0, d.memory_bytes),
                       uuid=d.uuid or "", used_share=d.used_share, free_share=d.free_share)

@@ -6,6 +6,9 @@ for probes. Hypercorn serves it on Trio, with the gRPC port's TLS certificate un
 * ``/healthz``: 200 while the process answers at all (liveness: restart it when this fails).
 * ``/readyz``: 200 while the supervisor serves jobs (its tree is up, its journal recovered), 503 with the reason
   otherwise (readiness: send no traffic).
+* ``/v2/``: the worker image registry, read-only, for the workers' dockerd (:mod:`cumulus.rpc.http_registry`).
+* ``/join/...``, ``/v1/join/...``: what a joining host fetches and posts (:mod:`cumulus.rpc.http_join`); register
+  and complete need its join token. With ``security.client_ca`` (client certificates required) nothing can join.
 
 Nothing here needs a token: metrics carry counts and names (users, workers), never a job's data or a secret. Keep
 the port on loopback or a private network (the default is loopback).
@@ -27,6 +30,8 @@ from hypercorn.trio import serve
 from cumulus.config import SecuritySettings, parse_host_port
 from cumulus.errors import CumulusError, SupervisorUnavailable
 from cumulus.metrics import DeviceShare, Metrics, Snapshot
+from cumulus.rpc.http_join import is_join_path, serve_join
+from cumulus.rpc.http_registry import is_registry_path, serve_registry
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ async def snapshot_of(api: Any) -> Snapshot:
         queue_length=len(waiting),
         oldest_queued_seconds=max(0.0, now - min(waiting)) if waiting else 0.0,
         workers_by_state=Counter(worker.state for worker in workers),
+        workers_by_availability=Counter(worker.availability for worker in workers),
         devices=tuple(DeviceShare(worker.hostname, str(device.index), device.name, device.is_gpu, device.used_share)
                       for worker in workers for device in worker.devices))
 
@@ -69,6 +75,12 @@ class HttpApp:
             await _lifespan(receive, send)
             return
         if scope["type"] != "http":
+            return
+        if is_registry_path(scope["path"]):  # the worker image registry (read-only; it answers writes itself)
+            await serve_registry(getattr(self.api, "image_store", None), scope, send)
+            return
+        if is_join_path(scope["path"]):  # a joining host's script, files, register and complete (POST)
+            await serve_join(self.api, scope, receive, send)
             return
         if scope["method"] not in ("GET", "HEAD"):
             await _respond(send, 405, b"use GET\n", extra=[(b"allow", b"GET, HEAD")])

@@ -9,9 +9,9 @@ time, so that cancellations can land in the middle of each one. Nothing here tal
 from __future__ import annotations
 
 import itertools
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import docker.errors
 import trio
@@ -87,6 +87,9 @@ class FakeWorld:
         self.lease_ttl = 30.0
         self.secrets: dict[str, tuple[dict[str, str], dict[str, str]]] = {}  # id -> (labels, values)
         self.secret_log: list[str] = []  # "created NAME" / "removed NAME (service left: N)", in order
+        self.saved_images: dict[str, bytes] = {}  # image id -> its `docker save` tar, on the fake manager
+        self.pulls: list[tuple[str, str]] = []  # (node id, reference) of every image pull asked for
+        self.pull_failure: str = ""  # set: every image pull fails with this reason
         self._ids = itertools.count(1)
 
     def backends(self) -> Backends:
@@ -315,6 +318,21 @@ class FakeSwarm:
     async def list_secrets(self, labels: dict[str, str]) -> list[Any]:
         return [type("Secret", (), {"id": sid, "name": lab["name"], "labels": dict(lab)})()
                 for sid, (lab, _) in self.world.secrets.items() if all(lab.get(k) == v for k, v in labels.items())]
+
+    @contextmanager
+    def save_image(self, image_id: str) -> Iterator[Iterator[bytes]]:
+        if image_id not in self.world.saved_images:
+            raise SwarmError(f"the image {image_id} is not on the Swarm manager's engine")
+        data = self.world.saved_images[image_id]
+        yield iter([data[i:i + 65536] for i in range(0, len(data), 65536)])
+
+    async def pull_image(self, node_id: str, reference: str, *, timeout: float) -> None:
+        from cumulus.resources.image_pull import ImagePullFailed
+
+        await trio.sleep(DELAY)
+        self.world.pulls.append((node_id, reference))
+        if self.world.pull_failure:
+            raise ImagePullFailed(self.world.pull_failure)
 
     async def remove_secret(self, secret_id: str) -> bool:
         entry = self.world.secrets.pop(secret_id, None)
