@@ -41,7 +41,7 @@ from cumulus.actors.image_gate import WorkerImages, open_image_store
 from cumulus.actors.scheduler import ListWorkers, Scheduler
 from cumulus.actors.join_tokens import (CompleteJoin, CreateJoinToken, JoinedNode, JoinGrant, JoinOffer,
                                         JoinTokenRegistry, ListJoinTokens, RegisterWorker, RevokeJoinToken)
-from cumulus.actors.tokens import CreateToken, Credentials, ListTokens, RevokeToken, TokenRegistry
+from cumulus.actors.tokens import CreateToken, Credentials, ListTokens, RevokeToken, RotateToken, TokenRegistry
 from cumulus.actors.watcher import TaskWatcher
 from cumulus.asyncio_bridge import open_asyncio_bridge
 from cumulus.backends import Backends, NodeConnections
@@ -178,6 +178,10 @@ class SupervisorApi:
 
     async def revoke_token(self, name: str) -> TokenInfo:
         return await self._tokens().call(RevokeToken(name))
+
+    async def rotate_token(self, name: str) -> tuple[TokenInfo, str]:
+        """A new secret for the token ``name`` (same user, admin flag and limits); the old one stops working."""
+        return await self._tokens().call(RotateToken(name))
 
     def _join_tokens(self) -> ActorRef:
         registry = self.root.whereis("join_tokens") if self.root is not None else None

@@ -376,7 +376,9 @@ AUTH = [
          ("create-admin-token", "CreateToken", pb.CreateTokenRequest(token=pb.Token(name="mallory", admin=True))),
          ("list-tokens", "ListTokens", pb.ListTokensRequest()),
          ("revoke-another-users-token", "RevokeToken", pb.RevokeTokenRequest(name="bob")),
-         ("revoke-the-admin-token", "RevokeToken", pb.RevokeTokenRequest(name="admin"))]]
+         ("revoke-the-admin-token", "RevokeToken", pb.RevokeTokenRequest(name="admin")),
+         ("rotate-another-users-token", "RotateToken", pb.RotateTokenRequest(name="bob")),
+         ("rotate-the-admin-token", "RotateToken", pb.RotateTokenRequest(name="admin"))]]
 
 
 def token_case(label: str, code: grpc.StatusCode, words: tuple[str, ...], **token: Any) -> Case:

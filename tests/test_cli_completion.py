@@ -62,7 +62,11 @@ def test_bash_completes_commands(bash_script):
             "completion"} <= everything
     assert complete(bash_script, "cumulus", "--address", "h:1", "de") == ["describe"]  # after a global flag
     assert sorted(complete(bash_script, "cumulus", "local", "")) == [
-        "down", "kill-node", "revive-node", "status", "up"]
+        "add-node", "down", "exec", "kill-node", "remove-node", "revive-node", "status", "up"]
+    assert sorted(complete(bash_script, "cumulus", "worker", "")) == [
+        "activate", "drain", "join-command", "join-tokens", "remove", "revoke-join-token"]
+    assert sorted(complete(bash_script, "cumulus", "token", "")) == ["create", "list", "revoke", "rotate"]
+    assert sorted(complete(bash_script, "cumulus", "journal", "")) == ["backup", "restore"]
 
 
 @needs_bash

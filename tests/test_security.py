@@ -29,6 +29,7 @@ JOB_RPCS = {
     "CancelJob": pb.CancelJobRequest(job_id="j"), "ListWorkers": pb.ListWorkersRequest(),
     "ListJobs": pb.ListJobsRequest(), "CreateToken": pb.CreateTokenRequest(token=pb.Token(name="x")),
     "ListTokens": pb.ListTokensRequest(), "RevokeToken": pb.RevokeTokenRequest(name="x"),
+    "RotateToken": pb.RotateTokenRequest(name="x"),
 }
 STREAMING = {"SubmitJob", "WatchJob"}
 

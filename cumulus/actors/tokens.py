@@ -2,11 +2,20 @@
 and :class:`Credentials`, the read-only view of them that the RPC layer checks every call against.
 
 The registry is the only writer of both. After every change it replaces the credentials' mapping (hash ->
-:class:`~cumulus.identity.Caller`) as a whole, so a revoked token is refused from the next call on, and a reader
-never sees a half-made mapping. The token itself is never stored nor logged: :class:`CreateToken` returns it once.
+:class:`~cumulus.identity.Caller`) as a whole, so a revoked or rotated-away token is refused from the next call on,
+and a reader never sees a half-made mapping. The token itself is never stored nor logged: :class:`CreateToken` and
+:class:`RotateToken` return it once.
+
+Rotation gives a token's name a new secret and keeps everything else (admin flag, limits, creation time, and so
+the jobs it owns): the answer to a leaked token when the user should stay who they are. A revoked name cannot be
+rotated (revoking is final; names are never reused).
 
 At start, ``admin_token_file`` (written by ``cumulus local up``, or by an operator) is the admin token named
-``admin``: created, or replaced when the file holds a new token; a revoked one stays revoked.
+``admin``: created, or replaced when the file holds a new token; a revoked one stays revoked. That file is
+authoritative for ``admin``: ``cumulus local up`` and the deployment read the admin token from it, and it may be a
+read-only secret mount, so a rotation over RPC could be neither written back nor kept across a restart (the next
+start would put the file's token back). Rotating ``admin`` while the file is configured is therefore refused,
+saying to write a new token to the file and restart, which replaces it.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Any, AsyncIterator, Mapping
 import trio
 
 from cumulus.actors.base import Actor
-from cumulus.errors import AlreadyExists, ConfigError, InvalidRequest, NotFound
+from cumulus.errors import AlreadyExists, ConfigError, InvalidRequest, NotFound, RequestRejected
 from cumulus.identity import (TOKEN_NAME_PATTERN, TOKEN_PREFIX, Caller, Limits, TokenInfo, new_token_secret,
                               token_hash)
 from cumulus.journal import open_database
@@ -73,6 +82,15 @@ class RevokeToken:
     name: str
 
 
+@dataclass(frozen=True)
+class RotateToken:
+    """Call: give a token a new secret, keeping its name, admin flag and limits; answers ``(TokenInfo, secret)``.
+    The old secret is refused from the next call on. NotFound for an unknown name; RequestRejected
+    (FAILED_PRECONDITION) for a revoked token, and for ``admin`` while it comes from ``admin_token_file``."""
+
+    name: str
+
+
 def check_limits(limits: Limits) -> Limits:
     for field, value in asdict(limits).items():
         if not (0 <= value < 1e9) or value != value:
@@ -113,6 +131,8 @@ class TokenRegistry(Actor):
                 return await self._run(self._tokens)
             case RevokeToken(name):
                 answer = await self._run(self._revoke, name)
+            case RotateToken(name):
+                answer = await self._run(self._rotate, name)
             case _:
                 raise TypeError(f"tokens: unknown message {message!r}")
         self.credentials._replace(await self._run(self._callers))  # from the next call on
@@ -173,10 +193,30 @@ class TokenRegistry(Actor):
         log.info("token %r revoked", name)
         return info
 
+    def _rotate(self, name: str) -> tuple[TokenInfo, str]:
+        row = self.db.execute("SELECT * FROM tokens WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            # name[:64]: a valid name is at most 63 characters; any other must not swell the error's trailer
+            raise NotFound(f"no token named {name[:64]!r}; `cumulus token list` shows them, `cumulus token create "
+                           f"NAME` makes one")
+        if row["revoked_at"] is not None:
+            raise RequestRejected(f"token {name!r} is revoked, and a revoked token cannot be rotated (names are "
+                                  f"never reused); make a new one with `cumulus token create NEW-NAME`")
+        if name == ADMIN_TOKEN_NAME and self.admin_token_file:
+            # The file wins at every start (see the module docstring): a rotation here would not last.
+            raise RequestRejected(f"token {name!r} comes from security.admin_token_file, which is read at every "
+                                  f"start; write a new token to that file (`cumulus local up` makes one when the "
+                                  f"file is missing) and restart the supervisor: the old token is refused from then on")
+        secret = new_token_secret()
+        with self.db:
+            self.db.execute("UPDATE tokens SET hash = ? WHERE name = ?", (token_hash(secret), name))
+        info = _info(row)
+        log.info("token %r rotated (admin: %s, limits: %s); its previous secret is refused from now on", name,
+                 info.admin, info.limits)
+        return info, secret
+
     def _tokens(self) -> list[TokenInfo]:
-        rows = self.db.execute("SELECT * FROM tokens ORDER BY name").fetchall()
-        return [TokenInfo(row["name"], bool(row["admin"]), Limits(**json.loads(row["limits"])), row["created_at"],
-                          row["revoked_at"]) for row in rows]
+        return [_info(row) for row in self.db.execute("SELECT * FROM tokens ORDER BY name").fetchall()]
 
     def _callers(self) -> dict[str, Caller]:
         """Every valid token's hash and its caller."""
@@ -190,3 +230,9 @@ class TokenRegistry(Actor):
             yield
         finally:
             self.db.close()
+
+
+def _info(row: Any) -> TokenInfo:
+    """A row of the ``tokens`` table as listed (its hash left out)."""
+    return TokenInfo(row["name"], bool(row["admin"]), Limits(**json.loads(row["limits"])), row["created_at"],
+                     row["revoked_at"])

@@ -272,6 +272,14 @@ class CumulusClient:
         """Revoke a token: every call with it fails from now on (idempotent)."""
         return TokenStatus.from_pb(self._call("RevokeToken", pb.RevokeTokenRequest(name=name)).token)
 
+    def rotate_token(self, name: str) -> tuple[TokenStatus, str]:
+        """Give a token a new secret, keeping its name (so its jobs), admin flag and limits; returns it as listed
+        and the new secret (shown only here). The old secret fails from the next call on. NotFound for an unknown
+        name; a revoked token, or ``admin`` taken from the supervisor's ``security.admin_token_file``, is refused
+        (FAILED_PRECONDITION, raised as a RequestRejected subclass) with what to do instead."""
+        reply = self._call("RotateToken", pb.RotateTokenRequest(name=name))
+        return TokenStatus.from_pb(reply.token), reply.secret
+
     def health(self) -> pb.HealthCheckResponse:
         reply: pb.HealthCheckResponse = self._call("HealthCheck", pb.HealthCheckRequest(), timeout=5.0)
         return reply

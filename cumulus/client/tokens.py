@@ -1,5 +1,5 @@
 """Token administration from the client side: :class:`TokenStatus` (a token as the supervisor lists it: never its
-secret) and the ``cumulus token create|list|revoke`` commands. Every call needs an admin token."""
+secret) and the ``cumulus token create|list|revoke|rotate`` commands. Every call needs an admin token."""
 
 from __future__ import annotations
 
@@ -33,10 +33,10 @@ class TokenStatus:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``cumulus token create|list|revoke``."""
+    """Add ``cumulus token create|list|revoke|rotate``."""
     from cumulus.client.cli_flags import global_flags
 
-    token = commands.add_parser("token", help="create, list and revoke tokens (needs an admin token)",
+    token = commands.add_parser("token", help="create, list, revoke and rotate tokens (needs an admin token)",
                                 parents=[global_flags()])
     actions = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     create = actions.add_parser("create", help="make a token and print it (shown only this once)",
@@ -54,6 +54,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     revoke = actions.add_parser("revoke", help="revoke a token: its calls fail from now on", parents=[global_flags()])
     revoke.add_argument("name", metavar="NAME")
     revoke.set_defaults(func=_run(_revoke))
+    rotate = actions.add_parser("rotate", help="give a token a new secret and print it (shown only this once); "
+                                "the old one fails from now on; the name, its jobs and limits stay",
+                                parents=[global_flags()])
+    rotate.add_argument("name", metavar="NAME")
+    rotate.set_defaults(func=_run(_rotate))
 
 
 def _count(text: str) -> int:
@@ -128,4 +133,18 @@ def _limit(value: float) -> str:
 def _revoke(args: argparse.Namespace) -> int:
     info = _client(args).revoke_token(args.name)
     print(f"token {info.name!r} revoked")
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from cumulus.client import cli_output as out
+
+    info, secret = _client(args).rotate_token(args.name)
+    if args.output == "json":  # as `create` prints it
+        print(out.dumps({**info.to_dict(), "token": secret}))
+    else:
+        print(secret)
+        print(f"token {info.name!r} rotated{' (admin)' if info.admin else ''}: the old secret fails from now on; the "
+              f"new one is shown only this once; give it to its user as CUMULUS_TOKEN or `token:` in "
+              f"~/.config/cumulus/config.yaml", file=sys.stderr)
     return 0

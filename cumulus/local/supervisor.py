@@ -126,6 +126,7 @@ def write_config() -> bool:
         f"  tls_ca: \"{creds.ca}\"\n"
         f"  # server certificate {hashlib.sha256(creds.server_cert.read_bytes()).hexdigest()[:16]} (renewed: restart)\n"
         f"  admin_token_file: \"{creds.admin_token_file}\"\n"
+        f"  # admin token {hashlib.sha256(creds.admin_token_file.read_bytes()).hexdigest()[:16]} (replaced: restart)\n"
         f"cluster:\n  description: \"{state.CLUSTER_JSON}\"\n"
         "  allow_non_gpu_devices: true   # this machine has no GPU: jobs use the CPU OpenCL device\n"
         "  poll_interval: 0.1\n"

@@ -6,8 +6,8 @@ gRPC status with their message (:mod:`cumulus.rpc.status`); anything else is log
 handler lets an exception take the server down.
 
 Every job handler acts for the caller that :mod:`cumulus.rpc.auth` found for the call's token (the API keeps each
-user to their own jobs); token administration needs an admin token. A request's validation (the package's zip
-included) runs in a worker thread, so a large package never stalls the supervisor's event loop.
+user to their own jobs); token administration needs an admin token. A request's validation (the package's zip included) runs
+in a worker thread, so a large package never stalls the supervisor's event loop.
 
 Streams (SubmitJob, WatchJob) follow :meth:`JobRecord.events` until the job is torn down. A client that goes away
 mid-stream only ends its own subscription: the job keeps running (cancel it with CancelJob).
@@ -27,7 +27,7 @@ import trio
 from cumulus._version import __version__
 from cumulus.asyncio_bridge import call_trio, iterate_trio_batches
 from cumulus.errors import CumulusError, InvalidRequest, PermissionDenied, Unauthenticated
-from cumulus.identity import Caller, Limits
+from cumulus.identity import Caller, Limits, TokenInfo
 from cumulus.rpc import convert
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.auth import NO_TOKEN, current_caller
@@ -227,3 +227,9 @@ class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
         _admin()
         info = await call_trio(self._api.revoke_token, request.name)
         return pb.RevokeTokenResponse(token=convert.token_to_pb(info))
+
+    @_unary
+    async def RotateToken(self, request: pb.RotateTokenRequest, context: Any) -> pb.RotateTokenResponse:
+        _admin()
+        info, secret = await call_trio(self._api.rotate_token, request.name)
+        return pb.RotateTokenResponse(token=convert.token_to_pb(info), secret=secret)

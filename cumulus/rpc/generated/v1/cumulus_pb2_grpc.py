@@ -89,6 +89,11 @@ class OrchestratorServiceStub:
                 request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
+        self.RotateToken = channel.unary_unary(
+                '/cumulus.v1.OrchestratorService/RotateToken',
+                request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RotateTokenRequest.SerializeToString,
+                response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RotateTokenResponse.FromString,
+                _registered_method=True)
         self.GetUsage = channel.unary_unary(
                 '/cumulus.v1.OrchestratorService/GetUsage',
                 request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetUsageRequest.SerializeToString,
@@ -172,6 +177,15 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateToken(self, request, context):
+        """A new secret for the same name (same admin flag and limits, so the same owner of its jobs); the old secret is
+        UNAUTHENTICATED from the next call on. NOT_FOUND for an unknown name; FAILED_PRECONDITION for a revoked token,
+        and for "admin" while the supervisor takes it from security.admin_token_file (change the file and restart).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUsage(self, request, context):
         """Device time used by finished attempts, grouped by user, job or worker, with totals (and cost when the
         supervisor has prices). An admin sees every user's; anyone else only their own.
@@ -237,6 +251,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenRequest.FromString,
                     response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'RotateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateToken,
+                    request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RotateTokenRequest.FromString,
+                    response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RotateTokenResponse.SerializeToString,
             ),
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
@@ -541,6 +560,33 @@ class OrchestratorService:
             '/cumulus.v1.OrchestratorService/RevokeToken',
             cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenRequest.SerializeToString,
             cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cumulus.v1.OrchestratorService/RotateToken',
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RotateTokenRequest.SerializeToString,
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.RotateTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
