@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(actor_call.main(["--calls", "5000" if args.quick else "20000"]))
     rows += control_plane.main(["--quick"] if args.quick else [])
     rows += grpc_throughput.main(["--jobs", "500", "--rounds", "1"] if args.quick else ["--jobs", "1500"])
+    import dashboard
+
+    rows += dashboard.main(["--jobs", "2000", "--rounds", "10"] if args.quick else [])
     if not args.no_cluster:
         import lifecycle
 

@@ -15,7 +15,7 @@ Tree (children start top to bottom, each ready before the next, and stop bottom 
     │   ├── watcher    TaskWatcher: one poller of the Swarm task list
     │   └── cluster    ClusterActor: job table, node sync, recovery
     ├── rpc            gRPC server
-    └── http           HTTP port: /metrics, /healthz, /readyz (server.http_listen)
+    └── http           HTTP port: /metrics, /healthz, /readyz, the dashboard (server.http_listen)
 
 Stopping the tree stops the HTTP port and the RPC server first, then the cluster, then every job (each tearing
 down what it owns, while the workers' SSH connections and the scheduler are still there), then the workers, the

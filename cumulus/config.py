@@ -43,9 +43,9 @@ class GrpcSettings:
 @dataclass
 class ServerSettings:
     http_listen: str = DEFAULT_HTTP_ADDRESS
-    """HOST:PORT of the supervisor's HTTP port (``/metrics``, ``/healthz``, ``/readyz``); TLS with the gRPC port's
-    certificate unless insecure. Empty: no HTTP port. Loopback by default: Prometheus scrapes it from this machine
-    or through a proxy."""
+    """HOST:PORT of the supervisor's HTTP port (``/metrics``, ``/healthz``, ``/readyz``, the web dashboard at ``/``);
+    TLS with the gRPC port's certificate unless insecure. Empty: no HTTP port. Loopback by default: Prometheus
+    scrapes it from this machine or through a proxy."""
     http_advertise: str = ""
     """HOST:PORT at which new hosts reach the HTTP port (``cumulus worker join-command`` puts it in the join line);
     not loopback. Empty: no joining."""

@@ -26,7 +26,7 @@ MAX_QUEUE_EVENTS = 20
 MAX_TEXT_CHARS = 2000
 MIN_SECRET_CHARS = 6  # env values at least this long are scrubbed from every recorded text
 REDACTED = "[redacted]"
-KINDS = ("state", "message", "placement", "queue", "retry", "teardown")
+KINDS = ("state", "message", "placement", "queue", "retry", "service", "teardown")
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
 
 
@@ -34,7 +34,7 @@ TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
 class HistoryEvent:
     """One entry of a job's history. ``text`` is one human line; ``data`` holds the kind's details:
     placement: worker, node_id, device_indexes, share; queue: position, previous; retry: failed_attempt,
-    backoff_seconds; teardown: released, leaked."""
+    backoff_seconds; service (its Swarm service was created): service_id; teardown: released, leaked."""
 
     job_id: str
     at: float

@@ -268,6 +268,13 @@ class JobRecord:
             self._note("queue", f"queue position {position} (was {previous})",
                        data={"position": position, "previous": previous})
 
+    def set_service(self, service_id: str) -> None:
+        """The attempt's Swarm service exists: a ``service`` history event (its time is the timeline's), and the
+        record is journaled at once, so a restarted supervisor finds (and re-adopts) it even before RUNNING."""
+        self.service_id = service_id
+        self._note("service", f"service {service_id} created", data={"service_id": service_id})
+        self.persist()
+
     def persist(self) -> None:
         """Journal the record as it is now (e.g. its new partition and service ids, before any state change)."""
         if self.on_change is not None:

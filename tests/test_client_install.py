@@ -105,6 +105,8 @@ INSTALLED_SCRIPT = textwrap.dedent("""
     files = importlib.resources.files("cumulus")
     assert files.joinpath("py.typed").is_file(), "cumulus/py.typed is not installed"
     assert files.joinpath("rpc/generated/v1/cumulus_pb2.pyi").is_file(), "the protobuf stubs are not installed"
+    for page in ("dashboard/templates/base.html", "dashboard/static/htmx.min.js", "dashboard/static/style.css"):
+        assert files.joinpath(page).is_file(), f"the dashboard's {page} is not installed (package-data)"
     print("INSTALLED-OK")
 """)
 

@@ -49,9 +49,19 @@ RULES = (
     ),
     Rule(
         "rpc",
-        "the RPC layer (cumulus.rpc) never imports the SDK (cumulus.client)",
-        importers=("cumulus.rpc",),
+        "the RPC layer (cumulus.rpc) and the web dashboard it serves (cumulus.dashboard) never import the SDK "
+        "(cumulus.client)",
+        importers=("cumulus.rpc", "cumulus.dashboard"),
         forbidden=("cumulus.client",),
+    ),
+    Rule(
+        "dashboard",
+        "the web dashboard (cumulus.dashboard) reads the supervisor only through its API (cumulus.app's "
+        "SupervisorApi), as the RPC servicer does: it never imports the actors (cumulus.actors), the journal "
+        "(cumulus.journal), the resources (cumulus.resources), the backends (cumulus.backends) nor the supervision "
+        "tree (cumulus.supervisor)",
+        importers=("cumulus.dashboard",),
+        forbidden=("cumulus.actors", "cumulus.journal", "cumulus.resources", "cumulus.backends", "cumulus.supervisor"),
     ),
     Rule(
         "actors-wire",
@@ -290,6 +300,13 @@ FORBIDDEN_CASES = [
     ("rpc", "cumulus.rpc.convert", "from cumulus.client.packaging import validate", "cumulus.client.packaging"),
     ("rpc", "cumulus.rpc.servicer", "from ..client import packaging", "cumulus.client.packaging"),
     ("rpc", "cumulus.rpc.generated.v1.cumulus_pb2", "import cumulus.client", "cumulus.client"),
+    ("rpc", "cumulus.dashboard.app", "from cumulus.client import CumulusClient", "cumulus.client"),
+    ("rpc", "cumulus.dashboard", "from ..client import connection", "cumulus.client.connection"),
+    ("dashboard", "cumulus.dashboard.app", "from cumulus.actors.cluster import ListJobs", "cumulus.actors.cluster"),
+    ("dashboard", "cumulus.dashboard.app", "from cumulus import journal", "cumulus.journal"),
+    ("dashboard", "cumulus.dashboard", "from ..resources.swarm import SwarmError", "cumulus.resources.swarm"),
+    ("dashboard", "cumulus.dashboard.app", "import cumulus.backends", "cumulus.backends"),
+    ("dashboard", "cumulus.dashboard.app", "from cumulus.supervisor import Supervisor", "cumulus.supervisor"),
     ("actors-wire", "cumulus.actors.job", "import grpc", "grpc"),
     ("actors-wire", "cumulus.actors.cluster", "from google.protobuf import timestamp_pb2", "google.protobuf"),
     ("actors-wire", "cumulus.actors.worker", "from cumulus.rpc.generated.v1 import cumulus_pb2",
@@ -324,6 +341,8 @@ FORBIDDEN_CASES = [
 ]
 
 ALLOWED_CASES = [
+    ("cumulus.dashboard.app", "from cumulus.app import open_supervisor\nfrom cumulus.jobs import JobRecord\n"
+                              "from cumulus.rpc.status import status_for\nfrom cumulus.errors import NotFound\n"),
     ("cumulus.client.client", "from cumulus.rpc.generated.v1 import cumulus_pb2"),
     ("cumulus.client.client", "from cumulus.errors import CumulusError\nfrom cumulus.jobformat import check\n"
                               "from cumulus._version import __version__\nimport grpc\n"),
@@ -346,7 +365,8 @@ SYNTHETIC = sorted({
     "cumulus.actors", "cumulus.actors.base", "cumulus.actors.cluster", "cumulus.actors.job",
     "cumulus.actors.jobqueue", "cumulus.actors.ownership", "cumulus.actors.scheduler", "cumulus.actors.worker",
     "cumulus.client", "cumulus.client.cli", "cumulus.client.client", "cumulus.client.health",
-    "cumulus.client.packaging", "cumulus.client.remote", "cumulus.client.types",
+    "cumulus.client.packaging", "cumulus.client.remote", "cumulus.client.types", "cumulus.client.connection",
+    "cumulus.dashboard", "cumulus.dashboard.app",
     "cumulus.resources", "cumulus.resources.files", "cumulus.resources.ssh", "cumulus.resources.swarm",
     "cumulus.rpc", "cumulus.rpc.convert", "cumulus.rpc.servicer", "cumulus.rpc.server", "cumulus.rpc.status",
     "cumulus.rpc.generated", "cumulus.rpc.generated.v1", "cumulus.rpc.generated.v1.cumulus_pb2",

@@ -226,8 +226,7 @@ class Attempt:
         request = replace(self._service_request(reservation, node, lease, files), deps_dir=deps[0] if deps else None,
                           secret_env=secret)
         service = self.service = await own(ctx.swarm.open_service(request), what="service", same_task=True)
-        record.service_id = service.id
-        record.persist()  # a restarted supervisor must find (and re-adopt) the service even before RUNNING
+        record.set_service(service.id)
         await own(self._stopped_on_its_node(node, lease), what="container stop", same_task=True)
         with trio.move_on_after(spec.duration) as deadline:
             exit_task = await self._follow(service, updates, lease, files)

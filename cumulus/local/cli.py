@@ -24,7 +24,24 @@ def _up(args: argparse.Namespace) -> int:
     from cumulus.local import cluster
 
     cluster.up(args.workers, verbose=args.verbose_setup, quiet=args.quiet, supervisor_deployed=args.deployed)
+    print(dashboard_summary(args.deployed, show_token=sys.stdout.isatty()))
     return 0
+
+
+def dashboard_summary(deployed: bool, show_token: bool) -> str:
+    """The last lines of `local up`: the dashboard's URL, how to sign in and which CA a browser must trust.
+
+    The admin token itself is shown only on an interactive terminal (the user who ran `up` is root here and its
+    client config already holds the token); when stdout is a file or a pipe (a CI log), only the token's file."""
+    from cumulus.local import deployed as local_deployed
+    from cumulus.local import supervisor as local_supervisor
+
+    creds = local_supervisor.credentials()
+    http = local_deployed.local_deployment().http_listen if deployed else local_supervisor.HTTP_ADDRESS
+    sign_in = (f"sign in with the admin token: {creds.admin_token}" if show_token
+               else f"sign in with the admin token in {creds.admin_token_file}")
+    return (f"dashboard: https://{http}/  ({sign_in})\n"
+            f"  the browser must trust the local CA {creds.ca} (import it as a certificate authority)")
 
 
 def _down(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """The supervisor's HTTP port (``server.http_listen``): ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz``
-for probes. Hypercorn serves it on Trio, with the gRPC port's TLS certificate unless the supervisor is insecure
-(and asks for a client certificate when the gRPC port does).
+for probes, the workers' image registry and join paths, and the web dashboard on every other path. Hypercorn serves
+it on Trio, with the gRPC port's TLS certificate unless the supervisor is insecure (and asks for a client
+certificate when the gRPC port does).
 
 * ``/metrics``: every metric of :mod:`cumulus.metrics`, the gauges of "now" read from the actors first.
 * ``/healthz``: 200 while the process answers at all (liveness: restart it when this fails).
@@ -9,9 +10,12 @@ for probes. Hypercorn serves it on Trio, with the gRPC port's TLS certificate un
 * ``/v2/``: the worker image registry, read-only, for the workers' dockerd (:mod:`cumulus.rpc.http_registry`).
 * ``/join/...``, ``/v1/join/...``: what a joining host fetches and posts (:mod:`cumulus.rpc.http_join`); register
   and complete need its join token. With ``security.client_ca`` (client certificates required) nothing can join.
+* everything else: the dashboard (:mod:`cumulus.dashboard`): ``/`` and its pages, which need a sign-in with an API
+  token (a session cookie, Secure under TLS); an unknown path is a 404 that names the paths above.
 
-Nothing here needs a token: metrics carry counts and names (users, workers), never a job's data or a secret. Keep
-the port on loopback or a private network (the default is loopback).
+The paths above need no token: metrics carry counts and names (users, workers), never a job's data or a secret.
+The dashboard shows a signed-in user their own jobs (an admin all), through the same API as the RPC servicer.
+Keep the port on loopback or a private network (the default is loopback).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from cumulus.config import SecuritySettings, parse_host_port
+from cumulus.dashboard import dashboard_app
 from cumulus.errors import CumulusError, SupervisorUnavailable
 from cumulus.metrics import DeviceShare, Metrics, Snapshot
 from cumulus.rpc.http_join import is_join_path, serve_join
@@ -63,12 +68,16 @@ async def snapshot_of(api: Any) -> Snapshot:
                       for worker in workers for device in worker.devices))
 
 
-class HttpApp:
-    """The ASGI application of the HTTP port."""
+OWN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
-    def __init__(self, api: Any, metrics: Metrics) -> None:
+
+class HttpApp:
+    """The ASGI application of the HTTP port. ``secure``: served over TLS (the dashboard's cookie is Secure)."""
+
+    def __init__(self, api: Any, metrics: Metrics, *, secure: bool = True) -> None:
         self.api = api
         self.metrics = metrics
+        self.dashboard = dashboard_app(api, secure=secure)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -81,6 +90,9 @@ class HttpApp:
             return
         if is_join_path(scope["path"]):  # a joining host's script, files, register and complete (POST)
             await serve_join(self.api, scope, receive, send)
+            return
+        if scope["path"] not in OWN_PATHS:  # the dashboard: its pages, sign-in and static files (and the 404s)
+            await self.dashboard(scope, receive, send)
             return
         if scope["method"] not in ("GET", "HEAD"):
             await _respond(send, 405, b"use GET\n", extra=[(b"allow", b"GET, HEAD")])
@@ -101,8 +113,6 @@ class HttpApp:
                     await _respond(send, 200, b"ready\n")
                 else:
                     await _respond(send, 503, f"not ready: {health.reason}\n".encode())
-            case _:
-                await _respond(send, 404, b"not found: try /metrics, /healthz or /readyz\n")
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -150,7 +160,8 @@ async def serve_http(api: Any, metrics: Metrics, listen: str, *, security: Secur
     failure: OSError | None = None
     async with trio.open_nursery() as nursery:
         try:
-            urls = await nursery.start(partial(serve, HttpApp(api, metrics), config, mode="asgi"))
+            app = HttpApp(api, metrics, secure=not security.insecure)
+            urls = await nursery.start(partial(serve, app, config, mode="asgi"))
         except OSError as error:
             failure = error  # nothing was started: the nursery ends at once
         except BaseExceptionGroup as group:  # hypercorn binds inside nurseries of its own
@@ -159,7 +170,7 @@ async def serve_http(api: Any, metrics: Metrics, listen: str, *, security: Secur
                 raise
             failure = _first(bind_errors)
         else:
-            log.info("HTTP port listening on %s (/metrics, /healthz, /readyz)", urls[0])
+            log.info("HTTP port listening on %s (/metrics, /healthz, /readyz; the dashboard at %s/)", urls[0], urls[0])
             task_status.started(urls[0])
     if failure is not None:
         raise HttpListenError(f"cannot listen on {listen} (server.http_listen): {failure.strerror or failure}")
