@@ -130,6 +130,11 @@ class Browser:
     def find(self, css: str):
         return self.driver.find_element(By.CSS_SELECTOR, css)
 
+    def click(self, css: str, what: str = "") -> None:
+        """Click the element matching ``css``; found again if the page replaced it between finding and clicking
+        (the job page re-renders its details when the job's state changes)."""
+        self.wait_for(lambda d: self.find(css).click() or True, what or f"{css} to be clicked")
+
     def find_all(self, css: str) -> list:
         return self.driver.find_elements(By.CSS_SELECTOR, css)
 

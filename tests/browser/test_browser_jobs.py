@@ -73,7 +73,7 @@ def test_a_job_appears_its_log_streams_in_and_it_completes(browser, dashboard, a
         assert cells["name"] == name and cells["user"] == whoami, describe(cells)
         assert cells["state"] in ("QUEUED", "SCHEDULING", "CREATING_PARTITION", "RUNNING", "COMPLETED"), cells
         assert b.text("span#job-count") == "1", f"span#job-count {b.text('span#job-count')!r} for a unique name"
-        b.find(f"{row} a.job-link[href='/jobs/{job}']").click()
+        b.click(f"{row} a.job-link[href='/jobs/{job}']")
         b.wait_for(lambda d: b.path == f"/jobs/{job}" and b.find_all("main#page-job"), f"the page of {job}")
         b.driver.execute_script("window.__notReloaded = true;")
 
@@ -111,7 +111,8 @@ def test_a_job_appears_its_log_streams_in_and_it_completes(browser, dashboard, a
         assert b.driver.execute_script("return window.__notReloaded === true;"), "the page was reloaded"
         b.driver.execute_script("document.querySelector('pre#log').scrollTop = 1e9;")
         b.shot("completed", at="pre#log")
-        phases = {li.get_attribute("data-phase") for li in b.find_all("ol#timeline li[data-phase]")}
+        phases = set(b.driver.execute_script(  # in one script: the details re-render when the teardown lands
+            "return [...document.querySelectorAll('ol#timeline li[data-phase]')].map(li => li.dataset.phase);"))
         assert {"queued", "running"} <= phases, f"ol#timeline phases {sorted(phases)}"
         assert b.find_all("dl#job-fields dd#gpu-seconds"), "no dd#gpu-seconds in dl#job-fields"
 
@@ -165,13 +166,13 @@ def test_a_running_job_is_cancelled_from_its_page_and_its_share_freed(browser, d
         # The confirmation, declined: nothing is sent (the page did not even navigate); accepted: the job is
         # cancelled.
         b.driver.execute_script("window.__declined = true;")
-        b.find("button#cancel").click()
+        b.click("button#cancel")
         alert = b.wait_for(lambda d: d.switch_to.alert, "the confirmation dialog")
         assert alert.text == f"Cancel job {job}?", f"the confirmation says {alert.text!r}"
         alert.dismiss()
         assert b.driver.execute_script("return window.__declined === true;"), "declining the confirmation sent it"
         assert b.job_state() == "RUNNING" and admin_client.status(job).state == "RUNNING"
-        b.find("button#cancel").click()
+        b.click("button#cancel")
         b.wait_for(lambda d: d.switch_to.alert, "the confirmation dialog").accept()
         b.wait_for(lambda d: b.job_state() == "CANCELLED", "span#job-state CANCELLED", JOB_TIMEOUT)
         b.shot("job-cancelled")
