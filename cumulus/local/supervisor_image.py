@@ -26,7 +26,7 @@ from cumulus.local.util import LocalClusterError
 
 IMAGE_TAG = "cumulus-supervisor:local"
 CONTEXT_LABEL = "cumulus.context"
-_SOURCE_SUFFIXES = (".py", ".pyi", ".typed")
+_SKIPPED_SUFFIXES = (".pyc", ".pyo")  # everything else of the package is in the wheel (templates, static files)
 
 
 def repo_dir() -> Path:
@@ -38,7 +38,7 @@ def _source_files() -> list[Path]:
     root = repo_dir()
     files = [root / "pyproject.toml", root / "README.md"]
     files += sorted(p for p in (root / "cumulus").rglob("*")
-                    if p.is_file() and p.suffix in _SOURCE_SUFFIXES and "__pycache__" not in p.parts)
+                    if p.is_file() and p.suffix not in _SKIPPED_SUFFIXES and "__pycache__" not in p.parts)
     return files
 
 
