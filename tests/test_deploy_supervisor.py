@@ -222,3 +222,14 @@ def test_the_probe_tells_a_live_http_port_from_a_dead_one(tmp_path: Path):
     missing = subprocess.run([sys.executable, "-m", "cumulus.healthcheck", str(bad)], capture_output=True, text=True,
                              timeout=30)
     assert missing.returncode == 2 and "missing.yaml" in missing.stderr
+
+
+def test_the_local_supervisor_image_is_built_from_every_file_of_the_package():
+    """The wheel must carry the dashboard's templates and static files, not only Python sources: without them the
+    deployed supervisor's container exits at start."""
+    from cumulus.local.supervisor_image import _source_files
+
+    names = {p.relative_to(Path(__file__).resolve().parents[1]).as_posix() for p in _source_files()}
+    assert {"cumulus/dashboard/templates/base.html", "cumulus/dashboard/static/htmx.min.js",
+            "cumulus/dashboard/static/style.css", "cumulus/py.typed", "pyproject.toml"} <= names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
