@@ -3,9 +3,10 @@ call as a job, decoding its result, and the CLI job commands. The supervisor nev
 both sides share (the job format) is :mod:`cumulus.jobformat`.
 
 Modules: ``remote`` (``@remote``, ``get``, ``wait``), ``client`` (``CumulusClient``: connection and RPCs),
-``jobref`` (``JobRef``), ``options`` (``normalize_options``), ``packaging`` (building a package), ``collect``
-(which modules are the caller's), ``results`` (decoding a job's outcome), ``types`` (what the RPCs return),
-``cli``/``cli_flags``/``cli_output``/``health`` (the CLI job commands). Submodules are imported lazily, so that
+``jobref`` (``JobRef``), ``aio`` (the SDK from asyncio or Trio code), ``options`` (``normalize_options``),
+``packaging`` (building a package), ``collect`` (which modules are the caller's), ``runtime_env`` (what
+``py_modules``, ``working_dir`` and ``files`` ship), ``results`` (decoding a job's outcome), ``types`` (what the RPCs
+return), ``cli``/``cli_submit``/``cli_flags``/``cli_output``/``health`` (the CLI job commands). Submodules are imported lazily, so that
 ``import cumulus`` stays cheap.
 """
 

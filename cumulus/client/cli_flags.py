@@ -4,7 +4,8 @@ They are accepted before or after the subcommand (``cumulus --address X jobs`` =
 the top-level parser and each subcommand parser get them from :func:`global_flags`, all with
 ``default=argparse.SUPPRESS`` so that a subcommand parser that did not see a flag leaves the value given before
 the subcommand alone. A flag given in both places: the one after the subcommand wins (``-v`` counts are not
-added). :func:`apply_defaults` fills in the defaults afterwards. Standard library only (the CLI must start on a
+added). :func:`apply_defaults` fills in the defaults afterwards. Also what every command shares: the completion
+actions of file and directory arguments and :class:`UsageError`. Standard library only (the CLI must start on a
 client-only install and build its parser fast, for shell completion).
 """
 
@@ -39,3 +40,11 @@ def apply_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if not hasattr(args, name):
             setattr(args, name, value)
     return args
+
+
+FILE_COMPLETION = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}  # = shtab.FILE
+DIRECTORY_COMPLETION = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/", "tcsh": "d"}  # = shtab.DIRECTORY
+
+
+class UsageError(Exception):
+    """The command line is wrong (exit status 2): the message says what to give instead."""

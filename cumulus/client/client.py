@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import types
 import uuid
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar, Unpack
@@ -116,20 +117,24 @@ class CumulusClient:
                gpu_memory: float | None = None, duration: int | None = None, requirements: Iterable[str] = (),
                env: dict[str, str] | None = None, retries: int = 0, log_to_driver: bool | None = None,
                memory: int | str | None = None, cpus: float | None = None, network: str | None = None,
-               secret_env: dict[str, str] | None = None, traceparent: str | None = None, **kwargs: Any) -> JobRef[R]:
+               secret_env: dict[str, str] | None = None,
+               py_modules: Sequence[types.ModuleType | str | os.PathLike[str]] = (),
+               working_dir: str | os.PathLike[str] | None = None, files: Sequence[str | os.PathLike[str]] = (),
+               traceparent: str | None = None, **kwargs: Any) -> JobRef[R]:
         """Submit ``func(*args, **kwargs)`` as a job and return its :class:`JobRef` once the supervisor accepted it.
 
         Keyword arguments named like an option (``gpu``, ``gpu_memory``, ``duration``, ``requirements``, ``env``,
-        ``retries``, ``log_to_driver``, ``memory``, ``cpus``, ``network``, ``secret_env``, ``traceparent``) are
-        options, every other one goes to ``func``; to pass a keyword argument that has an option's name, use
-        :meth:`submit_call`.
+        ``retries``, ``log_to_driver``, ``memory``, ``cpus``, ``network``, ``secret_env``, ``py_modules``,
+        ``working_dir``, ``files``, ``traceparent``) are options, every other one goes to ``func``; to pass a
+        keyword argument that has an option's name, use :meth:`submit_call`.
         ``func`` may be a ``@remote`` function: its options are the defaults. ``secret_env`` values travel in the
         request only (never in the package), and the supervisor never stores them in clear nor logs them.
         """
         options: dict[str, Any] = {"gpu": gpu, "gpu_memory": gpu_memory, "duration": duration,
                                    "requirements": requirements, "env": env, "retries": retries,
                                    "log_to_driver": log_to_driver, "memory": memory, "cpus": cpus,
-                                   "network": network, "secret_env": secret_env}
+                                   "network": network, "secret_env": secret_env, "py_modules": py_modules,
+                                   "working_dir": working_dir, "files": files}
         return self.submit_call(func, args, kwargs, traceparent=traceparent,
                                 **{k: v for k, v in options.items() if v not in (None, ())})
 
@@ -137,19 +142,23 @@ class CumulusClient:
             duration: int | None = None, requirements: Iterable[str] = (), env: dict[str, str] | None = None,
             retries: int = 0, log_to_driver: bool | None = None, memory: int | str | None = None,
             cpus: float | None = None, network: str | None = None, secret_env: dict[str, str] | None = None,
+            py_modules: Sequence[types.ModuleType | str | os.PathLike[str]] = (),
+            working_dir: str | os.PathLike[str] | None = None, files: Sequence[str | os.PathLike[str]] = (),
             traceparent: str | None = None, **kwargs: Any) -> R:
         """Submit ``func(*args, **kwargs)``, wait for it (blocking) and return its value or raise its exception."""
         return self.submit(func, *args, gpu=gpu, gpu_memory=gpu_memory, duration=duration,
                            requirements=requirements, env=env, retries=retries, log_to_driver=log_to_driver,
-                           memory=memory, cpus=cpus, network=network, secret_env=secret_env,
-                           traceparent=traceparent, **kwargs).result()
+                           memory=memory, cpus=cpus, network=network, secret_env=secret_env, py_modules=py_modules,
+                           working_dir=working_dir, files=files, traceparent=traceparent, **kwargs).result()
 
     def submit_call(self, func: Callable[..., R], args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
                     *, on_event: Callable[[JobUpdate], None] | None = None, traceparent: str | None = None,
                     **options: Unpack[RemoteOptions]) -> JobRef[R]:
         """Submit ``func(*args, **kwargs)`` with ``options`` (see :func:`cumulus.remote`) given apart from the call.
 
-        ``on_event`` is called (from the JobRef's thread) with each :class:`JobUpdate`.
+        ``on_event`` is called (from the JobRef's thread) with each :class:`JobUpdate`. Relative paths of
+        ``files`` and ``working_dir`` start at the current directory at this call. From async code, use
+        ``await f.remote_async(...)`` (:meth:`cumulus.client.remote.RemoteFunction.remote_async`): this call blocks.
 
         Each submission belongs to a trace (W3C Trace Context), sent as ``traceparent`` metadata: the trace of
         ``traceparent`` if given (an invalid one raises :class:`~cumulus.errors.InvalidRequest`), else that of
@@ -171,7 +180,8 @@ class CumulusClient:
         env = dict(opts.get("env") or {})
         package = packaging.build_package(func, tuple(args), dict(kwargs or {}), requirements=requirements,
                                           env=env, project_root=opts.get("project_root"),
-                                          max_bytes=max_package_bytes())
+                                          max_bytes=max_package_bytes(), py_modules=opts.get("py_modules", ()),
+                                          working_dir=opts.get("working_dir"), files=opts.get("files", ()))
         request = pb.JobSubmission(
             code_package=package,
             requirements=requirements,

@@ -2,16 +2,20 @@
 
 Starting from the job function (its module, the globals its code names, closure cells, defaults),
 ``functools.partial`` objects and the call's arguments (containers up to depth 3), then transitively every found
-module's globals (its imports) and parent packages: every module whose ``.py`` file lies under the project root
-and not in the interpreter's stdlib/site-packages, a virtualenv, ``.git``, ``__pycache__``, nor the ``cumulus``
-package itself. ``__main__`` is never shipped as source (cloudpickle pickles it by value already). Building the
-zip from what is found here is :mod:`cumulus.client.packaging`'s job.
+module's globals (its imports) and parent packages: every module with a ``.py`` file that is not installed code,
+wherever that file is (the script's directory, another directory on ``sys.path``, a ``src/`` layout, a notebook's
+``sys.path`` tweak). Installed code (:func:`is_installed`): the interpreter's stdlib and site-packages, any
+``site-packages``/``dist-packages``/``__pypackages__`` directory, a virtualenv's trees (``lib``, ``src``, ``bin``...
+of a directory with a ``pyvenv.cfg``; code kept beside them in the virtualenv's directory is the caller's), a
+``.venv``/``venv``/``.tox``/``.nox`` directory, ``.git``, ``__pycache__``, ``node_modules``, and the ``cumulus``
+package itself. With an explicit project root only modules under it count (the behaviour before local
+code could live anywhere). ``__main__`` is never shipped as source (cloudpickle pickles it by value already).
+Building the zip from what is found here is :mod:`cumulus.client.packaging`'s job; explicit ``py_modules`` are
+:mod:`cumulus.client.runtime_env`'s.
 """
 
 from __future__ import annotations
 
-import inspect
-import os
 import sys
 import sysconfig
 import types
@@ -21,12 +25,15 @@ from typing import Any, Iterator
 from cumulus.jobformat.limits import SRC
 
 EXCLUDED_DIRS = frozenset({".venv", "venv", ".git", "__pycache__", "site-packages", "dist-packages", ".tox",
-                           ".nox", "node_modules"})
+                           ".nox", "node_modules", "__pypackages__"})
+"""Directory names never shipped: a module whose path has one is installed code (or not code at all); a directory
+given to ``working_dir=``, ``files=`` or ``py_modules=`` is shipped without them."""
 
 
-def local_modules(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], root: Path
+def local_modules(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], root: Path | None = None
                   ) -> dict[str, types.ModuleType]:
-    """The caller's modules (by name) that ``func(*args, **kwargs)`` reaches, under ``root``."""
+    """The caller's modules (by name) that ``func(*args, **kwargs)`` reaches: wherever they are, or only those
+    under ``root`` when one is given."""
     finder = _LocalModules(root)
     finder.visit_object(func)
     for obj in _walk_values((args, kwargs)):
@@ -41,20 +48,8 @@ def function_name(func: Any) -> str:
     return f"{mod}.{qual}"
 
 
-def default_root(func: Any) -> Path:
-    """The project root when none is given: the directory of the file defining ``func``, else the current one."""
-    try:
-        src = inspect.getsourcefile(inspect.unwrap(func))
-    except TypeError:
-        src = None
-    if src and os.path.exists(src):
-        p = Path(src).resolve().parent
-        if not _in_installed_tree(p):
-            return p
-    return Path.cwd()
-
-
-def _installed_roots() -> list[Path]:
+def installed_roots() -> list[Path]:
+    """The interpreter's own trees (stdlib, site-packages, the prefixes' ``lib``) and the ``cumulus`` package."""
     roots = set()
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
         p = sysconfig.get_paths().get(key)
@@ -67,25 +62,43 @@ def _installed_roots() -> list[Path]:
     return sorted(roots)
 
 
-def _in_installed_tree(path: Path) -> bool:
-    if EXCLUDED_DIRS.intersection(path.parts):
-        return True
-    for root in _installed_roots():
-        if path == root or root in path.parents:
+# What a virtualenv installs into, under its directory (pip puts editable VCS checkouts in src/).
+VENV_TREES = frozenset({"lib", "lib64", "Lib", "src", "bin", "Scripts", "include", "share"})
+
+
+class InstalledCode:
+    """:meth:`contains`: whether a (resolved) path is installed code, as the module docstring defines it; the
+    ``pyvenv.cfg`` look-ups are cached per directory."""
+
+    def __init__(self) -> None:
+        self.roots = installed_roots()
+        self._venv: dict[Path, Path | None] = {}
+
+    def contains(self, path: Path) -> bool:
+        if EXCLUDED_DIRS.intersection(path.parts):
             return True
-    return False
+        if any(root == path or root in path.parents for root in self.roots):
+            return True
+        venv = self._venv_of(path.parent)
+        return venv is not None and path.relative_to(venv).parts[0] in VENV_TREES
+
+    def _venv_of(self, d: Path) -> Path | None:
+        """The nearest directory at or above ``d`` with a ``pyvenv.cfg``."""
+        if d not in self._venv:
+            self._venv[d] = d if (d / "pyvenv.cfg").exists() else (
+                None if d.parent == d else self._venv_of(d.parent))
+        return self._venv[d]
 
 
 class _LocalModules:
     """Collects the modules of the caller's project reachable from some objects."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path | None) -> None:
         self.root = root
         self.found: dict[str, types.ModuleType] = {}
         self._todo: list[types.ModuleType] = []
         self._seen_objs: set[int] = set()
-        self._venv_cache: dict[Path, bool] = {}
-        self._installed = _installed_roots()
+        self._installed = InstalledCode()
 
     def is_local(self, mod: types.ModuleType) -> bool:
         if mod.__name__ == "__main__":
@@ -94,20 +107,12 @@ class _LocalModules:
         if not f or not f.endswith(".py"):
             return False
         p = Path(f).resolve()
-        if self.root != p.parent and self.root not in p.parents:
-            return False
-        if EXCLUDED_DIRS.intersection(p.relative_to(self.root).parts):
-            return False
-        if any(root == p or root in p.parents for root in self._installed):
-            return False
-        return not self._in_venv(p.parent)
-
-    def _in_venv(self, d: Path) -> bool:
-        if d in self._venv_cache:
-            return self._venv_cache[d]
-        res = (d / "pyvenv.cfg").exists() or (d != self.root and d.parent != d and self._in_venv(d.parent))
-        self._venv_cache[d] = res
-        return res
+        if self.root is not None:
+            if self.root != p.parent and self.root not in p.parents:
+                return False
+            if EXCLUDED_DIRS.intersection(p.relative_to(self.root).parts):
+                return False
+        return not self._installed.contains(p)
 
     def add_module(self, mod: Any) -> None:
         if isinstance(mod, types.ModuleType) and mod.__name__ not in self.found and self.is_local(mod):

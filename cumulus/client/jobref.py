@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator, Generic, Iterator, T
 
 import grpc
 
+from cumulus.client.aio import async_library
 from cumulus.client.results import Outcome, decode_result
 from cumulus.client.types import TERMINAL_STATES, CancelResult, JobCancelled, JobFailed, JobInfo, JobUpdate
 from cumulus.errors import CumulusError, SupervisorUnavailable
@@ -96,7 +97,7 @@ class JobRef(Generic[T_co]):
     async def result_async(self, timeout: float | None = None) -> T_co:
         """:meth:`result` without blocking the event loop: works under asyncio (Jupyter) and under Trio."""
         timeout = self._default_timeout if timeout is None else timeout
-        if _async_library() == "trio":
+        if async_library() == "trio":
             import trio
 
             token = trio.lowlevel.current_trio_token()
@@ -290,11 +291,3 @@ class JobRef(Generic[T_co]):
             include_logs = True  # replay and skip what was already seen (by time)
             self._skip_until = dict(self._last_time)
 
-
-def _async_library() -> str:
-    try:
-        import sniffio
-
-        return sniffio.current_async_library()
-    except Exception:  # noqa: BLE001 - no sniffio, or not in a known loop: asyncio is the only other choice
-        return "asyncio"

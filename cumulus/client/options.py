@@ -15,9 +15,11 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+import types
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
+from cumulus.client.runtime_env import as_path, as_paths, as_py_modules
 from cumulus.errors import InvalidRequest
 from cumulus.jobformat import check_env, check_gpu_share, check_requirements
 from cumulus.jobformat.request import check_secret_env
@@ -26,7 +28,7 @@ DEFAULT_GPU = 0.5  # the supervisor's JobSpec default
 OPTION_NAMES = frozenset({
     "gpu", "gpu_memory", "duration", "requirements", "env", "retries", "retry_exceptions", "timeout", "name",
     "priority", "max_queue_seconds", "idempotency_key", "log_to_driver", "address", "project_root",
-    "memory", "cpus", "network", "secret_env",
+    "memory", "cpus", "network", "secret_env", "py_modules", "working_dir", "files",
 })
 NETWORKS = ("internet", "none")
 MIN_MEMORY_MIB = 16  # the supervisor's floor too (containers.memory_mb); its ceiling is its own setting
@@ -60,6 +62,9 @@ class RemoteOptions(TypedDict, total=False):
     cpus: float | None
     network: str | None
     secret_env: dict[str, str] | None
+    py_modules: Sequence[types.ModuleType | str | os.PathLike[str]] | None
+    working_dir: str | os.PathLike[str] | None
+    files: Sequence[str | os.PathLike[str]] | None
 
 
 def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -67,7 +72,9 @@ def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
     ``requirements`` a tuple of stripped strings, ``duration`` an int, ``memory`` in bytes (given in MiB as an
     int, or as a string like ``"512MiB"`` / ``"8GiB"``), ``cpus`` a float, ``network`` ``internet`` or ``none``,
     ``secret_env`` checked like ``env`` and against it: no name in both, see
-    :func:`~cumulus.jobformat.request.check_secret_env`).
+    :func:`~cumulus.jobformat.request.check_secret_env`; ``py_modules`` a tuple of modules and str, ``files`` a
+    tuple of str, ``working_dir`` a str: their shapes only, the paths are looked at when the call is packed, see
+    :mod:`cumulus.client.runtime_env`).
 
     Raises :class:`~cumulus.errors.InvalidRequest` naming the option, the value given and what is allowed (never a
     value of ``secret_env``: its messages name the variable only).
@@ -121,6 +128,12 @@ def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
             raise InvalidRequest(f"{key}={opts[key]!r} must be a string")
     if "project_root" in opts and not isinstance(opts["project_root"], (str, os.PathLike)):
         raise InvalidRequest(f"project_root={opts['project_root']!r} must be a path (str or os.PathLike)")
+    if "py_modules" in opts:
+        opts["py_modules"] = as_py_modules(opts["py_modules"])
+    if "files" in opts:
+        opts["files"] = as_paths(opts["files"], "files")
+    if "working_dir" in opts:
+        opts["working_dir"] = as_path(opts["working_dir"], "working_dir")
     if "memory" in opts:
         opts["memory"] = memory_bytes(opts["memory"])
     if "cpus" in opts:

@@ -9,6 +9,9 @@
     ref = train.remote(3)             # submitted; returns a JobRef once the supervisor accepted it
     value = cumulus.get(ref)          # blocks; re-raises the job's exception with its remote traceback
     train(3)                          # a plain call runs locally, in this process
+
+    ref = await train.remote_async(3)           # from asyncio or Trio code: the loop keeps running
+    value = await ref.result_async(timeout=60)
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, Unpack, overload
 
+from cumulus.client.aio import run_blocking
 from cumulus.client.client import client_for
 from cumulus.client.jobref import JobRef
 from cumulus.client.options import RemoteOptions, normalize_options
@@ -33,7 +37,8 @@ class RemoteFunction(Generic[P, R_co]):
     ``RemoteFunction[P, R]`` wraps a function ``(P) -> R``: ``f(...)`` returns ``R``, ``f.remote(...)`` a
     ``JobRef[R]``; both take the function's own arguments.
 
-    * ``f.remote(*args, **kwargs)`` submits a job and returns a :class:`JobRef`.
+    * ``f.remote(*args, **kwargs)`` submits a job and returns a :class:`JobRef`; ``await f.remote_async(...)``
+      does the same from asyncio or Trio code without blocking the event loop.
     * ``f.options(**opts)`` returns a NEW RemoteFunction with those options changed; ``f`` is unchanged.
     * ``f(*args, **kwargs)`` runs the function locally, right here (handy in tests and for debugging). Use
       ``.remote()`` to run it on the cluster.
@@ -48,6 +53,14 @@ class RemoteFunction(Generic[P, R_co]):
     ``log_to_driver`` (print the job's output here; default on unless
     ``CUMULUS_QUIET_LOGS=1``). A bad option (an unknown name, a value of the wrong type or out of range) raises
     :class:`~cumulus.errors.InvalidRequest` at once: at the decoration or at ``.options(...)``.
+
+    Code and data (Ray's runtime_env names; :mod:`cumulus.client.runtime_env`): every module the function reaches
+    that is not installed code is shipped wherever its file is; ``py_modules`` (a list of modules, module names or
+    paths of ``.py`` files and package directories) ships more, importable under the same names; ``working_dir``
+    (a directory) becomes the job's working directory, its modules importable; ``files`` (paths from the current
+    directory, or absolute; directories recursive) land in that working directory with their relative paths. Paths
+    are read when the job is submitted (a missing one raises :class:`~cumulus.errors.InvalidRequest` then), within
+    the package's size limits (:class:`~cumulus.errors.PackageTooLarge`).
     """
 
     def __init__(self, func: Callable[P, R_co], options: Mapping[str, Any] | None = None) -> None:
@@ -69,6 +82,19 @@ class RemoteFunction(Generic[P, R_co]):
         """Submit ``f(*args, **kwargs)`` as a job; returns its JobRef as soon as the supervisor accepted it."""
         client = client_for(self._cumulus_options.get("address"))
         return client.submit_call(self._cumulus_function, args, kwargs, **self._cumulus_options)
+
+    async def remote_async(self, *args: P.args, **kwargs: P.kwargs) -> JobRef[R_co]:
+        """:meth:`remote` for async code: ``ref = await f.remote_async(...)`` under asyncio (notebooks, async
+        services) or Trio; the event loop keeps running while the call is packed and the supervisor accepts it.
+
+        The submission (blocking gRPC) runs in a worker thread started with the running library's own primitive:
+        ``trio.to_thread.run_sync`` under Trio, ``asyncio.to_thread`` under asyncio (told apart with sniffio when
+        it is installed, else asyncio). It raises what :meth:`remote` raises. The arguments are pickled in that
+        thread: do not change them before the ``await`` returns. Cancelling the awaiting task does not withdraw a
+        submission already under way: the job may still be accepted (``cumulus jobs`` lists it). Wait for the
+        result with ``await ref.result_async(timeout=...)`` (or ``await ref``).
+        """
+        return await run_blocking(functools.partial(self.remote, *args, **kwargs))
 
     def options(self, **options: Unpack[RemoteOptions]) -> RemoteFunction[P, R_co]:
         """A copy with ``options`` changed (this function is unchanged)."""

@@ -1,4 +1,4 @@
-"""The names and limits of the job format (format 1, docs/job-format.md): the one place they are written.
+"""The names and limits of the job format (formats 1 and 2, docs/job-format.md): the one place they are written.
 
 The SDK builds packages within these limits, the supervisor refuses packages beyond them, and the worker's runner
 (``worker_image/image/runner.py``, standalone: it imports nothing from ``cumulus``) keeps a copy of them that
@@ -8,13 +8,22 @@ The SDK builds packages within these limits, the supervisor refuses packages bey
 from __future__ import annotations
 
 FORMAT = 1
-"""The format number of the manifest and of the result envelope (both sides refuse any other)."""
+"""The format number of the result envelope, and of a manifest whose package has no files area."""
+FILES_FORMAT = 2
+"""The format number of a manifest whose package has a files area (``files/``): format 1 plus that area. The SDK
+writes it only then, so a package without data files still runs on a format-1 supervisor and runner; one with them
+is refused there by its number (saying that client and cluster do not match) instead of running without its files."""
+MANIFEST_FORMATS = (FORMAT, FILES_FORMAT)
+"""The manifest formats this Cumulus reads (the supervisor and the runner refuse any other)."""
 
 # ---- members of the package (a zip) and the files of the job's directory on a worker -------------------------
 MANIFEST = "cumulus-job.json"
 CALL = "call.pkl"
 REQUIREMENTS = "requirements.txt"
 SRC = "src/"
+FILES = "files/"
+"""The files area: the job's data files (``files=``) and its ``working_dir``, extracted as the job's working
+directory (the runner's cwd, also on ``sys.path`` after ``src/``) with their relative paths kept."""
 PACKAGE_NAME = "package.zip"  # the package in the job's code dir (CUMULUS_CODE_DIR)
 RESULT_NAME = "result.msgpack"  # the result envelope in the job's output dir (CUMULUS_OUTPUT_DIR)
 

@@ -19,12 +19,12 @@ import stat
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cumulus.errors import InvalidRequest, PackageTooLarge
-from cumulus.jobformat.limits import (CALL, FORMAT, MANIFEST, MAX_MANIFEST_BYTES, MAX_MEMBERS, MAX_PACKAGE_BYTES,
-                                      MiB, UNCOMPRESSED_FACTOR)
+from cumulus.jobformat.limits import (CALL, FILES, FILES_FORMAT, MANIFEST, MANIFEST_FORMATS, MAX_MANIFEST_BYTES,
+                                      MAX_MEMBERS, MAX_PACKAGE_BYTES, MiB, UNCOMPRESSED_FACTOR)
 from cumulus.jobformat.request import check_env, check_requirements
 
 _BUILD_HINT = "build it with cumulus.client.packaging.build_package"
@@ -53,6 +53,8 @@ class PackageInfo:
     uncompressed_bytes: int
     members: int
     sha256: str
+    files: list[str] = field(default_factory=list)
+    """The files area's files (format 2): archive names under ``files/``, as the manifest lists them."""
 
 
 def over_limit(size: int, limit: int) -> str:
@@ -121,10 +123,26 @@ def validate_package(data: bytes, max_bytes: int = MAX_PACKAGE_BYTES) -> Package
             raise InvalidRequest(f"job package has no {required} ({what}); {_BUILD_HINT}")
     manifest = _read_manifest(zf, names[MANIFEST])
     m = check_manifest(manifest, names)
+    _check_files_area(names, m["format"])
     return PackageInfo(manifest=manifest, function=m["function"], requirements=m["requirements"],
                        modules=m["modules"], env=m["env"], python=m["python"], cloudpickle=m["cloudpickle"],
                        compressed_bytes=len(data), uncompressed_bytes=total, members=len(infos),
-                       sha256=hashlib.sha256(data).hexdigest())
+                       sha256=hashlib.sha256(data).hexdigest(), files=m["files"])
+
+
+def _check_files_area(names: dict[str, zipfile.ZipInfo], fmt: int) -> None:
+    """Entries of the files area only in a format-2 package (a format-1 runner would run the job without them),
+    and ``files`` itself (the job's working directory) a directory, never a file."""
+    area = FILES.rstrip("/")
+    entry = names.get(area)
+    if entry is not None and not _is_dir(entry):
+        raise InvalidRequest(f"job package entry {area!r} is a file; the name is the files area's directory "
+                             f"(the job's working directory); {_BUILD_HINT}")
+    if fmt != FILES_FORMAT:
+        inside = next((name for name in names if name.startswith(FILES)), None)
+        if inside is not None:
+            raise InvalidRequest(f"job package entry {inside!r} is in the files area, which needs format "
+                                 f"{FILES_FORMAT} in {MANIFEST} (this package says format {fmt}); {_BUILD_HINT}")
 
 
 def check_zip_directory(data: bytes) -> int:
@@ -185,6 +203,11 @@ def _check_member(info: zipfile.ZipInfo, seen: dict[str, zipfile.ZipInfo]) -> No
         raise InvalidRequest(f"job package has the entry {name.rstrip('/')!r} twice")
 
 
+def _is_dir(info: zipfile.ZipInfo) -> bool:
+    """As the runner tells them: a name ending in ``/`` or a directory's mode."""
+    return info.is_dir() or stat.S_ISDIR(info.external_attr >> 16)
+
+
 def _read_manifest(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
     if info.file_size > MAX_MANIFEST_BYTES:
         raise InvalidRequest(f"{MANIFEST} is {fmt_bytes(info.file_size)}; at most {fmt_bytes(MAX_MANIFEST_BYTES)}")
@@ -197,17 +220,19 @@ def _read_manifest(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
 
 
 def check_manifest(m: Any, names: dict[str, zipfile.ZipInfo] | None = None) -> dict[str, Any]:
-    """The checked fields of a manifest (``function``, ``python``, ``cloudpickle``, ``requirements``, ``modules``,
-    ``env``); ``names`` are the archive's members, when the listed modules must be among them."""
+    """The checked fields of a manifest (``format``, ``function``, ``python``, ``cloudpickle``, ``requirements``,
+    ``modules``, ``env``, ``files``); ``names`` are the archive's members, when the listed modules and files must
+    be among them. ``files`` (format 2 only) lists the files area's files: names under ``files/``."""
     def bad(msg: str) -> InvalidRequest:
         return InvalidRequest(f"{MANIFEST}: {msg}")
 
     if not isinstance(m, dict):
         raise bad("must be a JSON object")
-    if m.get("format") != FORMAT:
-        raise bad(f"unsupported format {m.get('format')!r}; this Cumulus understands format {FORMAT} "
-                  f"(upgrade the client or the supervisor so that they match)")
-    out: dict[str, Any] = {}
+    fmt = m.get("format")
+    if isinstance(fmt, bool) or fmt not in MANIFEST_FORMATS:
+        raise bad(f"unsupported format {fmt!r}; this Cumulus understands formats "
+                  f"{', '.join(map(str, MANIFEST_FORMATS))} (upgrade the client or the supervisor so that they match)")
+    out: dict[str, Any] = {"format": fmt}
     for key in ("function", "python", "cloudpickle"):
         v = m.get(key)
         if not isinstance(v, str) or not v or len(v) > 1000:
@@ -225,4 +250,15 @@ def check_manifest(m: Any, names: dict[str, zipfile.ZipInfo] | None = None) -> d
             raise bad(f"module file {x!r} is listed but not in the archive")
     out["modules"] = mods
     out["env"] = check_env(m.get("env", {}), where=f"{MANIFEST}: env")
+    files = m.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(x, str) for x in files):
+        raise bad("'files' must be a list of strings")
+    if files and fmt != FILES_FORMAT:
+        raise bad(f"'files' needs format {FILES_FORMAT} (this manifest says format {fmt})")
+    for x in files:
+        if not x.startswith(FILES) or x.endswith("/") or check_member_name(x):
+            raise bad(f"file {x!r} is not a file name in the files area {FILES!r}")
+        if names is not None and (x not in names or _is_dir(names[x])):
+            raise bad(f"file {x!r} is listed but not in the archive")
+    out["files"] = files
     return out

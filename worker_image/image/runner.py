@@ -7,7 +7,8 @@ its copy of the job format and the extraction of the package are runner_package.
 Reads the job package ($CUMULUS_CODE_DIR/package.zip, default /cumulus/code), extracts it into a temporary work
 directory (checking every path again), installs the requirements if any, sets the job's env (and its secret env,
 from the Swarm secret file /run/secrets/cumulus-secret-env, never printed), runs the function with unbuffered
-output, and writes the result envelope ($CUMULUS_OUTPUT_DIR/result.msgpack, default /cumulus/output) atomically.
+output in the package's files area (<work>/files: its data files and working_dir), and writes the result envelope
+($CUMULUS_OUTPUT_DIR/result.msgpack, default /cumulus/output) atomically.
 Formats: docs/job-format.md.
 
 Exit status: 0 success; 1 the job's code raised (or its result could not be pickled); 2 infrastructure failure
@@ -35,7 +36,7 @@ import cloudpickle  # noqa: E402  - imported before the job's requirements can s
 import msgpack  # noqa: E402
 
 from runner_package import (CALL, FORMAT, PACKAGE_NAME, RESULT_NAME, InfraFailure, extract,  # noqa: E402
-                            job_env)  # the job format: its copy of cumulus.jobformat, and extraction
+                            files_area, job_env)  # the job format: its copy of cumulus.jobformat, and extraction
 
 PIP_TIMEOUT_S = float(os.environ.get("CUMULUS_PIP_TIMEOUT", "900"))
 DEPS_MOUNT = "/cumulus/deps"  # cumulus.resources.swarm_spec.DEPS_MOUNT: requirements installed by the supervisor
@@ -305,14 +306,15 @@ def run_job(code_dir: str, work: str) -> tuple[int, dict]:
         log(f"WARNING: the job was packaged with python {want_py}; this image has {have_py}")
     deps = install_requirements(manifest.get("requirements") or [], work)
     src = os.path.join(work, "src")
-    sys.path.insert(0, src)
-    if deps:
-        sys.path.insert(0, deps)
+    job_cwd = files_area(work)
+    # The files area (data files, working_dir) is the job's cwd and importable after src/, as the current
+    # directory is for `python -c` and notebooks: a working_dir's own modules import as they do on the client.
+    sys.path[0:0] = ([deps] if deps else []) + [src, job_cwd]
     os.environ.update(job_env(manifest.get("env")))
     # After pip (it must not see them), for the job's function and what it starts; never printed.
     os.environ.update(read_secret_env())
     setup_partition()
-    os.chdir(work)
+    os.chdir(job_cwd)
 
     try:
         with open(os.path.join(work, CALL), "rb") as f:

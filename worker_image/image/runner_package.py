@@ -2,7 +2,8 @@
 
 Standalone like the runner (the stdlib only; nothing from ``cumulus``): a copy of the names, the limits, the
 member-name rule and the reserved env prefix of ``cumulus.jobformat`` (tests/test_jobformat_runner_copy.py checks
-that the copies agree: change both together), and the extraction of a package, which checks every member again.
+that the copies agree: change both together), the extraction of a package, which checks every member again, and
+where the job's working directory (the files area) is.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import zipfile
 
 # ---- a copy of the job format's names and limits (cumulus/jobformat/limits.py)
 FORMAT = 1
+FILES_FORMAT = 2  # a manifest whose package has a files area
+MANIFEST_FORMATS = (FORMAT, FILES_FORMAT)
 MANIFEST = "cumulus-job.json"
 CALL = "call.pkl"
+FILES = "files/"  # the files area: the job's working directory
 PACKAGE_NAME = "package.zip"
 RESULT_NAME = "result.msgpack"
 MiB = 1024 * 1024
@@ -132,10 +136,21 @@ def extract(package: str, dest: str) -> dict:
         raise InfraFailure("cumulus.InvalidPackage", f"job package has no {MANIFEST}") from None
     except ValueError as exc:
         raise InfraFailure("cumulus.InvalidPackage", f"{MANIFEST} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else "?"
+    got = manifest.get("format") if isinstance(manifest, dict) else "?"
+    if isinstance(got, bool) or got not in MANIFEST_FORMATS:
         raise InfraFailure("cumulus.InvalidPackage",
-                           f"{MANIFEST}: unsupported format {got!r} (this runner understands format {FORMAT})")
+                           f"{MANIFEST}: unsupported format {got!r} (this runner understands formats "
+                           f"{', '.join(map(str, MANIFEST_FORMATS))})")
     if not os.path.isfile(os.path.join(root, CALL)):
         raise InfraFailure("cumulus.InvalidPackage", f"job package has no {CALL}")
     return manifest
+
+
+def files_area(work: str) -> str:
+    """The job's working directory: the files area extracted in ``work`` (made empty when the package has none)."""
+    path = os.path.join(work, FILES.rstrip("/"))
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+        raise InfraFailure("cumulus.InvalidPackage", f"job package entry {FILES.rstrip('/')!r} is not a directory "
+                                                     f"(the name is the files area's)")
+    os.makedirs(path, exist_ok=True)
+    return path
