@@ -137,7 +137,13 @@ class ClusterSettings:
     docker_host: str = ""
     """The Swarm manager's Docker API, e.g. unix:///var/run/docker.sock."""
     image: str = ""
-    """The worker image, by id (sha256:...) or digest; a plain tag makes every task try a registry pull."""
+    """The worker image, by id (sha256:...) or digest; a plain tag makes every task try a registry pull. Alone, it
+    serves jobs of Python 3.11 (the Debian bookworm image); with ``images``, it is the one infrastructure tasks use
+    (empty: the newest of ``images``)."""
+    images: dict[str, str] = field(default_factory=dict)
+    """Worker images by the Python minor version they run (``{"3.11": "sha256:...", "3.13": "sha256:..."}``; from
+    the environment ``3.11=sha256:...,3.13=sha256:...``). A job runs on the image of its client's Python minor; a
+    client of any other version is refused at submit (FAILED_PRECONDITION naming these versions)."""
     ssh_user: str = "cumulus"
     ssh_key: str = ""
     known_hosts: str = ""
@@ -155,8 +161,39 @@ class ClusterSettings:
     def validate(self) -> None:
         check_range("cluster.ssh_connect_timeout", self.ssh_connect_timeout, 0.1, 600)
         check_range("cluster.poll_interval", self.poll_interval, 0.05, 5)
-        if self.image and not self.image.startswith("sha256:") and "@sha256:" not in self.image:
-            raise ConfigError("cluster.image", f"{self.image!r} is a tag; give the image id (sha256:...) or a digest")
+        for key, image in [("cluster.image", self.image)] + [(f"cluster.images[{v!r}]", i)
+                                                                 for v, i in self.images.items()]:
+            if image and not image.startswith("sha256:") and "@sha256:" not in image:
+                raise ConfigError(key, f"{image!r} is a tag; give the image id (sha256:...) or a digest")
+        for version in self.images:
+            if not re.fullmatch(r"3\.\d{1,2}", version):
+                raise ConfigError("cluster.images", f"{version!r} is not a Python minor version; write 3.11, 3.13, ...")
+
+    def worker_images(self) -> dict[str, str]:
+        """The images jobs run on, by Python minor version (``images``, else ``image`` as Python 3.11's)."""
+        if self.images:
+            return dict(self.images)
+        return {IMAGE_PYTHON_DEFAULT: self.image} if self.image else {}
+
+    def default_image(self) -> str:
+        """The image infrastructure tasks run (pulls): ``image``, else the newest of ``images``."""
+        if self.image or not self.images:
+            return self.image
+        return self.images[max(self.images, key=python_minor_key)]
+
+    def image_for(self, python: str) -> str:
+        """The worker image for jobs of Python minor ``python`` (a job journaled before versions were kept has
+        none: the default image)."""
+        return self.worker_images().get(python) or self.default_image()
+
+
+IMAGE_PYTHON_DEFAULT = "3.11"
+"""The Python minor of a worker image given as ``cluster.image`` alone (the local cluster's bookworm image)."""
+
+
+def python_minor_key(version: str) -> tuple[int, ...]:
+    """``"3.13"`` -> ``(3, 13)``: Python versions in numeric order."""
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
 @dataclass
@@ -296,6 +333,7 @@ def apply_cluster_description(settings: Settings) -> Settings:
     cluster = settings.cluster
     cluster.docker_host = cluster.docker_host or f"unix://{described.get('manager_socket', '')}"
     cluster.image = cluster.image or described.get("image_id", "")
+    cluster.images = cluster.images or dict(described.get("images", {}))
     cluster.ssh_user = described.get("ssh_user", cluster.ssh_user) if cluster.ssh_user == "cumulus" else cluster.ssh_user
     cluster.ssh_key = cluster.ssh_key or described.get("ssh_key", "")
     cluster.known_hosts = cluster.known_hosts or described.get("known_hosts", "")

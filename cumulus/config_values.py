@@ -105,6 +105,17 @@ def coerce(key: str, value: Any, kind: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(key, f"{value!r} is not a mapping of names to numbers")
         return {str(name): coerce(f"{key}[{name!r}]", number, float) for name, number in value.items()}
+    if kind == dict[str, str]:
+        if isinstance(value, str):  # from the environment: NAME=VALUE,NAME=VALUE
+            pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise ConfigError(key, f"{value!r}: write NAME=VALUE,NAME=VALUE")
+            value = {name.strip(): text.strip() for name, _, text in pairs}
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"{value!r} is not a mapping of names to strings")
+        if any(not isinstance(name, str) for name in value):  # YAML reads 3.10 as the number 3.1
+            raise ConfigError(key, f"{value!r}: quote every key (\"3.10\": ..., not 3.10: ...)")
+        return {str(name): coerce(f"{key}[{name!r}]", text, str) for name, text in value.items()}
     if kind is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(key, f"{value!r} is not a string")

@@ -101,6 +101,9 @@ class JobSpec:
     trace_id: str = ""
     """W3C trace id (32 lower-case hex digits) of the submission: from the client's ``traceparent``, else made by
     the server. The job sees it as ``CUMULUS_TRACE_ID``; every supervisor log line about the job carries it."""
+    python: str = ""
+    """The client's Python minor version (``3.13``, from the package's manifest): the job runs on the worker image
+    for it (``cluster.images``); empty for a job journaled before versions were kept (the default image)."""
 
     @property
     def whole_devices(self) -> int:

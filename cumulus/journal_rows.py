@@ -90,7 +90,8 @@ def row_of(record: JobRecord, *, with_package: bool) -> dict[str, Any]:
                                 "env": spec.env, "retries": spec.retries, "retry_exceptions": spec.retry_exceptions,
                                 "priority": spec.priority, "max_queue_seconds": spec.max_queue_seconds,
                                 "memory_bytes": spec.memory_bytes, "cpus": spec.cpus, "network": spec.network,
-                                "limits": asdict(spec.limits), "trace_id": spec.trace_id}),
+                                "limits": asdict(spec.limits), "trace_id": spec.trace_id,
+                                "python": spec.python}),
         })
     return row
 
@@ -107,7 +108,8 @@ def record_of(row: Mapping[str, Any]) -> JobRecord:
                    max_queue_seconds=meta["max_queue_seconds"], memory_bytes=meta.get("memory_bytes", 0),
                    cpus=meta.get("cpus", 0.0), network=meta.get("network", ""),
                    secret_env=dict(row.get("secret_env") or {}), owner=row.get("owner") or "",
-                   limits=Limits(**meta.get("limits", {})), trace_id=meta.get("trace_id", ""))
+                   limits=Limits(**meta.get("limits", {})), trace_id=meta.get("trace_id", ""),
+                   python=meta.get("python", ""))
     record = JobRecord(row["job_id"], spec)
     record.state = JobState(row["state"])
     record.reason = row["reason"]

@@ -303,7 +303,7 @@ class Attempt:
             memory_bytes=min(spec.memory_bytes or limits.memory_mb << 20, limits.max_memory_mb << 20),
             cpus=min(spec.cpus or limits.cpus, limits.max_cpus), tmpfs_bytes=limits.tmpfs_mb << 20,
             job_id=record.job_id, supervisor_id=settings.supervisor_id, node_id=reservation.node_id,
-            image=settings.cluster.image, device_index=reservation.device_indexes[0],
+            image=settings.cluster.image_for(spec.python), device_index=reservation.device_indexes[0],
             partition_id=lease.partition_id, code_dir=files.code_dir, output_dir=files.output_dir,
             env={**record.spec.env, "CUMULUS_GPU_FRACTION": repr(reservation.share), "CUMULUS_TRACE_ID": spec.trace_id,
                  "CUMULUS_MAX_PACKAGE_BYTES": str(settings.jobs.max_package_mb * 2**20)},

@@ -1,14 +1,14 @@
-"""The worker image gate: a worker takes new jobs only once the worker image (``cluster.image``, by id) is on its
-node, so no job is ever placed where its image is missing, and again after an image upgrade (a supervisor started
-with another image id).
+"""The worker image gate: a worker takes new jobs only once the worker images (one per Python minor the cluster
+serves, ``cluster.images``, else ``cluster.image``; by id) are on its node, so no job is ever placed where its image
+is missing, and again after an image upgrade (a supervisor started with other image ids).
 
 :class:`WorkerImages` is made once per supervisor tree and shared by every WorkerActor, which calls
 :meth:`WorkerImages.ensure` once connected, before it offers the node for new jobs. A node whose label
-``cumulus.worker_image`` already names the image needs nothing. Otherwise the node is shown "preparing" with the
-reason "pulling the worker image" (connected: its running jobs are still followed and re-adopted, so an image
-upgrade loses none), the image is exported once from the Swarm manager into the supervisor's image store
-(:mod:`cumulus.resources.image_store`), and a one-shot pull service pinned to the node makes its dockerd pull it
-from the supervisor's registry (``server.http_advertise``, :mod:`cumulus.rpc.http_registry`); then the label is
+``cumulus.worker_image`` already names the images (their ids, sorted, comma-separated) needs nothing. Otherwise the
+node is shown "preparing" with the reason "pulling the worker image" (connected: its running jobs are still followed
+and re-adopted, so an image upgrade loses none), each image is exported once from the Swarm manager into the
+supervisor's image store (:mod:`cumulus.resources.image_store`), and a one-shot pull service pinned to the node
+makes its dockerd pull it from the supervisor's registry (``server.http_advertise``, :mod:`cumulus.rpc.http_registry`); then the label is
 set. A failure is shown as the worker's reason ("worker image missing: <why>") and tried again with backoff.
 
 Without ``server.http_advertise`` (no registry the workers can reach) the gate is off: the image must be loaded
@@ -48,12 +48,14 @@ class WorkerImageMissing(CumulusError):
 
 def gate_off_reason(settings: Settings) -> str:
     """Why the gate is off for these settings ("" when it is on)."""
-    if not settings.cluster.image:
+    images = settings.cluster.worker_images()
+    if not images:
         return "cluster.image is not set"
-    try:
-        check_image_id(settings.cluster.image)
-    except CumulusError:
-        return f"cluster.image {settings.cluster.image} is a registry reference: the workers pull it from there"
+    for image in images.values():
+        try:
+            check_image_id(image)
+        except CumulusError:
+            return f"the worker image {image} is a registry reference: the workers pull it from there"
     if not settings.server.http_advertise:
         return "server.http_advertise is not set (no registry address the workers can reach)"
     if not settings.server.http_listen:
@@ -75,7 +77,8 @@ class WorkerImages:
     """What every WorkerActor needs to make sure the worker image is on its node (see the module docstring)."""
 
     def __init__(self, settings: Settings, swarm: SwarmBackend, store: ImageStore | None) -> None:
-        self.image = settings.cluster.image
+        self.images = tuple(sorted(set(settings.cluster.worker_images().values())))
+        self.image = ",".join(self.images)  # the node label's value once it has them all
         self.registry = settings.server.http_advertise
         self.swarm = swarm
         self.store = store
@@ -110,14 +113,15 @@ class WorkerImages:
         :class:`WorkerImageMissing`, ``ImageExportError`` or ``SwarmError``."""
         assert self.store is not None
         started = time.monotonic()
-        export = await self.store.export(self.image, self.swarm.save_image)
-        reference = f"{self.registry}/{REPOSITORY}@{export.manifest_digest}"
-        asked_at = time.monotonic()
-        log.info("worker %s: pulling the worker image %s as %s", node.hostname, self.image, reference)
-        try:
-            await self.swarm.pull_image(node.id, reference, timeout=PULL_TIMEOUT)
-        except ImagePullFailed as error:
-            raise WorkerImageMissing(self._explain(node, error, asked_at)) from error
+        for image in self.images:
+            export = await self.store.export(image, self.swarm.save_image, keep=self.images)
+            reference = f"{self.registry}/{REPOSITORY}@{export.manifest_digest}"
+            asked_at = time.monotonic()
+            log.info("worker %s: pulling the worker image %s as %s", node.hostname, image, reference)
+            try:
+                await self.swarm.pull_image(node.id, reference, timeout=PULL_TIMEOUT)
+            except ImagePullFailed as error:
+                raise WorkerImageMissing(self._explain(node, error, asked_at)) from error
         relabelled = await self.swarm.update_node(node.id, labels_add={LABEL_WORKER_IMAGE: self.image})
         log.info("worker %s: has the worker image (%.1f s)", node.hostname, time.monotonic() - started)
         return relabelled

@@ -310,7 +310,7 @@ class JoinTokenRegistry(Actor):
         public_key, ca = await self._run(self._host_needs)
         cluster = self.settings.cluster
         return JoinGrant(join.worker_token, tuple(join.manager_addresses), public_key, cluster.ssh_user,
-                         cluster.image, self.settings.server.http_advertise, ca, self.settings.supervisor_id)
+                         cluster.default_image(), self.settings.server.http_advertise, ca, self.settings.supervisor_id)
 
     def _host_needs(self) -> tuple[str, str]:
         """The supervisor's SSH public key (``cluster.ssh_key`` + ``.pub``) and the CA (``security.tls_ca``)."""

@@ -49,7 +49,7 @@ async def job_requirements(ctx: Any, node: NodeBackend, node_id: str) -> AsyncIt
     entered = False
     try:
         async with open_requirements(
-                node.conn, swarm.client, requirements=record.spec.requirements, image=settings.cluster.image,
+                node.conn, swarm.client, requirements=record.spec.requirements, image=settings.cluster.image_for(record.spec.python),
                 node_id=node_id, supervisor_id=settings.supervisor_id, job_id=record.job_id,
                 settings=cache_settings(settings), on_line=lambda line: record.add_log("stderr", line)) as deps_dir:
             entered = True

@@ -98,6 +98,7 @@ class _LocalModules:
         self.found: dict[str, types.ModuleType] = {}
         self._todo: list[types.ModuleType] = []
         self._seen_objs: set[int] = set()
+        self._seen_mods: set[int] = set()
         self._installed = InstalledCode()
 
     def is_local(self, mod: types.ModuleType) -> bool:
@@ -115,9 +116,14 @@ class _LocalModules:
         return not self._installed.contains(p)
 
     def add_module(self, mod: Any) -> None:
-        if isinstance(mod, types.ModuleType) and mod.__name__ not in self.found and self.is_local(mod):
-            self.found[mod.__name__] = mod
+        if isinstance(mod, types.ModuleType) and id(mod) not in self._seen_mods and self.is_local(mod):
+            self._seen_mods.add(id(mod))
             self._todo.append(mod)
+            # A module missing from sys.modules (made with importlib.util.module_from_spec and kept apart) cannot
+            # be imported by name, here or remotely: cloudpickle pickles it by value by itself and refuses to
+            # register it (ValueError). Only what it reaches is collected.
+            if mod.__name__ in sys.modules:
+                self.found.setdefault(mod.__name__, mod)
 
     def add_module_name(self, name: str | None) -> None:
         if name and name in sys.modules:

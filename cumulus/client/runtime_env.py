@@ -24,6 +24,7 @@ before any is read; the package limit itself when the zip is written). Every ref
 
 from __future__ import annotations
 
+import errno
 import importlib.machinery
 import importlib.util
 import keyword
@@ -227,12 +228,12 @@ class _Walker:
                   top: Path, what: str, todo: list[tuple[Path, str, tuple[Path, ...]]]) -> None:
         name = child.name
         if child.is_symlink():
-            target = path.resolve()
+            target, exists = _link_target(path, what)
             if target != base and base not in target.parents:
                 raise InvalidRequest(f"{what}: {path} is a symbolic link to {target}, outside {top}; a link in a "
                                      f"shipped directory must stay inside it: ship {target} itself (files=) or "
                                      f"replace the link by a copy")
-            if not target.exists():
+            if not exists:
                 raise InvalidRequest(f"{what}: {path} is a symbolic link to {target}, which does not exist; "
                                      f"remove it")
             if target.is_dir():
@@ -288,6 +289,19 @@ class _Walker:
             raise InvalidRequest(f"{where}: more than {self.budget} files and directories to ship; a package holds "
                                  f"at most {MAX_MEMBERS} entries: ship an archive of them instead (and unpack it "
                                  f"in the job) or let the job download them")
+
+
+def _link_target(path: Path, what: str) -> tuple[Path, bool]:
+    """Where the symbolic link ``path`` leads (resolved) and whether that exists. A link that loops (to itself,
+    or through others back to itself) is refused: ``Path.resolve`` raises ``RuntimeError`` for it up to Python
+    3.12, and answers a path that does not exist from 3.13."""
+    try:
+        return Path(os.path.realpath(path, strict=True)), True
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise InvalidRequest(f"{what}: {path} is a symbolic link that loops (it leads back to itself); "
+                                 f"remove it") from None
+        return Path(os.path.realpath(path)), False
 
 
 def _not_shippable(name: str, file: str | None, search: list[str] | None) -> str | None:

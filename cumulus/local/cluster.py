@@ -196,7 +196,7 @@ def _up(p: Progress, nodes: list[state.Node], verbose: bool, supervisor_deployed
         s["note"] = ensure_packages(p.detail("apt"))
     # The offline base image (debootstrap, ~45 s the first time) is made in the background meanwhile.
     base_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    base_future = base_pool.submit(image.ensure_base_tarball, p.detail("debootstrap"))
+    base_future = base_pool.submit(image.ensure_base_tarballs, p.detail("debootstrap"))
     try:
         return _up_nodes(p, nodes, verbose, base_future, t0, supervisor_deployed)
     except BaseException:
@@ -241,12 +241,13 @@ def _up_nodes(p: Progress, nodes: list[state.Node], verbose: bool,
         s["note"] = "; ".join(f"{n.name}: {r}" for n, r in zip(worker_nodes, results))
     with p.step("worker image on every node") as s:
         base_note = base_future.result()
-        previous = None
+        previous: dict[str, str] = {}
         try:
-            previous = state.load_cluster().get("image_id")
+            previous = state.load_cluster().get("images") or {}
         except (FileNotFoundError, ValueError):
             pass
-        image_id, note = image.ensure_image(nodes, previous, p.detail("image"))
+        images, note = image.ensure_images(nodes, previous, p.detail("image"))
+        image_id = images[image.IMAGE_PYTHON]
         s["note"] = f"base {base_note}; {note}"
     with p.step("node labels + cluster description") as s:
         node_ids = {n: _swarm_info(n).get("NodeID") for n in nodes}
@@ -263,7 +264,7 @@ def _up_nodes(p: Progress, nodes: list[state.Node], verbose: bool,
             doc = json.loads(n.worker_json.read_text())
             worker_docs[n] = doc
             changed |= ensure_labels(manager, node_ids[n], {**doc["labels"], "cumulus.role": "worker",
-                                                            "cumulus.worker_image": image_id})  # loaded above
+                                                            "cumulus.worker_image": ",".join(sorted(images.values()))})  # loaded above
         kh_lines = []
         for n in worker_nodes:
             host_key = worker_docs[n].get("host_key") or " ".join(
@@ -273,7 +274,7 @@ def _up_nodes(p: Progress, nodes: list[state.Node], verbose: bool,
         if not state.known_hosts().exists() or state.known_hosts().read_text() != kh_text:
             state.known_hosts().write_text(kh_text)
             changed = True
-        description = state.build_description(nodes, node_ids, worker_docs, image_id)
+        description = state.build_description(nodes, node_ids, worker_docs, image_id, images)
         changed |= state.write_json(state.CLUSTER_JSON, description)
         s["note"] = "changed" if changed else "unchanged"
     with p.step("all nodes Ready"):

@@ -94,6 +94,8 @@ def _api(path: str, query: str = "", **filters: list[str]) -> Any:
 def settings_text(d: Deployment) -> str:
     """The supervisor's settings inside its container (paths as deploy/swarm/stack.yml mounts them)."""
     described = state.load_cluster()
+    images = sorted((described.get("images") or {}).items())  # the worker image of each Python version
+    images_yaml = "  images:\n" + "".join(f"    \"{v}\": \"{i}\"\n" for v, i in images) if images else ""
     return (
         f"# Written by cumulus.local.deployed for the stack {d.stack}.\n"
         f"supervisor_id: \"{d.supervisor_id}\"\n"
@@ -104,6 +106,7 @@ def settings_text(d: Deployment) -> str:
         "  admin_token_file: \"/run/secrets/admin_token\"\n  secret_key_file: \"/run/secrets/journal_key\"\n"
         "cluster:\n  docker_host: \"unix:///var/run/docker.sock\"\n"
         f"  image: \"{described['image_id']}\"\n  ssh_user: \"{described['ssh_user']}\"\n"
+        + images_yaml +
         "  ssh_key: \"/run/secrets/ssh_key\"\n  known_hosts: \"/etc/cumulus/known_hosts\"\n"
         f"  holder: \"{described['holder']}\"\n  jobs_dir: \"{described['jobs_dir']}\"\n"
         "  allow_non_gpu_devices: true   # this machine has no GPU: jobs use the CPU OpenCL device\n"

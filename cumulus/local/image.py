@@ -1,4 +1,5 @@
-"""The worker image, built offline: debootstrap base (cached) -> docker import -> docker build -> every node."""
+"""The worker images, one per Python minor version the local cluster serves (:data:`SUITES`: Debian bookworm's
+3.11 and trixie's 3.13), built offline: debootstrap base (cached) -> docker import -> docker build -> every node."""
 
 from __future__ import annotations
 
@@ -17,14 +18,25 @@ from cumulus.local import children, state
 from cumulus.local.util import LocalClusterError, binary, kill_pids, remove_tree, unmount_under
 
 MIRROR = os.environ.get("CUMULUS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-SUITE = "bookworm"
+SUITES = {"3.11": "bookworm", "3.13": "trixie"}
+"""Python minor version -> the Debian suite whose python3 it is: the worker images the local cluster builds."""
+SUITE = SUITES["3.11"]  # the suite of the default worker image, and of the supervisor's image
 BASE_PACKAGES = "python3,python3-cloudpickle,python3-msgpack"
-# Python of the image (Debian bookworm: 3.11.2). Pickles by value need the client's minor version and the client's
-# exact cloudpickle, so the runner's dependencies come as wheels of the versions installed here (the client side),
-# downloaded on the host (PyPI is reachable from the host only) and installed offline by the Dockerfile. The pip
-# wheel bootstraps pip in the image (the debootstrap base has none), which the runner needs for job requirements.
+# Pickles by value need the client's minor version and the client's exact cloudpickle, so the runner's dependencies
+# come as wheels of the versions installed here (the client side), downloaded on the host for each image's Python
+# (PyPI is reachable from the host only) and installed offline by the Dockerfile. The pip wheel bootstraps pip in
+# the image (the debootstrap base has none), which the runner needs for job requirements.
 IMAGE_PYTHON = "3.11"
 RUNNER_DISTS = ("cloudpickle", "msgpack", "pip")
+
+
+def image_tag(python: str) -> str:
+    """The local tag of the worker image of Python ``python`` (the 3.11 one keeps :data:`state.IMAGE_TAG`)."""
+    return state.IMAGE_TAG if python == IMAGE_PYTHON else f"{state.IMAGE_TAG}-py{python}"
+
+
+def base_tag(suite: str = SUITE) -> str:
+    return f"cumulus-base:{suite}"
 
 
 def docker() -> str:
@@ -36,41 +48,49 @@ _STRIP = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale"
           "var/lib/apt/lists"]
 
 
-def base_tarball() -> Path:
-    return state.CACHE_DIR / f"base-{SUITE}.tar"
+def base_tarball(suite: str = SUITE) -> Path:
+    return state.CACHE_DIR / f"base-{suite}.tar"
 
 
-def rootfs_dir() -> Path:
-    return state.CACHE_DIR / f"rootfs-{SUITE}"
+def rootfs_dir(suite: str = SUITE) -> Path:
+    return state.CACHE_DIR / f"rootfs-{suite}"
 
 
 def release_rootfs() -> str:
-    """Stop whatever still works in the unfinished base rootfs (an interrupted debootstrap's chrooted processes)
+    """Stop whatever still works in the unfinished base rootfses (an interrupted debootstrap's chrooted processes)
     and unmount what it mounted there (its /proc, /sys, ...). Call when no debootstrap of this run is running."""
-    rootfs = rootfs_dir()
-    pids = children.processes_rooted_under(rootfs)
-    kill_pids(pids, signal.SIGKILL, wait=5)
-    unmounted = unmount_under(rootfs)
+    pids, unmounted = [], 0
+    for suite in SUITES.values():
+        rootfs = rootfs_dir(suite)
+        found = children.processes_rooted_under(rootfs)
+        kill_pids(found, signal.SIGKILL, wait=5)
+        pids += found
+        unmounted += unmount_under(rootfs)
     return f"{len(pids)} process(es) stopped, {unmounted} mount(s) released" if pids or unmounted else ""
 
 
-def ensure_base_tarball(on_line: Callable[[str], None] | None = None) -> str:
-    """debootstrap a minimal Debian with python3 once; cached as a tarball under the cache dir.
+def ensure_base_tarballs(on_line: Callable[[str], None] | None = None) -> str:
+    """:func:`ensure_base_tarball` of every suite in :data:`SUITES`, one after the other."""
+    return ", ".join(f"{suite} {ensure_base_tarball(on_line, suite)}" for suite in SUITES.values())
+
+
+def ensure_base_tarball(on_line: Callable[[str], None] | None = None, suite: str = SUITE) -> str:
+    """debootstrap a minimal Debian ``suite`` with python3 once; cached as a tarball under the cache dir.
 
     Recovers from an interrupted earlier run: its leftover processes and mounts in the rootfs are released
     before the rootfs is deleted (a delete never crosses a mount point). ``on_line`` gets debootstrap's output.
     """
-    tar = base_tarball()
+    tar = base_tarball(suite)
     if tar.exists():
         return "cached"
     state.CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    rootfs = rootfs_dir()
-    done_marker = state.CACHE_DIR / f"rootfs-{SUITE}.complete"
+    rootfs = rootfs_dir(suite)
+    done_marker = state.CACHE_DIR / f"rootfs-{suite}.complete"
     recovered = release_rootfs()
     if not (done_marker.exists() and (rootfs / "usr/bin/python3").exists()):
         done_marker.unlink(missing_ok=True)
         remove_tree(rootfs)
-        children.run([binary("debootstrap"), "--variant=minbase", f"--include={BASE_PACKAGES}", SUITE, str(rootfs),
+        children.run([binary("debootstrap"), "--variant=minbase", f"--include={BASE_PACKAGES}", suite, str(rootfs),
                       MIRROR], timeout=1800, on_line=on_line)
         release_rootfs()
         done_marker.touch()
@@ -96,16 +116,17 @@ def runner_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in RUNNER_DISTS}
 
 
-def wheels_dir(versions: dict[str, str] | None = None) -> Path:
+def wheels_dir(versions: dict[str, str] | None = None, python: str = IMAGE_PYTHON) -> Path:
     versions = versions or runner_versions()
     key = "_".join(f"{k}-{v}" for k, v in sorted(versions.items()))
-    return state.CACHE_DIR / f"wheels-py{IMAGE_PYTHON}-{key}"
+    return state.CACHE_DIR / f"wheels-py{python}-{key}"
 
 
-def ensure_wheels() -> tuple[Path, str]:
-    """Download (once; cached under the cache dir) the wheels of cloudpickle, msgpack and pip for the image."""
+def ensure_wheels(python: str = IMAGE_PYTHON) -> tuple[Path, str]:
+    """Download (once; cached under the cache dir) the wheels of cloudpickle, msgpack and pip for the image of
+    Python ``python``."""
     versions = runner_versions()
-    d = wheels_dir(versions)
+    d = wheels_dir(versions, python)
     marker = d / ".complete"
     if marker.exists():
         return d, "cached"
@@ -113,7 +134,7 @@ def ensure_wheels() -> tuple[Path, str]:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input", "--no-deps",
-           "--only-binary", ":all:", "--python-version", IMAGE_PYTHON, "--implementation", "cp",
+           "--only-binary", ":all:", "--python-version", python, "--implementation", "cp",
            "-d", str(tmp)] + [f"{k}=={v}" for k, v in sorted(versions.items())]
     proc = children.run(cmd, timeout=600, check=False)
     if proc.returncode != 0:
@@ -132,25 +153,26 @@ def ensure_wheels() -> tuple[Path, str]:
     (tmp / ".complete").touch()
     shutil.rmtree(d, ignore_errors=True)
     os.replace(tmp, d)
-    for old in state.CACHE_DIR.glob(f"wheels-py{IMAGE_PYTHON}-*"):
+    for old in state.CACHE_DIR.glob(f"wheels-py{python}-*"):
         if old != d and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     return d, "downloaded"
 
 
-def build_args() -> dict[str, str]:
+def build_args(python: str = IMAGE_PYTHON) -> dict[str, str]:
     v = runner_versions()
-    return {"BASE": state.BASE_TAG, "CLOUDPICKLE_VERSION": v["cloudpickle"], "MSGPACK_VERSION": v["msgpack"]}
+    return {"BASE": base_tag(SUITES[python]), "PYTHON_MINOR": python, "CLOUDPICKLE_VERSION": v["cloudpickle"],
+            "MSGPACK_VERSION": v["msgpack"]}
 
 
-def context_hash() -> str:
+def context_hash(python: str = IMAGE_PYTHON) -> str:
     """Hash of everything the image is made from: base tarball identity, build args, Dockerfile, image/ tree and
     the wheels. Stored as the image label ``cumulus.context``; `up` rebuilds only when it changes."""
     h = hashlib.sha256()
-    tar = base_tarball()
+    tar = base_tarball(SUITES[python])
     st = tar.stat()
     h.update(f"{st.st_size}:{int(st.st_mtime)}".encode())
-    for k, v in sorted(build_args().items()):
+    for k, v in sorted(build_args(python).items()):
         h.update(f"arg {k}={v}\0".encode())
     root = state.worker_image_dir()
     for rel in ["Dockerfile"]:
@@ -160,19 +182,19 @@ def context_hash() -> str:
     for p in sorted((root / "image").rglob("*")):
         if p.is_file() and "__pycache__" not in p.parts:
             h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
-    for p in sorted(wheels_dir().glob("*.whl")):
+    for p in sorted(wheels_dir(python=python).glob("*.whl")):
         h.update(b"wheels/" + p.name.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()[:16]
 
 
-def stage_context(dest: Path) -> Path:
+def stage_context(dest: Path, python: str = IMAGE_PYTHON) -> Path:
     """The build context: Dockerfile + image/ (as the repo's .dockerignore allows) + wheels/."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     root = state.worker_image_dir()
     shutil.copy2(root / "Dockerfile", dest / "Dockerfile")
     shutil.copytree(root / "image", dest / "image", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copytree(wheels_dir(), dest / "wheels", ignore=shutil.ignore_patterns(".complete"))
+    shutil.copytree(wheels_dir(python=python), dest / "wheels", ignore=shutil.ignore_patterns(".complete"))
     return dest
 
 
@@ -192,25 +214,28 @@ def image_id(sock: Path, ref: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def build_on(manager: state.Node, chash: str, on_line: Callable[[str], None] | None = None) -> str:
-    """Import the base and build the worker image on the manager's dockerd (no network). Returns the image id."""
+def build_on(manager: state.Node, chash: str, on_line: Callable[[str], None] | None = None,
+             python: str = IMAGE_PYTHON) -> str:
+    """Import the base and build the worker image of Python ``python`` on the manager's dockerd (no network).
+    Returns the image id."""
     sock = manager.docker_socket
-    if not image_id(sock, state.BASE_TAG):
-        children.run([docker(), "-H", manager.docker_url, "import", str(base_tarball()), state.BASE_TAG],
+    suite = SUITES[python]
+    if not image_id(sock, base_tag(suite)):
+        children.run([docker(), "-H", manager.docker_url, "import", str(base_tarball(suite)), base_tag(suite)],
                      timeout=600)
     env = {"DOCKER_BUILDKIT": "0"}
-    ctx = stage_context(state.CACHE_DIR / "build-context")
+    ctx = stage_context(state.CACHE_DIR / f"build-context-py{python}", python)
     cmd = [docker(), "-H", manager.docker_url, "build", "--network", "none", "--label",
-           f"cumulus.context={chash}", "-t", state.IMAGE_TAG]
-    for k, v in build_args().items():
+           f"cumulus.context={chash}", "-t", image_tag(python)]
+    for k, v in build_args(python).items():
         cmd += ["--build-arg", f"{k}={v}"]
     try:
         children.run(cmd + [str(ctx)], env=env, timeout=900, on_line=on_line)
     finally:
         shutil.rmtree(ctx, ignore_errors=True)
-    iid = image_id(sock, state.IMAGE_TAG)
+    iid = image_id(sock, image_tag(python))
     if not iid:
-        raise LocalClusterError("worker image build produced no image")
+        raise LocalClusterError(f"worker image build (Python {python}) produced no image")
     return iid
 
 
@@ -221,13 +246,26 @@ def load_into(node: state.Node, tar: Path) -> None:
         raise LocalClusterError(f"docker load on {node.name} failed: {proc.stdout.strip()}")
 
 
+def ensure_images(nodes: list[state.Node], wanted: dict[str, str],
+                  on_line: Callable[[str], None] | None = None) -> tuple[dict[str, str], str]:
+    """Make the worker image of every Python version of :data:`SUITES` present on every node. Returns (image id
+    by Python version, note). ``wanted``: the ids the cluster description names (kept when still current)."""
+    ids, notes = {}, []
+    for python in SUITES:
+        ids[python], note = ensure_image(nodes, wanted.get(python), on_line, python)
+        notes.append(f"Python {python}: {note}")
+    return ids, "; ".join(notes)
+
+
 def ensure_image(nodes: list[state.Node], wanted_id: str | None,
-                 on_line: Callable[[str], None] | None = None) -> tuple[str, str]:
-    """Make the worker image present on every node. Returns (image id, note). ``on_line``: build progress."""
+                 on_line: Callable[[str], None] | None = None, python: str = IMAGE_PYTHON) -> tuple[str, str]:
+    """Make the worker image of Python ``python`` present on every node. Returns (image id, note). ``on_line``:
+    build progress."""
     manager = nodes[0]
-    ensure_base_tarball(on_line)  # normally already done by the caller, in the background
-    _, wheels_note = ensure_wheels()
-    chash = context_hash()
+    tag = image_tag(python)
+    ensure_base_tarball(on_line, SUITES[python])  # normally already done by the caller, in the background
+    _, wheels_note = ensure_wheels(python)
+    chash = context_hash(python)
     # Fast path: every node already has the image the cluster description names, built from these inputs.
     if (wanted_id and image_label(manager.docker_socket, wanted_id, "cumulus.context") == chash
             and all(image_id(n.docker_socket, wanted_id) for n in nodes)):
@@ -235,23 +273,25 @@ def ensure_image(nodes: list[state.Node], wanted_id: str | None,
     note = f"wheels {wheels_note}; image {chash}"
     tar = saved_image(chash)
     if not tar.exists():
-        build_on(manager, chash, on_line)
+        build_on(manager, chash, on_line, python)
         tmp = tar.with_suffix(".tmp")
-        children.run([docker(), "-H", manager.docker_url, "save", "-o", str(tmp), state.IMAGE_TAG], timeout=900)
+        children.run([docker(), "-H", manager.docker_url, "save", "-o", str(tmp), tag], timeout=900)
         os.replace(tmp, tar)
+        current = {saved_image(context_hash(v)) for v in SUITES if wheels_dir(python=v).exists()
+                   and base_tarball(SUITES[v]).exists()}
         for old in state.CACHE_DIR.glob("worker-image-*.tar"):
-            if old != tar:
+            if old != tar and old not in current:
                 old.unlink(missing_ok=True)
         note += ", built"
     else:
         note += ", cached build"
-    targets = [n for n in nodes if not (image_id(n.docker_socket, state.IMAGE_TAG)
-                                        and image_id(n.docker_socket, state.IMAGE_TAG) == _tar_id(tar))]
+    targets = [n for n in nodes if not (image_id(n.docker_socket, tag)
+                                        and image_id(n.docker_socket, tag) == _tar_id(tar))]
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(targets))) as ex:
         list(ex.map(lambda n: load_into(n, tar), targets))
-    iid = image_id(manager.docker_socket, state.IMAGE_TAG)
+    iid = image_id(manager.docker_socket, tag)
     for n in nodes:
-        got = image_id(n.docker_socket, state.IMAGE_TAG)
+        got = image_id(n.docker_socket, tag)
         if got != iid:
             raise LocalClusterError(f"image id mismatch on {n.name}: {got} != {iid}")
     if wanted_id and wanted_id != iid:  # the replaced image; kept where a container still uses it

@@ -185,7 +185,7 @@ def write_json(path: Path, data: Any) -> bool:
 
 
 def build_description(nodes: list[Node], node_ids: dict[Node, str], worker_docs: dict[Node, dict[str, Any]],
-                      image_id: str) -> dict[str, Any]:
+                      image_id: str, images: dict[str, str] | None = None) -> dict[str, Any]:
     """The cluster description `up` writes to cluster.json (see the module docstring)."""
     manager = nodes[0]
     key = supervisor_key()
@@ -218,6 +218,7 @@ def build_description(nodes: list[Node], node_ids: dict[Node, str], worker_docs:
         "bridge": BRIDGE,
         "subnet": SUBNET,
         "image_id": image_id,
+        "images": dict(images or {"3.11": image_id}),  # by Python minor version: config.ClusterSettings.images
         "image_tag": IMAGE_TAG,
         "ssh_user": SSH_USER,
         "ssh_key": str(key),

@@ -16,7 +16,8 @@ is the config's sha256). Docker 20.10 pulls such a manifest (checked by tests/cl
 An export is made once per image id (later calls find it on disk), one at a time, in a worker thread that checks
 for cancellation between chunks; it is bounded in bytes and time. A half-written export is never used: it lives in
 a temporary directory until verified, and leftovers of an interrupted one are removed when the store opens. Only
-the newest complete export is kept (an image upgrade removes the older one once the new one is in place).
+the exports of the images served (one per Python version) are kept: an image upgrade removes the older one once
+the new one is in place.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Collection, Iterator
 
 import trio
 
@@ -145,9 +146,11 @@ class ImageStore:
                 except (OSError, ValueError, KeyError, TypeError) as error:
                     log.warning("image store: ignoring the unreadable export %s: %s", entry, error)
 
-    async def export(self, image_id: str, source: ImageSource) -> ImageExport:
-        """The export of ``image_id``, made from ``source`` unless it exists. One export runs at a time; a caller
-        that waited for a failed one gets its error (for :data:`FAILURE_MEMORY` seconds) instead of trying again.
+    async def export(self, image_id: str, source: ImageSource, keep: Collection[str] = ()) -> ImageExport:
+        """The export of ``image_id``, made from ``source`` unless it exists; once made, exports of images neither
+        ``image_id`` nor in ``keep`` (the other images served) leave the store and the disk. One export runs at a
+        time; a caller that waited for a failed one gets its error (for :data:`FAILURE_MEMORY` seconds) instead of
+        trying again.
         Raises :class:`ImageExportError`; cancellation stops the export (nothing of it is kept)."""
         hexid = check_image_id(image_id)
         if image_id in self._exports:
@@ -164,16 +167,17 @@ class ImageStore:
                 self._failed[image_id] = (time.monotonic(), str(error))
                 raise
             self._failed.pop(image_id, None)
-            self._exports = {image_id: export}  # only the newest is served; older ones leave the disk
+            wanted = {image_id, *keep}
+            self._exports = {i: e for i, e in self._exports.items() if i in wanted} | {image_id: export}
             total = sum(blob.size for blob in export.blobs.values())
             log.info("image store: exported %s (%d blobs, %.1f MiB) in %.1f s as %s", image_id, len(export.blobs),
                      total / (1 << 20), time.monotonic() - started, export.manifest_digest)
-            await trio.to_thread.run_sync(self._remove_others, hexid)
+            await trio.to_thread.run_sync(self._remove_others, {i.removeprefix("sha256:") for i in wanted})
             return export
 
-    def _remove_others(self, hexid: str) -> None:
+    def _remove_others(self, kept: set[str]) -> None:
         for entry in self.root.iterdir():
-            if entry.name != hexid and re.fullmatch(r"[0-9a-f]{64}", entry.name):
+            if entry.name not in kept and re.fullmatch(r"[0-9a-f]{64}", entry.name):
                 shutil.rmtree(entry, ignore_errors=True)
 
     def _export_blocking(self, image_id: str, hexid: str, source: ImageSource) -> ImageExport:

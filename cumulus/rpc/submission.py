@@ -13,7 +13,8 @@ import math
 import unicodedata
 from typing import Any
 
-from cumulus.errors import InvalidRequest
+from cumulus.config import python_minor_key
+from cumulus.errors import InvalidRequest, Unsatisfiable
 from cumulus.jobformat import MiB, check_env, check_gpu_share, check_requirements, validate_package
 from cumulus.jobformat.request import check_secret_env
 from cumulus.jobs import JobSpec
@@ -51,7 +52,9 @@ def spec_from_submission(request: pb.JobSubmission, settings: Any, *, trace_id: 
             f"requirements {requirements} differ from the package's requirements.txt {info.requirements}; "
             f"the worker installs the package's list: build the package with the same requirements "
             f"(cumulus.client.packaging.build_package(..., requirements=...)) or leave the field empty")
+    python = check_python(info.python, settings.cluster.worker_images())
     return JobSpec(
+        python=python,
         package=bytes(request.code_package),
         gpu=gpu,
         duration=duration,
@@ -89,6 +92,22 @@ def check_container_options(request: pb.JobSubmission, containers: Any) -> tuple
         raise InvalidRequest(f"network={network[:40]!r} is not allowed; use 'internet' (filtered egress), 'none' "
                              f"(no network) or leave it empty (the default, {containers.network!r})")
     return memory, cpus, network
+
+
+def check_python(version: str, images: dict[str, str]) -> str:
+    """The minor version (``3.13``) of the client's Python ``version`` (the manifest's ``3.13.1``), which must be
+    one the cluster has a worker image for (``images``; no images at all: no check, a cluster without workers).
+
+    Raises :class:`~cumulus.errors.Unsatisfiable` (FAILED_PRECONDITION) naming the versions the cluster serves: a
+    pickle of one Python minor does not load in another, so such a job could only crash."""
+    minor = ".".join(version.split(".")[:2])
+    if images and minor not in images:
+        served = ", ".join(sorted(images, key=python_minor_key))
+        raise Unsatisfiable(f"the job was packaged by Python {version}, and this cluster runs jobs on Python "
+                            f"{served} only (a function pickled by one Python version does not load in another): "
+                            f"submit from a Python {served} client (e.g. a virtualenv made with that python), or "
+                            f"ask the operator for a worker image of Python {minor} (cluster.images)")
+    return minor
 
 
 def check_duration(seconds: int, *, default: int, maximum: int) -> int:
