@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from cumulus.config_values import apply_environment, apply_mapping, check_range, read_yaml, set_dotted
 from cumulus.errors import ConfigError
 from cumulus.jobformat.limits import MAX_PACKAGE_MB
+from cumulus.jobformat.sources import index_url_problem, registry_problem
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:50052"
@@ -214,6 +215,13 @@ class JobSettings:
     """Jobs that may wait for capacity at once; beyond that a submission is refused (RESOURCE_EXHAUSTED)."""
     max_jobs_per_device: int = 16
     """Jobs that may share one device at once, however small their shares."""
+    image_registries: list[str] = field(default_factory=list)
+    """Registries user images (``image=``) may come from, as hosts (``registry.example.com``, ``10.0.0.5:5000``,
+    ``docker.io`` for Docker Hub). Empty: jobs run on the worker images only."""
+    package_indexes: list[str] = field(default_factory=list)
+    """Package indexes a job may install its requirements from (``index_url=``), as their simple-API URLs
+    (``https://pypi.example.com/simple/``); credentials are not written here but stored per user
+    (``cumulus index login``)."""
 
     def validate(self) -> None:
         check_range("jobs.max_package_mb", self.max_package_mb, 1, 2048)
@@ -225,6 +233,14 @@ class JobSettings:
         check_range("jobs.max_queue", self.max_queue, 0, 1_000_000)
         check_range("jobs.default_retries", self.default_retries, 0, 100)
         check_range("jobs.max_jobs_per_device", self.max_jobs_per_device, 1, 100)
+        for index, registry in enumerate(self.image_registries):
+            problem = registry_problem(registry)
+            if problem:
+                raise ConfigError(f"jobs.image_registries[{index}]", problem)
+        for index, url in enumerate(self.package_indexes):
+            problem = index_url_problem(url)
+            if problem:
+                raise ConfigError(f"jobs.package_indexes[{index}]", problem)
 
 
 @dataclass

@@ -105,6 +105,12 @@ def coerce(key: str, value: Any, kind: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(key, f"{value!r} is not a mapping of names to numbers")
         return {str(name): coerce(f"{key}[{name!r}]", number, float) for name, number in value.items()}
+    if kind == list[str]:
+        if isinstance(value, str):  # from the environment: A,B,C
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"{value!r} is not a list of strings")
+        return [coerce(f"{key}[{index}]", item, str) for index, item in enumerate(value)]
     if kind == dict[str, str]:
         if isinstance(value, str):  # from the environment: NAME=VALUE,NAME=VALUE
             pairs = [item.partition("=") for item in value.split(",") if item.strip()]

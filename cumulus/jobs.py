@@ -101,6 +101,12 @@ class JobSpec:
     trace_id: str = ""
     """W3C trace id (32 lower-case hex digits) of the submission: from the client's ``traceparent``, else made by
     the server. The job sees it as ``CUMULUS_TRACE_ID``; every supervisor log line about the job carries it."""
+    image: str = ""
+    """A user image (``registry/name:tag`` or a digest reference) the job runs in instead of the worker image; the
+    worker's runner is mounted into it read-only. Empty: the worker image of ``python``."""
+    index_url: str = ""
+    """The package index ``requirements`` are installed from (one of ``jobs.package_indexes``); empty: the
+    default index."""
     python: str = ""
     """The client's Python minor version (``3.13``, from the package's manifest): the job runs on the worker image
     for it (``cluster.images``); empty for a job journaled before versions were kept (the default image)."""

@@ -91,7 +91,7 @@ def row_of(record: JobRecord, *, with_package: bool) -> dict[str, Any]:
                                 "priority": spec.priority, "max_queue_seconds": spec.max_queue_seconds,
                                 "memory_bytes": spec.memory_bytes, "cpus": spec.cpus, "network": spec.network,
                                 "limits": asdict(spec.limits), "trace_id": spec.trace_id,
-                                "python": spec.python}),
+                                "python": spec.python, "image": spec.image, "index_url": spec.index_url}),
         })
     return row
 
@@ -109,7 +109,8 @@ def record_of(row: Mapping[str, Any]) -> JobRecord:
                    cpus=meta.get("cpus", 0.0), network=meta.get("network", ""),
                    secret_env=dict(row.get("secret_env") or {}), owner=row.get("owner") or "",
                    limits=Limits(**meta.get("limits", {})), trace_id=meta.get("trace_id", ""),
-                   python=meta.get("python", ""))
+                   python=meta.get("python", ""), image=meta.get("image", ""),
+                   index_url=meta.get("index_url", ""))
     record = JobRecord(row["job_id"], spec)
     record.state = JobState(row["state"])
     record.reason = row["reason"]

@@ -57,6 +57,11 @@ def add_submit_flags(sub: argparse.ArgumentParser) -> None:
                      "(recursive) to ship into the job's working directory, at its path relative to the current "
                      "directory (or under its own name when outside it); repeat for more"
                      ).complete = FILE_COMPLETION  # type: ignore[attr-defined]
+    sub.add_argument("--image", default=None, metavar="REF", help="run in this image (REGISTRY/NAME:TAG, from a "
+                     "registry the cluster allows) instead of the worker image: it needs a python3 of this "
+                     "client's version, nothing of Cumulus")
+    sub.add_argument("--index-url", default=None, metavar="URL", help="install --requirements from this package "
+                     "index (one the cluster allows; credentials: `cumulus index login URL`)")
     sub.add_argument("--detach", action="store_true", help="print the job id (-o json: {\"job_id\": ...}) and "
                      "return at once")
 
@@ -83,7 +88,7 @@ def submit_request(args: argparse.Namespace) -> tuple[Callable[..., Any], list[A
         options["name"] = args.name
     if args.memory is not None:  # MiB as digits, else a size string: the SDK checks both
         options["memory"] = int(args.memory) if args.memory.strip().isdigit() else args.memory
-    for option in ("cpus", "network", "working_dir"):
+    for option in ("cpus", "network", "working_dir", "image", "index_url"):
         if getattr(args, option) is not None:
             options[option] = getattr(args, option)
     for option in ("py_modules", "files"):  # given, they replace the function's @remote option

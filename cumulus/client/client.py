@@ -120,12 +120,13 @@ class CumulusClient:
                secret_env: dict[str, str] | None = None,
                py_modules: Sequence[types.ModuleType | str | os.PathLike[str]] = (),
                working_dir: str | os.PathLike[str] | None = None, files: Sequence[str | os.PathLike[str]] = (),
-               traceparent: str | None = None, **kwargs: Any) -> JobRef[R]:
+               image: str | None = None, index_url: str | None = None, traceparent: str | None = None,
+               **kwargs: Any) -> JobRef[R]:
         """Submit ``func(*args, **kwargs)`` as a job and return its :class:`JobRef` once the supervisor accepted it.
 
         Keyword arguments named like an option (``gpu``, ``gpu_memory``, ``duration``, ``requirements``, ``env``,
         ``retries``, ``log_to_driver``, ``memory``, ``cpus``, ``network``, ``secret_env``, ``py_modules``,
-        ``working_dir``, ``files``, ``traceparent``) are options, every other one goes to ``func``; to pass a
+        ``working_dir``, ``files``, ``image``, ``index_url``, ``traceparent``) are options, every other one goes to ``func``; to pass a
         keyword argument that has an option's name, use :meth:`submit_call`.
         ``func`` may be a ``@remote`` function: its options are the defaults. ``secret_env`` values travel in the
         request only (never in the package), and the supervisor never stores them in clear nor logs them.
@@ -134,7 +135,8 @@ class CumulusClient:
                                    "requirements": requirements, "env": env, "retries": retries,
                                    "log_to_driver": log_to_driver, "memory": memory, "cpus": cpus,
                                    "network": network, "secret_env": secret_env, "py_modules": py_modules,
-                                   "working_dir": working_dir, "files": files}
+                                   "working_dir": working_dir, "files": files, "image": image,
+                                   "index_url": index_url}
         return self.submit_call(func, args, kwargs, traceparent=traceparent,
                                 **{k: v for k, v in options.items() if v not in (None, ())})
 
@@ -144,12 +146,14 @@ class CumulusClient:
             cpus: float | None = None, network: str | None = None, secret_env: dict[str, str] | None = None,
             py_modules: Sequence[types.ModuleType | str | os.PathLike[str]] = (),
             working_dir: str | os.PathLike[str] | None = None, files: Sequence[str | os.PathLike[str]] = (),
-            traceparent: str | None = None, **kwargs: Any) -> R:
+            image: str | None = None, index_url: str | None = None, traceparent: str | None = None,
+            **kwargs: Any) -> R:
         """Submit ``func(*args, **kwargs)``, wait for it (blocking) and return its value or raise its exception."""
         return self.submit(func, *args, gpu=gpu, gpu_memory=gpu_memory, duration=duration,
                            requirements=requirements, env=env, retries=retries, log_to_driver=log_to_driver,
                            memory=memory, cpus=cpus, network=network, secret_env=secret_env, py_modules=py_modules,
-                           working_dir=working_dir, files=files, traceparent=traceparent, **kwargs).result()
+                           working_dir=working_dir, files=files, image=image, index_url=index_url,
+                           traceparent=traceparent, **kwargs).result()
 
     def submit_call(self, func: Callable[..., R], args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
                     *, on_event: Callable[[JobUpdate], None] | None = None, traceparent: str | None = None,
@@ -197,6 +201,8 @@ class CumulusClient:
             memory_bytes=int(opts.get("memory", 0)),  # 0, "", 0.0: the supervisor's containers defaults
             cpus=float(opts.get("cpus", 0.0)),
             network=opts.get("network", ""),
+            image=opts.get("image") or "",
+            index_url=opts.get("index_url") or "",
             secret_env=opts.get("secret_env") or {},  # in the request only: never in the package or its manifest
         )
         sent = _submission_traceparent(traceparent)

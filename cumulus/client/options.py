@@ -23,12 +23,13 @@ from cumulus.client.runtime_env import as_path, as_paths, as_py_modules
 from cumulus.errors import InvalidRequest
 from cumulus.jobformat import check_env, check_gpu_share, check_requirements
 from cumulus.jobformat.request import check_secret_env
+from cumulus.jobformat.sources import check_index_url, parse_image_reference
 
 DEFAULT_GPU = 0.5  # the supervisor's JobSpec default
 OPTION_NAMES = frozenset({
     "gpu", "gpu_memory", "duration", "requirements", "env", "retries", "retry_exceptions", "timeout", "name",
     "priority", "max_queue_seconds", "idempotency_key", "log_to_driver", "address", "project_root",
-    "memory", "cpus", "network", "secret_env", "py_modules", "working_dir", "files",
+    "memory", "cpus", "network", "secret_env", "py_modules", "working_dir", "files", "image", "index_url",
 })
 NETWORKS = ("internet", "none")
 MIN_MEMORY_MIB = 16  # the supervisor's floor too (containers.memory_mb); its ceiling is its own setting
@@ -65,6 +66,8 @@ class RemoteOptions(TypedDict, total=False):
     py_modules: Sequence[types.ModuleType | str | os.PathLike[str]] | None
     working_dir: str | os.PathLike[str] | None
     files: Sequence[str | os.PathLike[str]] | None
+    image: str | None
+    index_url: str | None
 
 
 def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -74,7 +77,8 @@ def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
     ``secret_env`` checked like ``env`` and against it: no name in both, see
     :func:`~cumulus.jobformat.request.check_secret_env`; ``py_modules`` a tuple of modules and str, ``files`` a
     tuple of str, ``working_dir`` a str: their shapes only, the paths are looked at when the call is packed, see
-    :mod:`cumulus.client.runtime_env`).
+    :mod:`cumulus.client.runtime_env`; ``image`` a normalised image reference and ``index_url`` a normalised URL,
+    see :mod:`cumulus.jobformat.sources`: the supervisor says which registries and indexes it allows).
 
     Raises :class:`~cumulus.errors.InvalidRequest` naming the option, the value given and what is allowed (never a
     value of ``secret_env``: its messages name the variable only).
@@ -128,6 +132,10 @@ def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
             raise InvalidRequest(f"{key}={opts[key]!r} must be a string")
     if "project_root" in opts and not isinstance(opts["project_root"], (str, os.PathLike)):
         raise InvalidRequest(f"project_root={opts['project_root']!r} must be a path (str or os.PathLike)")
+    if opts.get("image") is not None:  # the shape here; the supervisor says which registries it allows
+        opts["image"] = str(parse_image_reference(opts["image"]))
+    if opts.get("index_url") is not None:
+        opts["index_url"] = check_index_url(opts["index_url"])
     if "py_modules" in opts:
         opts["py_modules"] = as_py_modules(opts["py_modules"])
     if "files" in opts:

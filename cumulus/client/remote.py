@@ -61,6 +61,11 @@ class RemoteFunction(Generic[P, R_co]):
     directory, or absolute; directories recursive) land in that working directory with their relative paths. Paths
     are read when the job is submitted (a missing one raises :class:`~cumulus.errors.InvalidRequest` then), within
     the package's size limits (:class:`~cumulus.errors.PackageTooLarge`).
+
+    Software: ``image`` (``"registry.example.com/team/torch:2.4"``) runs the job in your own image instead of the
+    worker image: any image with a ``python3`` of this client's minor version, from a registry the cluster allows
+    (Cumulus mounts its runner into it). ``index_url`` installs ``requirements`` from a private package index the
+    cluster allows; its credentials are stored per user with ``cumulus index login URL``, never sent with a job.
     """
 
     def __init__(self, func: Callable[P, R_co], options: Mapping[str, Any] | None = None) -> None:

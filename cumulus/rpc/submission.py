@@ -17,6 +17,7 @@ from cumulus.config import python_minor_key
 from cumulus.errors import InvalidRequest, Unsatisfiable
 from cumulus.jobformat import MiB, check_env, check_gpu_share, check_requirements, validate_package
 from cumulus.jobformat.request import check_secret_env
+from cumulus.jobformat.sources import check_index_url, parse_image_reference
 from cumulus.jobs import JobSpec
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 
@@ -52,9 +53,18 @@ def spec_from_submission(request: pb.JobSubmission, settings: Any, *, trace_id: 
             f"requirements {requirements} differ from the package's requirements.txt {info.requirements}; "
             f"the worker installs the package's list: build the package with the same requirements "
             f"(cumulus.client.packaging.build_package(..., requirements=...)) or leave the field empty")
-    python = check_python(info.python, settings.cluster.worker_images())
+    image = check_user_image(request.image, jobs.image_registries)
+    index_url = check_package_index(request.index_url, jobs.package_indexes)
+    # A user image brings its own python3 (the runner checks its version); requirements are installed with the
+    # worker image of the job's version, whose pip and ABI match it.
+    needs_worker_image = not image or bool(requirements or info.requirements)
+    python = check_python(info.python, settings.cluster.worker_images(),
+                          why="installing requirements" if image else "") if needs_worker_image else \
+        python_minor(info.python)
     return JobSpec(
         python=python,
+        image=image,
+        index_url=index_url,
         package=bytes(request.code_package),
         gpu=gpu,
         duration=duration,
@@ -94,20 +104,54 @@ def check_container_options(request: pb.JobSubmission, containers: Any) -> tuple
     return memory, cpus, network
 
 
-def check_python(version: str, images: dict[str, str]) -> str:
+def python_minor(version: str) -> str:
+    """``3.13.1`` -> ``3.13``."""
+    return ".".join(version.split(".")[:2])
+
+
+def check_python(version: str, images: dict[str, str], *, why: str = "") -> str:
     """The minor version (``3.13``) of the client's Python ``version`` (the manifest's ``3.13.1``), which must be
     one the cluster has a worker image for (``images``; no images at all: no check, a cluster without workers).
+    ``why``: what the worker image is needed for, when not for running the job.
 
     Raises :class:`~cumulus.errors.Unsatisfiable` (FAILED_PRECONDITION) naming the versions the cluster serves: a
     pickle of one Python minor does not load in another, so such a job could only crash."""
-    minor = ".".join(version.split(".")[:2])
+    minor = python_minor(version)
     if images and minor not in images:
         served = ", ".join(sorted(images, key=python_minor_key))
         raise Unsatisfiable(f"the job was packaged by Python {version}, and this cluster runs jobs on Python "
-                            f"{served} only (a function pickled by one Python version does not load in another): "
+                            f"{served} only{' for ' + why if why else ''} (a function pickled by one "
+                            f"Python version does not load in another): "
                             f"submit from a Python {served} client (e.g. a virtualenv made with that python), or "
                             f"ask the operator for a worker image of Python {minor} (cluster.images)")
     return minor
+
+
+def check_user_image(reference: str, registries: list[str]) -> str:
+    """``reference`` normalised (:func:`~cumulus.jobformat.sources.parse_image_reference`; "" stays ""), from one
+    of ``registries`` (``jobs.image_registries``), else :class:`~cumulus.errors.Unsatisfiable` naming them."""
+    if not reference:
+        return ""
+    parsed = parse_image_reference(reference)
+    if parsed.registry not in {r.lower() for r in registries}:
+        allowed = ", ".join(registries) if registries else "none: this cluster runs jobs on its worker images only"
+        raise Unsatisfiable(f"image={reference!r} is from the registry {parsed.registry}, which this cluster does not "
+                            f"allow (jobs.image_registries: {allowed}); push the image to an allowed registry or "
+                            f"leave image= out")
+    return str(parsed)
+
+
+def check_package_index(url: str, indexes: list[str]) -> str:
+    """``url`` normalised (a trailing ``/``; "" stays ""), one of ``indexes`` (``jobs.package_indexes``), else
+    :class:`~cumulus.errors.Unsatisfiable` naming them."""
+    if not url:
+        return ""
+    normalised = check_index_url(url)
+    if normalised not in {i.rstrip("/") + "/" for i in indexes}:
+        allowed = ", ".join(indexes) if indexes else "none: requirements come from the cluster's default index"
+        raise Unsatisfiable(f"index_url={url[:200]!r} is not a package index this cluster allows "
+                            f"(jobs.package_indexes: {allowed})")
+    return normalised
 
 
 def check_duration(seconds: int, *, default: int, maximum: int) -> int:

@@ -41,7 +41,7 @@ BY_JOB: UsageGroup
 BY_WORKER: UsageGroup
 
 class JobSubmission(_message.Message):
-    __slots__ = ("code_package", "requirements", "gpu", "duration_seconds", "env", "idempotency_key", "name", "retries", "retry_exceptions", "priority", "max_queue_seconds", "memory_bytes", "cpus", "network", "secret_env")
+    __slots__ = ("code_package", "requirements", "gpu", "duration_seconds", "env", "idempotency_key", "name", "retries", "retry_exceptions", "priority", "max_queue_seconds", "memory_bytes", "cpus", "network", "secret_env", "image", "index_url")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,8 @@ class JobSubmission(_message.Message):
     CPUS_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     SECRET_ENV_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_URL_FIELD_NUMBER: _ClassVar[int]
     code_package: bytes
     requirements: _containers.RepeatedScalarFieldContainer[str]
     gpu: float
@@ -86,7 +88,9 @@ class JobSubmission(_message.Message):
     cpus: float
     network: str
     secret_env: _containers.ScalarMap[str, str]
-    def __init__(self, code_package: _Optional[bytes] = ..., requirements: _Optional[_Iterable[str]] = ..., gpu: _Optional[float] = ..., duration_seconds: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., priority: _Optional[int] = ..., max_queue_seconds: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., network: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    image: str
+    index_url: str
+    def __init__(self, code_package: _Optional[bytes] = ..., requirements: _Optional[_Iterable[str]] = ..., gpu: _Optional[float] = ..., duration_seconds: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., priority: _Optional[int] = ..., max_queue_seconds: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., network: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., index_url: _Optional[str] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("stream", "text")
