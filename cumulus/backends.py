@@ -19,6 +19,7 @@ import trio
 
 from cumulus.config import Settings
 from cumulus.errors import RequestRejected
+from cumulus.resources import user_image
 from cumulus.resources import files, image_pull, job_network, partition, swarm, swarm_secrets
 from cumulus.resources.ssh import SshConnection, open_ssh_connection
 from cumulus.resources.swarm import NodeInfo, ServiceRequest, SwarmClient, TaskState
@@ -76,7 +77,9 @@ class SwarmBackend(Protocol):
     async def list_secrets(self, labels: dict[str, str]) -> list[Any]: ...
     async def remove_secret(self, secret_id: str) -> bool: ...
     def save_image(self, image_id: str) -> AbstractContextManager[Iterator[bytes]]: ...
-    async def pull_image(self, node_id: str, reference: str, *, timeout: float) -> None: ...
+    async def pull_image(self, node_id: str, reference: str, *, timeout: float,
+                         command: tuple[str, ...] = ..., mounts: tuple[Any, ...] = ()) -> None: ...
+    async def resolve_image(self, reference: str) -> str: ...
 
 
 class SshNodeBackend:
@@ -267,6 +270,7 @@ class DockerSwarmBackend:
         self._settings = settings
         self._job_network_lock = trio.Lock()
         self._job_network_ready = False
+        self.prepared = user_image.PreparedOnNodes()  # user images pulled and runner volumes filled, per node
 
     @asynccontextmanager
     async def open_service(self, request: ServiceRequest):
@@ -329,11 +333,19 @@ class DockerSwarmBackend:
         """The ``docker save`` stream of ``image_id`` from the manager (blocking: for a worker thread)."""
         return self.client.save_image(image_id)
 
-    async def pull_image(self, node_id: str, reference: str, *, timeout: float) -> None:
-        """Make ``node_id``'s dockerd pull ``reference`` (a one-shot pull service); ImagePullFailed says why not."""
-        pull = image_pull.new_pull_service(node_id, reference, self._settings.supervisor_id)
+    async def pull_image(self, node_id: str, reference: str, *, timeout: float,
+                         command: tuple[str, ...] = image_pull.PULL_COMMAND, mounts: tuple[Any, ...] = ()) -> None:
+        """Make ``node_id``'s dockerd pull ``reference`` (a one-shot pull service) and run ``command`` in it with
+        ``mounts``; ImagePullFailed says why not."""
+        pull = image_pull.new_pull_service(node_id, reference, self._settings.supervisor_id, command=command,
+                                           mounts=mounts)
         await image_pull.pull_on_node(self.client, pull, timeout=timeout,
                                       remove_timeout=self._settings.jobs.release_timeout)
+
+    async def resolve_image(self, reference: str) -> str:
+        """``reference`` pinned to its digest (``REGISTRY/NAME@sha256:...``), as the manager's engine finds it in
+        its registry (with the engine's own registry trust and credentials). ImagePullFailed says why not."""
+        return await user_image.resolve_digest(self.client, reference)
 
 
 @asynccontextmanager

@@ -59,6 +59,7 @@ class FailureReason(enum.Enum):
     INTERNAL = "internal"  # a bug in the supervisor
     CANCELLED = "cancelled"  # stopped on request (CancelJob) or by the supervisor's shutdown: state CANCELLED
     INVALID_RESULT = "invalid_result"  # the job left no readable result: not a regular file, or too large to send
+    IMAGE_UNAVAILABLE = "image_unavailable"  # its user image could not be pulled, or has no python3 of its version
 
     @property
     def infrastructure(self) -> bool:

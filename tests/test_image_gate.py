@@ -226,7 +226,9 @@ def test_a_pull_service_is_pinned_hardened_labelled_and_names_its_image_by_diges
     assert spec["labels"]["cumulus.supervisor_id"] == "sup-1" and "cumulus.job_id" not in spec["labels"]
     assert spec["labels"]["cumulus.role"] == ROLE_IMAGE_PULL and len(spec["name"]) <= 63
     assert new_pull_service("abcdefghij0123456789abcde", reference, "sup-1").name != pull.name
-    for bad in (f"{REGISTRY}/cumulus/worker:latest", "sha256:" + "a" * 64, f"{REGISTRY}/cumulus/worker@sha256:ab"):
+    # an image id is for one the node has (the worker image filling a runner volume); a tag never
+    assert build_pull_spec(new_pull_service("abcdefghij0123456789abcde", "sha256:" + "a" * 64, "sup-1"))
+    for bad in (f"{REGISTRY}/cumulus/worker:latest", "sha" + "a" * 64, f"{REGISTRY}/cumulus/worker@sha256:ab"):
         with pytest.raises(ValueError, match="by digest|REGISTRY"):
             build_pull_spec(new_pull_service("abcdefghij0123456789abcde", bad, "sup-1"))
     with pytest.raises(ValueError, match="node id"):

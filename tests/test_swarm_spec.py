@@ -10,6 +10,8 @@ from cumulus.errors import InvalidRequest
 from cumulus.resources.swarm import ServiceRequest, build_service_spec
 
 IMAGE = "sha256:" + "ab" * 32
+USER_IMAGE = "registry.example.com/team/torch@sha256:" + "cd" * 32
+RUNNER_VOLUME = "cumulus-runner-" + "ef" * 8
 
 
 def request(**kw) -> ServiceRequest:
@@ -49,7 +51,8 @@ def test_defaults():
         assert labels["cumulus.supervisor_id"] == "sup-a"
     env = env_of(spec)
     assert env == {"FOO": "bar", "CUMULUS_JOB_ID": "job-1", "CUMULUS_PARTITION_ID": "partition_1_2_0001",
-                   "CUMULUS_DEVICE_INDEX": "0", "NVIDIA_VISIBLE_DEVICES": "void", "HOME": "/tmp", "TMPDIR": "/tmp"}
+                   "CUMULUS_DEVICE_INDEX": "0", "NVIDIA_VISIBLE_DEVICES": "void", "HOME": "/tmp", "TMPDIR": "/tmp",
+                   "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def test_hardened_container():
@@ -108,6 +111,8 @@ def test_cumulus_env_wins_over_user_env():
         {"cpus": 0}, {"cpus": float("nan")}, {"cpus": True}, {"pids_limit": 0}, {"tmpfs_bytes": 0},
         {"stop_grace": -1}, {"stop_grace": float("nan")}, {"code_dir": "relative/code"},
         {"output_dir": "/var/lib/cumulus/jobs/../../etc"}, {"supervisor_id": ""},
+        {"image": USER_IMAGE}, {"image": USER_IMAGE, "runner_volume": "my-volume"},
+        {"image": "registry.example.com/team/torch:2.4", "runner_volume": RUNNER_VOLUME},
     ],
 )
 def test_rejects(change):
@@ -133,3 +138,13 @@ def test_a_trailing_newline_never_passes_a_name_check(field, value):
         build_service_spec(request(**{field: value}))
     with pytest.raises(InvalidRequest):
         check_job_id("job-1\n")
+
+
+def test_a_user_image_runs_by_digest_with_the_runner_volume_read_only_and_never_copied_into():
+    spec = build_service_spec(request(image=USER_IMAGE, runner_volume=RUNNER_VOLUME))
+    container = spec["task_template"]["ContainerSpec"]
+    assert container["Image"] == USER_IMAGE
+    runner = [m for m in container["Mounts"] if m["Target"] == "/opt/cumulus"]
+    assert runner == [{"Target": "/opt/cumulus", "Source": RUNNER_VOLUME, "Type": "volume", "ReadOnly": True,
+                       "VolumeOptions": {"NoCopy": True}}]
+    assert env_of(spec)["PYTHONUNBUFFERED"] == "1"

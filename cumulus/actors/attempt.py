@@ -1,6 +1,5 @@
-"""One attempt of a job: reserve, partition, upload, run as a Swarm service, follow, conclude - and tear it down.
-
-Everything the attempt holds outside the process is owned, nested, by its :class:`ResourceOwner`::
+"""One attempt of a job: reserve, (its user image,) partition, upload, run as a Swarm service, follow, conclude -
+and tear it down. Everything the attempt holds outside the process is owned, nested, by its :class:`ResourceOwner`::
 
     reservation (Scheduler)  >  partition lease + job files (worker)  >  task watch  >  secret env  >  service
         >  container stop
@@ -29,6 +28,7 @@ from cumulus.actors.ownership import ResourceOwner
 from cumulus.actors.requirements_step import job_requirements
 from cumulus.actors.result_fetch import MAX_RESULT_BYTES, fetch_result
 from cumulus.actors.scheduler import Granted, Queued, QueuePosition, Release, Reservation, Reserve
+from cumulus.actors.user_image_step import prepare_user_image
 from cumulus.actors.watcher import PollNow, Unwatch, Watch
 from cumulus.backends import NodeBackend, NodeConnections, SwarmBackend, WorkerUnavailable
 from cumulus.config import Settings
@@ -87,13 +87,12 @@ class Attempt:
             self._moved = True
             self.record.set_queue_position(message.position)
 
-    def fail(self, outcome: Outcome) -> None:  # it is torn down; the retry policy decides
-        """End this attempt with ``outcome``."""
+    def fail(self, outcome: Outcome) -> None:
+        """End this attempt with ``outcome`` (it is torn down; the retry policy decides)."""
         self.failure = outcome
         self.scope.cancel()
 
     # ---- resources --------------------------------------------------------------------------------------------
-
     @asynccontextmanager
     async def _reservation(self, exact: bool) -> AsyncIterator[Reservation]:
         """A share from the Scheduler (waiting in its queue if needed); released on exit, always (shielded,
@@ -209,6 +208,7 @@ class Attempt:
         record.set_placement(reservation.placement())
         record.set_state(JobState.CREATING_PARTITION)
         node = ctx.connections.get(reservation.node_id, reservation.worker)
+        image = await prepare_user_image(ctx, reservation.node_id, spec, record.add_log) if spec.image else None
         # The partition and the upload go over the same SSH connection at once; they are still released in the
         # nested order (files, then partition).
         lease, files, *deps = await self.resources.own_together([
@@ -224,7 +224,8 @@ class Attempt:
         secret = await own(ctx.swarm.open_secret_env(record.job_id, record.attempt, spec.secret_env),
                            what="secret env", same_task=True) if spec.secret_env else None  # removed after the service
         request = replace(self._service_request(reservation, node, lease, files), deps_dir=deps[0] if deps else None,
-                          secret_env=secret)
+                          secret_env=secret, **({"image": image.reference, "runner_volume": image.runner_volume}
+                                                if image else {}))
         service = self.service = await own(ctx.swarm.open_service(request), what="service", same_task=True)
         record.set_service(service.id)
         await own(self._stopped_on_its_node(node, lease), what="container stop", same_task=True)

@@ -30,6 +30,7 @@ import importlib.util
 import keyword
 import os
 import stat
+import sys
 import sysconfig
 import types
 from collections.abc import Iterable
@@ -309,7 +310,10 @@ def _not_shippable(name: str, file: str | None, search: list[str] | None) -> str
     if name == "cumulus" or name.startswith("cumulus."):
         return "the cumulus package is never shipped (the worker has its own runner)"
     if file is None and search is None:
-        return f"{name} is built into the interpreter; every worker has it"
+        if name in sys.builtin_module_names or name.partition(".")[0] in sys.stdlib_module_names:
+            return f"{name} is built into the interpreter; every worker has it"
+        return (f"{name} has no file to ship (a module made at run time?); give the path of its .py file or "
+                f"package directory")
     if file is not None and search is None and file.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
         return (f"{name} is a compiled extension ({file}), which is not shipped; list its distribution in "
                 f"requirements")

@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator
 
 import docker.errors
 import trio
-from docker.types import ContainerSpec, Placement, RestartPolicy, ServiceMode, TaskTemplate
+from docker.types import ContainerSpec, Mount, Placement, RestartPolicy, ServiceMode, TaskTemplate
 
 from cumulus.errors import CumulusError
 from cumulus.resources.swarm_client import SwarmClient, SwarmError, TaskState
@@ -38,21 +38,30 @@ PULL_COMMAND = ("true",)
 PULL_USER = "65534:65534"  # nobody: the container runs nothing of note, and never as root
 POLL_SECONDS = 0.5
 _NODE_ID = re.compile(r"[a-z0-9]{10,64}")
-_REFERENCE = re.compile(r"[A-Za-z0-9.\-\[\]:]+(/[a-z0-9._-]+)+@sha256:[0-9a-f]{64}")
+_REFERENCE = re.compile(r"[A-Za-z0-9.\-\[\]:]+(/[a-z0-9._-]+)+@sha256:[0-9a-f]{64}|sha256:[0-9a-f]{64}")
 
 
 class ImagePullFailed(CumulusError):
-    """The node did not get the image; the message says why (as far as Swarm tells)."""
+    """The node did not get the image, or the image failed its check; the message says why (as far as Swarm tells);
+    ``exit_code``: the check's, when it ran and failed."""
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
 class PullService:
-    """What a pull is: the image ``reference`` (by digest) pulled on ``node_id``, under the service ``name``."""
+    """What a pull is: the image ``reference`` (by digest, or an image id the node has) pulled on ``node_id``,
+    under the service ``name``. ``command`` runs in it once pulled (a check of the image; exit 0: it passed), with
+    ``mounts`` (e.g. a named volume that the image's content fills on first use)."""
 
     name: str
     node_id: str
     reference: str
     supervisor_id: str
+    command: tuple[str, ...] = PULL_COMMAND
+    mounts: tuple[Mount, ...] = ()
 
     @property
     def labels(self) -> dict[str, str]:
@@ -60,9 +69,11 @@ class PullService:
                 LABEL_PULL_SERVICE: self.name}
 
 
-def new_pull_service(node_id: str, reference: str, supervisor_id: str) -> PullService:
+def new_pull_service(node_id: str, reference: str, supervisor_id: str, *, command: tuple[str, ...] = PULL_COMMAND,
+                     mounts: tuple[Mount, ...] = ()) -> PullService:
     """A pull of ``reference`` on ``node_id``, with a fresh service name (a leftover of a crash never clashes)."""
-    return PullService(f"cumulus-pull-{node_id[:12]}-{secrets.token_hex(4)}", node_id, reference, supervisor_id)
+    return PullService(f"cumulus-pull-{node_id[:12]}-{secrets.token_hex(4)}", node_id, reference, supervisor_id,
+                       command, mounts)
 
 
 def build_pull_spec(pull: PullService) -> dict[str, Any]:
@@ -72,8 +83,9 @@ def build_pull_spec(pull: PullService) -> dict[str, Any]:
         raise ValueError(f"invalid node id {pull.node_id!r}")
     if not _REFERENCE.fullmatch(pull.reference):
         raise ValueError(f"the image must be named REGISTRY/NAME@sha256:<digest>, got {pull.reference!r}")
-    container = ContainerSpec(image=pull.reference, command=list(PULL_COMMAND), user=PULL_USER, labels=pull.labels,
-                              read_only=True, cap_drop=["ALL"], env=["NVIDIA_VISIBLE_DEVICES=void"])
+    container = ContainerSpec(image=pull.reference, command=list(pull.command), user=PULL_USER, labels=pull.labels,
+                              read_only=True, cap_drop=["ALL"], env=["NVIDIA_VISIBLE_DEVICES=void"],
+                              mounts=list(pull.mounts) or None)
     container["Privileges"] = {"NoNewPrivileges": True}  # API >= 1.44; older engines run with --no-new-privileges
     template = TaskTemplate(
         container_spec=container,
@@ -133,6 +145,9 @@ async def pull_on_node(client: SwarmClient, pull: PullService, *, timeout: float
                     continue
                 if last.state == "complete" and last.exit_code in (0, None):
                     return
+                if last.exit_code not in (0, None):
+                    raise ImagePullFailed(f"the image's check {list(pull.command)} exited with {last.exit_code}",
+                                          exit_code=last.exit_code)
                 raise ImagePullFailed(f"the pull task {last.state}: "
                                       f"{last.error or last.message or f'exit code {last.exit_code}'}")
         stuck = "no task yet"

@@ -32,6 +32,9 @@ LEASE_MOUNT = "/cumulus/lease"
 DEPS_MOUNT = "/cumulus/deps"
 TMP_MOUNT = "/tmp"
 DEFAULT_COMMAND = ("python3", "/opt/cumulus/runner.py")
+RUNNER_MOUNT = "/opt/cumulus"  # a user image's job gets the worker's runner here (cumulus.resources.user_image)
+_IMAGE = re.compile(r"sha256:[0-9a-f]{64}|[A-Za-z0-9.\-\[\]:]+(/[a-z0-9._-]+)+@sha256:[0-9a-f]{64}")
+_VOLUME = re.compile(r"cumulus-runner-[0-9a-f]{16}")
 JOB_NETWORK = "cumulus-jobs"
 """The Swarm-scoped network of ``internet`` jobs (its bridge and egress filter are made by setup-worker.sh)."""
 NETWORKS = ("internet", "none")
@@ -72,6 +75,8 @@ class ServiceRequest:
     step), mounted read-only at ``/cumulus/deps``.
     ``secret_env``: optional Swarm secret holding the job's secret env, given to the container as the file
     ``/run/secrets/cumulus-secret-env`` (owned by ``user``, mode 0400); its values are never in the spec's env.
+    ``image``: the worker image by id, or a user image by digest (``REGISTRY/NAME@sha256:...``), which then needs
+    ``runner_volume``: the node's named volume holding the worker's runner, mounted read-only at /opt/cumulus.
     """
 
     job_id: str
@@ -90,6 +95,7 @@ class ServiceRequest:
     user: str | None = None
     lease_dir: str | None = None
     deps_dir: str | None = None
+    runner_volume: str | None = None
     memory_bytes: int = 4096 * MiB
     cpus: float = 2.0
     pids_limit: int = 4096
@@ -112,8 +118,11 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
     check_job_id(req.job_id)
     if not _NODE_ID.fullmatch(req.node_id or ""):
         raise InvalidRequest(f"invalid node id {req.node_id!r}")
-    if not req.image.startswith("sha256:") or not re.fullmatch(r"sha256:[0-9a-f]{64}", req.image):
-        raise InvalidRequest(f"image must be referenced by id (sha256:<64 hex>), got {req.image!r}")
+    if not _IMAGE.fullmatch(req.image):
+        raise InvalidRequest(f"image must be referenced by id (sha256:<64 hex>) or digest (REGISTRY/NAME@sha256:"
+                             f"<64 hex>), got {req.image!r}")
+    if not req.image.startswith("sha256:") and not (req.runner_volume and _VOLUME.fullmatch(req.runner_volume)):
+        raise InvalidRequest(f"a user image ({req.image}) needs the runner volume, got {req.runner_volume!r}")
     if req.network not in NETWORKS:
         raise InvalidRequest(f"network must be one of {', '.join(NETWORKS)}, got {req.network!r}")
     _check_hardening(req)
@@ -135,6 +144,8 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
     # Cumulus's own variables win over the user's. The root filesystem is read-only: HOME and TMPDIR are the tmpfs.
     env["HOME"] = TMP_MOUNT
     env["TMPDIR"] = TMP_MOUNT
+    env["PYTHONUNBUFFERED"] = "1"  # the worker image sets these; a user image need not
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["CUMULUS_JOB_ID"] = req.job_id
     env["CUMULUS_PARTITION_ID"] = req.partition_id
     env["CUMULUS_DEVICE_INDEX"] = str(int(req.device_index))
@@ -155,6 +166,9 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
         mounts.append(Mount(target=LEASE_MOUNT, source=req.lease_dir, type="bind", read_only=True))
     if req.deps_dir is not None:
         mounts.append(Mount(target=DEPS_MOUNT, source=req.deps_dir, type="bind", read_only=True))
+    if req.runner_volume is not None:  # never copied into: the job's image has no runner to copy
+        mounts.append(Mount(target=RUNNER_MOUNT, source=req.runner_volume, type="volume", read_only=True,
+                            no_copy=True))
     mounts.append(Mount(target=TMP_MOUNT, source=None, type="tmpfs", tmpfs_size=int(req.tmpfs_bytes),
                         tmpfs_mode=0o1777))
     container = ContainerSpec(

@@ -326,7 +326,8 @@ class FakeSwarm:
         data = self.world.saved_images[image_id]
         yield iter([data[i:i + 65536] for i in range(0, len(data), 65536)])
 
-    async def pull_image(self, node_id: str, reference: str, *, timeout: float) -> None:
+    async def pull_image(self, node_id: str, reference: str, *, timeout: float, command: tuple[str, ...] = ("true",),
+                         mounts: tuple[Any, ...] = ()) -> None:
         from cumulus.resources.image_pull import ImagePullFailed
 
         await trio.sleep(DELAY)

@@ -31,6 +31,11 @@ import time
 import traceback
 
 T0 = time.monotonic()
+# The runner's own cloudpickle and msgpack (the client's versions), first: in a user image they are the only ones,
+# and the image's own must not shadow them.
+RUNNER_LIB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib")
+if os.path.isdir(RUNNER_LIB):
+    sys.path.insert(0, RUNNER_LIB)
 
 import cloudpickle  # noqa: E402  - imported before the job's requirements can shadow them
 import msgpack  # noqa: E402
