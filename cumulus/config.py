@@ -348,8 +348,9 @@ def apply_cluster_description(settings: Settings) -> Settings:
         raise ConfigError("cluster.description", f"{path} is not JSON: {error}") from None
     cluster = settings.cluster
     cluster.docker_host = cluster.docker_host or f"unix://{described.get('manager_socket', '')}"
+    if not cluster.image and not cluster.images:  # an image given in the settings is the operator's choice
+        cluster.images = dict(described.get("images", {}))
     cluster.image = cluster.image or described.get("image_id", "")
-    cluster.images = cluster.images or dict(described.get("images", {}))
     cluster.ssh_user = described.get("ssh_user", cluster.ssh_user) if cluster.ssh_user == "cumulus" else cluster.ssh_user
     cluster.ssh_key = cluster.ssh_key or described.get("ssh_key", "")
     cluster.known_hosts = cluster.known_hosts or described.get("known_hosts", "")

@@ -301,7 +301,7 @@ PACKAGES = [
     package_case("manifest-over-1-mib", lambda: z.zip_of(manifest=b" " * (MiB + 1)),
                  ("cumulus-job.json", "at most 1.0 mib")),
     package_case("manifest-a-list", lambda: z.zip_of(manifest=[1, 2]), ("cumulus-job.json", "json object")),
-    manifest_case("format-2", ("unsupported format 2", "format 1"), format=2),
+    manifest_case("format-3", ("unsupported format 3", "formats 1, 2"), format=3),
     manifest_case("format-a-string", ("unsupported format '1'",), format="1"),
     manifest_case("function-a-number", ("'function' must be a non-empty string",), function=5),
     manifest_case("function-empty", ("'function' must be a non-empty string",), function=""),
