@@ -149,3 +149,18 @@ async def test_the_gate_pulls_every_image_and_labels_the_node_with_all_of_them(t
         assert relabelled.labels[LABEL_WORKER_IMAGE] == ",".join(sorted([py311.image_id, py313.image_id]))
         assert not gate.needed(relabelled)
         nursery.cancel_scope.cancel()
+
+
+# ---- what users see ---------------------------------------------------------------------------------------------
+
+def test_health_and_describe_say_which_pythons_the_cluster_and_the_job_have(monkeypatch):
+    from cumulus.client.cli_output import health_text
+    from cumulus.client.types import JobInfo
+    from cumulus.rpc.convert import status_to_pb
+
+    text = health_text({"status": "SERVING", "version": "0.1.0", "supervisor_id": "ab12", "workers_ready": 2,
+                        "jobs_active": 0, "python_versions": ["3.11", "3.13"]})
+    assert text.endswith("0 jobs active, Python 3.11, 3.13)"), text
+    spec = spec_from_submission(submission("3.13.2", monkeypatch), cluster_settings(images={"3.13": PY313}))
+    info = JobInfo.from_pb(status_to_pb(JobRecord("job-1", spec)))
+    assert info.python == "3.13" and info.image == ""

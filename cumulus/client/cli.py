@@ -268,6 +268,7 @@ def _health(args: argparse.Namespace) -> int:
     health = {"address": address, "serving": reply.status == pb.HealthCheckResponse.SERVING,
               "status": pb.HealthCheckResponse.Status.Name(reply.status), "reason": reply.reason,
               "version": reply.version, "supervisor_id": reply.supervisor_id,
-              "workers_ready": reply.workers_ready, "jobs_active": reply.jobs_active}
+              "workers_ready": reply.workers_ready, "jobs_active": reply.jobs_active,
+              "python_versions": list(reply.python_versions)}
     print(out.dumps(health) if _json(args) else out.health_text(health))
     return 0 if health["serving"] else 1

@@ -97,6 +97,7 @@ def job_fields(info: Any, now: float | None = None) -> list[tuple[str, str | Non
         ("state", info.state + (f" ({info.reason})" if info.reason else "")),
         ("queue position", str(info.queue_position) if info.state == "QUEUED" and info.queue_position else None),
         ("gpu", f"{info.gpu:g}"),
+        ("python", getattr(info, "python", "") or None), ("image", getattr(info, "image", "") or None),
         ("worker", f"{info.worker} device {info.device_index}" if info.worker else "-"),
         ("partition", info.partition_id or "-"), ("service", info.service_id or "-"),
         ("attempt", str(info.attempt)),
@@ -165,11 +166,14 @@ def _count(n: int, one: str, many: str) -> str:
 
 
 def health_text(h: dict[str, Any]) -> str:
-    """``SERVING (cumulus 0.1.0, supervisor ab12, 2 workers ready, 0 jobs active)`` from a health dict."""
+    """``SERVING (cumulus 0.1.0, supervisor ab12, 2 workers ready, 0 jobs active, Python 3.11, 3.13)`` from a
+    health dict."""
     head = h["status"] + (f": {h['reason']}" if h.get("reason") else "")
+    versions = h.get("python_versions") or []
     return (f"{head} (cumulus {h['version'] or '?'}, supervisor {h['supervisor_id'] or '?'}, "
             f"{_count(h['workers_ready'], 'worker', 'workers')} ready, "
-            f"{_count(h['jobs_active'], 'job', 'jobs')} active)")
+            f"{_count(h['jobs_active'], 'job', 'jobs')} active" + (f", Python {', '.join(versions)}" if versions
+                                                                    else "") + ")")
 
 
 # ---- logs, submit's live status line ------------------------------------------------------------------------------------

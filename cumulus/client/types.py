@@ -44,6 +44,10 @@ class JobInfo:
     """The name of the token that submitted the job ("" on a supervisor without tokens)."""
     trace_id: str = ""
     """The W3C trace id of the submission (32 hex digits); the job sees it as ``CUMULUS_TRACE_ID``."""
+    python: str = ""
+    """The client's Python minor version (the job runs on the worker image for it)."""
+    image: str = ""
+    """The user image the job runs in ("" = the worker image)."""
 
     @property
     def finished(self) -> bool:
@@ -57,7 +61,8 @@ class JobInfo:
             service_id=msg.service_id, submitted_at=_time(msg.submitted_at), started_at=_time(msg.started_at),
             finished_at=_time(msg.finished_at), attempt=msg.attempt, has_result=msg.has_result,
             queue_position=msg.queue_position, released=tuple(msg.teardown.released),
-            leaked=tuple(msg.teardown.leaked), owner=msg.owner, trace_id=msg.trace_id,
+            leaked=tuple(msg.teardown.leaked), owner=msg.owner, trace_id=msg.trace_id, python=msg.python,
+            image=msg.image,
         )
 
     def to_dict(self) -> dict[str, Any]:

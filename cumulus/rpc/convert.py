@@ -109,6 +109,8 @@ def status_to_pb(record: JobRecord) -> pb.JobStatus:
         queue_position=record.queue_position,
         owner=record.spec.owner,
         trace_id=record.spec.trace_id,
+        python=record.spec.python,
+        image=record.spec.image,
     )
     if record.teardown is not None:
         msg.teardown.CopyFrom(teardown_to_pb(record.teardown))

@@ -26,6 +26,7 @@ import trio
 
 from cumulus._version import __version__
 from cumulus.asyncio_bridge import call_trio, iterate_trio_batches
+from cumulus.config import python_minor_key
 from cumulus.errors import CumulusError, InvalidRequest, PermissionDenied, Unauthenticated
 from cumulus.identity import Caller, Limits, TokenInfo
 from cumulus.rpc import convert
@@ -205,6 +206,7 @@ class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
             reply.supervisor_id = health.supervisor_id
             reply.workers_ready = health.workers_ready
             reply.jobs_active = health.jobs_active
+            reply.python_versions.extend(sorted(self._api.settings.cluster.worker_images(), key=python_minor_key))
         return reply
 
     @_unary

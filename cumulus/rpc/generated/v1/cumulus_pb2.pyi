@@ -203,7 +203,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "name", "state", "reason", "worker", "device_index", "gpu", "partition_id", "service_id", "submitted_at", "started_at", "finished_at", "attempt", "teardown", "has_result", "queue_position", "owner", "trace_id")
+    __slots__ = ("job_id", "name", "state", "reason", "worker", "device_index", "gpu", "partition_id", "service_id", "submitted_at", "started_at", "finished_at", "attempt", "teardown", "has_result", "queue_position", "owner", "trace_id", "python", "image")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +222,8 @@ class JobStatus(_message.Message):
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: JobState
@@ -240,7 +242,9 @@ class JobStatus(_message.Message):
     queue_position: int
     owner: str
     trace_id: str
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., worker: _Optional[str] = ..., device_index: _Optional[int] = ..., gpu: _Optional[float] = ..., partition_id: _Optional[str] = ..., service_id: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., has_result: _Optional[bool] = ..., queue_position: _Optional[int] = ..., owner: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
+    python: str
+    image: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., worker: _Optional[str] = ..., device_index: _Optional[int] = ..., gpu: _Optional[float] = ..., partition_id: _Optional[str] = ..., service_id: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., has_result: _Optional[bool] = ..., queue_position: _Optional[int] = ..., owner: _Optional[str] = ..., trace_id: _Optional[str] = ..., python: _Optional[str] = ..., image: _Optional[str] = ...) -> None: ...
 
 class CancelJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -338,7 +342,7 @@ class HealthCheckRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HealthCheckResponse(_message.Message):
-    __slots__ = ("status", "reason", "version", "supervisor_id", "workers_ready", "jobs_active")
+    __slots__ = ("status", "reason", "version", "supervisor_id", "workers_ready", "jobs_active", "python_versions")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         UNKNOWN: _ClassVar[HealthCheckResponse.Status]
@@ -353,13 +357,15 @@ class HealthCheckResponse(_message.Message):
     SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
     WORKERS_READY_FIELD_NUMBER: _ClassVar[int]
     JOBS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     status: HealthCheckResponse.Status
     reason: str
     version: str
     supervisor_id: str
     workers_ready: int
     jobs_active: int
-    def __init__(self, status: _Optional[_Union[HealthCheckResponse.Status, str]] = ..., reason: _Optional[str] = ..., version: _Optional[str] = ..., supervisor_id: _Optional[str] = ..., workers_ready: _Optional[int] = ..., jobs_active: _Optional[int] = ...) -> None: ...
+    python_versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, status: _Optional[_Union[HealthCheckResponse.Status, str]] = ..., reason: _Optional[str] = ..., version: _Optional[str] = ..., supervisor_id: _Optional[str] = ..., workers_ready: _Optional[int] = ..., jobs_active: _Optional[int] = ..., python_versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Token(_message.Message):
     __slots__ = ("name", "admin", "max_running", "max_queued", "max_gpu", "rate", "created_at", "revoked")
