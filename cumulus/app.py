@@ -46,9 +46,11 @@ from cumulus.actors.watcher import TaskWatcher
 from cumulus.asyncio_bridge import open_asyncio_bridge
 from cumulus.backends import Backends, NodeConnections
 from cumulus.config import Settings, apply_cluster_description
-from cumulus.errors import InvalidRequest, SupervisorUnavailable
+from cumulus.errors import InvalidRequest, PermissionDenied, SupervisorUnavailable
 from cumulus.history import HistoryEvent
 from cumulus.identity import LOCAL_ADMIN, Caller, Limits, TokenInfo
+from cumulus.index_credentials import (DeleteCredentials, IndexCredentialsInfo, ListCredentials, StoreCredentials,
+                                       check_allowed, check_credential, normalised_url)
 from cumulus.jobs import JobRecord, JobSpec, WorkerInfo
 from cumulus.join_table import JoinTokenInfo
 from cumulus.journal import Journal
@@ -182,6 +184,27 @@ class SupervisorApi:
     async def rotate_token(self, name: str) -> tuple[TokenInfo, str]:
         """A new secret for the token ``name`` (same user, admin flag and limits); the old one stops working."""
         return await self._tokens().call(RotateToken(name))
+
+    async def store_index_credentials(self, index_url: str, username: str, password: str, *,
+                                      caller: Caller = LOCAL_ADMIN) -> tuple[IndexCredentialsInfo, bool]:
+        """Store (or replace) the caller's credentials for an allowed package index (``jobs.package_indexes``;
+        Unsatisfiable otherwise), sealed in the journal (:mod:`cumulus.index_credentials`). Returns their info and
+        whether they replaced earlier ones."""
+        url = check_allowed(index_url, self.settings.jobs.package_indexes)
+        credential = check_credential(username, password)
+        return await self._core("journal").call(StoreCredentials(caller.name, url, credential))
+
+    async def list_index_credentials(self, *, all_users: bool = False, caller: Caller = LOCAL_ADMIN
+                                     ) -> list[IndexCredentialsInfo]:
+        """The caller's stored index credentials (everyone's for ``all_users``: admins only), never the secrets."""
+        if all_users and not caller.admin:
+            raise PermissionDenied(f"token {caller.name!r} is not an admin token; listing every user's index "
+                                   f"credentials needs one (without --all: your own)")
+        return await self._core("journal").call(ListCredentials(None if all_users else caller.name))
+
+    async def delete_index_credentials(self, index_url: str, *, caller: Caller = LOCAL_ADMIN) -> IndexCredentialsInfo:
+        """Forget the caller's credentials for ``index_url`` (allowed or not any more); NotFound when none."""
+        return await self._core("journal").call(DeleteCredentials(caller.name, normalised_url(index_url)))
 
     def _join_tokens(self) -> ActorRef:
         registry = self.root.whereis("join_tokens") if self.root is not None else None

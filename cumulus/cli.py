@@ -25,6 +25,7 @@ COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
 
 def build_parser() -> argparse.ArgumentParser:
     from cumulus.client import cli as client_cli
+    from cumulus.client import index_cli
     from cumulus.client import tokens as token_cli
     from cumulus.client import usage as usage_cli
     from cumulus.client import worker_cli
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     journal_cli.register(commands)
     client_cli.register(commands)
     token_cli.register(commands)
+    index_cli.register(commands)
     usage_cli.register(commands)
     worker_cli.register(commands)
     local_cli.register(commands)

@@ -35,6 +35,7 @@ import trio
 from cumulus import journal_lock
 from cumulus.actors.base import Actor
 from cumulus.history import END_EVENTS_RESERVE, MAX_EVENTS_PER_JOB, HistoryEvent, limit_reached
+from cumulus import index_credentials
 from cumulus.errors import ConfigError
 from cumulus.jobs import JobState
 from cumulus.journal_rows import SecretBox, record_of, row_of
@@ -162,6 +163,7 @@ def open_database(path: str) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
         db.executescript(USAGE_SCHEMA)
+        db.executescript(index_credentials.SCHEMA)  # users' package index credentials, sealed
         columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
         for name, kind in ADDED_COLUMNS.items():
             if name not in columns:
@@ -349,6 +351,8 @@ class Journal(Actor):
                 return await self._read(store.find_key, key, owner)
             case Unfinished():
                 return await self._read(store.unfinished)
+            case index_credentials.IndexCredentialsCall():  # sealed with the same key as secret env values
+                return await self._read(index_credentials.answer, store.db, store.secrets, message)
             case Flush():
                 await self._flush()
                 return None

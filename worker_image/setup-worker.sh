@@ -56,6 +56,7 @@ usage: setup-worker.sh [--manager ADDR:2377 --token TOKEN | --token-file FILE] [
                        [--advertise-addr ADDR] [--hostname NAME] [--host-key-file FILE] [--output PATH]
                        [--skip-docker] [--skip-chronos] [--skip-join] [--skip-apt]
                        [--chronos-python PATH] [--chronos-version V] [--job-subnet CIDR] [--job-deny CIDR]...
+                       [--job-allow ADDR:PORT]...
                        [--quiet]
 
   --manager ADDR:PORT      Swarm manager to join (with --token, a *worker* join token)
@@ -78,6 +79,8 @@ usage: setup-worker.sh [--manager ADDR:2377 --token TOKEN | --token-file FILE] [
                            unused on this host; every worker may use the same one)
   --job-deny CIDR          another IPv4 range jobs must not reach (repeatable), e.g. the public address of the
                            supervisor or of other workers; private, link-local and this host's addresses always are
+  --job-allow ADDR:PORT    TCP to this IPv4 address and port passes the filter (repeatable): a private package index
+                           of jobs.package_indexes, which the requirements installer must reach (jobs reach it too)
 EOF
 }
 
@@ -103,6 +106,7 @@ while [[ $# -gt 0 ]]; do
         --chronos-version) CHRONOS_VERSION="$2"; shift 2 ;;
         --job-subnet) JOB_SUBNET="$2"; shift 2 ;;
         --job-deny) JOB_DENY+=(--deny "$2"); shift 2 ;;
+        --job-allow) JOB_DENY+=(--allow "$2"); shift 2 ;;
         --quiet) QUIET=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "setup-worker: unknown argument: $1" >&2; usage >&2; exit 2 ;;

@@ -2,16 +2,24 @@
 starts (:mod:`cumulus.resources.requirements_cache`), mounted read-only at /cumulus/deps, with the install's
 output in the job's log and a failed install as the job's typed failure.
 
+A job with a private index (``spec.index_url``) installs from it alone, with its owner's credentials for it as the
+journal keeps them (:mod:`cumulus.index_credentials`, asked for at install time; none stored: pip goes without).
+They reach the installer only, as a netrc file (:mod:`cumulus.resources.index_netrc`); the job's container, its
+env and its log never see them. Where no trusted install step can run (the in-memory test backends, whose runner
+would install from the default index), such a job fails at once instead of installing from elsewhere.
+
 Used by :class:`cumulus.actors.attempt.Attempt` next to the partition and the job files.
 """
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, NoReturn
 
 from cumulus.actors.outcome import JobStopped, Outcome
 from cumulus.backends import DockerSwarmBackend, NodeBackend, SshNodeBackend
+from cumulus.errors import Unsatisfiable
+from cumulus.index_credentials import CredentialsFor
 from cumulus.jobformat import encode_result
 from cumulus.jobs import FailureReason
 from cumulus.resources.requirements_cache import (CacheSettings, RequirementsInstallFailed, cache_root,
@@ -40,23 +48,51 @@ async def job_requirements(ctx: Any, node: NodeBackend, node_id: str) -> AsyncIt
     ``cumulus.RequirementsInstallFailed`` (what the caller's ``result()`` raises), not retried: the same list
     would fail again. SSH or Swarm errors propagate (an infrastructure failure, retried).
     """
-    record, swarm = ctx.record, ctx.swarm
-    if not record.spec.requirements or not isinstance(node, SshNodeBackend) or \
-            not isinstance(swarm, DockerSwarmBackend):
+    record, swarm, spec = ctx.record, ctx.swarm, ctx.record.spec
+    real = isinstance(node, SshNodeBackend) and isinstance(swarm, DockerSwarmBackend)
+    if spec.requirements and spec.index_url and not real:
+        _fail(f"index_url={spec.index_url} needs the supervisor's install step, which this backend has not "
+              f"(the job's own runner would install from the default index)")
+    if not spec.requirements or not real:
         yield None
         return
     settings = ctx.settings
     entered = False
     try:
+        credential = None
+        if spec.index_url:
+            credential = await _owner_credential(ctx)
         async with open_requirements(
-                node.conn, swarm.client, requirements=record.spec.requirements, image=settings.cluster.image_for(record.spec.python),
+                node.conn, swarm.client, requirements=spec.requirements, image=settings.cluster.image_for(spec.python),
                 node_id=node_id, supervisor_id=settings.supervisor_id, job_id=record.job_id,
-                settings=cache_settings(settings), on_line=lambda line: record.add_log("stderr", line)) as deps_dir:
+                settings=cache_settings(settings), on_line=lambda line: record.add_log("stderr", line),
+                index_url=spec.index_url, owner=spec.owner, credential=credential) as deps_dir:
             entered = True
             yield deps_dir
     except RequirementsInstallFailed as failed:
         if entered:
             raise
-        envelope = encode_result(False, exc_type=failed.EXC_TYPE, exc_message=failed.message, traceback=failed.output)
-        raise JobStopped(Outcome.failed(FailureReason.CONTAINER_FAILED, f"requirements: {failed.message}",
-                                        result=envelope, retry=False)) from None
+        message = failed.message
+        if spec.index_url and "answered 401" in failed.output + message:
+            message += (f" (the index {spec.index_url} wants credentials: "
+                        f"{'the ones stored were refused' if credential else 'none are stored'} for user "
+                        f"{spec.owner!r}; store them with `cumulus index login {spec.index_url}`)")
+        _fail(message, failed.output)
+
+
+async def _owner_credential(ctx: Any) -> Any:
+    """The job owner's stored credentials for its index (None when none), from the journal."""
+    spec = ctx.record.spec
+    if ctx.journal is None:
+        return None
+    try:
+        return await ctx.journal.call(CredentialsFor(spec.owner, spec.index_url))
+    except Unsatisfiable as error:  # sealed with another key: the user must store them again
+        _fail(str(error))
+
+
+def _fail(message: str, output: str = "") -> NoReturn:
+    """End the attempt as a failed install (not retried: it would fail again)."""
+    envelope = encode_result(False, exc_type=RequirementsInstallFailed.EXC_TYPE, exc_message=message, traceback=output)
+    raise JobStopped(Outcome.failed(FailureReason.CONTAINER_FAILED, f"requirements: {message}", result=envelope,
+                                    retry=False)) from None

@@ -10,7 +10,9 @@ Layout on the worker, under ``<jobs_dir>/.requirements`` (:func:`cache_root`)::
     .tmp-<key>-XXXXXX/       an install in progress (never mounted by a job)
 
 ``<key>`` is :func:`cache_key`: the sha256 of the normalised requirement list and the image id (the image pins
-the Python version and ABI, and the pip that installs). An entry appears only complete: the installer writes into
+the Python version and ABI, and the pip that installs); for a job with a private index (``index_url``), also of
+the index URL and the job's owner: what a user's credentials fetched from a private index is reused by that user's
+jobs only, never given to another user (who may have no access to it). An entry appears only complete: the installer writes into
 a fresh ``.tmp-`` directory, which is renamed to ``<key>`` (``rename(2)``, atomic) once pip succeeded. Two
 attempts of this supervisor that want the same entry on the same node take turns (the second then finds it
 installed); installers of two supervisors may both run, and the one that renames second discards its copy.
@@ -42,6 +44,7 @@ import trio
 
 from cumulus.errors import CumulusError
 from cumulus.redaction import redact_credentials
+from cumulus.resources.index_netrc import Credential, open_install_netrc
 from cumulus.resources.requirements_install import (LOG_DIR, LOG_FILE, REQUIREMENTS_FILE, SITE, InstallService,
                                                    run_install_service)
 from cumulus.resources.ssh import SshConnection
@@ -103,9 +106,11 @@ def normalise_requirements(requirements: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted({" ".join(r.split()) for r in requirements if r.strip()}))
 
 
-def cache_key(requirements: Iterable[str], image: str) -> str:
-    """The entry's name: sha256 of the normalised list and the image id (Python version, ABI and pip)."""
-    text = "\n".join((KEY_VERSION, image, *normalise_requirements(requirements)))
+def cache_key(requirements: Iterable[str], image: str, index_url: str = "", owner: str = "") -> str:
+    """The entry's name: sha256 of the normalised list and the image id (Python version, ABI and pip); with a
+    private ``index_url``, of it and the job's ``owner`` too (an entry from a private index is the owner's only)."""
+    scope = (f"index={index_url}", f"owner={owner}") if index_url else ()
+    text = "\n".join((KEY_VERSION, image, *scope, *normalise_requirements(requirements)))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -136,11 +141,13 @@ _installing = _KeyedLocks()
 @asynccontextmanager
 async def open_requirements(conn: SshConnection, client: SwarmClient, *, requirements: Iterable[str], image: str,
                             node_id: str, supervisor_id: str, job_id: str, settings: CacheSettings,
-                            on_line: Callable[[str], None]) -> AsyncIterator[str]:
+                            on_line: Callable[[str], None], index_url: str = "", owner: str = "",
+                            credential: Credential | None = None) -> AsyncIterator[str]:
     """Make sure the worker behind ``conn`` (Swarm node ``node_id``) has ``requirements`` installed for
     ``image``, and yield the worker directory to mount read-only into the job (``ServiceRequest.deps_dir``).
 
-    ``on_line`` gets the install's output lines (``[pip] ...``, credentials redacted) and a line saying whether the
+    ``index_url``: the job's private index, the only one pip then uses, with ``credential`` (the job ``owner``'s,
+    None when none are stored) as a netrc file of the installer only. ``on_line`` gets the install's output lines (``[pip] ...``, credentials redacted) and a line saying whether the
     cache was used, for the job's log. Raises :class:`RequirementsInstallFailed` when pip fails or runs past
     ``settings.timeout``; :class:`SshError` / :class:`SwarmError` when the worker or the Swarm cannot be asked
     (the installer's task rejected, say): infrastructure.
@@ -150,11 +157,11 @@ async def open_requirements(conn: SshConnection, client: SwarmClient, *, require
     raises); the entry itself stays for the next job.
     """
     reqs = normalise_requirements(requirements)
-    key = cache_key(reqs, image)
+    key = cache_key(reqs, image, index_url, owner)
     entry = posixpath.join(settings.root, key)
     async with _installing.hold((conn.label, settings.root, key)):
         await _ensure(conn, client, reqs, key, entry, image=image, node_id=node_id, supervisor_id=supervisor_id,
-                      job_id=job_id, settings=settings, on_line=on_line)
+                      job_id=job_id, settings=settings, on_line=on_line, index=(index_url, credential))
     try:
         yield posixpath.join(entry, SITE)
     finally:
@@ -167,7 +174,7 @@ async def open_requirements(conn: SshConnection, client: SwarmClient, *, require
 
 async def _ensure(conn: SshConnection, client: SwarmClient, reqs: tuple[str, ...], key: str, entry: str, *,
                   image: str, node_id: str, supervisor_id: str, job_id: str, settings: CacheSettings,
-                  on_line: Callable[[str], None]) -> None:
+                  on_line: Callable[[str], None], index: tuple[str, Credential | None] = ("", None)) -> None:
     probe = await conn.run_to_completion(_probe_script(settings.root, key, settings.wheelhouse), timeout=30)
     words = probe.stdout.split()
     if words[:1] == ["hit"]:
@@ -179,20 +186,28 @@ async def _ensure(conn: SshConnection, client: SwarmClient, reqs: tuple[str, ...
     done = False
     try:
         await conn.put_bytes("".join(r + "\n" for r in reqs).encode(), posixpath.join(tmp, REQUIREMENTS_FILE))
-        on_line(redact_credentials(f"[cumulus] installing {len(reqs)} requirement(s) on this node: {' '.join(reqs)}"))
-        svc = InstallService(
-            name=f"cumulus-req-{key[:16]}-{secrets.token_hex(4)}", image=image, node_id=node_id,
-            supervisor_id=supervisor_id, job_id=job_id, key=key, install_dir=tmp, uid=uid, gid=gid,
-            wheelhouse=settings.wheelhouse if wheelhouse != "none" else None, no_index=wheelhouse == "no-index",
-            networks=settings.networks, memory_mb=settings.memory_mb, cpus=settings.cpus,
-            pids_limit=settings.pids_limit, tmpfs_mb=settings.tmpfs_mb)
+        index_url, credential = index
+        source = f" from {index_url}{'' if credential else ' (no credentials stored for it)'}" if index_url else ""
+        on_line(redact_credentials(f"[cumulus] installing {len(reqs)} requirement(s) on this node{source}: "
+                                   f"{' '.join(reqs)}"))
+        name = f"cumulus-req-{key[:16]}-{secrets.token_hex(4)}"
         if settings.networks:  # the jobs' filtered network: made by the first job that needs it, maybe not yet
             from cumulus.resources.job_network import ensure_swarm_job_network
 
             await ensure_swarm_job_network(client)
         output = _OutputRelay(conn, posixpath.join(tmp, LOG_FILE), on_line)
-        end = await run_install_service(client, svc, timeout=settings.timeout, remove_timeout=settings.remove_timeout,
-                                        on_poll=output.poll)
+        # The owner's credentials as this install's own secret, removed after the installer (which uses it).
+        async with open_install_netrc(client, name=f"{name}-netrc", supervisor_id=supervisor_id, job_id=job_id,
+                                      index_url=index_url, credential=credential,
+                                      remove_timeout=settings.remove_timeout) as netrc:
+            svc = InstallService(
+                name=name, image=image, node_id=node_id, supervisor_id=supervisor_id, job_id=job_id, key=key,
+                install_dir=tmp, uid=uid, gid=gid, wheelhouse=settings.wheelhouse if wheelhouse != "none" else None,
+                no_index=wheelhouse == "no-index", networks=settings.networks, memory_mb=settings.memory_mb,
+                cpus=settings.cpus, pids_limit=settings.pids_limit, tmpfs_mb=settings.tmpfs_mb, index_url=index_url,
+                netrc=netrc)
+            end = await run_install_service(client, svc, timeout=settings.timeout,
+                                            remove_timeout=settings.remove_timeout, on_poll=output.poll)
         await output.poll(final=True)
         what = redact_credentials(" ".join(reqs))
         if end.timed_out:

@@ -12,6 +12,13 @@ with a tmpfs at /tmp (its HOME), memory, CPU and pids limits. It sees only its o
 (read-write, at :data:`INSTALL_MOUNT`) and, if the worker has one, the wheelhouse (read-only): never the cache
 itself, nor any job's files, so a requirement whose build runs hostile code cannot touch other jobs' packages.
 No shared pip cache either (a build could poison it for other users): ``--no-cache-dir``.
+
+With a private index (``index_url``, one of ``jobs.package_indexes``) pip gets ``--index-url`` and no other source
+(``--isolated``: no ``PIP_*`` variable or pip.conf of the image adds one; no wheelhouse), ``--trusted-host`` for an
+``http://`` index (only a private or loopback address is allowed one), and the job owner's credentials, if stored,
+only as the netrc file of a Swarm secret made for this install (``netrc``; :mod:`cumulus.resources.index_netrc`):
+the spec has its path in ``NETRC``, never a credential. pip says why an index refused (401, 403) only in its debug
+log: on a failure, those lines are added to the install log as ``ERROR: the index answered ...``.
 """
 
 from __future__ import annotations
@@ -23,10 +30,14 @@ from typing import Any, Awaitable, Callable
 
 import docker.errors
 import trio
-from docker.types import ContainerSpec, Mount, Placement, Resources, RestartPolicy, ServiceMode, TaskTemplate
+from urllib.parse import urlsplit
+
+from docker.types import (ContainerSpec, Mount, Placement, Resources, RestartPolicy, SecretReference, ServiceMode,
+                          TaskTemplate)
 
 from cumulus.resources.swarm_client import TERMINAL_STATES, SwarmClient, SwarmError
-from cumulus.resources.swarm_spec import LABEL_SUPERVISOR
+from cumulus.resources.index_netrc import NETRC_FILE, NETRC_PATH
+from cumulus.resources.swarm_spec import LABEL_SUPERVISOR, SecretEnvRef
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +52,7 @@ ROLE_INSTALL = "requirements-install"
 LABEL_KEY = "cumulus.requirements_key"
 LABEL_FOR_JOB = "cumulus.install_for_job"  # never cumulus.job_id: the job's task watch must not see the installer
 POLL_SECONDS = 0.5
+PIP_DEBUG_LOG = "/tmp/pip-debug.log"  # in the installer's tmpfs: gone with its container
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,8 @@ class InstallService:
     """One install: where (``node_id``), with what (``image``, by id), as whom (``uid``/``gid``), into which
     worker directory (``install_dir``, made beforehand, holding ``requirements.txt``). ``wheelhouse``: a worker
     directory of wheels to offer pip (``--find-links``), ``no_index``: only those (an offline cluster).
-    ``networks``: Swarm networks to attach (``None``: the worker dockerd's default network)."""
+    ``networks``: Swarm networks to attach (``None``: the worker dockerd's default network). ``index_url``: the
+    job's private index (then the only source); ``netrc``: the Swarm secret holding the owner's credentials for it."""
 
     name: str
     image: str
@@ -66,6 +79,8 @@ class InstallService:
     cpus: float = 2.0
     pids_limit: int = 4096
     tmpfs_mb: int = 1024
+    index_url: str = ""
+    netrc: SecretEnvRef | None = None
 
     @property
     def labels(self) -> dict[str, str]:
@@ -81,9 +96,19 @@ def pip_command(svc: InstallService) -> list[str]:
     pip = ["python3", "-m", "pip", "install", "--no-input", "--disable-pip-version-check", "--no-warn-script-location",
            "--progress-bar", "off", "--no-cache-dir", "--target", f"{INSTALL_MOUNT}/{SITE}",
            "-r", f"{INSTALL_MOUNT}/{REQUIREMENTS_FILE}"]
+    log_file = f"{INSTALL_MOUNT}/{LOG_FILE}"
+    if svc.index_url:
+        parts = urlsplit(svc.index_url)
+        pip[4:4] = ["--isolated"]
+        pip += ["--index-url", svc.index_url, "--log", PIP_DEBUG_LOG]
+        if parts.scheme == "http":  # pip ignores a plain-http index unless told; only private hosts are allowed one
+            pip += ["--trusted-host", parts.netloc]
+        refused = (f"sed -n 's/.*Could not fetch URL [^ ]*: \\(4[0-9][0-9] Client Error: .*\\) - skipping.*/ERROR: "
+                   f"the index answered \\1/p' {PIP_DEBUG_LOG} | sort -u | head -n 3 >> {log_file}")
+        return ["sh", "-c", f"{shlex.join(pip)} > {log_file} 2>&1 || {{ rc=$?; {refused}; exit $rc; }}"]
     if svc.wheelhouse:
         pip += ["--find-links", WHEELHOUSE_MOUNT] + (["--no-index"] if svc.no_index else [])
-    return ["sh", "-c", f"exec {shlex.join(pip)} > {INSTALL_MOUNT}/{LOG_FILE} 2>&1"]
+    return ["sh", "-c", f"exec {shlex.join(pip)} > {log_file} 2>&1"]
 
 
 def build_install_spec(svc: InstallService) -> dict[str, Any]:
@@ -99,13 +124,21 @@ def build_install_spec(svc: InstallService) -> dict[str, Any]:
               Mount(target=f"{INSTALL_MOUNT}/{REQUIREMENTS_FILE}", source=f"{install}/{REQUIREMENTS_FILE}",
                     type="bind", read_only=True),
               Mount(target="/tmp", source=None, type="tmpfs", tmpfs_size=svc.tmpfs_mb * 2**20)]
-    if svc.wheelhouse:
+    if svc.wheelhouse and not svc.index_url:  # a private index is the only source
         mounts.append(Mount(target=WHEELHOUSE_MOUNT, source=svc.wheelhouse, type="bind", read_only=True))
+    env = ["HOME=/tmp", "TMPDIR=/tmp", "PIP_NO_INPUT=1", "PIP_DISABLE_PIP_VERSION_CHECK=1",
+           "NVIDIA_VISIBLE_DEVICES=void"]
+    secrets = None
+    if svc.netrc is not None:
+        if not svc.index_url:
+            raise ValueError("index credentials without an index URL")
+        # The path only: the credentials are in the secret's file, readable by the installer's uid alone.
+        secrets = [SecretReference(svc.netrc.id, svc.netrc.name, filename=NETRC_FILE, uid=str(svc.uid),
+                                   gid=str(svc.gid), mode=0o400)]
+        env.append(f"NETRC={NETRC_PATH}")
     container = ContainerSpec(
         image=svc.image, command=pip_command(svc), user=f"{svc.uid}:{svc.gid}", labels=svc.labels, mounts=mounts,
-        env=["HOME=/tmp", "TMPDIR=/tmp", "PIP_NO_INPUT=1", "PIP_DISABLE_PIP_VERSION_CHECK=1",
-             "NVIDIA_VISIBLE_DEVICES=void"],
-        read_only=True, cap_drop=["ALL"], init=True, stop_grace_period=int(1e9),
+        env=env, secrets=secrets, read_only=True, cap_drop=["ALL"], init=True, stop_grace_period=int(1e9),
     )
     resources = Resources(cpu_limit=int(svc.cpus * 1e9), mem_limit=svc.memory_mb * 2**20)
     resources["Limits"]["Pids"] = svc.pids_limit  # docker-py has no argument for it; the API (1.41+) has
@@ -168,15 +201,17 @@ async def run_install_service(client: SwarmClient, svc: InstallService, *, timeo
                 await client.remove_service(service_id or svc.name)
             except SwarmError as exc:
                 log.warning("remove install service %s: %s", svc.name, exc)
-            while service_id is not None and await _tasks(client, service_id, tolerant=True):
+            # By the task's name: once the service is gone, asking by service id is answered "not found" while
+            # its task may still be shutting down (and would be asked again until the bound).
+            while service_id is not None and await _tasks(client, {"name": svc.name}, tolerant=True):
                 await trio.sleep(0.1)
         if removing.cancelled_caught:
             log.warning("install service %s: removal not confirmed within %g s", svc.name, remove_timeout)
 
 
-async def _tasks(client: SwarmClient, service_id: str, *, tolerant: bool = False) -> list[dict[str, Any]]:
+async def _tasks(client: SwarmClient, filters: dict[str, str], *, tolerant: bool = False) -> list[dict[str, Any]]:
     try:
-        tasks: list[dict[str, Any]] = await client._call("list tasks", "tasks", filters={"service": service_id})
+        tasks: list[dict[str, Any]] = await client._call("list tasks", "tasks", filters=filters)
         return tasks
     except (SwarmError, docker.errors.NotFound):
         if tolerant:  # still being asked until the removal's bound: a manager that blinks is asked again
@@ -185,7 +220,7 @@ async def _tasks(client: SwarmClient, service_id: str, *, tolerant: bool = False
 
 
 async def _ended(client: SwarmClient, service_id: str) -> InstallEnd | None:
-    for task in await _tasks(client, service_id):
+    for task in await _tasks(client, {"service": service_id}):
         status = task.get("Status") or {}
         state = str(status.get("State", "")).lower()
         if state in TERMINAL_STATES:

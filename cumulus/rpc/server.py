@@ -20,7 +20,8 @@ from cumulus.config import SecuritySettings, parse_host_port
 from cumulus.errors import ConfigError, CumulusError
 from cumulus.metrics import OFF, Metrics
 from cumulus.rpc.auth import AuthInterceptor
-from cumulus.rpc.generated.v1 import cumulus_pb2_grpc, workers_pb2_grpc
+from cumulus.rpc.generated.v1 import cumulus_pb2_grpc, indexes_pb2_grpc, workers_pb2_grpc
+from cumulus.rpc.index_servicer import PackageIndexServicer
 from cumulus.rpc.servicer import OrchestratorServicer
 from cumulus.rpc.standard import add_standard_services, keep_health_current
 from cumulus.rpc.workers_servicer import WorkerServicer
@@ -108,6 +109,7 @@ async def serve_grpc(
         )
         cumulus_pb2_grpc.add_OrchestratorServiceServicer_to_server(OrchestratorServicer(api), server)
         workers_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(api), server)
+        indexes_pb2_grpc.add_PackageIndexServiceServicer_to_server(PackageIndexServicer(api), server)
         health = add_standard_services(server)
         try:
             port = server.add_insecure_port(listen) if tls is None else server.add_secure_port(listen, tls)

@@ -19,10 +19,11 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from cumulus.asyncio_bridge import call_asyncio
-from cumulus.rpc.generated.v1 import cumulus_pb2, workers_pb2
+from cumulus.rpc.generated.v1 import cumulus_pb2, indexes_pb2, workers_pb2
 
 SERVICE_NAME = cumulus_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
 WORKER_SERVICE_NAME = workers_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
+INDEX_SERVICE_NAME = indexes_pb2.DESCRIPTOR.services_by_name["PackageIndexService"].full_name
 HEALTH_POLL_SECONDS = 1.0
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -31,8 +32,8 @@ def add_standard_services(server: grpc.aio.Server) -> health_aio.HealthServicer:
     """Add health and reflection to ``server`` (before it starts); returns the health servicer, NOT_SERVING."""
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection((SERVICE_NAME, WORKER_SERVICE_NAME, HEALTH_SERVICE_NAME,
-                                         reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((SERVICE_NAME, WORKER_SERVICE_NAME, INDEX_SERVICE_NAME,
+                                         HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     return health
 
 
