@@ -24,6 +24,7 @@ scheduler, and the journal last.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -35,7 +36,8 @@ import trio
 from cumulus import journal_lock, metrics
 from cumulus.actors.base import ActorRef
 from cumulus.actors.ownership import observed_by
-from cumulus.actors.cluster import CancelJob, ClusterActor, DescribeJob, GetJob, ListJobs, Submit
+from cumulus.actors.cluster import ClusterActor
+from cumulus.actors.cluster_messages import CancelJob, DescribeJob, GetJob, ListJobs, PauseJob, ResumeJob, Submit
 from cumulus.actors.drain import ActivateWorker, DrainStatus, DrainWorker, RemoveIfDrained
 from cumulus.actors.image_gate import WorkerImages, open_image_store
 from cumulus.actors.scheduler import ListWorkers, Scheduler
@@ -51,10 +53,12 @@ from cumulus.history import HistoryEvent
 from cumulus.identity import LOCAL_ADMIN, Caller, Limits, TokenInfo
 from cumulus.index_credentials import (DeleteCredentials, IndexCredentialsInfo, ListCredentials, StoreCredentials,
                                        check_allowed, check_credential, normalised_url)
-from cumulus.jobs import JobRecord, JobSpec, WorkerInfo
+from cumulus.devices import WorkerInfo
+from cumulus.jobs import JobRecord, JobSpec, JobState
 from cumulus.join_table import JoinTokenInfo
 from cumulus.journal import Journal
 from cumulus.journal_rows import SecretBox
+from cumulus.resources.checkpoint_store import CheckpointStore
 from cumulus.resources.image_store import ImageStore
 from cumulus.supervisor import ChildSpec, DynamicSupervisor, Restart, Strategy, Supervisor
 from cumulus.usage import GROUPS, SummarizeUsage, UsageReport
@@ -92,6 +96,7 @@ class SupervisorApi:
         self.http_address: str | None = None  # http(s)://HOST:PORT of the HTTP port, when it serves
         self.metrics = metrics.OFF  # the supervisor's own, from open_supervisor
         self.credentials = Credentials()  # written by the tokens actor only; read by the RPC layer
+        self.checkpoints: CheckpointStore | None = None  # the jobs' checkpoints (a directory next to the journal)
         self.image_store: ImageStore | None = None  # the worker image exports the HTTP port's registry serves
 
     def _core(self, name: str) -> ActorRef:
@@ -126,6 +131,19 @@ class SupervisorApi:
         record, was_live = await self._cluster().call(CancelJob(job_id, caller))
         await record.torn_down.wait()
         return record, was_live
+
+    async def pause(self, job_id: str, *, grace: float = 0.0, caller: Caller = LOCAL_ADMIN) -> tuple[JobRecord, bool]:
+        """Ask a job to pause and wait until it is PAUSED (or has ended meanwhile: it finished before it paused);
+        returns the record and whether its container was running. ``grace``: 0 = ``jobs.pause_grace``."""
+        record, was_running = await self._cluster().call(PauseJob(job_id, grace, caller))
+        async for _ in record.events(replay_logs=False):
+            if record.state is JobState.PAUSED or record.state.terminal:
+                break
+        return record, was_running
+
+    async def resume(self, job_id: str, *, caller: Caller = LOCAL_ADMIN) -> JobRecord:
+        """Queue a PAUSED job again; returns its record."""
+        return await self._cluster().call(ResumeJob(job_id, caller))
 
     async def list_jobs(self, include_finished: bool = True, *, caller: Caller = LOCAL_ADMIN) -> list[JobRecord]:
         """The caller's jobs (every job for an admin)."""
@@ -265,7 +283,7 @@ def build_tree(api: SupervisorApi, backends: Backends, swarm: object, *, serve_r
             return ClusterActor(settings, backends, swarm, connections=connections, workers=workers, jobs=jobs,
                                 scheduler=core.whereis("scheduler"), watcher=core.whereis("watcher"),
                                 journal=core.whereis("journal"),
-                                images=WorkerImages(settings, swarm, api.image_store))
+                                images=WorkerImages(settings, swarm, api.image_store), checkpoints=api.checkpoints)
 
         tree = Supervisor(
             [
@@ -341,8 +359,10 @@ async def open_supervisor(
 @asynccontextmanager
 async def _open_tree(api: SupervisorApi, backends: Backends, serve_rpc: bool) -> AsyncIterator[SupervisorApi]:
     settings = api.settings
-    async with _maybe_asyncio(backends.needs_asyncio, api.metrics), backends.open_swarm(settings) as swarm:
+    async with (_maybe_asyncio(backends.needs_asyncio, api.metrics), backends.open_swarm(settings) as swarm,
+                contextlib.AsyncExitStack() as stack):
         api.image_store = await open_image_store(settings)  # None: the worker image gate is off
+        api.checkpoints = stack.enter_context(backends.open_checkpoints(settings))
         root = build_tree(api, backends, swarm, serve_rpc=serve_rpc)
         async with trio.open_nursery() as nursery:
             await nursery.start(root.run)

@@ -21,6 +21,7 @@ from cumulus.config import Settings
 from cumulus.errors import RequestRejected
 from cumulus.resources import user_image
 from cumulus.resources import files, image_pull, job_network, partition, swarm, swarm_secrets
+from cumulus.resources.checkpoint_store import open_local_checkpoints
 from cumulus.resources.ssh import SshConnection, open_ssh_connection
 from cumulus.resources.swarm import NodeInfo, ServiceRequest, SwarmClient, TaskState
 from cumulus.resources.swarm_client import SwarmJoinInfo
@@ -46,7 +47,8 @@ class NodeBackend(Protocol):
                        replace_earlier: bool = False) -> AbstractAsyncContextManager[Any]: ...
     def adopt_partition(self, *, job_id: str, partition_id: str, device: int,
                         fraction: float) -> AbstractAsyncContextManager[Any]: ...
-    def open_job_files(self, *, job_id: str, package: bytes) -> AbstractAsyncContextManager[Any]: ...
+    def open_job_files(self, *, job_id: str, package: bytes,
+                       restore: bytes | None = None) -> AbstractAsyncContextManager[Any]: ...
     def adopt_job_files(self, *, job_id: str) -> AbstractAsyncContextManager[Any]: ...
     def lease_dir(self, job_id: str) -> str | None: ...
     async def renew_leases(self) -> int: ...
@@ -191,9 +193,9 @@ class SshNodeBackend:
             await self.conn.run(f"[ -d {shlex.quote(lease_dir)} ] && echo stopped by the supervisor > "
                                 f"{shlex.quote(marker)}", check=False)
 
-    def open_job_files(self, *, job_id: str, package: bytes):
+    def open_job_files(self, *, job_id: str, package: bytes, restore: bytes | None = None):
         return files.open_job_files(self.conn, jobs_dir=self._settings.cluster.jobs_dir, job_id=job_id,
-                                    package=package)
+                                    package=package, restore=restore)
 
     def adopt_job_files(self, *, job_id: str):
         return files.adopt_job_files(self.conn, jobs_dir=self._settings.cluster.jobs_dir, job_id=job_id)
@@ -359,10 +361,12 @@ async def open_docker_swarm(settings: Settings) -> AsyncIterator[DockerSwarmBack
 
 @dataclass(frozen=True)
 class Backends:
-    """How the supervisor reaches the world: ``open_swarm(settings)`` and ``connect_node(node, settings)``."""
+    """How the supervisor reaches the world: ``open_swarm(settings)``, ``connect_node(node, settings)`` and
+    ``open_checkpoints(settings)`` (a context manager of the jobs' checkpoint store)."""
 
     open_swarm: Any = open_docker_swarm
     connect_node: Any = connect_ssh_node
+    open_checkpoints: Any = open_local_checkpoints
     needs_asyncio: bool = True  # asyncssh runs on the asyncio bridge
 
 

@@ -222,6 +222,13 @@ class JobSettings:
     """Package indexes a job may install its requirements from (``index_url=``), as their simple-API URLs
     (``https://pypi.example.com/simple/``); credentials are not written here but stored per user
     (``cumulus index login``)."""
+    max_checkpoint_mb: int = 256
+    """The largest checkpoint a job may save (``cumulus.checkpoint.save`` refuses a bigger one)."""
+    checkpoint_retention: int = 3
+    """Checkpoints kept per job in the supervisor's store (the newest); a job's are removed when it ends."""
+    pause_grace: float = 60.0
+    """Seconds a job asked to pause (``cumulus pause``) has to return before it is stopped, PAUSED at its last
+    checkpoint (a pause request may give its own)."""
 
     def validate(self) -> None:
         check_range("jobs.max_package_mb", self.max_package_mb, 1, 2048)
@@ -233,6 +240,9 @@ class JobSettings:
         check_range("jobs.max_queue", self.max_queue, 0, 1_000_000)
         check_range("jobs.default_retries", self.default_retries, 0, 100)
         check_range("jobs.max_jobs_per_device", self.max_jobs_per_device, 1, 100)
+        check_range("jobs.max_checkpoint_mb", self.max_checkpoint_mb, 1, 16384)
+        check_range("jobs.checkpoint_retention", self.checkpoint_retention, 1, 1000)
+        check_range("jobs.pause_grace", self.pause_grace, 0, 86400)
         for index, registry in enumerate(self.image_registries):
             problem = registry_problem(registry)
             if problem:

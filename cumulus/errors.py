@@ -43,6 +43,11 @@ class Unsatisfiable(RequestRejected):
     """No worker of the cluster could ever run this request (gRPC ``FAILED_PRECONDITION``)."""
 
 
+class WrongJobState(RequestRejected):
+    """The job is not in a state that allows this: pausing a job that has ended, resuming one that is not
+    PAUSED (gRPC ``FAILED_PRECONDITION``); the message says its state."""
+
+
 class CapacityExhausted(RequestRejected):
     """Nothing is free right now and the request may not wait (gRPC ``RESOURCE_EXHAUSTED``)."""
 

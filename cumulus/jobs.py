@@ -34,6 +34,7 @@ class JobState(enum.Enum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    PAUSED = "PAUSED"  # stopped on request, holding nothing, until it is resumed (or cancelled)
 
     @property
     def terminal(self) -> bool:
@@ -108,6 +109,9 @@ class JobSpec:
     index_url: str = ""
     """The package index ``requirements`` are installed from (one of ``jobs.package_indexes``); empty: the
     default index."""
+    resume_on_timeout: bool = False
+    """At ``duration`` the attempt is stopped and the job runs again from its last checkpoint, instead of failing
+    with TIMEOUT (counted as a retry only when the attempt saved no checkpoint: no progress)."""
     python: str = ""
     """The client's Python minor version (``3.13``, from the package's manifest): the job runs on the worker image
     for it (``cluster.images``); empty for a job journaled before versions were kept (the default image)."""
@@ -141,8 +145,17 @@ class TeardownReport:
 
 
 @dataclass(frozen=True)
+class CheckpointNote:
+    """A checkpoint reached the supervisor's store (``restored=False``), or an attempt starts from it."""
+
+    step: int
+    size_bytes: int
+    restored: bool = False
+
+
+@dataclass(frozen=True)
 class JobEvent:
-    """One thing that happened to a job. Exactly one of state / log / result / message is set."""
+    """One thing that happened to a job. Exactly one of state / log / result / message / checkpoint is set."""
 
     job_id: str
     time: float
@@ -150,6 +163,7 @@ class JobEvent:
     log: tuple[str, str] | None = None  # (stream, line)
     result: bytes | None = None  # the runner's msgpack envelope
     message: str | None = None
+    checkpoint: CheckpointNote | None = None
     reason: str = ""
     queue_position: int = 0
     attempt: int = 1
@@ -175,6 +189,9 @@ class JobRecord:
         self.started_at: float | None = None
         self.running_at: float | None = None  # when the current attempt reached RUNNING (its usage starts)
         self.finished_at: float | None = None
+        self.checkpoint_step: int | None = None  # the step of its newest checkpoint in the supervisor's store
+        self.checkpoints = 0  # how many of its checkpoints the store keeps
+        self.ran_seconds = 0.0  # how long its paused attempts ran (a resumed attempt gets the rest of its duration)
         self.finished = trio.Event()  # the terminal state is set
         self.torn_down = trio.Event()  # teardown finished and reported; nothing of the job remains
         # Replay history: every non-log event, and the last LOG_HISTORY_LINES log lines, each with a sequence
@@ -268,6 +285,16 @@ class JobRecord:
         self._publish(JobEvent(self.job_id, time.time(), message=text, attempt=self.attempt))
         self._note("retry", text, reason=reason, data={"failed_attempt": failed, "backoff_seconds": backoff})
 
+    def note_checkpoint(self, note: CheckpointNote, kept: int) -> None:
+        """A checkpoint reached the store (``kept`` of the job's are there now), or an attempt starts from one: an
+        event for the streams and a ``checkpoint`` history event, each with the attempt."""
+        self.checkpoint_step, self.checkpoints = note.step, kept
+        self._publish(JobEvent(self.job_id, time.time(), checkpoint=note, attempt=self.attempt))
+        text = (f"attempt {self.attempt} starts from the checkpoint of step {note.step}" if note.restored
+                else f"checkpoint of step {note.step} saved ({note.size_bytes} bytes)")
+        self._note("checkpoint", text, data={"step": note.step, "size_bytes": note.size_bytes,
+                                             "restored": note.restored})
+
     def set_queue_position(self, position: int) -> None:
         """The job's place in the cluster's queue (written by the cluster, which owns the queue). A change of an
         existing position is a ``queue`` history event (at most MAX_QUEUE_EVENTS of them); the first position
@@ -359,39 +386,10 @@ class JobRecord:
 
     def _publish(self, event: JobEvent) -> None:
         (self._logs if event.log is not None else self._events).append((next(self._seq), event))
-        if event.log is None and event.message is None and self.on_change is not None:
+        if event.log is None and event.message is None and event.checkpoint is None and self.on_change is not None:
             self.on_change(self)
         for channel in list(self._subscribers):
             try:
                 channel.send_nowait(event)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._subscribers.discard(channel)  # that subscriber went away
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    index: int
-    name: str
-    kind: str  # "gpu", "cpu", ...
-    is_gpu: bool
-    memory_bytes: int
-    uuid: str | None
-    used_share: float = 0.0
-
-    @property
-    def free_share(self) -> float:
-        return max(0.0, round(1.0 - self.used_share, 6))
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    node_id: str
-    hostname: str
-    ssh_address: str
-    state: str  # "ready", "down", "unreachable", "preparing" (connected; its worker image is being pulled)
-    healthy: bool
-    devices: tuple[DeviceInfo, ...] = ()
-    running_jobs: int = 0
-    reason: str = ""
-    availability: str = "active"  # "active", "draining", "drained" (cumulus worker drain / activate)
-    labels: tuple[tuple[str, str], ...] = ()  # the node's ``cumulus.label.<key>`` labels, keys unprefixed

@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at     REAL,
     owner           TEXT NOT NULL DEFAULT '',  -- the name of the token that submitted the job
     secret_env      BLOB,                   -- sealed (journal_rows.SecretBox), never clear text
-    running_at      REAL                    -- when the current attempt reached RUNNING (re-adoption's usage)
+    running_at      REAL,                   -- when the current attempt reached RUNNING (re-adoption's usage)
+    ran_seconds     REAL NOT NULL DEFAULT 0 -- how long its paused attempts ran (counts against its duration)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS tokens (
@@ -131,7 +132,8 @@ class LoadEvents:
 
 
 # Columns added after the first release: a journal written before them gets them on open.
-ADDED_COLUMNS = {"owner": "TEXT NOT NULL DEFAULT ''", "secret_env": "BLOB", "running_at": "REAL"}
+ADDED_COLUMNS = {"owner": "TEXT NOT NULL DEFAULT ''", "secret_env": "BLOB", "running_at": "REAL",
+                 "ran_seconds": "REAL NOT NULL DEFAULT 0"}
 INDEXES = """
 DROP INDEX IF EXISTS jobs_idempotency;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_idempotency ON jobs(owner, idempotency_key)

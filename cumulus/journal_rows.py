@@ -80,7 +80,7 @@ def row_of(record: JobRecord, *, with_package: bool) -> dict[str, Any]:
         "teardown": None if record.teardown is None else json.dumps(
             {"released": record.teardown.released, "leaked": record.teardown.leaked}),
         "submitted_at": record.submitted_at, "started_at": record.started_at, "finished_at": record.finished_at,
-        "running_at": record.running_at,
+        "running_at": record.running_at, "ran_seconds": record.ran_seconds,
     }
     if with_package:
         row.update({
@@ -91,7 +91,8 @@ def row_of(record: JobRecord, *, with_package: bool) -> dict[str, Any]:
                                 "priority": spec.priority, "max_queue_seconds": spec.max_queue_seconds,
                                 "memory_bytes": spec.memory_bytes, "cpus": spec.cpus, "network": spec.network,
                                 "limits": asdict(spec.limits), "trace_id": spec.trace_id,
-                                "python": spec.python, "image": spec.image, "index_url": spec.index_url}),
+                                "python": spec.python, "image": spec.image, "index_url": spec.index_url,
+                                "resume_on_timeout": spec.resume_on_timeout}),
         })
     return row
 
@@ -110,7 +111,7 @@ def record_of(row: Mapping[str, Any]) -> JobRecord:
                    secret_env=dict(row.get("secret_env") or {}), owner=row.get("owner") or "",
                    limits=Limits(**meta.get("limits", {})), trace_id=meta.get("trace_id", ""),
                    python=meta.get("python", ""), image=meta.get("image", ""),
-                   index_url=meta.get("index_url", ""))
+                   index_url=meta.get("index_url", ""), resume_on_timeout=meta.get("resume_on_timeout", False))
     record = JobRecord(row["job_id"], spec)
     record.state = JobState(row["state"])
     record.reason = row["reason"]
@@ -125,6 +126,7 @@ def record_of(row: Mapping[str, Any]) -> JobRecord:
         row["submitted_at"], row["started_at"], row["finished_at"])
     # A journal from before ``running_at``: the first attempt's RUNNING is the job's start.
     record.running_at = row.get("running_at") or (row["started_at"] if row["attempt"] == 1 else None)
+    record.ran_seconds = row.get("ran_seconds") or 0.0
     record.announce()
     if record.state.terminal:
         record.finished.set()

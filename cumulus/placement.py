@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from cumulus.jobs import DeviceInfo
+from cumulus.devices import DeviceInfo
 
 EPSILON = 1e-9
 SPREAD_BELOW = 0.1

@@ -12,9 +12,10 @@ def test_contract_has_the_promised_rpcs_and_states():
     service = pb.DESCRIPTOR.services_by_name["OrchestratorService"]
     assert set(service.methods_by_name) == {
         "SubmitJob", "WatchJob", "GetJobStatus", "DescribeJob", "CancelJob", "ListWorkers", "ListJobs",
-        "HealthCheck", "CreateToken", "ListTokens", "RevokeToken", "RotateToken", "GetUsage",
+        "HealthCheck", "CreateToken", "ListTokens", "RevokeToken", "RotateToken", "GetUsage", "PauseJob", "ResumeJob",
     }
     assert service.methods_by_name["SubmitJob"].server_streaming
     assert service.methods_by_name["WatchJob"].server_streaming
     states = set(pb.JobState.keys())
-    assert {"QUEUED", "SCHEDULING", "CREATING_PARTITION", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"} <= states
+    assert {"QUEUED", "SCHEDULING", "CREATING_PARTITION", "RUNNING", "COMPLETED", "FAILED", "CANCELLED",
+            "PAUSED"} <= states

@@ -14,7 +14,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 from hypothesis import example, given, settings
@@ -24,13 +24,14 @@ from cumulus import jobformat
 from cumulus.config import JobSettings
 
 IMAGE = Path(__file__).resolve().parents[1] / "worker_image" / "image"
+SIBLINGS = ("runner_package", "runner_checkpoint")  # what runner.py imports from its directory
 
 
 def _load(name: str) -> ModuleType:
     """``IMAGE/<name>.py`` as a module (nothing run: main() is behind ``__name__ == "__main__"``), with the default
     limits (no CUMULUS_MAX_PACKAGE_BYTES) and the image directory on sys.path (runner.py imports its sibling)."""
     saved_env, saved_path = os.environ.pop("CUMULUS_MAX_PACKAGE_BYTES", None), list(sys.path)
-    saved_module = sys.modules.pop("runner_package", None)
+    saved_modules = {m: sys.modules.pop(m, None) for m in SIBLINGS}
     sys.path.insert(0, str(IMAGE))
     try:
         spec = importlib.util.spec_from_file_location(f"cumulus_image_{name}_under_test", IMAGE / f"{name}.py")
@@ -40,21 +41,24 @@ def _load(name: str) -> ModuleType:
         return module
     finally:
         sys.path[:] = saved_path
-        sys.modules.pop("runner_package", None)
-        if saved_module is not None:
-            sys.modules["runner_package"] = saved_module
+        for m, saved in saved_modules.items():
+            sys.modules.pop(m, None)
+            if saved is not None:
+                sys.modules[m] = saved
         if saved_env is not None:
             os.environ["CUMULUS_MAX_PACKAGE_BYTES"] = saved_env
 
 
 runner_copy = _load("runner_package")
+runner_checkpoint = _load("runner_checkpoint")
 runner = _load("runner")
 
 SAME_CONSTANTS = ["FORMAT", "MANIFEST", "CALL", "PACKAGE_NAME", "RESULT_NAME", "MiB", "MAX_PACKAGE_MB",
                   "UNCOMPRESSED_FACTOR", "MAX_MEMBERS", "MAX_MANIFEST_BYTES", "RESERVED_ENV_PREFIX"]
 
 
-@pytest.mark.parametrize("module", [runner, runner_copy], ids=["runner", "runner_package"])
+@pytest.mark.parametrize("module", [runner, runner_copy, runner_checkpoint],
+                         ids=["runner", "runner_package", "runner_checkpoint"])
 def test_the_runner_stays_standalone(module):
     source = Path(module.__file__).read_text()
     assert "import cumulus" not in source and "from cumulus" not in source
@@ -63,6 +67,26 @@ def test_the_runner_stays_standalone(module):
 
 def test_the_runner_uses_its_copy():
     assert runner.extract.__module__ == runner.job_env.__module__ == runner.InfraFailure.__module__ == "runner_package"
+
+
+def test_the_runner_has_the_in_job_api_and_its_pause_check():
+    assert runner.JOBAPI_DIR == str(IMAGE / "jobapi") and (IMAGE / "jobapi" / "cumulus" / "checkpoint.py").is_file()
+    assert runner.job_paused.__module__ == "runner_checkpoint" and runner.EXIT_PAUSED == 3
+    assert str(IMAGE / "jobapi") not in sys.path  # _load restored the test's own path
+
+
+@pytest.mark.parametrize("api, paused", [
+    (None, False),
+    (SimpleNamespace(), False),  # a module of that name that is not the API
+    (SimpleNamespace(pause_acknowledged=lambda: False), False),
+    (SimpleNamespace(pause_acknowledged=lambda: 1 / 0), False),  # never raises
+    (SimpleNamespace(pause_acknowledged=lambda: True), True),
+])
+def test_job_paused_asks_the_in_job_api(monkeypatch, api, paused):
+    monkeypatch.delitem(sys.modules, runner_checkpoint.IN_JOB_API, raising=False)
+    if api is not None:
+        monkeypatch.setitem(sys.modules, runner_checkpoint.IN_JOB_API, api)
+    assert runner_checkpoint.job_paused() is paused
 
 
 @pytest.mark.parametrize("name", SAME_CONSTANTS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from cumulus.jobs import DeviceInfo
+from cumulus.devices import DeviceInfo
 from cumulus.placement import (BUSY_JOBS, MAX_JOBS_PER_DEVICE, DeviceLoad, NodeView, Request, can_ever_fit,
                                fits_exactly, place)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
+import cumulus
+from cumulus.checkpoint import CHECKPOINT_LINE
 from cumulus.client import packaging as pk
 from cumulus.errors import RemoteError
 
@@ -207,3 +209,93 @@ def test_requirements_failure_is_clear(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert outcome.exc_type == "cumulus.RequirementsInstallFailed"
     assert "no-such-package-xyz" in outcome.exc_message and "ERROR" in outcome.exc_message
+
+
+# ---- checkpoints and pause (the in-job API from /opt/cumulus/jobapi, runner_checkpoint.py) ---------------------
+
+
+def pausing_job(steps):
+    """Checks for a pause each step; on one, saves and returns (the runner then reports the job paused)."""
+    for step in range(steps):
+        if cumulus.should_pause():  # the module global: pickled by reference, found in the job's jobapi
+            cumulus.checkpoint.save({"next": step}, step=step)
+            return f"paused at {step}"
+    return "done"
+
+
+def checkpoint_env(tmp_path, pause: bool = False) -> dict:
+    """The env the supervisor sets (the checkpoint dir outside the output dir: run_runner wants only the result)."""
+    lease = tmp_path / "lease"
+    lease.mkdir(exist_ok=True)
+    if pause:
+        (lease / "pause").touch()
+    return {"CUMULUS_CHECKPOINT_DIR": str(tmp_path / "checkpoints"), "CUMULUS_PAUSE_FILE": str(lease / "pause"),
+            "CUMULUS_CHECKPOINT_RESTORE": str(tmp_path / "code" / "checkpoint.bin")}
+
+
+def test_a_job_that_acknowledges_a_pause_is_paused(tmp_path):
+    proc, outcome = run_runner(tmp_path, pk.build_package(pausing_job, (5,)), env=checkpoint_env(tmp_path, pause=True))
+    assert proc.returncode == 3, proc.stderr
+    assert outcome is None and not (tmp_path / "out" / "result.msgpack").exists()  # no envelope
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("[cumulus] job paused in ") and lines[-1].endswith(" s")
+    assert any(CHECKPOINT_LINE.match(line) for line in lines)
+    assert os.listdir(tmp_path / "checkpoints") == ["ckpt-00000001-0.bin"]
+    assert "[cumulus] end of stdout" in proc.stdout
+
+
+def test_the_same_job_without_a_pause_request_finishes(tmp_path):
+    proc, outcome = run_runner(tmp_path, pk.build_package(pausing_job, (5,)), env=checkpoint_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert outcome.ok and outcome.value == "done"
+    assert "[cumulus] job finished in" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_pause_request_the_job_never_answers_does_not_pause_it(tmp_path):
+    proc, outcome = run_runner(tmp_path, pk.build_package(add, (1, 2)), env=checkpoint_env(tmp_path, pause=True))
+    assert proc.returncode == 0, proc.stderr
+    assert outcome.value == 3
+
+
+def test_a_job_that_fails_after_acknowledging_a_pause_has_failed(tmp_path):
+    def job():
+        assert cumulus.should_pause()
+        raise RuntimeError("broke while pausing")
+
+    proc, outcome = run_runner(tmp_path, pk.build_package(job), env=checkpoint_env(tmp_path, pause=True))
+    assert proc.returncode == 1, proc.stderr
+    assert outcome.exc_type == "builtins.RuntimeError" and outcome.exc_message == "broke while pausing"
+    assert "[cumulus] job failed in" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_the_job_uses_the_runners_in_job_api(tmp_path):
+    def job():
+        import cumulus as api  # imported in the job: the runner's jobapi copy, not an SDK
+
+        saved = [api.checkpoint.save({"i": i}) for i in range(3)]
+        return saved, api.checkpoint.load(), api.checkpoint.latest_step(), api.checkpoint.__file__, \
+            hasattr(api, "remote")
+
+    proc, outcome = run_runner(tmp_path, pk.build_package(job), env=checkpoint_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    saved, loaded, step, api_file, has_sdk = outcome.value
+    assert saved == [0, 1, 2] and loaded == {"i": 2} and step == 2
+    assert api_file.endswith(os.path.join("worker_image", "image", "jobapi", "cumulus", "checkpoint.py"))
+    assert not has_sdk
+    assert [m.group(1) for m in map(CHECKPOINT_LINE.match, proc.stderr.splitlines()) if m] == [
+        "ckpt-00000001-0.bin", "ckpt-00000002-1.bin", "ckpt-00000003-2.bin"]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["ckpt-00000002-1.bin", "ckpt-00000003-2.bin"]
+
+
+def test_a_resumed_job_loads_its_restore_file(tmp_path):
+    def job():
+        restored, step = cumulus.checkpoint.load(), cumulus.checkpoint.latest_step()
+        new_step = cumulus.checkpoint.save({"next": restored["next"] + 1})
+        return restored, step, new_step, cumulus.checkpoint.load()
+
+    env = checkpoint_env(tmp_path)
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "checkpoint.bin").write_bytes(cloudpickle.dumps({"next": 7}, protocol=5))
+    proc, outcome = run_runner(tmp_path, pk.build_package(job), env={**env, "CUMULUS_CHECKPOINT_RESTORE_STEP": "7"})
+    assert proc.returncode == 0, proc.stderr
+    assert outcome.value == ({"next": 7}, 7, 8, {"next": 8})

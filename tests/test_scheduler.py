@@ -16,7 +16,8 @@ from cumulus.actors.scheduler import (Admit, ExpectAdoptions, Granted, ListWorke
 from cumulus.backends import WorkerUnavailable
 from cumulus.config import load_settings
 from cumulus.errors import CapacityExhausted, Unsatisfiable
-from cumulus.jobs import DeviceInfo, JobSpec, Placement
+from cumulus.devices import DeviceInfo
+from cumulus.jobs import JobSpec, Placement
 
 
 def settings(max_queue: int = 100, allow_non_gpu: bool = False, max_jobs_per_device: int = 16):

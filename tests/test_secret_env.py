@@ -243,7 +243,8 @@ async def test_an_attempt_owns_its_secret_from_before_its_service_to_after_it(au
         with trio.fail_after(60):
             await record.torn_down.wait()
         assert record.state is JobState.COMPLETED, record.reason
-        assert record.teardown.released == ("container stop", "service", "secret env", "task watch", "files",
+        assert record.teardown.released == ("container stop", "service", "secret env", "task watch", "checkpoint copy",
+                                            "files",
                                             "partition", "reservation")
         name = secret_name(record.job_id, 1)
         assert world.secret_log == [f"created {name}", f"removed {name} (services of the job left: 0)"]

@@ -22,6 +22,8 @@ import trio
 
 from cumulus import metrics
 from cumulus.actors.base import ActorRef
+from cumulus.actors.checkpoint_step import (RUNNER_EXIT_PAUSED, CheckpointCopier, checkpoint_env,
+                                            open_checkpoint_copy, request_pause, restore_point)
 from cumulus.actors.log_relay import LogRelay
 from cumulus.actors.outcome import COMPLETED, JobStopped, Outcome
 from cumulus.actors.ownership import ResourceOwner
@@ -33,8 +35,9 @@ from cumulus.actors.watcher import PollNow, Unwatch, Watch
 from cumulus.backends import NodeBackend, NodeConnections, SwarmBackend, WorkerUnavailable
 from cumulus.config import Settings
 from cumulus.errors import ActorDied, CumulusError
-from cumulus.jobs import FailureReason, JobRecord, JobState
+from cumulus.jobs import CheckpointNote, FailureReason, JobRecord, JobState
 from cumulus.journal import Load
+from cumulus.resources.checkpoint_store import CheckpointStore, StoredCheckpoint
 from cumulus.resources.partition import LeaseLoss
 from cumulus.resources.swarm import LABEL_JOB, ServiceRequest, TaskState
 
@@ -58,6 +61,7 @@ class JobContext:
     start_soon: Callable[..., None]
     self_ref: Callable[[], ActorRef | None]
     journal: ActorRef | None = None  # where a retry finds the package again (it leaves memory once uploaded)
+    checkpoints: CheckpointStore | None = None  # where its checkpoints are kept (None: no checkpoints)
 
 
 class Attempt:
@@ -72,6 +76,10 @@ class Attempt:
         self.scope = trio.CancelScope()
         self.exited = False  # the container has exited
         self.service: Any = None  # the service handle, once created
+        self.node: NodeBackend | None = None  # its worker and job files, once made
+        self.files: Any = None
+        self.copier: CheckpointCopier | None = None
+        self.restored: StoredCheckpoint | None = None  # the checkpoint it starts from
         self._grant: Reservation | None = None
         self._granted = trio.Event()
         self._moved = False  # a QueuePosition came for this attempt
@@ -91,6 +99,39 @@ class Attempt:
         """End this attempt with ``outcome`` (it is torn down; the retry policy decides)."""
         self.failure = outcome
         self.scope.cancel()
+
+    def pause(self, grace: float) -> bool:
+        """Ask the job to pause: a job whose container runs gets ``grace`` seconds to return after its
+        ``should_pause()`` turns true, and is then stopped (PAUSED at its last checkpoint); one that does not run
+        yet ends PAUSED at once. Returns whether its container was running."""
+        if self.service is None or self.exited or self.node is None or self.files is None:
+            self.fail(Outcome.paused("paused before it ran"))
+            return False
+        self.ctx.start_soon(self._pause_running, self.node, self.files, grace)
+        return True
+
+    async def _pause_running(self, node: NodeBackend, files: Any, grace: float) -> None:
+        try:
+            await request_pause(node, files, self.record.job_id)
+            self.record.add_message(f"asked to pause: it has {grace:g} s to return")
+        except CumulusError as error:  # its node did not take the request: the grace period still ends it
+            log.warning("%s: the pause request did not reach its worker: %s", self.ctx.name, error)
+        await trio.sleep(grace)
+        self.fail(Outcome.paused(f"did not return within {grace:g} s of the pause request: stopped, paused at "
+                                 "its last checkpoint"))
+
+    @property
+    def duration(self) -> float:
+        """How long this attempt may hold its share: the job's duration, less what its paused attempts ran
+        (with ``resume_on_timeout``, the whole duration each time)."""
+        spec = self.record.spec
+        return float(spec.duration) if spec.resume_on_timeout else max(spec.duration - self.record.ran_seconds, 1.0)
+
+    def timed_out(self) -> Outcome:
+        if self.record.spec.resume_on_timeout:
+            return Outcome.failed(FailureReason.TIMEOUT, f"ran {self.duration:g} s: it runs again from its last "
+                                  "checkpoint (resume_on_timeout)")
+        return Outcome.failed(FailureReason.TIMEOUT, retry=False)
 
     # ---- resources --------------------------------------------------------------------------------------------
     @asynccontextmanager
@@ -209,17 +250,25 @@ class Attempt:
         record.set_state(JobState.CREATING_PARTITION)
         node = ctx.connections.get(reservation.node_id, reservation.worker)
         image = await prepare_user_image(ctx, reservation.node_id, spec, record.add_log) if spec.image else None
+        restore = await restore_point(ctx)
+        self.restored = restore[0] if restore else None
         # The partition and the upload go over the same SSH connection at once; they are still released in the
         # nested order (files, then partition).
         lease, files, *deps = await self.resources.own_together([
             (node.open_partition(device=reservation.device_indexes[0], fraction=reservation.share,
-                                 duration=spec.duration, job_id=record.job_id,
+                                 duration=self.duration, job_id=record.job_id,
                                  replace_earlier=record.attempt > 1), "partition"),
-            (node.open_job_files(job_id=record.job_id, package=spec.package or await self._package()), "files"),
+            (node.open_job_files(job_id=record.job_id, package=spec.package or await self._package(),
+                                 restore=restore[1] if restore else None), "files"),
         ] + ([(job_requirements(ctx, node, reservation.node_id), "requirements")] if spec.requirements else []))
         if spec.package:  # uploaded: a retry reads it from the journal again
             record.spec = spec = replace(spec, package=b"")
         record.partition_id = lease.partition_id
+        if self.restored is not None:
+            record.note_checkpoint(CheckpointNote(self.restored.step, self.restored.size, restored=True),
+                                   record.checkpoints)
+        self.node, self.files = node, files
+        self.copier = await own(open_checkpoint_copy(ctx, files), what="checkpoint copy", same_task=True)
         updates = await own(self._task_watch(), what="task watch", same_task=True)
         secret = await own(ctx.swarm.open_secret_env(record.job_id, record.attempt, spec.secret_env),
                            what="secret env", same_task=True) if spec.secret_env else None  # removed after the service
@@ -229,72 +278,11 @@ class Attempt:
         service = self.service = await own(ctx.swarm.open_service(request), what="service", same_task=True)
         record.set_service(service.id)
         await own(self._stopped_on_its_node(node, lease), what="container stop", same_task=True)
-        with trio.move_on_after(spec.duration) as deadline:
+        with trio.move_on_after(self.duration) as deadline:
             exit_task = await self._follow(service, updates, lease, files)
         if deadline.cancelled_caught:
-            raise JobStopped(Outcome.failed(FailureReason.TIMEOUT, retry=False))
+            raise JobStopped(self.timed_out())
         return await self._conclude(exit_task, files)
-
-    async def run_adopted(self) -> Outcome:
-        """Take over a job that a previous supervisor process started and that still runs on its worker.
-
-        Everything of it that still exists is owned again (so it is torn down in the usual order whatever
-        happens). If its partition holder is gone (the lease expired while no supervisor ran), the job is
-        concluded from what it left if it had ended by then, and is lost otherwise.
-        """
-        record, own, ctx = self.record, self.resources.own, self.ctx
-        placement = record.placement
-        assert placement is not None
-        record.add_message(f"re-adopting after a supervisor restart (on {placement.worker})")
-        reservation = await own(self._reservation(exact=True), what="reservation", same_task=True)
-        node = ctx.connections.get(reservation.node_id, reservation.worker)
-        lost: Exception | None = None
-        lease = files = service = None
-        try:
-            lease = await own(node.adopt_partition(job_id=record.job_id, partition_id=record.partition_id,
-                                                   device=placement.device_index, fraction=placement.share),
-                              what="partition")
-        except CumulusError as error:
-            lost = error
-        try:
-            files = await own(node.adopt_job_files(job_id=record.job_id), what="files")
-        except CumulusError as error:
-            lost = lost or error
-        updates = await own(self._task_watch(), what="task watch", same_task=True)
-        if record.spec.secret_env:  # its Swarm secret goes after its service, as for a new attempt
-            await own(ctx.swarm.adopt_secret_env(record.job_id), what="secret env", same_task=True)
-        try:
-            service = self.service = await own(ctx.swarm.adopt_service(record.service_id, record.job_id),
-                                               what="service", same_task=True)
-        except CumulusError as error:
-            lost = lost or error
-        if files is None or service is None:
-            raise JobStopped(Outcome.failed(FailureReason.LOST,
-                                            f"could not re-adopt after a supervisor restart: {lost}"))
-        if lease is None:
-            # Its partition ended while the supervisor was away (the lease expired). If the job had finished by
-            # then, its outcome is in its job dir: the job is not lost, only its partition is gone.
-            return await self._conclude_unattended(service, files, lost)
-        remaining = record.spec.duration - (time.time() - (record.started_at or record.submitted_at))
-        with trio.move_on_after(max(remaining, 0)) as deadline:
-            exit_task = await self._follow(service, updates, lease, files)
-        if deadline.cancelled_caught:
-            raise JobStopped(Outcome.failed(FailureReason.TIMEOUT, retry=False))
-        return await self._conclude(exit_task, files)
-
-    async def _conclude_unattended(self, service: Any, files: Any, lost: Exception | None) -> Outcome:
-        """How a job ended whose partition lease expired while no supervisor watched it: completed (or failed
-        with its own exception) if its task had ended with an outcome in its job dir; otherwise lost (stopped
-        by its expired lease), which is retried only if the job itself asked for retries."""
-        tasks = await self.ctx.swarm.task_states({LABEL_JOB: self.record.job_id})
-        ended = [t for t in tasks if t.service_id == service.id and t.terminal]
-        if ended:
-            self.exited = True
-            outcome = await self._conclude(ended[0], files)
-            if outcome.state is JobState.COMPLETED or outcome.failure is FailureReason.USER_EXCEPTION:
-                self.record.add_message("re-adopted after a supervisor restart: it had ended meanwhile")
-                return outcome
-        raise JobStopped(Outcome.failed(FailureReason.LOST, f"could not re-adopt after a supervisor restart: {lost}"))
 
     def _service_request(self, reservation: Reservation, node: NodeBackend, lease: Any, files: Any) -> ServiceRequest:
         record, settings = self.record, self.ctx.settings
@@ -307,7 +295,8 @@ class Attempt:
             image=settings.cluster.image_for(spec.python), device_index=reservation.device_indexes[0],
             partition_id=lease.partition_id, code_dir=files.code_dir, output_dir=files.output_dir,
             env={**record.spec.env, "CUMULUS_GPU_FRACTION": repr(reservation.share), "CUMULUS_TRACE_ID": spec.trace_id,
-                 "CUMULUS_MAX_PACKAGE_BYTES": str(settings.jobs.max_package_mb * 2**20)},
+                 "CUMULUS_MAX_PACKAGE_BYTES": str(settings.jobs.max_package_mb * 2**20),
+                 **checkpoint_env(settings, self.restored, leases=node.lease_dir(record.job_id) is not None)},
             gpu_uuid=reservation.gpu_uuids[0], stop_grace=settings.jobs.stop_grace,
             lease_dir=node.lease_dir(record.job_id))
 
@@ -322,13 +311,17 @@ class Attempt:
         container that does not exit within ``EXIT_AFTER_FINISH_SECONDS`` of that (a job that left a non-daemon
         thread behind) is not waited for any longer: ``None`` is returned and the teardown stops it."""
         record = self.record
-        relay = LogRelay(self.ctx.swarm, record, on_end_of_job=self._poll_now)
+        copier = self.copier
+        relay = LogRelay(self.ctx.swarm, record, on_end_of_job=self._poll_now,
+                         on_checkpoint=copier.saw if copier is not None else None)
         exit_task: TaskState | None = None
         async with trio.open_nursery() as nursery:
             with trio.CancelScope() as waiting:
                 nursery.start_soon(relay.run, service.id)
                 nursery.start_soon(self._watch_lease, lease)
                 nursery.start_soon(self._complete_when_finished, relay.finished, files, waiting)
+                if copier is not None:
+                    nursery.start_soon(copier.run)
                 async for task in updates:
                     if task.service_id != service.id:
                         continue  # an earlier attempt's task, reported late (e.g. by a node that came back)
@@ -385,6 +378,8 @@ class Attempt:
             return COMPLETED
         envelope = await fetch_result(files, self.ctx.settings)
         assert task is not None  # only a COMPLETED job may be concluded without its task's end
+        if task.exit_code == RUNNER_EXIT_PAUSED and envelope is None:  # it returned after it was asked to pause
+            return Outcome.paused("returned after the pause request")
         if task.state == "complete" and task.exit_code == 0 and envelope is not None:
             record.set_result(envelope)
             record.set_state(JobState.COMPLETED)

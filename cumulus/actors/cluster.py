@@ -31,19 +31,22 @@ import trio
 from cumulus import metrics
 from cumulus.actors.attempt import STOP_WAIT_SECONDS
 from cumulus.actors.base import Actor, ActorRef
+from cumulus.actors.cluster_messages import (CancelJob, DescribeJob, GetJob, ListJobs, PauseJob, ResumeJob, Submit,
+                                             SyncNodes)
 from cumulus.actors.drain import DrainMessage, Drains, node_inventory
-from cumulus.actors.job import Cancel, JobActor, Start
+from cumulus.actors.job import Cancel, JobActor, Pause, Resume, Start
 from cumulus.actors.scheduler import Admit, ExpectAdoptions, NodesChanged
 from cumulus.actors.worker import LiveJobs, NodeUpdate, WorkerActor, WorkerImages
 from cumulus.backends import Backends, NodeConnections, SwarmBackend
 from cumulus.config import Settings
-from cumulus.errors import ActorDied, CumulusError, NotFound
+from cumulus.errors import ActorDied, CumulusError, NotFound, WrongJobState
 from cumulus.identity import LOCAL_ADMIN, Caller
 from cumulus.idempotency import RequestFingerprint, check_same_request
 from cumulus.jobs import JobRecord, JobSpec, JobState
 from cumulus.logs import job_log_fields
 from cumulus.journal import SECRETS_UNREADABLE, FindKey, Load, LoadEvents, Unfinished, record_of
 from cumulus.quotas import SubmissionRates, Usage, check_limits
+from cumulus.resources.checkpoint_store import CheckpointStore
 from cumulus.resources.swarm import LABEL_JOB, LABEL_SUPERVISOR, NodeInfo
 from cumulus.supervisor import DynamicSupervisor
 from cumulus.tracing import new_trace_id
@@ -53,53 +56,9 @@ log = logging.getLogger(__name__)
 NODE_SYNC_SECONDS = 2.0
 #: A stopped job releases at most this many resources in turn, each bounded by jobs.release_timeout: its actor's
 #: shutdown bound (after which it is reported overdue).
-JOB_SHUTDOWN_RELEASES = 7
+JOB_SHUTDOWN_RELEASES = 9
 #: States in which a job's container has not been created yet: a restart may start such a job afresh.
 NOT_STARTED = frozenset({JobState.QUEUED, JobState.SCHEDULING, JobState.CREATING_PARTITION})
-
-
-@dataclass(frozen=True)
-class Submit:
-    """Start a job owned by ``caller`` (the spec's owner is set to the caller's name), or answer the caller's job
-    of the same idempotency key. Raises QuotaExceeded, AlreadyExists, and the Scheduler's admission errors."""
-
-    spec: JobSpec
-    caller: Caller = LOCAL_ADMIN
-
-
-@dataclass(frozen=True)
-class GetJob:
-    """The job's record; NotFound when unknown or not the caller's to see."""
-
-    job_id: str
-    caller: Caller = LOCAL_ADMIN
-
-
-@dataclass(frozen=True)
-class DescribeJob:
-    """The job's record and its history from the journal (``(JobRecord, list[HistoryEvent])``)."""
-
-    job_id: str
-    caller: Caller = LOCAL_ADMIN
-
-
-@dataclass(frozen=True)
-class CancelJob:
-    job_id: str
-    caller: Caller = LOCAL_ADMIN
-
-
-@dataclass(frozen=True)
-class ListJobs:
-    """The caller's jobs (every job for an admin)."""
-
-    include_finished: bool = True
-    caller: Caller = LOCAL_ADMIN
-
-
-@dataclass(frozen=True)
-class SyncNodes:
-    pass
 
 
 class ClusterActor(Actor):
@@ -119,6 +78,7 @@ class ClusterActor(Actor):
         watcher: ActorRef,
         journal: ActorRef,
         images: WorkerImages | None = None,
+        checkpoints: CheckpointStore | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -131,6 +91,7 @@ class ClusterActor(Actor):
         self.watcher = watcher
         self.journal = journal
         self.images = images  # the worker image gate, handed to every WorkerActor
+        self.checkpoints = checkpoints  # the jobs' checkpoint store, handed to every JobActor
         self.job_prefix = f"{settings.supervisor_id}-"
         self.jobs: dict[str, JobRecord] = {}  # read here, written by each job's actor
         self.by_key: dict[tuple[str, str], str] = {}  # (owner, idempotency key) -> job id
@@ -171,6 +132,13 @@ class ClusterActor(Actor):
                 return record, await self.journal.call(LoadEvents(job_id))
             case CancelJob(job_id, caller):
                 return await self._cancel(job_id, caller)
+            case PauseJob(job_id, grace, caller):
+                record = await self._job(job_id, caller)
+                return record, await self._live_job(record).call(Pause(grace))
+            case ResumeJob(job_id, caller):
+                record = await self._job(job_id, caller)
+                await self._live_job(record).call(Resume())
+                return record
             case ListJobs(include_finished, caller):
                 self._forget_expired()
                 return [r for r in self.jobs.values() if (include_finished or not r.torn_down.is_set())
@@ -203,6 +171,14 @@ class ClusterActor(Actor):
             raise NotFound(f"no job {job_id!r} (finished jobs are kept for "
                            f"{self.settings.jobs.result_retention} s)")
         return record
+
+    def _live_job(self, record: JobRecord) -> ActorRef:
+        """The actor of a job that has not ended; WrongJobState for one that has."""
+        ref = self.jobs_supervisor.whereis(record.job_id)
+        if ref is None or record.state.terminal:
+            raise WrongJobState(f"job {record.job_id} has ended ({record.state.value}): only a job that has not "
+                                "ended can be paused or resumed")
+        return ref
 
     async def _submit(self, spec: JobSpec, caller: Caller) -> JobRecord:
         owner = caller.name
@@ -247,7 +223,8 @@ class ClusterActor(Actor):
     async def _start_job(self, record: JobRecord, start: Start, note: str = "") -> None:
         await self.jobs_supervisor.start_actor(record.job_id, lambda: JobActor(
             record, settings=self.settings, swarm=self.swarm, connections=self.connections,
-            scheduler=self.scheduler, watcher=self.watcher, journal=self.journal, start=start, note=note),
+            scheduler=self.scheduler, watcher=self.watcher, journal=self.journal, checkpoints=self.checkpoints,
+            start=start, note=note),
             shutdown=JOB_SHUTDOWN_RELEASES * self.settings.jobs.release_timeout + STOP_WAIT_SECONDS)
 
     async def _find_key(self, owner: str, key: str) -> JobRecord | None:
@@ -303,6 +280,8 @@ class ClusterActor(Actor):
             lost_in = record.state.value
             if record.state.terminal:  # ended, but its teardown was never recorded (the orphan reaping that
                 decision = Start.CLOSE, ""  # follows removes its service: its restored record is not live)
+            elif record.state is JobState.PAUSED:  # it held nothing when it was paused: it waits to be resumed
+                decision = Start.PAUSED, ""
             elif self._adoptable(record):
                 decision = Start.ADOPT, ""
             else:
@@ -397,4 +376,5 @@ class ClusterActor(Actor):
             log.warning("cluster: removed %d orphan secrets (secret env of jobs no longer live)", reaped)
 
 
-__all__ = ["CancelJob", "ClusterActor", "DescribeJob", "GetJob", "ListJobs", "Submit", "SyncNodes"]
+__all__ = ["CancelJob", "ClusterActor", "DescribeJob", "GetJob", "ListJobs", "PauseJob", "ResumeJob", "Submit",
+           "SyncNodes"]

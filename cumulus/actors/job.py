@@ -9,14 +9,19 @@ and releases it in reverse, so **killing a JobActor at any point of its life - c
 crash - releases its partition and removes its service**; a release that fails is recorded in the teardown report,
 never hidden.
 
-States: QUEUED -> SCHEDULING -> CREATING_PARTITION -> RUNNING -> COMPLETED | FAILED | CANCELLED. The terminal state
-is written once. A job that ended by itself (returned or raised) is COMPLETED/FAILED as soon as its exit and result
-are known; a job that is stopped (cancel, timeout, lost partition, infrastructure failure) gets its terminal state
-only after teardown, so it is never reported ended while its container still runs. The teardown outcome is
-recorded separately (``record.teardown``) and then every event stream of the job ends.
+States: QUEUED -> SCHEDULING -> CREATING_PARTITION -> RUNNING -> COMPLETED | FAILED | CANCELLED, and PAUSED (from any
+state before the end, on :class:`Pause`; back to QUEUED on :class:`Resume`). The terminal state is written once. A
+paused job's attempt is torn down before it is PAUSED, so a paused job holds no share, partition or service; each later
+attempt (a resume or a retry) starts from the job's last checkpoint (``cumulus/actors/checkpoint_step.py``), and the
+job's checkpoints are removed from the store when it ends. A job that ended by itself (returned or raised) is
+COMPLETED/FAILED as soon as its exit and result are known; a job that is stopped (cancel, timeout, lost partition,
+infrastructure failure) gets its terminal state only after teardown, so it is never reported ended while its container
+still runs. The teardown outcome is recorded separately (``record.teardown``) and then every event stream of the job
+ends.
 
-Messages: :class:`Cancel` (from the cluster), and the Scheduler's :class:`~cumulus.actors.scheduler.Granted` and
-:class:`~cumulus.actors.scheduler.QueuePosition` for the attempt waiting in its queue.
+Messages: :class:`Cancel`, :class:`Pause` and :class:`Resume` (from the cluster), and the Scheduler's
+:class:`~cumulus.actors.scheduler.Granted` and :class:`~cumulus.actors.scheduler.QueuePosition` for the attempt waiting
+in its queue.
 """
 
 from __future__ import annotations
@@ -31,18 +36,20 @@ from typing import Any
 import trio
 
 from cumulus import metrics
+from cumulus.actors.adoption import AdoptedAttempt
 from cumulus.actors.attempt import Attempt, JobContext
 from cumulus.actors.base import Actor, ActorRef
 from cumulus.actors.outcome import JobStopped, Outcome, should_retry
 from cumulus.actors.scheduler import Granted, QueuePosition
 from cumulus.backends import NodeConnections, SwarmBackend
 from cumulus.config import Settings
-from cumulus.errors import ActorDied, CumulusError
+from cumulus.errors import ActorDied, CumulusError, WrongJobState
 from cumulus.history import HistoryEvent
 from cumulus.jobs import FailureReason, JobRecord, JobState, TeardownReport
 from cumulus.journal import AddEvent, Save, row_of
 from cumulus.logs import bind_job
 from cumulus.redaction import redact_credentials
+from cumulus.resources.checkpoint_store import CheckpointStore
 from cumulus.usage import RecordUsage, attempt_usage
 
 log = logging.getLogger(__name__)
@@ -59,11 +66,25 @@ class Start(enum.Enum):
     RESTART = "restart"  # its attempt was lost in the restart: run it again as its next attempt
     LOST = "lost"  # it cannot run again: it ends FAILED (lost)
     CLOSE = "close"  # it had ended but its teardown was never recorded: record that
+    PAUSED = "paused"  # it was paused: wait for its resume
 
 
 @dataclass(frozen=True)
 class Cancel:
     reason: str = "cancelled"
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Answer: whether its container was running (it was asked, and has ``grace`` seconds, 0: ``jobs.pause_grace``,
+    to return), or not (it is paused at once). WrongJobState once the job has ended."""
+
+    grace: float = 0.0
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Queue a paused job again. WrongJobState if it is not PAUSED or has no duration left."""
 
 
 class JobActor(Actor):
@@ -79,6 +100,7 @@ class JobActor(Actor):
         scheduler: ActorRef,
         watcher: ActorRef,
         journal: ActorRef,
+        checkpoints: CheckpointStore | None = None,
         start: Start = Start.NEW,
         note: str = "",
     ) -> None:
@@ -88,12 +110,17 @@ class JobActor(Actor):
         self.journal = journal
         self._start, self._note = start, note
         self._ctx = JobContext(record, settings, swarm, connections, scheduler, watcher, self.name,
-                               self.start_soon, lambda: self.ref, journal)
+                               self.start_soon, lambda: self.ref, journal, checkpoints)
         self._tickets = itertools.count(1)
         self._life_scope = trio.CancelScope()
         self._stop_reason: Outcome | None = None
         self.attempt: Attempt | None = None  # the current one
         self._attempt_queued_at: float | None = None  # when the current attempt began to wait (its usage row)
+        self._attempt_live = False
+        self._pausing = False  # a pause was asked for and the job is not PAUSED yet
+        self._resumed = trio.Event()
+        self._backoff = trio.CancelScope()  # the wait before a retry (a pause cuts it short)
+        self._uncounted = 0  # attempts that do not count as retries: resumed ones, and timeouts that made progress
 
     async def on_start(self) -> None:
         record = self.record
@@ -129,6 +156,11 @@ class JobActor(Actor):
                     self._stop_reason = Outcome.cancelled(reason)
                 self._life_scope.cancel()
                 return None
+            case Pause(grace):
+                return self._pause(grace or self.settings.jobs.pause_grace)
+            case Resume():
+                self._resume()
+                return None
             case Granted() if self.attempt is not None:
                 self.attempt.granted(message)
                 return None
@@ -155,6 +187,79 @@ class JobActor(Actor):
         except (ActorDied, trio.WouldBlock) as error:
             log.error("%s: could not journal an event: %s", self.name, error)
 
+    # ---- pause and resume ------------------------------------------------------------------------------------
+
+    def _pause(self, grace: float) -> bool:
+        record = self.record
+        if record.state.terminal or self._stop_reason is not None:
+            raise WrongJobState(f"job {record.job_id} has ended ({record.state.value}) or is being cancelled: "
+                                "there is nothing to pause")
+        if record.state is JobState.PAUSED or self._pausing:
+            return False
+        self._pausing = True
+        log.info("%s: pause asked (grace %g s)", self.name, grace)
+        if self._attempt_live and self.attempt is not None:
+            return self.attempt.pause(grace)
+        self._backoff.cancel()  # between attempts: it is paused instead of retried
+        return False
+
+    def _resume(self) -> None:
+        record, spec = self.record, self.record.spec
+        if record.state is not JobState.PAUSED:
+            raise WrongJobState(f"job {record.job_id} is {record.state.value}, not PAUSED: only a paused job can be "
+                                "resumed")
+        if not spec.resume_on_timeout and record.ran_seconds >= spec.duration:
+            raise WrongJobState(f"job {record.job_id} has used its whole duration ({spec.duration} s): cancel it, "
+                                "or submit it again with a longer duration")
+        record.set_state(JobState.QUEUED, "resumed")
+        self._resumed.set()
+
+    def _paused(self, outcome: Outcome) -> None:
+        """The attempt is torn down: the job is PAUSED, holding nothing; the time it ran counts against its
+        duration."""
+        record = self.record
+        now = time.time()
+        record.ran_seconds += now - record.running_at if record.running_at is not None else 0.0
+        self._record_usage(now)
+        self._pausing = False
+        record.set_state(JobState.PAUSED, outcome.reason if outcome.state is JobState.PAUSED else "paused")
+        log.info("%s: paused after attempt %d (ran %.1f s of %d s)", self.name, record.attempt, record.ran_seconds,
+                 record.spec.duration)
+
+    async def _wait_for_resume(self, *, renumber: bool) -> None:
+        await self._resumed.wait()
+        self._resumed = trio.Event()
+        self._uncounted += 1  # a resumed attempt is no retry
+        if renumber:
+            self.record.attempt += 1
+        self.record.add_message(f"resumed: attempt {self.record.attempt}")
+
+    async def _load_checkpoint_info(self) -> None:
+        """After a supervisor restart: what the store keeps of the job's checkpoints (its status shows them)."""
+        store, record = self._ctx.checkpoints, self.record
+        if store is None or self._start is Start.NEW:
+            return
+        try:
+            stored = await store.list(record.job_id)
+        except OSError as error:
+            log.warning("%s: its checkpoints cannot be listed: %s", self.name, error)
+            return
+        if stored:
+            record.checkpoint_step, record.checkpoints = stored[-1].step, len(stored)
+
+    async def _remove_checkpoints(self, released: list[str], leaked: list[str]) -> None:
+        store = self._ctx.checkpoints
+        if store is None:
+            return
+        with trio.move_on_after(self.settings.jobs.release_timeout, shield=True) as bounded:
+            try:
+                if await store.remove_job(self.record.job_id):
+                    released.append("checkpoints")
+            except OSError as error:
+                leaked.append(f"checkpoints: {error}")
+        if bounded.cancelled_caught:
+            leaked.append("checkpoints: not removed in time")
+
     # ---- the job's life ---------------------------------------------------------------------------------------
 
     async def _live(self) -> None:
@@ -163,23 +268,44 @@ class JobActor(Actor):
         released: list[str] = []
         leaked: list[str] = []
         adopt = self._start is Start.ADOPT
+        paused, renumber = self._start is Start.PAUSED, True
         try:
             with self._life_scope:
+                await self._load_checkpoint_info()
                 while True:
+                    if paused:
+                        await self._wait_for_resume(renumber=renumber)
+                        paused, renumber = False, True
                     self._attempt_queued_at = (record.submitted_at if record.attempt == 1
                                                else None if adopt else time.time())
+                    step_before = record.checkpoint_step
                     outcome = await self._attempt(released, leaked, adopt=adopt)
                     adopt = False  # a retry after this attempt starts afresh
-                    if self._stop_reason is not None or not self._should_retry(outcome):
+                    if self._stop_reason is not None:
+                        break
+                    if outcome.failure is FailureReason.TIMEOUT and record.checkpoint_step != step_before:
+                        self._uncounted += 1  # it made progress: resuming it is no retry (resume_on_timeout)
+                    retry = self._should_retry(outcome)
+                    if outcome.state is JobState.PAUSED or (self._pausing and retry):
+                        self._paused(outcome)
+                        paused = True
+                        continue
+                    if not retry:
                         break
                     self._record_usage(time.time())
-                    delay = min(RETRY_BACKOFF_SECONDS * 2 ** (record.attempt - 1), RETRY_BACKOFF_MAX_SECONDS)
+                    counted = record.attempt - self._uncounted
+                    delay = min(RETRY_BACKOFF_SECONDS * 2 ** (counted - 1), RETRY_BACKOFF_MAX_SECONDS)
                     record.attempt += 1
                     record.note_retry(outcome.reason, delay)
                     metrics.current().job_retries.labels(outcome.failure.value if outcome.failure else "").inc()
                     log.info("%s: attempt %d failed (%s); retrying in %g s", self.name, record.attempt - 1,
                              redact_credentials(outcome.reason), delay)  # may quote a requirement's URL
-                    await trio.sleep(delay)
+                    with self._backoff:
+                        await trio.sleep(delay)
+                    self._backoff = trio.CancelScope()
+                    if self._pausing:  # asked to pause while waiting: its next attempt waits for the resume
+                        self._paused(Outcome.paused("paused before its next attempt"))
+                        paused, renumber = True, False
         finally:
             if outcome is None or self._life_scope.cancelled_caught:
                 outcome = self._stop_reason or Outcome.cancelled("supervisor stopped the job")
@@ -187,6 +313,7 @@ class JobActor(Actor):
                 record.set_result(outcome.result)
             record.set_state(outcome.state, outcome.reason, failure=outcome.failure)  # once: may have ended
             self._record_usage(record.finished_at)  # the last attempt ends when the job does, as its status says
+            await self._remove_checkpoints(released, leaked)
             record.set_torn_down(TeardownReport(released=tuple(released), leaked=tuple(leaked)))
             count_end(record)
             # The failure's kind, not the reason's text: that may quote the job's own exception message.
@@ -198,15 +325,18 @@ class JobActor(Actor):
     async def _attempt(self, released: list[str], leaked: list[str], *, adopt: bool) -> Outcome:
         """Run the job once; tear down what this attempt acquired; return how it ended (not yet recorded if
         it might be retried). Cancellation of the whole job (cancel, shutdown) propagates after the teardown."""
-        attempt = self.attempt = Attempt(self._ctx, next(self._tickets))
+        attempt = self.attempt = (AdoptedAttempt if adopt else Attempt)(self._ctx, next(self._tickets))
         outcome: Outcome | None = None
+        self._attempt_live = True
+        if self._pausing:  # asked while it was being set up
+            attempt.pause(0.0)
         try:
             with attempt.scope:
                 try:
                     # Teardown on leaving this block, whatever the reason: newest first (container stop, service,
-                    # task watch, files, partition, reservation), each shielded and bounded.
+                    # task watch, checkpoint copy, files, partition, reservation), each shielded and bounded.
                     async with attempt.resources:
-                        outcome = await (attempt.run_adopted() if adopt else attempt.run())
+                        outcome = await attempt.run()
                 except JobStopped as stopped:
                     outcome = stopped.outcome
                 except CumulusError as error:  # infrastructure said no: the attempt failed
@@ -216,6 +346,7 @@ class JobActor(Actor):
                     outcome = Outcome.failed(FailureReason.INTERNAL, f"{type(error).__name__}: {error}",
                                              retry=False)
         finally:
+            self._attempt_live = False
             metrics.current().phase("teardown", attempt.resources.release_seconds)
             released.extend(attempt.resources.released)
             leaked.extend(f"{leak.what}: {leak.reason}" for leak in attempt.resources.leaks)
@@ -244,9 +375,9 @@ class JobActor(Actor):
 
     def _should_retry(self, outcome: Outcome) -> bool:
         spec = self.record.spec
-        return should_retry(outcome, attempt=self.record.attempt, retries=spec.retries,
+        return should_retry(outcome, attempt=self.record.attempt - self._uncounted, retries=spec.retries,
                             default_retries=self.settings.jobs.default_retries,
-                            retry_exceptions=spec.retry_exceptions)
+                            retry_exceptions=spec.retry_exceptions, resume_on_timeout=spec.resume_on_timeout)
 
 
 def count_end(record: JobRecord) -> None:
@@ -256,4 +387,4 @@ def count_end(record: JobRecord) -> None:
                                            "true" if failure is not None and failure.infrastructure else "false").inc()
 
 
-__all__ = ["Cancel", "JobActor", "RETRY_BACKOFF_MAX_SECONDS", "RETRY_BACKOFF_SECONDS", "Start"]
+__all__ = ["Cancel", "JobActor", "Pause", "Resume", "RETRY_BACKOFF_MAX_SECONDS", "RETRY_BACKOFF_SECONDS", "Start"]

@@ -20,12 +20,13 @@ import trio
 
 from cumulus import metrics
 from cumulus.backends import SwarmBackend
+from cumulus.checkpoint import CHECKPOINT_LINE
 from cumulus.errors import CumulusError
 from cumulus.jobs import JobRecord, JobState
 
 #: The runner's last line ("[cumulus] job finished in 0.03 s", "... job failed in ...", "... job failed
 #: (infrastructure) in ..."): every line before it has been relayed once it is seen.
-END_OF_JOB_MARKER = re.compile(r"^\[cumulus\] job (finished|failed)( \(infrastructure\))? in ")
+END_OF_JOB_MARKER = re.compile(r"^\[cumulus\] job (finished|failed|paused)( \(infrastructure\))? in ")
 #: The runner's last stdout line (after the job's own output; not relayed): with the stderr marker, all is in.
 STDOUT_END_MARKER = "[cumulus] end of stdout"
 LOG_IDLE_SECONDS = 1.0  # after the task ended, output without end markers is complete after this much quiet
@@ -38,12 +39,15 @@ LOG_REFOLLOW_BACKOFF_SECONDS = 0.5
 
 class LogRelay:
     """Relays one service's log into ``record``. ``on_end_of_job`` is called when the runner's last stderr line
-    arrives (the container's exit follows it)."""
+    arrives (the container's exit follows it); ``on_checkpoint`` with the file name when the job's checkpoint line
+    (``cumulus.checkpoint.CHECKPOINT_LINE``) arrives, which is relayed too."""
 
-    def __init__(self, swarm: SwarmBackend, record: JobRecord, *, on_end_of_job: Callable[[], None]) -> None:
+    def __init__(self, swarm: SwarmBackend, record: JobRecord, *, on_end_of_job: Callable[[], None],
+                 on_checkpoint: Callable[[str], None] | None = None) -> None:
         self.swarm = swarm
         self.record = record
         self.on_end_of_job = on_end_of_job
+        self.on_checkpoint = on_checkpoint
         self.done = trio.Event()  #: every line has been relayed (both end markers came), or relaying ended
         self.finished = trio.Event()  #: the runner said the job finished (its result is written)
         self.lines_relayed = 0
@@ -116,6 +120,8 @@ class LogRelay:
             self.on_end_of_job()
         else:
             self.record.add_log(stream, line)
+            if stream == "stderr" and self.on_checkpoint is not None and (saved := CHECKPOINT_LINE.match(line)):
+                self.on_checkpoint(saved.group(1))
         if self._stdout_ended and self._stderr_ended:
             if self._job_finished:
                 self.finished.set()

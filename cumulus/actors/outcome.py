@@ -14,8 +14,8 @@ from cumulus.jobs import FailureReason, JobState
 
 @dataclass(frozen=True)
 class Outcome:
-    """``state`` is COMPLETED, FAILED or CANCELLED (both with ``failure``). ``result`` is the runner's envelope
-    (recorded only once the outcome is final); ``retry=False`` marks an outcome no retry policy applies to."""
+    """``state`` is COMPLETED, PAUSED, FAILED or CANCELLED (the last two with ``failure``). ``result`` is the runner's
+    envelope (recorded only once the outcome is final); ``retry=False`` marks an outcome no retry policy applies to."""
 
     state: JobState
     failure: FailureReason | None = None
@@ -38,6 +38,11 @@ class Outcome:
         return cls(JobState.CANCELLED, FailureReason.CANCELLED, why)
 
     @classmethod
+    def paused(cls, why: str) -> Outcome:
+        """The job stopped on a pause request: it holds nothing once torn down and waits to be resumed."""
+        return cls(JobState.PAUSED, None, why)
+
+    @classmethod
     def failed(cls, failure: FailureReason, detail: str = "", *, result: bytes | None = None,
                retry: bool = True) -> Outcome:
         return cls(JobState.FAILED, failure, detail, result, retry)
@@ -55,12 +60,14 @@ class JobStopped(CumulusError):
 
 
 def should_retry(outcome: Outcome, *, attempt: int, retries: int, default_retries: int,
-                 retry_exceptions: bool) -> bool:
-    """Whether a job whose attempt ``attempt`` ended with ``outcome`` runs again.
+                 retry_exceptions: bool, resume_on_timeout: bool = False) -> bool:
+    """Whether a job whose attempt ``attempt`` (counting only the attempts that count as retries) ended with
+    ``outcome`` runs again.
 
     Infrastructure failures are retried ``retries`` times (or ``default_retries`` when the job set none); a job
     lost in a supervisor restart only if the job itself asked for retries; the job's own exception only with
-    ``retry_exceptions``; nothing else (completed, cancelled, timeout, queue timeout, internal errors).
+    ``retry_exceptions``; a timeout only with ``resume_on_timeout``; nothing else (completed, paused, cancelled,
+    queue timeout, internal errors).
     """
     failure = outcome.failure
     if outcome.state is not JobState.FAILED or failure is None:
@@ -70,6 +77,8 @@ def should_retry(outcome: Outcome, *, attempt: int, retries: int, default_retrie
         return False
     if failure is FailureReason.USER_EXCEPTION:
         return retry_exceptions
+    if failure is FailureReason.TIMEOUT:
+        return resume_on_timeout and outcome.retry
     return outcome.retry and failure.infrastructure
 
 

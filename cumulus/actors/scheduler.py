@@ -41,7 +41,8 @@ from cumulus.actors.scheduler_messages import (Admit, Availability, ExpectAdopti
 from cumulus.backends import WorkerUnavailable
 from cumulus.config import Settings
 from cumulus.errors import ActorDied, CapacityExhausted, Unsatisfiable
-from cumulus.jobs import DeviceInfo, JobSpec, Placement, WorkerInfo
+from cumulus.devices import DeviceInfo, WorkerInfo
+from cumulus.jobs import JobSpec, Placement
 from cumulus.quotas import OwnerHoldings
 from cumulus.placement import DeviceLoad, NodeView, Request, can_ever_fit, fits_exactly, place
 

@@ -7,7 +7,8 @@ import enum
 from dataclasses import dataclass
 
 from cumulus.actors.base import ActorRef
-from cumulus.jobs import DeviceInfo, JobSpec, Placement
+from cumulus.devices import DeviceInfo
+from cumulus.jobs import JobSpec, Placement
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from cumulus.actors.scheduler import WorkerHealth
 from cumulus.backends import Backends, NodeBackend, NodeConnections
 from cumulus.config import Settings
 from cumulus.errors import ActorDied
-from cumulus.jobs import DeviceInfo
+from cumulus.devices import DeviceInfo
 from cumulus.resources.job_network import WorkerNotIsolated
 from cumulus.resources.swarm import NodeInfo
 

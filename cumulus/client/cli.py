@@ -1,4 +1,4 @@
-"""Job commands of the ``cumulus`` CLI (submit, status, describe, cancel, logs, jobs, workers, health).
+"""Job commands of the ``cumulus`` CLI (submit, status, describe, cancel, pause, resume, logs, jobs, workers, health).
 
 Exit status: 0 ok; 1 the job failed or was cancelled, or the supervisor refused/was unreachable (the message is
 on stderr); 2 bad usage (the command line is wrong: argparse's errors and the commands' own checks).
@@ -20,7 +20,7 @@ from cumulus.client.cli_submit import add_submit_flags, load_function, submit_re
 __all__ = ["FILE_COMPLETION", "JOB_STATES", "TERMINAL_STATES", "UsageError", "job_states", "load_function",
            "register"]
 
-JOB_STATES = ("QUEUED", "SCHEDULING", "CREATING_PARTITION", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
+JOB_STATES = ("QUEUED", "SCHEDULING", "CREATING_PARTITION", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "PAUSED")
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 
 
@@ -47,6 +47,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     ca = add("cancel", "cancel a job (returns once its resources are released)", _cancel)
     ca.add_argument("job_id", metavar="JOB")
+
+    pa = add("pause", "pause a job: it returns at its next should_pause() (or is stopped after the grace period) "
+             "and holds nothing until resumed", _pause)
+    pa.add_argument("job_id", metavar="JOB")
+    pa.add_argument("--grace", type=float, default=0, metavar="SECONDS",
+                    help="how long it has to return before it is stopped at its last checkpoint (default: the "
+                    "supervisor's jobs.pause_grace)")
+
+    re_ = add("resume", "queue a paused job again (from its last checkpoint, on any worker)", _resume)
+    re_.add_argument("job_id", metavar="JOB")
 
     lg = add("logs", "print a job's output", _logs, output=False)
     lg.add_argument("job_id", metavar="JOB")
@@ -179,6 +189,36 @@ def _cancel(args: argparse.Namespace) -> int:
     if result.leaked:
         print(f"leaked (left behind): {'; '.join(result.leaked)}", file=sys.stderr)
         return 1
+    return 0
+
+
+@_command
+def _pause(args: argparse.Namespace) -> int:
+    if args.grace < 0:
+        raise UsageError(f"--grace {args.grace:g}: give the seconds the job has to return (0 or more)")
+    result = _client(args).pause(args.job_id, grace=args.grace)
+    if _json(args):
+        print(out.dumps({"job_id": result.job_id, "was_running": result.was_running, "state": result.state,
+                         "checkpoint_step": result.status.checkpoint_step}))
+        return 0 if result.state == "PAUSED" else 1
+    if result.state != "PAUSED":
+        print(f"job {result.job_id} ended before it paused: {result.state}", file=sys.stderr)
+        return 1
+    step = result.status.checkpoint_step
+    print(f"job {result.job_id} paused" + (f" at its checkpoint of step {step}" if step is not None
+                                           else " (no checkpoint: a resume starts it from the beginning)")
+          + f"; resume it with: cumulus resume {result.job_id}")
+    return 0
+
+
+@_command
+def _resume(args: argparse.Namespace) -> int:
+    info = _client(args).resume(args.job_id)
+    if _json(args):
+        print(out.dumps(info.to_dict()))
+        return 0
+    step = info.checkpoint_step
+    print(f"job {info.job_id} queued again" + (f", from its checkpoint of step {step}" if step is not None else ""))
     return 0
 
 

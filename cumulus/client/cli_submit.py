@@ -62,6 +62,8 @@ def add_submit_flags(sub: argparse.ArgumentParser) -> None:
                      "client's version, nothing of Cumulus")
     sub.add_argument("--index-url", default=None, metavar="URL", help="install --requirements from this package "
                      "index (one the cluster allows; credentials: `cumulus index login URL`)")
+    sub.add_argument("--resume-on-timeout", action="store_true", default=None,
+                     help="at --duration, stop the job and run it again from its last checkpoint instead of failing")
     sub.add_argument("--detach", action="store_true", help="print the job id (-o json: {\"job_id\": ...}) and "
                      "return at once")
 
@@ -88,7 +90,7 @@ def submit_request(args: argparse.Namespace) -> tuple[Callable[..., Any], list[A
         options["name"] = args.name
     if args.memory is not None:  # MiB as digits, else a size string: the SDK checks both
         options["memory"] = int(args.memory) if args.memory.strip().isdigit() else args.memory
-    for option in ("cpus", "network", "working_dir", "image", "index_url"):
+    for option in ("cpus", "network", "working_dir", "image", "index_url", "resume_on_timeout"):
         if getattr(args, option) is not None:
             options[option] = getattr(args, option)
     for option in ("py_modules", "files"):  # given, they replace the function's @remote option

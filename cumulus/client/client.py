@@ -12,6 +12,7 @@ the job (validation included: a bad request raises here, at once) and returns a 
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -28,7 +29,7 @@ from cumulus.client.connection import ClientConfig, load_client_config, open_cha
 from cumulus.client.tokens import TokenStatus
 from cumulus.client.jobref import RECONNECT_SECONDS, JobRef
 from cumulus.client.options import DEFAULT_GPU, OPTION_NAMES, RemoteOptions, normalize_options
-from cumulus.client.types import CancelResult, JobDescription, JobInfo, JobUpdate, WorkerStatus
+from cumulus.client.types import CancelResult, JobDescription, JobInfo, JobUpdate, PauseResult, WorkerStatus
 from cumulus.client.usage import GROUPS as USAGE_GROUPS
 from cumulus.client.usage import UsageReport, parse_since
 from cumulus.errors import CumulusError, InvalidRequest
@@ -44,6 +45,7 @@ __all__ = ["CANCEL_TIMEOUT", "DEFAULT_GPU", "OPTION_NAMES", "RECONNECT_SECONDS",
 
 RPC_TIMEOUT = 30.0  # unary calls; CancelJob gets longer (it waits for the teardown)
 CANCEL_TIMEOUT = 300.0
+PAUSE_GRACE_ALLOWANCE = 3600.0  # a pause with the supervisor's grace (unknown here) waits at most this much more
 
 R = TypeVar("R")
 
@@ -196,6 +198,7 @@ class CumulusClient:
             name=opts.get("name") or function_name(func).removeprefix("__main__."),
             retries=int(opts.get("retries", 0)),
             retry_exceptions=bool(opts.get("retry_exceptions", False)),
+            resume_on_timeout=bool(opts.get("resume_on_timeout", False)),
             priority=int(opts.get("priority", 0)),
             max_queue_seconds=int(opts.get("max_queue_seconds", 0)),
             memory_bytes=int(opts.get("memory", 0)),  # 0, "", 0.0: the supervisor's containers defaults
@@ -246,6 +249,17 @@ class CumulusClient:
     def cancel(self, job_id: str, *, timeout: float = CANCEL_TIMEOUT) -> CancelResult:
         """Cancel a job; returns once its resources are released, saying what was (and what leaked)."""
         return CancelResult.from_pb(self._call("CancelJob", pb.CancelJobRequest(job_id=job_id), timeout=timeout))
+
+    def pause(self, job_id: str, *, grace: float = 0, timeout: float | None = None) -> PauseResult:
+        """Ask a job to pause; returns once it is PAUSED (its share released) or has ended. ``grace``: seconds it
+        has to return after ``cumulus.should_pause()`` turns true (0: the supervisor's ``jobs.pause_grace``)."""
+        request = pb.PauseJobRequest(job_id=job_id, grace_seconds=max(0, math.ceil(grace)))
+        wait = timeout if timeout is not None else CANCEL_TIMEOUT + (grace or PAUSE_GRACE_ALLOWANCE)
+        return PauseResult.from_pb(self._call("PauseJob", request, timeout=wait))
+
+    def resume(self, job_id: str) -> JobInfo:
+        """Queue a PAUSED job again (it may run on any worker, from its last checkpoint); its status."""
+        return JobInfo.from_pb(self._call("ResumeJob", pb.ResumeJobRequest(job_id=job_id)).status)
 
     def list_jobs(self, include_finished: bool = True, limit: int = 0) -> list[JobInfo]:
         reply = self._call("ListJobs", pb.ListJobsRequest(include_finished=include_finished, limit=limit))

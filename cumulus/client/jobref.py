@@ -18,7 +18,8 @@ import grpc
 
 from cumulus.client.aio import async_library
 from cumulus.client.results import Outcome, decode_result
-from cumulus.client.types import TERMINAL_STATES, CancelResult, JobCancelled, JobFailed, JobInfo, JobUpdate
+from cumulus.client.types import (TERMINAL_STATES, CancelResult, JobCancelled, JobFailed, JobInfo, JobUpdate,
+                                  PauseResult)
 from cumulus.errors import CumulusError, SupervisorUnavailable
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.status import error_from_rpc
@@ -153,6 +154,18 @@ class JobRef(Generic[T_co]):
         if result.state in TERMINAL_STATES and not self._done.is_set():
             self._finish(result.state, result.status.reason if result.status else "")
         return result
+
+    def pause(self, grace: float = 0) -> PauseResult:
+        """Ask the job to pause: ``cumulus.should_pause()`` turns true inside it; it ends PAUSED when it returns
+        (or is stopped ``grace`` seconds later, 0: the supervisor's ``jobs.pause_grace``, at its last checkpoint).
+        Returns once it is PAUSED, holding no share, or has ended (it finished first). :meth:`result` keeps
+        waiting through a pause."""
+        return self.client.pause(self.job_id, grace=grace)
+
+    def resume(self) -> JobInfo:
+        """Queue the PAUSED job again; it may run on any worker, and ``cumulus.checkpoint.load()`` returns its last
+        checkpoint."""
+        return self.client.resume(self.job_id)
 
     def logs(self, follow: bool = False) -> Iterator[str]:
         """The job's output lines: what is buffered now, or (``follow=True``) everything until the job ends."""

@@ -30,6 +30,7 @@ OPTION_NAMES = frozenset({
     "gpu", "gpu_memory", "duration", "requirements", "env", "retries", "retry_exceptions", "timeout", "name",
     "priority", "max_queue_seconds", "idempotency_key", "log_to_driver", "address", "project_root",
     "memory", "cpus", "network", "secret_env", "py_modules", "working_dir", "files", "image", "index_url",
+    "resume_on_timeout",
 })
 NETWORKS = ("internet", "none")
 MIN_MEMORY_MIB = 16  # the supervisor's floor too (containers.memory_mb); its ceiling is its own setting
@@ -51,6 +52,7 @@ class RemoteOptions(TypedDict, total=False):
     env: dict[str, str] | None
     retries: int | None
     retry_exceptions: bool | None
+    resume_on_timeout: bool | None
     timeout: float | None
     name: str | None
     priority: int | None
@@ -123,6 +125,9 @@ def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
                             or (value < 0 and key != "priority")):
             kind = "an" if key == "priority" else "a non-negative"
             raise InvalidRequest(f"{key}={value!r} must be {kind} integer")
+    for key in ("retry_exceptions", "resume_on_timeout", "log_to_driver"):
+        if key in opts and not isinstance(opts[key], bool):
+            raise InvalidRequest(f"{key}={opts[key]!r} must be True or False")
     if "timeout" in opts:
         t = opts["timeout"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or math.isnan(t) or t < 0:

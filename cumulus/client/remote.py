@@ -43,16 +43,17 @@ class RemoteFunction(Generic[P, R_co]):
     * ``f(*args, **kwargs)`` runs the function locally, right here (handy in tests and for debugging). Use
       ``.remote()`` to run it on the cluster.
 
-    Options: ``gpu`` (share of one device 0 < g <= 1, or whole devices 1..8; ``gpu_memory`` is an alias),
-    ``duration`` (seconds the job may run; 0/None: the supervisor's default), ``requirements`` (PEP 508 strings
-    installed in the job's container), ``env`` (extra environment variables), ``retries`` (infrastructure
-    retries), ``retry_exceptions``, ``timeout`` (default seconds :meth:`JobRef.result` waits; None: forever),
-    ``address`` (the supervisor; default :func:`cumulus.config.default_address`), ``name``, ``priority``,
-    ``max_queue_seconds``, ``secret_env`` (like ``env``, for values that are never stored in clear nor logged:
-    not in the package, not in the Swarm service, not in the history; not pickled with this function either),
-    ``log_to_driver`` (print the job's output here; default on unless
-    ``CUMULUS_QUIET_LOGS=1``). A bad option (an unknown name, a value of the wrong type or out of range) raises
-    :class:`~cumulus.errors.InvalidRequest` at once: at the decoration or at ``.options(...)``.
+    Options: ``gpu`` (share of one device 0 < g <= 1, or whole devices 1..8; ``gpu_memory`` is an alias), ``duration``
+    (seconds the job may run; 0/None: the supervisor's default), ``requirements`` (PEP 508 strings installed in the
+    job's container), ``env`` (extra environment variables), ``retries`` (infrastructure retries), ``retry_exceptions``,
+    ``resume_on_timeout`` (at ``duration`` the job is stopped and runs again from its last checkpoint,
+    :mod:`cumulus.checkpoint`, instead of failing), ``timeout`` (default seconds :meth:`JobRef.result` waits; None:
+    forever), ``address`` (the supervisor; default :func:`cumulus.config.default_address`), ``name``, ``priority``,
+    ``max_queue_seconds``, ``secret_env`` (like ``env``, for values that are never stored in clear nor logged: not in
+    the package, not in the Swarm service, not in the history; not pickled with this function either), ``log_to_driver``
+    (print the job's output here; default on unless ``CUMULUS_QUIET_LOGS=1``). A bad option (an unknown name, a value of
+    the wrong type or out of range) raises :class:`~cumulus.errors.InvalidRequest` at once: at the decoration or at
+    ``.options(...)``.
 
     Code and data (Ray's runtime_env names; :mod:`cumulus.client.runtime_env`): every module the function reaches
     that is not installed code is shipped wherever its file is; ``py_modules`` (a list of modules, module names or

@@ -48,6 +48,12 @@ class JobInfo:
     """The client's Python minor version (the job runs on the worker image for it)."""
     image: str = ""
     """The user image the job runs in ("" = the worker image)."""
+    checkpoint_step: int | None = None
+    """The step of its newest checkpoint in the supervisor's store (None: none)."""
+    checkpoints: int = 0
+    """How many of its checkpoints the store keeps."""
+    ran_seconds: float = 0.0
+    """How long its paused attempts ran (a resumed attempt gets its duration less this)."""
 
     @property
     def finished(self) -> bool:
@@ -62,13 +68,30 @@ class JobInfo:
             finished_at=_time(msg.finished_at), attempt=msg.attempt, has_result=msg.has_result,
             queue_position=msg.queue_position, released=tuple(msg.teardown.released),
             leaked=tuple(msg.teardown.leaked), owner=msg.owner, trace_id=msg.trace_id, python=msg.python,
-            image=msg.image,
+            image=msg.image, checkpoint_step=None if msg.checkpoint_step < 0 else msg.checkpoint_step,
+            checkpoints=msg.checkpoints, ran_seconds=msg.ran_seconds,
         )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["released"], data["leaked"] = list(self.released), list(self.leaked)
         return data
+
+
+@dataclass(frozen=True)
+class PauseResult:
+    """What :meth:`JobRef.pause` / ``cumulus pause`` learnt: returned once the job is PAUSED (or has ended: it
+    finished before it paused)."""
+
+    job_id: str
+    was_running: bool
+    state: str
+    status: JobInfo
+
+    @classmethod
+    def from_pb(cls, msg: pb.PauseJobResponse) -> PauseResult:
+        info = JobInfo.from_pb(msg.status)
+        return cls(job_id=info.job_id, was_running=msg.was_running, state=info.state, status=info)
 
 
 @dataclass(frozen=True)
@@ -136,7 +159,8 @@ class WorkerStatus:
 
 @dataclass(frozen=True)
 class JobUpdate:
-    """One event of a job as a client sees it (``kind`` is "state", "log", "result", "message")."""
+    """One event of a job as a client sees it (``kind`` is "state", "log", "result", "message", "checkpoint";
+    a checkpoint's ``text`` says its step)."""
 
     job_id: str
     time: float | None
@@ -163,16 +187,25 @@ class JobUpdate:
             job_id=ev.job_id, time=_time(ev.time), kind=kind,
             state=pb.JobState.Name(ev.state) if kind == "state" else "",
             reason=ev.reason, stream=ev.log.stream if kind == "log" else "",
-            text=ev.log.text if kind == "log" else (ev.message if kind == "message" else ""),
+            text=ev.log.text if kind == "log" else (ev.message if kind == "message" else _checkpoint_text(ev)),
             queue_position=ev.queue_position, attempt=ev.attempt,
         )
 
 
+def _checkpoint_text(ev: pb.JobEvent) -> str:
+    if ev.WhichOneof("kind") != "checkpoint":
+        return ""
+    point = ev.checkpoint
+    if point.restored:
+        return f"attempt {ev.attempt} starts from the checkpoint of step {point.step}"
+    return f"checkpoint of step {point.step} saved ({point.size_bytes} bytes)"
+
+
 @dataclass(frozen=True)
 class JobHistoryEvent:
-    """One entry of a job's history (``cumulus describe``): ``kind`` is "state", "message", "placement", "retry"
-    or "teardown"; ``text`` is one human line; ``state`` is the state's name for kind "state", else ""; ``at`` is
-    Unix seconds."""
+    """One entry of a job's history (``cumulus describe``): ``kind`` is "state", "message", "placement", "retry",
+    "checkpoint" or "teardown"; ``text`` is one human line; ``state`` is the state's name for kind "state", else "";
+    ``at`` is Unix seconds."""
 
     at: float
     kind: str
@@ -184,7 +217,7 @@ class JobHistoryEvent:
     @classmethod
     def from_pb(cls, ev: pb.JobEvent) -> JobHistoryEvent:
         kind = ev.WhichOneof("kind")
-        kind = kind if kind in ("state", "placement", "retry", "teardown") else "message"
+        kind = kind if kind in ("state", "placement", "retry", "teardown", "checkpoint") else "message"
         return cls(at=_time(ev.time) or 0.0, kind=kind, text=ev.detail or ev.message,
                    state=pb.JobState.Name(ev.state) if kind == "state" else "", reason=ev.reason, attempt=ev.attempt)
 

@@ -15,7 +15,8 @@ from starlette.responses import Response
 
 from cumulus.dashboard.base import View
 from cumulus.dashboard.render import page
-from cumulus.jobs import DeviceInfo, JobRecord, WorkerInfo
+from cumulus.devices import DeviceInfo, WorkerInfo
+from cumulus.jobs import JobRecord
 
 QUEUE_HEAD = 10
 POLL_SECONDS = 2

@@ -19,6 +19,7 @@ from cumulus.resources.ssh import RemotePathNotFound, SshConnection, SshError
 
 JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 PACKAGE_NAME = "package.zip"
+RESTORE_NAME = "checkpoint.bin"  # the checkpoint an attempt resumes from, next to the package (read-only)
 RESULT_NAME = "result.msgpack"
 CLEANUP_TIMEOUT = 30.0
 
@@ -66,12 +67,13 @@ class JobFiles:
 
 @asynccontextmanager
 async def open_job_files(
-    conn: SshConnection, *, jobs_dir: str, job_id: str, package: bytes
+    conn: SshConnection, *, jobs_dir: str, job_id: str, package: bytes, restore: bytes | None = None
 ) -> AsyncIterator[JobFiles]:
-    """Create ``<jobs_dir>/<job_id>/{code,output,lease}``, upload ``package`` as ``code/package.zip`` (mode 0444,
-    code dir then 0555), make ``output`` the SSH user's with mode 0700 (the job container runs as the SSH user's
-    uid:gid, so only the job and the supervisor can read or write it; never 0777) and ``lease`` the SSH user's
-    (0755: the detached partition holder writes there, the container only reads it); yield :class:`JobFiles`.
+    """Create ``<jobs_dir>/<job_id>/{code,output,lease}``, upload ``package`` as ``code/package.zip`` (mode 0444, code
+    dir then 0555; ``restore``, the checkpoint the attempt resumes from, as ``code/checkpoint.bin``), make ``output``
+    the SSH user's with mode 0700 (the job container runs as the SSH user's uid:gid, so only the job and the supervisor
+    can read or write it; never 0777) and ``lease`` the SSH user's (0755: the detached partition holder writes there,
+    the container only reads it); yield :class:`JobFiles`.
 
     A leftover directory of the same job id is replaced. Raises :class:`InvalidRequest` for a bad job id and
     :class:`SshError` if the worker refuses; a half-made directory is removed before the error propagates.
@@ -93,6 +95,8 @@ async def open_job_files(
             timeout=15,
         )
         await conn.put_bytes(package, posixpath.join(files.code_dir, PACKAGE_NAME), 0o444)
+        if restore is not None:
+            await conn.put_bytes(restore, posixpath.join(files.code_dir, RESTORE_NAME), 0o444)
         await conn.chmod(files.code_dir, 0o555)
         made = True
     finally:
@@ -167,5 +171,5 @@ async def remove_job_dir(conn: SshConnection, jobs_dir: str, job_id: str) -> Non
     await _remove(conn, _paths(conn, jobs_dir, job_id).job_dir)
 
 
-__all__ = ["JOB_ID_RE", "JobFiles", "adopt_job_files", "check_job_id", "list_job_dirs", "open_job_files",
-           "remove_job_dir"]
+__all__ = ["JOB_ID_RE", "RESTORE_NAME", "JobFiles", "adopt_job_files", "check_job_id", "list_job_dirs",
+           "open_job_files", "remove_job_dir"]

@@ -16,7 +16,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from cumulus.errors import InvalidRequest
 from cumulus.history import HistoryEvent
 from cumulus.identity import TokenInfo
-from cumulus.jobs import JobEvent, JobRecord, JobState, TeardownReport, WorkerInfo
+from cumulus.devices import WorkerInfo
+from cumulus.jobs import JobEvent, JobRecord, JobState, TeardownReport
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.submission import spec_from_submission as spec_from_submission  # re-exported (the servicer's)
 from cumulus.usage import UsageReport
@@ -53,6 +54,9 @@ def event_to_pb(event: JobEvent) -> pb.JobEvent:
         msg.result.CopyFrom(pb.JobResult(envelope=event.result))
     elif event.message is not None:
         msg.message = event.message
+    elif event.checkpoint is not None:
+        msg.checkpoint.CopyFrom(pb.Checkpoint(step=event.checkpoint.step, size_bytes=event.checkpoint.size_bytes,
+                                              restored=event.checkpoint.restored))
     return msg
 
 
@@ -111,6 +115,9 @@ def status_to_pb(record: JobRecord) -> pb.JobStatus:
         trace_id=record.spec.trace_id,
         python=record.spec.python,
         image=record.spec.image,
+        checkpoint_step=-1 if record.checkpoint_step is None else record.checkpoint_step,
+        checkpoints=record.checkpoints,
+        ran_seconds=record.ran_seconds,
     )
     if record.teardown is not None:
         msg.teardown.CopyFrom(teardown_to_pb(record.teardown))
@@ -132,6 +139,9 @@ def history_event_to_pb(event: HistoryEvent) -> pb.JobEvent:
     elif event.kind == "retry":
         msg.retry.CopyFrom(pb.Retry(failed_attempt=data.get("failed_attempt", 0),
                                     backoff_seconds=data.get("backoff_seconds", 0.0)))
+    elif event.kind == "checkpoint":
+        msg.checkpoint.CopyFrom(pb.Checkpoint(step=data.get("step", 0), size_bytes=data.get("size_bytes", 0),
+                                              restored=data.get("restored", False)))
     elif event.kind == "teardown":
         msg.teardown.CopyFrom(pb.TeardownReport(released=list(data.get("released", ())),
                                                 leaked=list(data.get("leaked", ()))))

@@ -169,6 +169,17 @@ class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
         return reply
 
     @_unary
+    async def PauseJob(self, request: pb.PauseJobRequest, context: Any) -> pb.PauseJobResponse:
+        record, was_running = await call_trio(functools.partial(
+            self._api.pause, _job_id(request.job_id), grace=float(request.grace_seconds), caller=_caller()))
+        return pb.PauseJobResponse(status=convert.status_to_pb(record), was_running=was_running)
+
+    @_unary
+    async def ResumeJob(self, request: pb.ResumeJobRequest, context: Any) -> pb.ResumeJobResponse:
+        record = await call_trio(functools.partial(self._api.resume, _job_id(request.job_id), caller=_caller()))
+        return pb.ResumeJobResponse(status=convert.status_to_pb(record))
+
+    @_unary
     async def ListWorkers(self, request: pb.ListWorkersRequest, context: Any) -> pb.ListWorkersResponse:
         caller = _caller()
         workers = await call_trio(self._api.list_workers)

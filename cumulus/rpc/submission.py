@@ -74,6 +74,7 @@ def spec_from_submission(request: pb.JobSubmission, settings: Any, *, trace_id: 
         idempotency_key=key,
         retries=request.retries,
         retry_exceptions=request.retry_exceptions,
+        resume_on_timeout=request.resume_on_timeout,
         priority=request.priority,
         max_queue_seconds=request.max_queue_seconds,
         memory_bytes=memory_bytes,

@@ -32,7 +32,8 @@ from cumulus.errors import CapacityExhausted, InvalidRequest, NotFound, Unsatisf
 from cumulus.history import HistoryEvent
 from tests.credentials import FixedCredentials, security_overrides
 from tests.trio_thread import serving_in_thread
-from cumulus.jobs import DeviceInfo, JobRecord, JobSpec, JobState, Placement, TeardownReport, WorkerInfo
+from cumulus.devices import DeviceInfo, WorkerInfo
+from cumulus.jobs import JobRecord, JobSpec, JobState, Placement, TeardownReport
 from cumulus.jobformat import check_gpu_share
 from cumulus.usage import GROUPS, UsageRecord, UsageReport, attempt_usage, summarize
 

@@ -2,7 +2,10 @@
 
 ``FakeWorld`` is the shared state (partitions, job dirs, services and their fake containers). A fake container's
 behaviour comes from its job's env: ``FAKE_RUNTIME`` seconds (default 1), ``FAKE_EXIT`` code (default 0; 1 writes
-a failure envelope), ``FAKE_NO_RESULT=1`` (exits without an envelope). Every operation takes a little (virtual)
+a failure envelope), ``FAKE_NO_RESULT=1`` (exits without an envelope). A training loop instead with
+``FAKE_STEPS=N``: N steps of ``FAKE_STEP_SECONDS`` (default 0.1) from the restored checkpoint's step on, a checkpoint
+every ``FAKE_SAVE_EVERY`` steps (default 1; its bytes say the step), stopping at a pause request (exit 3, as the runner)
+unless ``FAKE_IGNORE_PAUSE=1``; its result is ``ok:<job id>:<last step>``. Every operation takes a little (virtual)
 time, so that cancellations can land in the middle of each one. Nothing here talks to Docker or SSH.
 """
 
@@ -17,6 +20,7 @@ import docker.errors
 import trio
 
 from cumulus.backends import Backends, NodeOrphans
+from cumulus.resources.checkpoint_store import StoredCheckpoint
 from cumulus.resources.partition import LeaseLoss
 from cumulus.resources.ssh import SshError
 from cumulus.resources.swarm import ServiceHandle, SwarmError
@@ -69,6 +73,43 @@ class FakePartition:
         return hash(self.partition_id) % 100000
 
 
+class FakeCheckpointStore:
+    """An in-memory CheckpointStore (no threads: under an autojump clock a thread would let virtual time run)."""
+
+    def __init__(self, keep: int = 3) -> None:
+        self.keep = keep
+        self.jobs: dict[str, list[tuple[StoredCheckpoint, bytes]]] = {}
+        self._seq = itertools.count(1)
+
+    async def put(self, job_id: str, step: int, data: bytes) -> StoredCheckpoint:
+        await trio.sleep(0)
+        stored = StoredCheckpoint(job_id, next(self._seq), step, len(data), trio.current_time())
+        kept = self.jobs.setdefault(job_id, [])
+        kept.append((stored, data))
+        del kept[:-self.keep]
+        return stored
+
+    async def latest(self, job_id: str) -> StoredCheckpoint | None:
+        await trio.sleep(0)
+        kept = self.jobs.get(job_id)
+        return kept[-1][0] if kept else None
+
+    async def read(self, checkpoint: StoredCheckpoint) -> bytes:
+        await trio.sleep(0)
+        for stored, data in self.jobs.get(checkpoint.job_id, []):
+            if stored == checkpoint:
+                return data
+        raise FileNotFoundError(checkpoint)
+
+    async def list(self, job_id: str) -> list[StoredCheckpoint]:
+        await trio.sleep(0)
+        return [stored for stored, _ in self.jobs.get(job_id, [])]
+
+    async def remove_job(self, job_id: str) -> int:
+        await trio.sleep(0)
+        return len(self.jobs.pop(job_id, []))
+
+
 class FakeWorld:
     def __init__(self, nodes: list[NodeInfo], nursery: trio.Nursery) -> None:
         self.nodes = nodes
@@ -90,10 +131,22 @@ class FakeWorld:
         self.saved_images: dict[str, bytes] = {}  # image id -> its `docker save` tar, on the fake manager
         self.pulls: list[tuple[str, str]] = []  # (node id, reference) of every image pull asked for
         self.pull_failure: str = ""  # set: every image pull fails with this reason
+        self.checkpoint_files: dict[str, dict[str, bytes]] = {}  # job id -> its output/checkpoints on its worker
+        self.restores: list[tuple[str, bytes]] = []  # (job id, checkpoint) uploaded for each attempt that resumed
+        self.pause_requests: set[str] = set()  # job ids whose pause file exists
+        self.steps_run: dict[str, list[int]] = {}  # job id -> every step its training loops ran, in order
+        self.checkpoint_store = FakeCheckpointStore()
         self._ids = itertools.count(1)
 
     def backends(self) -> Backends:
-        return Backends(open_swarm=self.open_swarm, connect_node=self.connect_node, needs_asyncio=False)
+        return Backends(open_swarm=self.open_swarm, connect_node=self.connect_node,
+                        open_checkpoints=self.open_checkpoints, needs_asyncio=False)
+
+    @contextmanager
+    def open_checkpoints(self, settings: Any) -> Iterator[FakeCheckpointStore]:
+        """The supervisor's checkpoint store, in memory (it outlives a supervisor "restart", as a directory does)."""
+        self.checkpoint_store.keep = settings.jobs.checkpoint_retention
+        yield self.checkpoint_store
 
     # ---- swarm ----------------------------------------------------------------------------------------------
 
@@ -134,6 +187,31 @@ class FakeWorld:
     def used_share(self, node: str, device: int) -> float:
         return sum(p.fraction for p in self.partitions.values() if p.node == node and p.device == device)
 
+    async def run_training(self, container: FakeContainer) -> int:
+        """The FAKE_STEPS loop: its exit code (0 done, 3 paused), or -1 when stopped."""
+        env, job_id = container.env, container.job_id
+        first = int(env.get("CUMULUS_CHECKPOINT_RESTORE_STEP", "-1")) + 1
+        every = int(env.get("FAKE_SAVE_EVERY", "1"))
+        step = first - 1
+        for step in range(first, int(env["FAKE_STEPS"])):
+            if job_id in self.pause_requests and env.get("FAKE_IGNORE_PAUSE") != "1":
+                return 3
+            with trio.move_on_after(float(env.get("FAKE_STEP_SECONDS", "0.1"))):
+                await container.stop.wait()
+            if container.stop.is_set():
+                return -1
+            self.steps_run.setdefault(job_id, []).append(step)
+            if (step + 1) % every == 0:
+                name = f"ckpt-{step + 1:08d}-{step}.bin"
+                folder = self.checkpoint_files.setdefault(job_id, {})
+                folder[name] = f"step {step}".encode()
+                for old in sorted(folder)[:-2]:  # the in-job API keeps the newest two
+                    del folder[old]
+                container.logs.append(("stderr", f"[cumulus] checkpoint {name} ({len(folder[name])} bytes)"))
+                container.log_event.set()
+        self.outputs[job_id] = f"ok:{job_id}:{step}".encode()
+        return 0
+
     async def run_container(self, container: FakeContainer) -> None:
         runtime = float(container.env.get("FAKE_RUNTIME", "1"))
         exit_code = int(container.env.get("FAKE_EXIT", "0"))
@@ -146,18 +224,22 @@ class FakeWorld:
         try:
             container.logs.append(("stdout", f"hello from {container.job_id}"))
             container.log_event.set()
-            with trio.move_on_after(runtime):
-                await container.stop.wait()
+            if "FAKE_STEPS" in container.env:
+                exit_code = await self.run_training(container)
+            else:
+                with trio.move_on_after(runtime):
+                    await container.stop.wait()
             if container.stop.is_set():
                 await trio.sleep(DELAY)  # SIGTERM -> init -> exit
                 container.state, container.exit_code = "shutdown", 143
                 return
-            if container.env.get("FAKE_NO_RESULT") != "1":
+            if container.env.get("FAKE_NO_RESULT") != "1" and exit_code != 3 and "FAKE_STEPS" not in container.env:
                 self.outputs[container.job_id] = f"{'ok' if exit_code == 0 else 'err'}:{container.job_id}".encode()
             # Like Docker: the two streams are not kept in order relative to each other (FAKE_LATE_STDOUT lines
             # of stdout come after the runner's stderr marker).
             late = int(container.env.get("FAKE_LATE_STDOUT", "0"))
-            container.logs.append(("stderr", f"[cumulus] job {'finished' if exit_code == 0 else 'failed'} in 1 s"))
+            end = {0: "finished", 3: "paused"}.get(exit_code, "failed")
+            container.logs.append(("stderr", f"[cumulus] job {end} in 1 s"))
             container.logs.extend(("stdout", f"late line {i}") for i in range(late))
             container.logs.append(("stdout", "[cumulus] end of stdout"))
             container.log_event.set()
@@ -344,6 +426,43 @@ class FakeSwarm:
         return True
 
 
+@dataclass(frozen=True)
+class FakeResult:
+    stdout: str = ""
+    exit_status: int = 0
+
+
+class FakeJobConnection:
+    """The few SSH commands a job's files are reached with: its checkpoints listed and read, its pause file made."""
+
+    def __init__(self, world: FakeWorld, hostname: str, job_id: str) -> None:
+        self.world, self.label, self.job_id = world, hostname, job_id
+
+    def _reachable(self, what: str) -> None:
+        if self.label in self.world.unreachable:
+            raise SshError(self.label, what, "connection lost")
+
+    async def run(self, command: str, *, timeout: float = 30, check: bool = True) -> FakeResult:
+        await trio.sleep(DELAY / 5)
+        self._reachable("run")
+        if command.startswith("echo pause"):
+            self.world.pause_requests.add(self.job_id)
+            return FakeResult()
+        if command.startswith("ls "):
+            return FakeResult("\n".join(sorted(self.world.checkpoint_files.get(self.job_id, {}))))
+        raise AssertionError(f"the fake worker does not know {command!r}")
+
+    async def get_bytes(self, remote_path: str, max_bytes: int, *, timeout: float | None = None) -> bytes:
+        from cumulus.resources.ssh import RemotePathNotFound
+
+        await trio.sleep(DELAY / 5)
+        self._reachable("get")
+        data = self.world.checkpoint_files.get(self.job_id, {}).get(remote_path.rsplit("/", 1)[-1])
+        if data is None:
+            raise RemotePathNotFound(self.label, f"get {remote_path}", "no such file")
+        return data
+
+
 class FakeNode:
     def __init__(self, world: FakeWorld, node: NodeInfo) -> None:
         self.world = world
@@ -424,15 +543,23 @@ class FakeNode:
         return renewed
 
     @asynccontextmanager
-    async def open_job_files(self, *, job_id: str, package: bytes):
+    async def open_job_files(self, *, job_id: str, package: bytes, restore: bytes | None = None):
         world = self.world
         await trio.sleep(DELAY)
         world.job_dirs.add((self.node.hostname, job_id))
         world.uploads.append((job_id, package))
+        world.checkpoint_files[job_id] = {}
+        world.pause_requests.discard(job_id)
+        if restore is not None:
+            world.restores.append((job_id, restore))
+        conn = FakeJobConnection(world, self.node.hostname, job_id)
 
         class Files:
             code_dir = f"/var/lib/cumulus/jobs/{job_id}/code"
             output_dir = f"/var/lib/cumulus/jobs/{job_id}/output"
+
+            def __init__(self) -> None:
+                self.conn = conn
 
             @staticmethod
             async def fetch_result(max_bytes: int) -> bytes | None:
@@ -447,10 +574,14 @@ class FakeNode:
         if (self.node.hostname, self.job_id_checked(job_id)) not in self.world.job_dirs:
             raise SshError(self.node.hostname, "adopt files", f"no job dir for {job_id}")
         world = self.world
+        conn = FakeJobConnection(world, self.node.hostname, job_id)
 
         class Files:
             code_dir = f"/var/lib/cumulus/jobs/{job_id}/code"
             output_dir = f"/var/lib/cumulus/jobs/{job_id}/output"
+
+            def __init__(self) -> None:
+                self.conn = conn
 
             @staticmethod
             async def fetch_result(max_bytes: int) -> bytes | None:
@@ -473,6 +604,7 @@ class FakeNode:
             if not self.world.frozen:
                 self.world.job_dirs.discard((self.node.hostname, job_id))
                 self.world.outputs.pop(job_id, None)
+                self.world.checkpoint_files.pop(job_id, None)
 
     async def find_orphans(self, job_prefix: str) -> NodeOrphans:
         holders: dict[str, list[int]] = {}

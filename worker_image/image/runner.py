@@ -12,7 +12,8 @@ output in the package's files area (<work>/files: its data files and working_dir
 Formats: docs/job-format.md.
 
 Exit status: 0 success; 1 the job's code raised (or its result could not be pickled); 2 infrastructure failure
-(bad package, requirement install failed, output not writable) - the envelope's exc_type says which.
+(bad package, requirement install failed, output not writable) - the envelope's exc_type says which; 3 paused
+(the job acknowledged the supervisor's pause request and returned: no envelope; runner_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ import threading
 import time
 import traceback
 
+from runner_checkpoint import EXIT_PAUSED, JOBAPI_DIR, job_paused  # checkpoints and pause (the stdlib only)
+
 T0 = time.monotonic()
-# The runner's own cloudpickle and msgpack (the client's versions), first: in a user image they are the only ones,
-# and the image's own must not shadow them.
+# First the runner's own cloudpickle and msgpack (the client's versions: in a user image the only ones, and the
+# image's own must not shadow them), then the in-job API (cumulus.checkpoint, cumulus.should_pause) for the job.
 RUNNER_LIB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib")
-if os.path.isdir(RUNNER_LIB):
-    sys.path.insert(0, RUNNER_LIB)
+sys.path[0:0] = [d for d in (RUNNER_LIB, JOBAPI_DIR) if os.path.isdir(d)]
 
 import cloudpickle  # noqa: E402  - imported before the job's requirements can shadow them
 import msgpack  # noqa: E402
@@ -145,7 +147,6 @@ def install_requirements(reqs: list, work: str) -> str | None:
 
 # ----------------------------------------------------------------------------------------------- secret env
 
-
 def read_secret_env() -> dict:
     """The job's secret env: the JSON object Swarm put in ``$CUMULUS_SECRET_ENV_FILE`` (default
     /run/secrets/cumulus-secret-env; none there: ``{}``), filtered like the manifest's env. Never printed: a file
@@ -162,8 +163,7 @@ def read_secret_env() -> dict:
     try:
         values = json.loads(data.decode("utf-8", "surrogatepass"))
     except ValueError:
-        raise InfraFailure("cumulus.SecretEnvUnreadable", f"the job's secret env {path} is not a JSON object "
-                                                          f"(contents not shown)") from None
+        values = None
     if not isinstance(values, dict):
         raise InfraFailure("cumulus.SecretEnvUnreadable", f"the job's secret env {path} is not a JSON object "
                                                           f"(contents not shown)")
@@ -171,7 +171,6 @@ def read_secret_env() -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- partition
-
 
 def setup_partition() -> None:
     """Export the partition to the job; cap torch's CUDA memory to the fraction when torch is there (guarded)."""
@@ -257,7 +256,6 @@ def start_lease_watchdog() -> threading.Thread | None:
 
 # ----------------------------------------------------------------------------------------------- envelope
 
-
 def type_name(t: type) -> str:
     return f"{t.__module__}.{t.__qualname__}"
 
@@ -299,8 +297,7 @@ def write_envelope(out_dir: str, envelope: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------- main
 
-
-def run_job(code_dir: str, work: str) -> tuple[int, dict]:
+def run_job(code_dir: str, work: str) -> tuple[int, dict | None]:
     manifest = extract(os.path.join(code_dir, PACKAGE_NAME), work)
     fn = manifest.get("function", "?")
     want_cp, have_cp = str(manifest.get("cloudpickle", "")), cloudpickle_version()
@@ -341,6 +338,8 @@ def run_job(code_dir: str, work: str) -> tuple[int, dict]:
         tb = "".join(traceback.format_exception(type(exc), exc, tb_obj))
         sys.stderr.write(tb)
         return EXIT_USER, failure(type_name(type(exc)), str(exc), tb, pickle_exception(exc))
+    if job_paused():  # no envelope: the supervisor resumes the job from its last checkpoint
+        return EXIT_PAUSED, None
     try:
         data = cloudpickle.dumps(value, protocol=5)
     except BaseException as exc:  # noqa: BLE001
@@ -373,11 +372,12 @@ def main() -> int:
             sys.stderr.write(tb)
             code, envelope = EXIT_INFRA, failure("cumulus.RunnerError", f"{type(exc).__name__}: {exc}", tb)
         try:
-            write_envelope(out_dir, envelope)
+            if envelope is not None:
+                write_envelope(out_dir, envelope)
         except Exception as exc:  # noqa: BLE001
             log(f"cannot write the result to {out_dir}: {type(exc).__name__}: {exc}")
             code = EXIT_INFRA
-        status = {EXIT_OK: "finished", EXIT_USER: "failed", EXIT_INFRA: "failed (infrastructure)"}[code]
+        status = {EXIT_OK: "finished", EXIT_USER: "failed", EXIT_PAUSED: "paused"}.get(code, "failed (infrastructure)")
         # The end of each stream, stdout first: Docker keeps each stream's order but not the two streams' relative
         # order, so the supervisor knows that every line was relayed once it has both (and the result is written).
         try:

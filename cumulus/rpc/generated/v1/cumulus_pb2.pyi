@@ -20,6 +20,7 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COMPLETED: _ClassVar[JobState]
     FAILED: _ClassVar[JobState]
     CANCELLED: _ClassVar[JobState]
+    PAUSED: _ClassVar[JobState]
 
 class UsageGroup(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -35,13 +36,14 @@ RUNNING: JobState
 COMPLETED: JobState
 FAILED: JobState
 CANCELLED: JobState
+PAUSED: JobState
 USAGE_GROUP_UNSPECIFIED: UsageGroup
 BY_USER: UsageGroup
 BY_JOB: UsageGroup
 BY_WORKER: UsageGroup
 
 class JobSubmission(_message.Message):
-    __slots__ = ("code_package", "requirements", "gpu", "duration_seconds", "env", "idempotency_key", "name", "retries", "retry_exceptions", "priority", "max_queue_seconds", "memory_bytes", "cpus", "network", "secret_env", "image", "index_url")
+    __slots__ = ("code_package", "requirements", "gpu", "duration_seconds", "env", "idempotency_key", "name", "retries", "retry_exceptions", "priority", "max_queue_seconds", "memory_bytes", "cpus", "network", "secret_env", "image", "index_url", "resume_on_timeout")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +75,7 @@ class JobSubmission(_message.Message):
     SECRET_ENV_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     INDEX_URL_FIELD_NUMBER: _ClassVar[int]
+    RESUME_ON_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     code_package: bytes
     requirements: _containers.RepeatedScalarFieldContainer[str]
     gpu: float
@@ -90,7 +93,8 @@ class JobSubmission(_message.Message):
     secret_env: _containers.ScalarMap[str, str]
     image: str
     index_url: str
-    def __init__(self, code_package: _Optional[bytes] = ..., requirements: _Optional[_Iterable[str]] = ..., gpu: _Optional[float] = ..., duration_seconds: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., priority: _Optional[int] = ..., max_queue_seconds: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., network: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., index_url: _Optional[str] = ...) -> None: ...
+    resume_on_timeout: bool
+    def __init__(self, code_package: _Optional[bytes] = ..., requirements: _Optional[_Iterable[str]] = ..., gpu: _Optional[float] = ..., duration_seconds: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., priority: _Optional[int] = ..., max_queue_seconds: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., network: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., index_url: _Optional[str] = ..., resume_on_timeout: _Optional[bool] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("stream", "text")
@@ -142,8 +146,18 @@ class Retry(_message.Message):
     backoff_seconds: float
     def __init__(self, failed_attempt: _Optional[int] = ..., backoff_seconds: _Optional[float] = ...) -> None: ...
 
+class Checkpoint(_message.Message):
+    __slots__ = ("step", "size_bytes", "restored")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    size_bytes: int
+    restored: bool
+    def __init__(self, step: _Optional[int] = ..., size_bytes: _Optional[int] = ..., restored: _Optional[bool] = ...) -> None: ...
+
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "time", "state", "log", "result", "message", "logs", "teardown", "placement", "retry", "reason", "queue_position", "attempt", "detail")
+    __slots__ = ("job_id", "time", "state", "log", "result", "message", "logs", "teardown", "placement", "retry", "checkpoint", "reason", "queue_position", "attempt", "detail")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +168,7 @@ class JobEvent(_message.Message):
     TEARDOWN_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -168,11 +183,12 @@ class JobEvent(_message.Message):
     teardown: TeardownReport
     placement: Placement
     retry: Retry
+    checkpoint: Checkpoint
     reason: str
     queue_position: int
     attempt: int
     detail: str
-    def __init__(self, job_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., log: _Optional[_Union[LogLine, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., message: _Optional[str] = ..., logs: _Optional[_Union[LogBatch, _Mapping]] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., retry: _Optional[_Union[Retry, _Mapping]] = ..., reason: _Optional[str] = ..., queue_position: _Optional[int] = ..., attempt: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., log: _Optional[_Union[LogLine, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., message: _Optional[str] = ..., logs: _Optional[_Union[LogBatch, _Mapping]] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., retry: _Optional[_Union[Retry, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., reason: _Optional[str] = ..., queue_position: _Optional[int] = ..., attempt: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class DescribeJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -203,7 +219,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "name", "state", "reason", "worker", "device_index", "gpu", "partition_id", "service_id", "submitted_at", "started_at", "finished_at", "attempt", "teardown", "has_result", "queue_position", "owner", "trace_id", "python", "image")
+    __slots__ = ("job_id", "name", "state", "reason", "worker", "device_index", "gpu", "partition_id", "service_id", "submitted_at", "started_at", "finished_at", "attempt", "teardown", "has_result", "queue_position", "owner", "trace_id", "python", "image", "checkpoint_step", "checkpoints", "ran_seconds")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +240,9 @@ class JobStatus(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     PYTHON_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    RAN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: JobState
@@ -244,13 +263,44 @@ class JobStatus(_message.Message):
     trace_id: str
     python: str
     image: str
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., worker: _Optional[str] = ..., device_index: _Optional[int] = ..., gpu: _Optional[float] = ..., partition_id: _Optional[str] = ..., service_id: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., has_result: _Optional[bool] = ..., queue_position: _Optional[int] = ..., owner: _Optional[str] = ..., trace_id: _Optional[str] = ..., python: _Optional[str] = ..., image: _Optional[str] = ...) -> None: ...
+    checkpoint_step: int
+    checkpoints: int
+    ran_seconds: float
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., worker: _Optional[str] = ..., device_index: _Optional[int] = ..., gpu: _Optional[float] = ..., partition_id: _Optional[str] = ..., service_id: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., has_result: _Optional[bool] = ..., queue_position: _Optional[int] = ..., owner: _Optional[str] = ..., trace_id: _Optional[str] = ..., python: _Optional[str] = ..., image: _Optional[str] = ..., checkpoint_step: _Optional[int] = ..., checkpoints: _Optional[int] = ..., ran_seconds: _Optional[float] = ...) -> None: ...
 
 class CancelJobRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class PauseJobRequest(_message.Message):
+    __slots__ = ("job_id", "grace_seconds")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    grace_seconds: int
+    def __init__(self, job_id: _Optional[str] = ..., grace_seconds: _Optional[int] = ...) -> None: ...
+
+class PauseJobResponse(_message.Message):
+    __slots__ = ("status", "was_running")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    WAS_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    status: JobStatus
+    was_running: bool
+    def __init__(self, status: _Optional[_Union[JobStatus, _Mapping]] = ..., was_running: _Optional[bool] = ...) -> None: ...
+
+class ResumeJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ResumeJobResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: JobStatus
+    def __init__(self, status: _Optional[_Union[JobStatus, _Mapping]] = ...) -> None: ...
 
 class CancelJobResponse(_message.Message):
     __slots__ = ("status", "was_running", "teardown")

@@ -59,6 +59,16 @@ class OrchestratorServiceStub:
                 request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.PauseJob = channel.unary_unary(
+                '/cumulus.v1.OrchestratorService/PauseJob',
+                request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.PauseJobRequest.SerializeToString,
+                response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.PauseJobResponse.FromString,
+                _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/cumulus.v1.OrchestratorService/ResumeJob',
+                request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.ResumeJobRequest.SerializeToString,
+                response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.ResumeJobResponse.FromString,
+                _registered_method=True)
         self.ListWorkers = channel.unary_unary(
                 '/cumulus.v1.OrchestratorService/ListWorkers',
                 request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.ListWorkersRequest.SerializeToString,
@@ -135,6 +145,24 @@ class OrchestratorServiceServicer:
 
     def CancelJob(self, request, context):
         """Returns once the job's resources are torn down; says what was released.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseJob(self, request, context):
+        """Ask a running job to pause: cumulus.should_pause() turns true inside it; a job that returns after that (or
+        saves a checkpoint after it) ends PAUSED, one that goes on is stopped after grace_seconds and is PAUSED at its
+        last checkpoint. A job not yet running is PAUSED at once. Either way its service, partition and share are
+        released. Returns once the job is PAUSED. FAILED_PRECONDITION for a job that has ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """Queue a PAUSED job again; it may be placed on any worker, and cumulus.checkpoint.load() returns its last
+        checkpoint. FAILED_PRECONDITION for a job that is not PAUSED, or that has used its whole duration.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -221,6 +249,16 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.CancelJobRequest.FromString,
                     response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'PauseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseJob,
+                    request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.PauseJobRequest.FromString,
+                    response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.PauseJobResponse.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.ResumeJobRequest.FromString,
+                    response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.ResumeJobResponse.SerializeToString,
             ),
             'ListWorkers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkers,
@@ -398,6 +436,60 @@ class OrchestratorService:
             '/cumulus.v1.OrchestratorService/CancelJob',
             cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.CancelJobRequest.SerializeToString,
             cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cumulus.v1.OrchestratorService/PauseJob',
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.PauseJobRequest.SerializeToString,
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.PauseJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cumulus.v1.OrchestratorService/ResumeJob',
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.ResumeJobRequest.SerializeToString,
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.ResumeJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
