@@ -7,9 +7,10 @@ loopback port and journal; ``lease: {renew_interval: 1, ttl: 6}``) and talks to 
     lease TTL, and once after it);
 (b) a worker node killed mid-job (``cumulus local kill-node 1``), revived afterwards;
 (c) a worker's network cut (its host-side veth down) for longer than the lease TTL while a job runs there;
-(d) 50 cancels at random moments of 50 short jobs.
+(d) 50 cancels at random moments of 50 short jobs;
+(e) 12 jobs that checkpoint every step, each paused at a random moment (running or queued), then resumed.
 
-After each: exactly one terminal state per job, every COMPLETED job's result retrievable through a new client and
+After each: exactly one terminal state per job (a paused one holds nothing while it is paused), every COMPLETED job's result retrievable through a new client and
 correct, no job ran more often than its attempts, and nothing left (no labelled service, container, holder,
 Chronos lock, job dir or lease dir of the jobs; every share back to zero). Each scenario prints
 ``chaos: N faults, M leaks``; the module prints the totals. ``CUMULUS_CHAOS_SEED`` replays a schedule.
@@ -346,4 +347,88 @@ def test_fifty_cancels_at_random_moments(tmp_path, two_workers):
             if results[job_id].was_running and info.state == "CANCELLED":
                 assert info.reason == "cancelled", (job_id, info.reason)
         assert sum(i.state == "CANCELLED" for i in infos.values()) >= 10
+        assert sup.stop() == 0, sup.log_tail()
+
+
+# ---------------------------------------------------------------------------------- (e) pauses and resumes
+def stepper(i, steps):
+    """``nap``'s result, reached in ``steps`` steps of 0.2 s that survive pauses (a checkpoint per step)."""
+    import time
+
+    import cumulus
+
+    done = cumulus.checkpoint.load() or 0
+    while done < steps:
+        time.sleep(0.2)
+        done += 1
+        cumulus.checkpoint.save(done, step=done)
+        if cumulus.should_pause():
+            return None  # paused: the next attempt goes on from this step
+    return {"i": i, "square": i * i}
+
+
+def test_pauses_and_resumes_at_random_moments(tmp_path, two_workers):
+    rng = rng_for("e")
+    counts = Counts("e: pauses and resumes")
+    sup = SupervisorProcess(tmp_path / "e", f"chaos-e-{secrets.token_hex(3)}", ttl=TTL)
+    with sup:
+        sup.wait_workers(2)
+        client = sup.client()
+        ids, args, broken = [], {}, []
+        lock = threading.Lock()
+
+        def pause_and_resume(job_id: str, delay: float, paused_for: float) -> None:
+            time.sleep(delay)
+            with lock:
+                counts.fault(f"pause {job_id} after {delay:.2f} s")
+            try:
+                result = client.pause(job_id, grace=10, timeout=CANCEL_TIMEOUT)
+            except Exception as error:  # noqa: BLE001 - it ended first: FAILED_PRECONDITION is the answer
+                if "FAILED_PRECONDITION" not in repr(error) and "has ended" not in str(error):
+                    with lock:
+                        broken.append(f"{job_id}: pause raised {error!r}")
+                return
+            if result.state != "PAUSED":
+                return  # it finished before it paused
+            # The promise: a paused job holds nothing (no holder, no job dir, no share counted for it).
+            left = job_dirs([job_id], "/var/lib/cumulus/jobs")
+            holder_gone_by = time.monotonic() + TTL + 2
+            while (holders := holder_processes([job_id])) and time.monotonic() < holder_gone_by:
+                time.sleep(0.2)
+            left += holders
+            status = client.status(job_id)
+            with lock:
+                counts.note(f"paused {job_id} at step {status.checkpoint_step} (was running {result.was_running})")
+                if left or status.state != "PAUSED":
+                    broken.append(f"{job_id}: paused with {left} left, state {status.state}")
+            time.sleep(paused_for)
+            try:
+                client.resume(job_id)
+            except Exception as error:  # noqa: BLE001
+                with lock:
+                    broken.append(f"{job_id}: resume raised {error!r}")
+
+        threads = []
+        for i in range(12):  # 0.2 each: ten fit on the two workers, two queue
+            ref = client.submit_call(stepper, (i, rng.randint(10, 25)), gpu=0.2, duration=120,
+                                     log_to_driver=False)
+            ids.append(ref.job_id)
+            args[ref.job_id] = i
+            thread = threading.Thread(target=pause_and_resume, args=(ref.job_id, rng.uniform(0, 5),
+                                                                    rng.uniform(0, 2)), daemon=True)
+            thread.start()
+            threads.append(thread)
+        join_by = time.monotonic() + CANCEL_TIMEOUT + 20
+        for thread in threads:
+            thread.join(max(0.0, join_by - time.monotonic()))
+        hung = [j for j, t in zip(ids, threads) if t.is_alive()]
+        if hung or broken:
+            counts.leaks += len(hung) + len(broken)
+            report(counts)
+        assert not hung and not broken, (f"{len(hung)} pauses or resumes did not return: "
+                                         f"{[(j, client.status(j).state) for j in hung]}\n" + "\n".join(broken))
+        infos = wait_terminal(client, ids, timeout=120)
+        finish(counts, sup, ids, settle=15, args=args)
+        for job_id, info in infos.items():
+            assert info.state == "COMPLETED", (job_id, info.state, info.reason)
         assert sup.stop() == 0, sup.log_tail()
