@@ -45,13 +45,14 @@ class Usage:
 
     @classmethod
     def of(cls, jobs: Iterable[tuple[JobState, int, float]]) -> Usage:
-        """The usage of jobs given as (state, queue position, gpu); ended ones are skipped. Every QUEUED job counts
-        as waiting, also a new one that has not asked for a place yet (position 0): a burst of submissions is
-        counted before the first of them reaches the Scheduler."""
+        """The usage of jobs given as (state, queue position, gpu); ended and paused ones are skipped (a paused job
+        holds nothing; the Scheduler holds it back on resume if its owner is at a limit then). Every QUEUED job
+        counts as waiting, also a new one that has not asked for a place yet (position 0): a burst of submissions
+        is counted before the first of them reaches the Scheduler."""
         running = queued = 0
         gpu = 0.0
         for state, queue_position, share in jobs:
-            if state.terminal:
+            if state.terminal or state is JobState.PAUSED:
                 continue
             if state is JobState.QUEUED:
                 queued += 1

@@ -26,6 +26,11 @@ def test_usage_counts_live_jobs_and_tells_waiting_ones_from_the_others():
     assert usage == Usage(running=2, queued=2, gpu=2.0)
 
 
+def test_a_paused_job_holds_nothing_so_it_uses_no_quota():
+    usage = Usage.of([(R, 0, 0.25), (JobState.PAUSED, 0, 1.0)])
+    assert usage == Usage(running=1, queued=0, gpu=0.25)
+
+
 def test_no_limits_admit_anything():
     check_limits(Limits(), Usage(running=1000, queued=1000, gpu=1000.0), 8)
 
