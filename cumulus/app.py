@@ -132,10 +132,13 @@ class SupervisorApi:
         await record.torn_down.wait()
         return record, was_live
 
-    async def pause(self, job_id: str, *, grace: float = 0.0, caller: Caller = LOCAL_ADMIN) -> tuple[JobRecord, bool]:
-        """Ask a job to pause and wait until it is PAUSED (or has ended meanwhile: it finished before it paused);
-        returns the record and whether its container was running. ``grace``: 0 = ``jobs.pause_grace``."""
+    async def pause(self, job_id: str, *, grace: float = 0.0, caller: Caller = LOCAL_ADMIN,
+                    wait: bool = True) -> tuple[JobRecord, bool]:
+        """Ask a job to pause and (``wait``) wait until it is PAUSED, or has ended meanwhile (it finished before it
+        paused); returns the record and whether its container was running. ``grace``: 0 = ``jobs.pause_grace``."""
         record, was_running = await self._cluster().call(PauseJob(job_id, grace, caller))
+        if not wait:
+            return record, was_running
         async for _ in record.events(replay_logs=False):
             if record.state is JobState.PAUSED or record.state.terminal:
                 break

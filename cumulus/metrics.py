@@ -82,6 +82,13 @@ class Metrics:
                                   ["state", "reason", "infrastructure"], r)
         self.job_retries = make(Counter, "cumulus_job_retries", "Attempts that failed and were retried, by reason",
                                 ["reason"], r)
+        self.checkpoints = make(Counter, "cumulus_checkpoints_copied", "Job checkpoints copied from their worker "
+                                "to the checkpoint store", [], r)
+        self.checkpoint_bytes = make(Counter, "cumulus_checkpoint_bytes_copied", "Bytes of job checkpoints copied "
+                                     "to the checkpoint store", [], r)
+        self.job_pauses = make(Counter, "cumulus_job_pauses", "Jobs paused, by how (returned: the job returned "
+                               "after should_pause(); stopped: at the end of its grace period; not_running: before "
+                               "its container ran)", ["how"], r)
         self.job_phase = make(Histogram, "cumulus_job_phase_seconds", "Time a job's attempt spent in each phase "
                               "of its life", ["phase"], r, buckets=PHASE_BUCKETS)
         self.resource_acquire = make(Histogram, "cumulus_resource_acquire_seconds", "Time to acquire an owned "

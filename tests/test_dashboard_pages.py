@@ -230,3 +230,30 @@ async def test_what_users_write_is_escaped():
         page = parse((await alice.get("/jobs")).text)
         assert page.by_id("jobs").find_all("td", class_="name")[0].text == name  # shown as the text it is
         await alice.aclose()
+
+
+async def test_the_job_page_pauses_and_resumes_its_job():
+    async with dashboard() as d:
+        running = await d.api.submit(spec(env={"FAKE_STEPS": "600"}), caller=ALICE)  # a loop that can pause
+        await wait_until(lambda: running.state is JobState.RUNNING)
+        alice = await d.signed_in("alice")
+        page = parse((await alice.get(f"/jobs/{running.job_id}")).text)
+        assert page.find_all(id="resume") == []
+        form = page.by_id("pause-form")
+        assert form.attrs["action"] == f"/jobs/{running.job_id}/pause"
+        csrf = form.find_all(name="csrf")[0].attrs["value"]
+        reply = await alice.post(form.attrs["action"], data={"csrf": csrf})
+        assert reply.status_code == 303 and reply.headers["location"] == f"/jobs/{running.job_id}"
+        await wait_until(lambda: running.state is JobState.PAUSED)  # at its next step
+        page = parse((await alice.get(reply.headers["location"])).text)
+        assert page.by_id("job-state").text == "PAUSED" and page.find_all(id="pause") == []
+        assert page.by_id("cancel").attrs["type"] == "submit"  # a paused job can still be cancelled
+        form = page.by_id("resume-form")
+        reply = await alice.post(form.attrs["action"], data={"csrf": csrf})
+        assert reply.status_code == 303
+        assert running.state is not JobState.PAUSED
+        # without the CSRF token nothing happens
+        assert (await alice.post(f"/jobs/{running.job_id}/pause", data={})).status_code == 403
+        assert running.state is not JobState.PAUSED
+        await d.api.cancel(running.job_id, caller=ALICE)
+        await alice.aclose()

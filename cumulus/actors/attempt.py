@@ -25,7 +25,7 @@ from cumulus.actors.base import ActorRef
 from cumulus.actors.checkpoint_step import (RUNNER_EXIT_PAUSED, CheckpointCopier, checkpoint_env,
                                             open_checkpoint_copy, request_pause, restore_point)
 from cumulus.actors.log_relay import LogRelay
-from cumulus.actors.outcome import COMPLETED, JobStopped, Outcome
+from cumulus.actors.outcome import COMPLETED, JobStopped, Outcome, PauseCause
 from cumulus.actors.ownership import ResourceOwner
 from cumulus.actors.requirements_step import job_requirements
 from cumulus.actors.result_fetch import MAX_RESULT_BYTES, fetch_result
@@ -105,7 +105,7 @@ class Attempt:
         ``should_pause()`` turns true, and is then stopped (PAUSED at its last checkpoint); one that does not run
         yet ends PAUSED at once. Returns whether its container was running."""
         if self.service is None or self.exited or self.node is None or self.files is None:
-            self.fail(Outcome.paused("paused before it ran"))
+            self.fail(Outcome.paused("paused before it ran", PauseCause.NOT_RUNNING))
             return False
         self.ctx.start_soon(self._pause_running, self.node, self.files, grace)
         return True
@@ -118,7 +118,7 @@ class Attempt:
             log.warning("%s: the pause request did not reach its worker: %s", self.ctx.name, error)
         await trio.sleep(grace)
         self.fail(Outcome.paused(f"did not return within {grace:g} s of the pause request: stopped, paused at "
-                                 "its last checkpoint"))
+                                 "its last checkpoint", PauseCause.STOPPED))
 
     @property
     def duration(self) -> float:
@@ -379,7 +379,7 @@ class Attempt:
         envelope = await fetch_result(files, self.ctx.settings)
         assert task is not None  # only a COMPLETED job may be concluded without its task's end
         if task.exit_code == RUNNER_EXIT_PAUSED and envelope is None:  # it returned after it was asked to pause
-            return Outcome.paused("returned after the pause request")
+            return Outcome.paused("returned after the pause request", PauseCause.RETURNED)
         if task.state == "complete" and task.exit_code == 0 and envelope is not None:
             record.set_result(envelope)
             record.set_state(JobState.COMPLETED)

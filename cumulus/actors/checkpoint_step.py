@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import trio
 
+from cumulus import metrics
 from cumulus.checkpoint import CHECKPOINT_NAME
 from cumulus.errors import CumulusError
 from cumulus.jobs import CheckpointNote
@@ -129,6 +130,8 @@ class CheckpointCopier:
             kept = len(await store.list(self.ctx.record.job_id))
             self.copied.update(names[:names.index(newest) + 1])
             self.ctx.record.note_checkpoint(CheckpointNote(stored.step, stored.size), kept)
+            metrics.current().checkpoints.inc()
+            metrics.current().checkpoint_bytes.inc(stored.size)
             return True
 
 

@@ -39,7 +39,7 @@ from cumulus import metrics
 from cumulus.actors.adoption import AdoptedAttempt
 from cumulus.actors.attempt import Attempt, JobContext
 from cumulus.actors.base import Actor, ActorRef
-from cumulus.actors.outcome import JobStopped, Outcome, should_retry
+from cumulus.actors.outcome import JobStopped, Outcome, PauseCause, should_retry
 from cumulus.actors.scheduler import Granted, QueuePosition
 from cumulus.backends import NodeConnections, SwarmBackend
 from cumulus.config import Settings
@@ -222,6 +222,8 @@ class JobActor(Actor):
         record.ran_seconds += now - record.running_at if record.running_at is not None else 0.0
         self._record_usage(now)
         self._pausing = False
+        cause = outcome.paused_by or PauseCause.STOPPED  # or it failed while the pause was asked: it stopped
+        metrics.current().job_pauses.labels(cause.value).inc()
         record.set_state(JobState.PAUSED, outcome.reason if outcome.state is JobState.PAUSED else "paused")
         log.info("%s: paused after attempt %d (ran %.1f s of %d s)", self.name, record.attempt, record.ran_seconds,
                  record.spec.duration)
@@ -304,7 +306,7 @@ class JobActor(Actor):
                         await trio.sleep(delay)
                     self._backoff = trio.CancelScope()
                     if self._pausing:  # asked to pause while waiting: its next attempt waits for the resume
-                        self._paused(Outcome.paused("paused before its next attempt"))
+                        self._paused(Outcome.paused("paused before its next attempt", PauseCause.NOT_RUNNING))
                         paused, renumber = True, False
         finally:
             if outcome is None or self._life_scope.cancelled_caught:

@@ -6,10 +6,19 @@ A job's terminal state, its :class:`~cumulus.jobs.FailureReason` and its result 
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from cumulus.errors import CumulusError
 from cumulus.jobs import FailureReason, JobState
+
+
+class PauseCause(enum.Enum):
+    """How a paused attempt ended."""
+
+    RETURNED = "returned"  # the job returned after should_pause() turned true (or saved after it)
+    STOPPED = "stopped"  # it was stopped: its grace period ended, or it failed while a pause was asked
+    NOT_RUNNING = "not_running"  # its container was not running yet (queued, being placed, between attempts)
 
 
 @dataclass(frozen=True)
@@ -22,6 +31,7 @@ class Outcome:
     detail: str = ""
     result: bytes | None = None
     retry: bool = True
+    paused_by: PauseCause | None = None  # with a PAUSED state
 
     @property
     def reason(self) -> str:
@@ -38,9 +48,9 @@ class Outcome:
         return cls(JobState.CANCELLED, FailureReason.CANCELLED, why)
 
     @classmethod
-    def paused(cls, why: str) -> Outcome:
+    def paused(cls, why: str, cause: PauseCause) -> Outcome:
         """The job stopped on a pause request: it holds nothing once torn down and waits to be resumed."""
-        return cls(JobState.PAUSED, None, why)
+        return cls(JobState.PAUSED, None, why, paused_by=cause)
 
     @classmethod
     def failed(cls, failure: FailureReason, detail: str = "", *, result: bytes | None = None,
@@ -82,4 +92,4 @@ def should_retry(outcome: Outcome, *, attempt: int, retries: int, default_retrie
     return outcome.retry and failure.infrastructure
 
 
-__all__ = ["COMPLETED", "JobStopped", "Outcome", "should_retry"]
+__all__ = ["COMPLETED", "JobStopped", "Outcome", "PauseCause", "should_retry"]

@@ -143,6 +143,8 @@ def dashboard_app(api: SupervisorApi | None, *, secure: bool) -> ASGIApp:
         Route("/jobs/{job_id}/fragment", job.fragment, methods=["GET"]),
         Route("/jobs/{job_id}/events", events.stream, methods=["GET"]),
         Route("/jobs/{job_id}/cancel", job.cancel, methods=["POST"]),
+        Route("/jobs/{job_id}/pause", job.pause, methods=["POST"]),
+        Route("/jobs/{job_id}/resume", job.resume, methods=["POST"]),
         Route("/usage", usage.page, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

@@ -1,6 +1,6 @@
 """The job page: its state, the timeline of its phases (from its journal history and record), placement, attempts,
-failure reason, teardown report and GPU-seconds; its Cancel (the owner's or an admin's, with the CSRF token); and
-the fragment the page reloads when the job's state changes. Its live log comes from :mod:`cumulus.dashboard.events`.
+failure reason, teardown report and GPU-seconds; its Pause or Resume and Cancel (the owner's or an admin's, with the
+CSRF token); and the fragment the page reloads when the job's state changes. Its live log comes from :mod:`cumulus.dashboard.events`.
 
 Timeline times: queued is the submission; placed, partition and running are the history's placement and state
 events of the current attempt; the upload goes with the partition (one SSH step, both at once); the service's
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -22,7 +22,7 @@ from starlette.responses import RedirectResponse, Response
 from cumulus.dashboard.auth import SignedIn, check_csrf, read_form
 from cumulus.dashboard.base import View, job_id_of, not_yours
 from cumulus.dashboard.render import page
-from cumulus.errors import NotFound
+from cumulus.errors import NotFound, WrongJobState
 from cumulus.history import HistoryEvent
 from cumulus.identity import Caller
 from cumulus.jobs import JobRecord, JobState
@@ -121,15 +121,29 @@ class JobPages(View):
         return page("job_details.html", details)
 
     async def cancel(self, request: Request) -> Response:
+        return await self._act(request, lambda job_id, caller: self.api.cancel(job_id, caller=caller))
+
+    async def pause(self, request: Request) -> Response:
+        """Ask the job to pause and show its page at once: it turns PAUSED there (live) when it has returned."""
+        return await self._act(request, lambda job_id, caller: self.api.pause(job_id, caller=caller, wait=False))
+
+    async def resume(self, request: Request) -> Response:
+        return await self._act(request, lambda job_id, caller: self.api.resume(job_id, caller=caller))
+
+    async def _act(self, request: Request, action: Callable[[str, Caller], Awaitable[object]]) -> Response:
+        """A button of the job page: the owner's or an admin's (the API refuses anyone else), with the CSRF token;
+        then back to the job's page. A job no longer in a state for it (it ended meanwhile) just shows its page."""
         signed = self.sessions.require(request)
         check_csrf(request, signed, await read_form(request))
         job_id = job_id_of(request)
         try:
             if not job_id:
                 raise NotFound(job_id)
-            await self.api.cancel(job_id, caller=signed.caller)  # owner or admin: the API refuses anyone else
+            await action(job_id, signed.caller)
         except NotFound:
             return not_yours(job_id or "with that id", signed)
+        except WrongJobState:
+            pass
         return RedirectResponse(f"/jobs/{quote(job_id, safe='')}", status_code=303)
 
 
