@@ -175,3 +175,12 @@ def test_tail_with_follow_passes_errors_on():
 
     with pytest.raises(RuntimeError, match="stream broke"):
         list(out.tail_updates(stream(), 5, follow=True, settle=0.1))
+
+
+def test_status_shows_the_last_checkpoint_and_the_time_paused_attempts_ran():
+    from cumulus.client.cli_output import job_fields
+    from cumulus.client.types import JobInfo
+
+    paused = dict(job_fields(JobInfo(job_id="j", state="PAUSED", checkpoint_step=40, checkpoints=3, ran_seconds=90.5)))
+    assert paused["checkpoint"] == "step 40 (3 kept); ran 1m30s before its pauses"
+    assert dict(job_fields(JobInfo(job_id="j", state="RUNNING")))["checkpoint"] is None  # none saved: not shown

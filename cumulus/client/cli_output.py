@@ -101,6 +101,7 @@ def job_fields(info: Any, now: float | None = None) -> list[tuple[str, str | Non
         ("worker", f"{info.worker} device {info.device_index}" if info.worker else "-"),
         ("partition", info.partition_id or "-"), ("service", info.service_id or "-"),
         ("attempt", str(info.attempt)),
+        ("checkpoint", _checkpoint(info)),
         ("submitted", when_and_age(info.submitted_at, now)), ("started", when_and_age(info.started_at, now)),
         ("finished", when_and_age(info.finished_at, now)),
         ("duration", span(info.finished_at - info.started_at) if info.finished_at and info.started_at else None),
@@ -109,6 +110,15 @@ def job_fields(info: Any, now: float | None = None) -> list[tuple[str, str | Non
         ("released", ", ".join(info.released) if info.released else None),
         ("leaked", ", ".join(info.leaked) if info.leaked else None),
     ]
+
+
+def _checkpoint(info: Any) -> str | None:
+    step = getattr(info, "checkpoint_step", None)
+    if step is None:
+        return None
+    ran = getattr(info, "ran_seconds", 0.0)
+    return (f"step {step} ({info.checkpoints} kept)"
+            + (f"; ran {span(ran)} before its pauses" if ran else ""))
 
 
 def jobs_table(jobs: list[Any], now: float | None = None) -> str:
