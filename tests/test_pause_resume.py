@@ -62,8 +62,25 @@ async def until_state(record: JobRecord, state: JobState) -> None:
     raise AssertionError(f"{record.job_id} ended {record.state.value} without becoming {state.value}")
 
 
+async def until_queued(record: JobRecord, position: int) -> None:
+    with trio.fail_after(10):
+        while (record.state, record.queue_position) != (JobState.QUEUED, position):
+            await trio.sleep(0.05)
+
+
+async def states_so_far(record: JobRecord) -> list[JobState]:
+    """The job's states until now (``states`` of the lifecycle tests waits for the teardown: a PAUSED job has none)."""
+    seen = []
+    with trio.move_on_after(0.001):
+        async for event in record.events(replay_logs=False):
+            if event.state is not None:
+                seen.append(event.state)
+    return seen
+
+
 async def assert_holds_nothing(sup, world: FakeWorld, record: JobRecord) -> None:
-    """Nothing of the job is held anywhere: no partition, service, container or job dir, no share or queue place."""
+    """Nothing of the job is held anywhere: no partition, service, container or job dir, no reservation of a share
+    in the Scheduler (a queue place: see test_pausing_a_queued_job_pauses_it_at_once_and_frees_its_queue_place)."""
     job_id = record.job_id
     assert [p for p in world.partitions.values() if p.job_id == job_id] == []
     assert [c for c in world.services.values() if c.job_id == job_id] == []
@@ -93,6 +110,7 @@ async def test_a_paused_job_holds_nothing_and_resumes_from_its_checkpoint_to_the
         paused, was_running = await sup.pause(record.job_id, grace=30)
         assert paused is record and was_running
         assert record.state is JobState.PAUSED and record.reason == "returned after the pause request"
+        assert not record.torn_down.is_set() and record.teardown is None  # it has not ended
         assert trio.current_time() - asked_at < 1  # at its next step, not at the end of the grace period
         ran = steps_of(world, record)
         assert ran == list(range(len(ran))) and 10 <= ran[-1] < 39
@@ -111,6 +129,7 @@ async def test_a_paused_job_holds_nothing_and_resumes_from_its_checkpoint_to_the
         assert world.restores == [(record.job_id, f"step {ran[-1]}".encode())]
         assert steps_of(world, record) == list(range(40))  # from step k + 1 on, never again from 0
         assert record.result.split(b":")[2] == uninterrupted.result.split(b":")[2] == b"39"
+        assert steps_of(world, uninterrupted) == steps_of(world, record)
         assert record.result == f"ok:{record.job_id}:39".encode()
         assert (2, ran[-1], True) in await checkpoint_events(record)
         assert await states(record) == [JobState.QUEUED, JobState.SCHEDULING, JobState.CREATING_PARTITION,
@@ -161,9 +180,7 @@ async def test_pausing_a_queued_job_pauses_it_at_once_and_frees_its_queue_place(
         for blocker in blockers:
             await until_state(blocker, JobState.RUNNING)
         queued = await sup.submit(training(10, gpu=1.0))
-        with trio.fail_after(10):
-            while queued.queue_position != 1:
-                await trio.sleep(0.05)
+        await until_queued(queued, 1)
         assert queued.state is JobState.QUEUED
         with pytest.raises(CapacityExhausted, match="queue is full"):
             await sup.submit(spec(gpu=1.0, runtime=1))
@@ -172,19 +189,22 @@ async def test_pausing_a_queued_job_pauses_it_at_once_and_frees_its_queue_place(
         assert record is queued and not was_running
         assert queued.state is JobState.PAUSED and queued.reason == "paused before it ran"
         await assert_holds_nothing(sup, world, queued)
-        later = await sup.submit(spec(gpu=1.0, runtime=1))  # the place it held is free
+        later = await sup.submit(spec(gpu=1.0, runtime=5))  # the place it held is free
+        await until_queued(later, 1)
         await sup.cancel(blockers[0].job_id)
-        with trio.fail_after(60):
-            await later.torn_down.wait()
-        assert later.state is JobState.COMPLETED
+        await until_state(later, JobState.RUNNING)  # the capacity went to the job behind it
         assert queued.state is JobState.PAUSED and queued.job_id not in world.steps_run
-        assert JobState.RUNNING not in await states(queued)
 
-        await sup.resume(queued.job_id)
+        await sup.resume(queued.job_id)  # both devices are busy: it waits in the queue again
+        await until_queued(queued, 1)
         assert queued.state is JobState.QUEUED
+        so_far = await states_so_far(queued)
+        assert so_far[so_far.index(JobState.PAUSED):] == [JobState.PAUSED, JobState.QUEUED, JobState.SCHEDULING,
+                                                          JobState.QUEUED]
         with trio.fail_after(600):
             await queued.torn_down.wait()
         assert queued.state is JobState.COMPLETED and steps_of(world, queued) == list(range(10))
+        assert queued.started_at >= later.finished_at
         assert world.restores == []  # it had saved nothing: it started from the beginning
         await sup.cancel(blockers[1].job_id)
         await assert_nothing_left(sup, world, [*blockers, queued, later])
@@ -242,9 +262,10 @@ async def test_wrong_states_are_refused_and_a_second_pause_is_harmless(autojump_
             nursery.start_soon(pause)
         assert sorted(was_running for _, was_running in answers) == [False, True]
         assert all(r.state is JobState.PAUSED for r, _ in answers)
-        paused_states = await states(record)
+        paused_states = await states_so_far(record)
+        assert paused_states[-1] is JobState.PAUSED and paused_states.count(JobState.PAUSED) == 1
         assert await sup.pause(record.job_id) == (record, False)
-        assert await states(record) == paused_states and record.state is JobState.PAUSED  # nothing happened
+        assert await states_so_far(record) == paused_states and record.state is JobState.PAUSED  # nothing new
         await sup.resume(record.job_id)
         with pytest.raises(WrongJobState, match="not PAUSED"):
             await sup.resume(record.job_id)
@@ -271,6 +292,71 @@ async def test_cancelling_a_paused_job_ends_it_and_empties_the_store(autojump_cl
         assert record.teardown.released[-1] == "checkpoints"
         with pytest.raises(WrongJobState):
             await sup.resume(record.job_id)
+        await assert_nothing_left(sup, world, [record])
+
+
+async def test_a_job_paused_in_the_queue_is_not_shown_in_the_queue(autojump_clock):
+    """A job paused while it waited for capacity has no queue position any more: its status and the dashboard's
+    queue do not show it waiting."""
+    from cumulus.dashboard.cluster import cluster_view
+
+    async with fake_cluster(workers=1) as (sup, world):
+        blocker = await sup.submit(spec(gpu=1.0, runtime=30))
+        await until_state(blocker, JobState.RUNNING)
+        queued = await sup.submit(training(10, gpu=1.0))
+        await until_queued(queued, 1)
+        await sup.pause(queued.job_id)
+        view = cluster_view(await sup.list_workers(), await sup.list_jobs(include_finished=False), admin=True)
+        assert view["queue_length"] == 0 and queued.queue_position == 0
+        await sup.cancel(queued.job_id)
+        await sup.cancel(blocker.job_id)
+
+
+async def test_a_job_paused_while_it_ran_is_not_shown_on_a_device(autojump_clock):
+    """The dashboard's cluster page lists the jobs on each device: a PAUSED job holds none and is not there."""
+    from cumulus.dashboard.cluster import cluster_view
+
+    async with fake_cluster(workers=1) as (sup, world):
+        record = await sup.submit(training(100))
+        await until_step(world, record, 3)
+        await sup.pause(record.job_id)
+        view = cluster_view(await sup.list_workers(), await sup.list_jobs(include_finished=False), admin=True)
+        on_devices = [r.job_id for worker in view["workers"] for device in worker.devices for r in device.jobs]
+        assert record.job_id not in on_devices
+        await sup.cancel(record.job_id)
+
+
+async def test_killing_the_actor_of_a_paused_job_leaves_it_paused_and_resumable(autojump_clock):
+    """A paused job holds nothing, so its actor stopping from outside (killed, or the supervisor stopping) ends
+    nothing: the job stays PAUSED with its checkpoints, and a resume gives it a new actor that goes on from them."""
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(training(12))
+        await until_step(world, record, 3)
+        await sup.pause(record.job_id)
+        step = record.checkpoint_step
+        await sup.root.whereis("core").whereis("jobs").terminate_child(record.job_id)
+        assert record.state is JobState.PAUSED and not record.torn_down.is_set()
+        assert stored_steps(world, record)[-1] == step
+        await sup.resume(record.job_id)
+        with trio.fail_after(600):
+            await record.torn_down.wait()
+        assert record.state is JobState.COMPLETED
+        assert steps_of(world, record) == list(range(12))
+        await assert_nothing_left(sup, world, [record])
+
+
+async def test_cancelling_a_paused_job_whose_actor_stopped_ends_it(autojump_clock):
+    """Its actor stopped from outside, a paused job is left PAUSED (as a resume finds it); a cancel must still end
+    it: CANCELLED, its checkpoints gone, torn down."""
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(training(100))
+        await until_step(world, record, 3)
+        await sup.pause(record.job_id)
+        await sup.root.whereis("core").whereis("jobs").terminate_child(record.job_id)
+        with trio.fail_after(60):
+            _, was_live = await sup.cancel(record.job_id)
+        assert was_live and record.state is JobState.CANCELLED
+        assert record.job_id not in world.checkpoint_store.jobs
         await assert_nothing_left(sup, world, [record])
 
 
@@ -381,6 +467,11 @@ async def test_resume_on_timeout_without_progress_fails_after_its_retries(autoju
         await assert_nothing_left(sup, world, [record])
 
 
+# A journal on disk works in a thread: a clock that jumped at once whenever the Trio loop waits for it would spin
+# (starving the thread) and jump hours ahead; this long a wait (real seconds) first lets the thread go on.
+JOURNAL_THREAD_GRACE = 0.005
+
+
 @asynccontextmanager
 async def supervisor_on(world: FakeWorld, journal: str):
     async with open_supervisor(settings(**{"journal.path": journal}), backends=world.backends(),
@@ -391,22 +482,25 @@ async def supervisor_on(world: FakeWorld, journal: str):
         yield sup
 
 
-async def test_a_paused_job_stays_paused_across_a_supervisor_restart(autojump_clock, tmp_path):
+async def test_a_paused_job_stays_paused_across_a_supervisor_restart(mock_clock, tmp_path):
     """The supervisor dies (nothing released, its journal as it was) while a job is PAUSED: the next one finds it
     PAUSED with its checkpoint step, holding nothing, and resuming it runs it on from that checkpoint."""
+    mock_clock.autojump_threshold = JOURNAL_THREAD_GRACE
     journal, after_crash = tmp_path / "journal.sqlite3", tmp_path / "after-crash.sqlite3"
     async with trio.open_nursery() as nursery:
         world = FakeWorld([fake_node(1), fake_node(2)], nursery)
         async with supervisor_on(world, str(journal)) as sup:
-            record = await sup.submit(training(30))
-            await until_step(world, record, 8)
+            record = await sup.submit(training(12))
+            await until_step(world, record, 4)
             await sup.pause(record.job_id)
             step = record.checkpoint_step
             await sup.root.whereis("core").whereis("journal").call(Flush())
             with sqlite3.connect(journal) as source, sqlite3.connect(after_crash) as target:
                 source.backup(target)  # the journal as a killed process leaves it
+            store = {job_id: list(kept) for job_id, kept in world.checkpoint_store.jobs.items()}
             world.frozen = True
         world.frozen = False
+        world.checkpoint_store.jobs = store  # and its checkpoint store (a stopping supervisor ends the job)
         assert world.partitions == {} and world.services == {} and world.job_dirs == set()
 
         async with supervisor_on(world, str(after_crash)) as sup:
@@ -421,9 +515,59 @@ async def test_a_paused_job_stays_paused_across_a_supervisor_restart(autojump_cl
             with trio.fail_after(600):
                 await recovered.torn_down.wait()
             assert recovered.state is JobState.COMPLETED, recovered.reason
-            assert recovered.result == f"ok:{record.job_id}:29".encode()
-            assert steps_of(world, record) == list(range(30))
+            assert recovered.result == f"ok:{record.job_id}:11".encode()
+            assert steps_of(world, record) == list(range(12))
             assert world.restores == [(record.job_id, f"step {step}".encode())]
             assert record.job_id not in world.checkpoint_store.jobs
             await assert_nothing_left(sup, world, [recovered])
         nursery.cancel_scope.cancel()
+
+
+async def test_a_paused_job_keeps_its_checkpoints_across_a_graceful_supervisor_restart(mock_clock, tmp_path):
+    """The supervisor is stopped the ordinary way (an upgrade, a restart) while a job is PAUSED: the next one finds
+    it PAUSED (the journal says so) and its checkpoints with it, so a resume goes on from where it was paused."""
+    mock_clock.autojump_threshold = JOURNAL_THREAD_GRACE
+    journal = str(tmp_path / "journal.sqlite3")
+    async with trio.open_nursery() as nursery:
+        world = FakeWorld([fake_node(1), fake_node(2)], nursery)
+        async with supervisor_on(world, journal) as sup:
+            record = await sup.submit(training(12))
+            await until_step(world, record, 4)
+            await sup.pause(record.job_id)
+            step = record.checkpoint_step
+        async with supervisor_on(world, journal) as sup:
+            recovered = await sup.get(record.job_id)
+            assert recovered.state is JobState.PAUSED
+            assert recovered.checkpoint_step == step and stored_steps(world, record)[-1] == step
+            await sup.resume(record.job_id)
+            with trio.fail_after(600):
+                await recovered.torn_down.wait()
+            assert recovered.state is JobState.COMPLETED
+            assert steps_of(world, record) == list(range(12))
+        nursery.cancel_scope.cancel()
+
+
+async def test_pausing_a_job_whose_actor_is_stopping_leaves_the_other_jobs_alone(autojump_clock):
+    """A pause that reaches a job while its actor stops (killed here; its job ends meanwhile) is refused or
+    answered with the ended job, never a crash of the supervisor's core: the other jobs go on undisturbed."""
+    async with fake_cluster() as (sup, world):
+        bystander = await sup.submit(training(100))
+        record = await sup.submit(spec(runtime=100))
+        await until_state(record, JobState.RUNNING)
+        await until_step(world, bystander, 2)
+        answers = []
+
+        async def pause() -> None:
+            try:
+                answers.append((await sup.pause(record.job_id))[0].state)
+            except WrongJobState as refused:
+                answers.append(refused)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sup.root.whereis("core").whereis("jobs").terminate_child, record.job_id)
+            nursery.start_soon(pause)
+        assert record.state is JobState.CANCELLED and len(answers) == 1, answers
+        await trio.sleep(1)
+        assert bystander.state is JobState.RUNNING, (bystander.state, bystander.reason)
+        await sup.cancel(bystander.job_id)
+        await assert_nothing_left(sup, world, [record, bystander])

@@ -134,10 +134,10 @@ class ClusterActor(Actor):
                 return await self._cancel(job_id, caller)
             case PauseJob(job_id, grace, caller):
                 record = await self._job(job_id, caller)
-                return record, await self._live_job(record).call(Pause(grace))
+                return record, await self._tell_job(record, Pause(grace))
             case ResumeJob(job_id, caller):
                 record = await self._job(job_id, caller)
-                await self._live_job(record).call(Resume())
+                await self._tell_job(record, Resume())
                 return record
             case ListJobs(include_finished, caller):
                 self._forget_expired()
@@ -172,9 +172,21 @@ class ClusterActor(Actor):
                            f"{self.settings.jobs.result_retention} s)")
         return record
 
-    def _live_job(self, record: JobRecord) -> ActorRef:
-        """The actor of a job that has not ended; WrongJobState for one that has."""
+    async def _tell_job(self, record: JobRecord, message: Pause | Resume) -> Any:
+        """The answer of the job's actor; WrongJobState when the job has ended or its actor stopped meanwhile."""
+        try:
+            return await (await self._live_job(record)).call(message)
+        except ActorDied:
+            raise WrongJobState(f"job {record.job_id} is {record.state.value}: its actor stopped meanwhile "
+                                "(ask again)") from None
+
+    async def _live_job(self, record: JobRecord) -> ActorRef:
+        """The actor of a job that has not ended (a PAUSED job whose actor stopped gets a new one); WrongJobState
+        for one that has."""
         ref = self.jobs_supervisor.whereis(record.job_id)
+        if ref is None and record.state is JobState.PAUSED and not record.torn_down.is_set():
+            await self._start_job(record, Start.PAUSED)
+            ref = self.jobs_supervisor.whereis(record.job_id)
         if ref is None or record.state.terminal:
             raise WrongJobState(f"job {record.job_id} has ended ({record.state.value}): only a job that has not "
                                 "ended can be paused or resumed")
@@ -307,6 +319,8 @@ class ClusterActor(Actor):
         if record.torn_down.is_set():
             return record, False
         ref = self.jobs_supervisor.whereis(job_id)
+        if ref is None and record.state is JobState.PAUSED:  # its actor stopped while it was paused: a new one
+            ref = await self._live_job(record)
         if ref is not None:
             try:
                 await ref.call(Cancel())

@@ -16,12 +16,10 @@ attempt (a resume or a retry) starts from the job's last checkpoint (``cumulus/a
 job's checkpoints are removed from the store when it ends. A job that ended by itself (returned or raised) is
 COMPLETED/FAILED as soon as its exit and result are known; a job that is stopped (cancel, timeout, lost partition,
 infrastructure failure) gets its terminal state only after teardown, so it is never reported ended while its container
-still runs. The teardown outcome is recorded separately (``record.teardown``) and then every event stream of the job
-ends.
+still runs. The teardown outcome is recorded separately (``record.teardown``); then every event stream of it ends.
 
-Messages: :class:`Cancel`, :class:`Pause` and :class:`Resume` (from the cluster), and the Scheduler's
-:class:`~cumulus.actors.scheduler.Granted` and :class:`~cumulus.actors.scheduler.QueuePosition` for the attempt waiting
-in its queue.
+Messages: :class:`Cancel`, :class:`Pause`, :class:`Resume` (from the cluster), and the Scheduler's ``Granted`` and
+``QueuePosition`` for the attempt waiting in its queue.
 """
 
 from __future__ import annotations
@@ -83,8 +81,8 @@ class Pause:
 
 
 @dataclass(frozen=True)
-class Resume:
-    """Queue a paused job again. WrongJobState if it is not PAUSED or has no duration left."""
+class Resume:  # queue a paused job again; WrongJobState if it is not PAUSED or has no duration left
+    pass
 
 
 class JobActor(Actor):
@@ -222,6 +220,7 @@ class JobActor(Actor):
         record.ran_seconds += now - record.running_at if record.running_at is not None else 0.0
         self._record_usage(now)
         self._pausing = False
+        record.set_queue_position(0)  # paused while it waited in the queue: it waits no more
         cause = outcome.paused_by or PauseCause.STOPPED  # or it failed while the pause was asked: it stopped
         metrics.current().job_pauses.labels(cause.value).inc()
         record.set_state(JobState.PAUSED, outcome.reason if outcome.state is JobState.PAUSED else "paused")
@@ -230,10 +229,8 @@ class JobActor(Actor):
 
     async def _wait_for_resume(self, *, renumber: bool) -> None:
         await self._resumed.wait()
-        self._resumed = trio.Event()
-        self._uncounted += 1  # a resumed attempt is no retry
-        if renumber:
-            self.record.attempt += 1
+        self._resumed, self._uncounted = trio.Event(), self._uncounted + 1  # a resumed attempt is no retry
+        self.record.attempt += 1 if renumber else 0
         self.record.add_message(f"resumed: attempt {self.record.attempt}")
 
     async def _load_checkpoint_info(self) -> None:
@@ -309,20 +306,31 @@ class JobActor(Actor):
                         self._paused(Outcome.paused("paused before its next attempt", PauseCause.NOT_RUNNING))
                         paused, renumber = True, False
         finally:
-            if outcome is None or self._life_scope.cancelled_caught:
-                outcome = self._stop_reason or Outcome.cancelled("supervisor stopped the job")
-            if outcome.result is not None:
-                record.set_result(outcome.result)
-            record.set_state(outcome.state, outcome.reason, failure=outcome.failure)  # once: may have ended
-            self._record_usage(record.finished_at)  # the last attempt ends when the job does, as its status says
-            await self._remove_checkpoints(released, leaked)
-            record.set_torn_down(TeardownReport(released=tuple(released), leaked=tuple(leaked)))
-            count_end(record)
-            # The failure's kind, not the reason's text: that may quote the job's own exception message.
-            log.info("%s: ended %s%s after %d attempt(s)%s", self.name, record.state.value,
-                     f" ({record.failure.value})" if record.failure else "", record.attempt,
-                     f"; {len(leaked)} leaked" if leaked else "")
+            if (record.state is JobState.PAUSED and self._stop_reason is None
+                    and not self._life_scope.cancelled_caught):
+                # Stopped from outside while paused (the supervisor stops, or its actor was killed): it holds
+                # nothing, and stays PAUSED with its checkpoints, for a resume through its next actor.
+                log.info("%s: left PAUSED (its actor stopped)", self.name)
+            else:
+                await self._end(outcome, released, leaked)
             self.stop()
+
+    async def _end(self, outcome: Outcome | None, released: list[str], leaked: list[str]) -> None:
+        """Record the job's end: its terminal state (once), usage, checkpoints removed, the teardown report."""
+        record = self.record
+        if outcome is None or self._life_scope.cancelled_caught:
+            outcome = self._stop_reason or Outcome.cancelled("supervisor stopped the job")
+        if outcome.result is not None:
+            record.set_result(outcome.result)
+        record.set_state(outcome.state, outcome.reason, failure=outcome.failure)  # once: may have ended
+        self._record_usage(record.finished_at)  # the last attempt ends when the job does, as its status says
+        await self._remove_checkpoints(released, leaked)
+        record.set_torn_down(TeardownReport(released=tuple(released), leaked=tuple(leaked)))
+        count_end(record)
+        # The failure's kind, not the reason's text: that may quote the job's own exception message.
+        log.info("%s: ended %s%s after %d attempt(s)%s", self.name, record.state.value,
+                 f" ({record.failure.value})" if record.failure else "", record.attempt,
+                 f"; {len(leaked)} leaked" if leaked else "")
 
     async def _attempt(self, released: list[str], leaked: list[str], *, adopt: bool) -> Outcome:
         """Run the job once; tear down what this attempt acquired; return how it ended (not yet recorded if

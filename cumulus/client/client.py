@@ -12,6 +12,7 @@ the job (validation included: a bad request raises here, at once) and returns a 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
@@ -32,7 +33,7 @@ from cumulus.client.options import DEFAULT_GPU, OPTION_NAMES, RemoteOptions, nor
 from cumulus.client.types import CancelResult, JobDescription, JobInfo, JobUpdate, PauseResult, WorkerStatus
 from cumulus.client.usage import GROUPS as USAGE_GROUPS
 from cumulus.client.usage import UsageReport, parse_since
-from cumulus.errors import CumulusError, InvalidRequest
+from cumulus.errors import CumulusError, InvalidRequest, Unsatisfiable, WrongJobState
 from cumulus.jobformat import MAX_PACKAGE_BYTES, MAX_PACKAGE_MB, MiB
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
@@ -255,11 +256,13 @@ class CumulusClient:
         has to return after ``cumulus.should_pause()`` turns true (0: the supervisor's ``jobs.pause_grace``)."""
         request = pb.PauseJobRequest(job_id=job_id, grace_seconds=max(0, math.ceil(grace)))
         wait = timeout if timeout is not None else CANCEL_TIMEOUT + (grace or PAUSE_GRACE_ALLOWANCE)
-        return PauseResult.from_pb(self._call("PauseJob", request, timeout=wait))
+        with _wrong_state():
+            return PauseResult.from_pb(self._call("PauseJob", request, timeout=wait))
 
     def resume(self, job_id: str) -> JobInfo:
         """Queue a PAUSED job again (it may run on any worker, from its last checkpoint); its status."""
-        return JobInfo.from_pb(self._call("ResumeJob", pb.ResumeJobRequest(job_id=job_id)).status)
+        with _wrong_state():
+            return JobInfo.from_pb(self._call("ResumeJob", pb.ResumeJobRequest(job_id=job_id)).status)
 
     def list_jobs(self, include_finished: bool = True, limit: int = 0) -> list[JobInfo]:
         reply = self._call("ListJobs", pb.ListJobsRequest(include_finished=include_finished, limit=limit))
@@ -353,6 +356,15 @@ class CumulusClient:
             raise error_from_rpc(error, self.address) from None
         finally:
             call.cancel()
+
+
+@contextlib.contextmanager
+def _wrong_state() -> Iterator[None]:
+    """For PauseJob and ResumeJob, FAILED_PRECONDITION means the job is not in a state for it."""
+    try:
+        yield
+    except Unsatisfiable as error:
+        raise WrongJobState(str(error)) from None
 
 
 def _submission_traceparent(given: str | None) -> TraceParent:

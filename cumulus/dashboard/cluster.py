@@ -16,7 +16,7 @@ from starlette.responses import Response
 from cumulus.dashboard.base import View
 from cumulus.dashboard.render import page
 from cumulus.devices import DeviceInfo, WorkerInfo
-from cumulus.jobs import JobRecord
+from cumulus.jobs import JobRecord, JobState
 
 QUEUE_HEAD = 10
 POLL_SECONDS = 2
@@ -82,7 +82,8 @@ def cluster_view(workers: list[WorkerInfo], live: list[JobRecord], *, admin: boo
     on_device: dict[tuple[str, int], list[JobRecord]] = {}
     for record in live:
         placement = record.placement
-        if placement is None or record.state.terminal or record.queue_position > 0:
+        holds_none = record.state.terminal or record.state is JobState.PAUSED or record.queue_position > 0
+        if placement is None or holds_none:
             continue
         for index in placement.device_indexes or (placement.device_index,):
             on_device.setdefault((placement.worker, index), []).append(record)

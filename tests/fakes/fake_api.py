@@ -5,6 +5,12 @@ It keeps the real :class:`cumulus.jobs.JobRecord` and "runs" a job by executing 
 ``CUMULUS_OUTPUT_DIR`` point at a temporary directory), relaying its stdout/stderr lines as log events and its
 ``result.msgpack`` as the result event. So SDK tests are real end to end except for Swarm, SSH and partitions.
 
+Checkpoints and pause as the real supervisor does them, on one local directory per attempt: the job's env names a
+checkpoint directory and a pause file (``CUMULUS_CHECKPOINT_DIR``, ``CUMULUS_PAUSE_FILE``); each ``[cumulus]
+checkpoint`` line of its stderr "copies" that checkpoint (kept in memory, a checkpoint event); :meth:`pause` creates
+the pause file and stops the job after its grace period unless it returned first (the runner's exit 3), or pauses a
+job that does not run yet at once; :meth:`resume` runs it again with its last checkpoint to restore.
+
 :func:`running_fake_server` serves it with the real gRPC server (``cumulus.rpc.server.serve_grpc``) on loopback,
 in a background thread with its own ``trio.run``, so that blocking clients, Trio tests and asyncio tests can all
 talk to it.
@@ -19,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +34,19 @@ from typing import Any, Callable, Iterator
 import trio
 
 from cumulus.app import Health
+from cumulus.checkpoint import CHECKPOINT_LINE, checkpoint_name_step
 from cumulus.config import Settings
-from cumulus.errors import CapacityExhausted, InvalidRequest, NotFound, Unsatisfiable
+from cumulus.errors import CapacityExhausted, InvalidRequest, NotFound, Unsatisfiable, WrongJobState
 from cumulus.history import HistoryEvent
 from tests.credentials import FixedCredentials, security_overrides
 from tests.trio_thread import serving_in_thread
 from cumulus.devices import DeviceInfo, WorkerInfo
-from cumulus.jobs import JobRecord, JobSpec, JobState, Placement, TeardownReport
+from cumulus.jobs import CheckpointNote, JobRecord, JobSpec, JobState, Placement, TeardownReport
 from cumulus.jobformat import check_gpu_share
 from cumulus.usage import GROUPS, UsageRecord, UsageReport, attempt_usage, summarize
 
 RUNNER = Path(__file__).resolve().parents[2] / "worker_image" / "image" / "runner.py"
+RUNNER_EXIT_PAUSED = 3  # the runner's exit status for a job that returned after it acknowledged a pause
 
 FAKE_WORKERS = (
     WorkerInfo(node_id="fake-node-1", hostname="fake-w1", ssh_address="127.0.0.1:2201", state="ready",
@@ -55,10 +64,15 @@ class _Job:
     record: JobRecord
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     cancelled_by_user: bool = False
+    attempt_scope: trio.CancelScope | None = None  # the current attempt's (a pause past its grace cancels it)
+    pausing: bool = False  # a pause was asked and the job is not PAUSED yet
+    pause_file: Path | None = None  # the running attempt's: created by a pause request
+    resumed: trio.Event = field(default_factory=trio.Event)
+    checkpoint: tuple[int, bytes] | None = None  # the newest one "copied" (step, bytes): the next attempt's
 
 
 class FakeSupervisorApi:
-    """The SupervisorApi contract (submit/get/cancel/list_jobs/list_workers/health/settings), faked.
+    """The SupervisorApi contract (submit/get/cancel/pause/resume/list_jobs/list_workers/health/settings), faked.
 
     ``start_delay`` keeps each job QUEUED for that many seconds before it runs (to observe progress or cancel
     a queued job). ``calls`` records the API methods called, for assertions.
@@ -130,6 +144,55 @@ class FakeSupervisorApi:
         await job.record.torn_down.wait()
         return job.record, was_running
 
+    async def pause(self, job_id: str, grace: float = 0.0, caller: Any = None) -> tuple[JobRecord, bool]:
+        """As the real API: ask the job to pause and wait until it is PAUSED or has ended; the record and whether
+        its job was running (asked, with ``grace`` seconds to return, 0: ``jobs.pause_grace``) or not (paused at
+        once). WrongJobState for a job that has ended; a second pause asks nothing more."""
+        self.calls.append("pause")
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r} (fake supervisor)")
+        record = job.record
+        if record.state.terminal or job.cancelled_by_user:
+            raise WrongJobState(f"job {job_id} has ended ({record.state.value}) or is being cancelled: there is "
+                                "nothing to pause (fake supervisor)")
+        was_running = False
+        if record.state is not JobState.PAUSED and not job.pausing:
+            job.pausing = True
+            if record.state is JobState.RUNNING and job.pause_file is not None and job.attempt_scope is not None:
+                was_running = True
+                job.pause_file.write_text("pause\n")
+                record.add_message(f"asked to pause: it has {grace or self.settings.jobs.pause_grace:g} s to return")
+                self._nursery.start_soon(self._stop_after_grace, job.attempt_scope,
+                                         grace or self.settings.jobs.pause_grace)
+            elif job.attempt_scope is not None:
+                job.attempt_scope.cancel()  # not running yet: paused at once (else its next attempt sees pausing)
+        async for _ in record.events(replay_logs=False):
+            if record.state is JobState.PAUSED or record.state.terminal:
+                break
+        return record, was_running
+
+    async def resume(self, job_id: str, caller: Any = None) -> JobRecord:
+        """As the real API: queue a PAUSED job again (from its last checkpoint); its record. WrongJobState for a
+        job that is not PAUSED, or has used its whole duration."""
+        self.calls.append("resume")
+        await trio.lowlevel.checkpoint()
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r} (fake supervisor)")
+        record = job.record
+        if record.state is not JobState.PAUSED:
+            raise WrongJobState(f"job {job_id} is {record.state.value}, not PAUSED: only a paused job can be resumed "
+                                "(fake supervisor)")
+        if record.ran_seconds >= record.spec.duration:
+            raise WrongJobState(f"job {job_id} has used its whole duration ({record.spec.duration} s) (fake "
+                                "supervisor)")
+        record.attempt += 1
+        record.queue_position = 1 if self.start_delay else 0
+        record.set_state(JobState.QUEUED, "resumed")
+        job.resumed.set()
+        return record
+
     async def list_jobs(self, include_finished: bool = True, caller: Any = None) -> list[JobRecord]:
         self.calls.append("list_jobs")
         await trio.lowlevel.checkpoint()
@@ -164,11 +227,24 @@ class FakeSupervisorApi:
         released: list[str] = []
         try:
             with job.scope:
-                with trio.move_on_after(record.spec.duration) as deadline:
-                    await self._lifecycle(record, released)
-                if deadline.cancelled_caught:
-                    record.add_message(f"duration of {record.spec.duration} s reached")
-                    record.set_state(JobState.FAILED, "timeout")
+                while True:  # an attempt; then, if it was paused, the wait for its resume
+                    exit_code = None
+                    with trio.move_on_after(max(record.spec.duration - record.ran_seconds, 1.0)) as deadline:
+                        with trio.CancelScope() as job.attempt_scope:
+                            if job.pausing:  # asked between its attempts
+                                job.attempt_scope.cancel()
+                            exit_code = await self._lifecycle(job, released)
+                        job.attempt_scope = None
+                    if deadline.cancelled_caught:
+                        record.add_message(f"duration of {record.spec.duration} s reached")
+                        record.set_state(JobState.FAILED, "timeout")
+                    if record.state.terminal:
+                        break
+                    self._paused(job, "returned after the pause request" if exit_code == RUNNER_EXIT_PAUSED
+                                 else "paused before it ran" if record.running_at is None
+                                 else "did not return within its grace period: stopped at its last checkpoint")
+                    await job.resumed.wait()
+                    job.resumed = trio.Event()
             if job.scope.cancelled_caught or job.cancelled_by_user:
                 record.set_state(JobState.CANCELLED, "cancelled by user")
         except Exception as error:  # noqa: BLE001 - the fake's own failure becomes an infrastructure failure
@@ -181,7 +257,29 @@ class FakeSupervisorApi:
                 self.usage_records.append(usage)
             record.set_torn_down(TeardownReport(released=tuple(reversed(released))))
 
-    async def _lifecycle(self, record: JobRecord, released: list[str]) -> None:
+    def _paused(self, job: _Job, reason: str) -> None:
+        """The attempt is over (its process gone): the job is PAUSED, holding nothing, until resumed."""
+        record = job.record
+        now = time.time()
+        if record.running_at is not None:
+            record.ran_seconds += now - record.running_at
+            usage = attempt_usage(record, started_at=record.running_at, ended_at=now, queued_at=record.submitted_at)
+            if usage is not None:
+                self.usage_records.append(usage)
+        record.running_at = None
+        job.pausing, job.pause_file = False, None
+        record.queue_position = 0
+        record.set_state(JobState.PAUSED, reason)
+
+    @staticmethod
+    async def _stop_after_grace(attempt: trio.CancelScope, grace: float) -> None:
+        await trio.sleep(grace)
+        attempt.cancel()  # a no-op once that attempt is over
+
+    async def _lifecycle(self, job: _Job, released: list[str]) -> int | None:
+        """Run one attempt; its exit status (None if it never ran). Sets COMPLETED/FAILED when it ended by itself;
+        a paused job (exit 3) is left for :meth:`_run`."""
+        record = job.record
         if self.start_delay:
             record.add_message("queued at position 1")
             await trio.sleep(self.start_delay)
@@ -204,6 +302,16 @@ class FakeSupervisorApi:
         released.append("files")
         env = {k: v for k, v in os.environ.items() if not k.startswith("CUMULUS_")}
         env.update(record.spec.env)
+        checkpoints = jobdir / "output" / "checkpoints"
+        job.pause_file = jobdir / "output" / ".pause"
+        env.update({"CUMULUS_CHECKPOINT_DIR": str(checkpoints), "CUMULUS_PAUSE_FILE": str(job.pause_file),
+                    "CUMULUS_CHECKPOINT_MAX_BYTES": str(self.settings.jobs.max_checkpoint_mb << 20)})
+        if job.checkpoint is not None:  # a later attempt starts from the last checkpoint "copied"
+            step, data = job.checkpoint
+            (jobdir / "code" / "checkpoint.restore").write_bytes(data)
+            env.update({"CUMULUS_CHECKPOINT_RESTORE": str(jobdir / "code" / "checkpoint.restore"),
+                        "CUMULUS_CHECKPOINT_RESTORE_STEP": str(step)})
+            record.note_checkpoint(CheckpointNote(step, len(data), restored=True), 1)
         env.update({"CUMULUS_CODE_DIR": str(jobdir / "code"), "CUMULUS_OUTPUT_DIR": str(jobdir / "output"),
                     "CUMULUS_WORK_DIR": str(jobdir), "CUMULUS_PIP_CACHE": str(jobdir / "no-pip-cache"),
                     "CUMULUS_PARTITION_ID": record.partition_id, "CUMULUS_DEVICE_INDEX": "0",
@@ -218,7 +326,7 @@ class FakeSupervisorApi:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._relay, record, process.stdout, "stdout")
-                nursery.start_soon(self._relay, record, process.stderr, "stderr")
+                nursery.start_soon(self._relay, record, process.stderr, "stderr", job, checkpoints)
             code = await process.wait()
         finally:
             if process.returncode is None:
@@ -226,6 +334,8 @@ class FakeSupervisorApi:
                 with trio.CancelScope(shield=True):
                     await process.wait()
         result = jobdir / "output" / "result.msgpack"
+        if code == RUNNER_EXIT_PAUSED and not result.exists():
+            return code  # it returned after the pause request
         if result.exists():
             record.set_result(result.read_bytes())
         if code == 0:
@@ -234,8 +344,23 @@ class FakeSupervisorApi:
             record.set_state(JobState.FAILED, "user_exception")
         else:
             record.set_state(JobState.FAILED, "infrastructure" if result.exists() else f"exit status {code}")
+        return code
 
-    async def _relay(self, record: JobRecord, stream: Any, name: str) -> None:
+    @staticmethod
+    def _copy_checkpoint(job: _Job, folder: Path, line: str) -> None:
+        """A ``[cumulus] checkpoint`` line: keep that checkpoint (the store of the real supervisor) and say so."""
+        match = CHECKPOINT_LINE.match(line)
+        if match is None:
+            return
+        try:
+            data = (folder / match.group(1)).read_bytes()
+        except FileNotFoundError:  # pruned by a newer one already: its own line follows
+            return
+        job.checkpoint = checkpoint_name_step(match.group(1)), data
+        job.record.note_checkpoint(CheckpointNote(job.checkpoint[0], len(data)), 1)
+
+    async def _relay(self, record: JobRecord, stream: Any, name: str, job: _Job | None = None,
+                     checkpoints: Path | None = None) -> None:
         pending = b""
         async with stream:
             while True:
@@ -245,7 +370,10 @@ class FakeSupervisorApi:
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
-                    record.add_log(name, line.decode("utf-8", "replace"))
+                    text = line.decode("utf-8", "replace")
+                    if job is not None and checkpoints is not None:
+                        self._copy_checkpoint(job, checkpoints, text)
+                    record.add_log(name, text)
         if pending:
             record.add_log(name, pending.decode("utf-8", "replace"))
 
