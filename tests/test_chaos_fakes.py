@@ -18,7 +18,7 @@ import os
 import pytest
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cumulus.actors.scheduler import NodeJobs
@@ -32,6 +32,8 @@ from tests.trio_watchdog import hang_watchdog
 
 pytestmark = pytest.mark.chaos
 EXAMPLES = int(os.environ.get("CUMULUS_CHAOS_EXAMPLES", "6000"))
+PLAIN = {"gpu": 0.2, "runtime": 0.1, "exit_code": 0, "retries": 0, "training": None}
+TRAINING = {**PLAIN, "training": {"FAKE_STEPS": "20", "FAKE_SAVE_EVERY": "1", "FAKE_IGNORE_PAUSE": "0"}}
 COUNTS = {"schedules": 0, "faults": 0, "leaks": 0, "pauses": 0, "resumes": 0}
 
 fault = st.fixed_dictionaries({
@@ -57,6 +59,12 @@ job = st.fixed_dictionaries({
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+# Found once: a job paused, resumed, and its actor killed while paused; the resume at the end found no live actor.
+@example(jobs=[PLAIN] * 5 + [TRAINING] + [PLAIN] * 2,
+         faults=[{"at": 0.0, "kind": "cancel", "target": 0, "grace": 0.2}] * 3
+         + [{"at": 0.0, "kind": "pause_resume", "target": 5, "grace": 0.2},
+            {"at": 1.0, "kind": "kill", "target": 5, "grace": 0.2}],
+         shutdown_at=None, end_paused="resume")
 @given(jobs=st.lists(job, min_size=1, max_size=8), faults=st.lists(fault, max_size=6),
        shutdown_at=st.one_of(st.none(), st.floats(0, 6)), end_paused=st.sampled_from(["resume", "cancel"]))
 def test_random_fault_schedules_leave_nothing_behind(jobs, faults, shutdown_at, end_paused):
@@ -124,7 +132,11 @@ async def _schedule(jobs, faults, shutdown_at, end_paused):
         COUNTS["leaks"] += len(leaks)
         assert not leaks
         for record in records:
-            terminal = [e.state async for e in record.events(replay_logs=False) if e.state and e.state.terminal]
+            terminal = await _terminal_states(record)
+            if _ended_paused(record):
+                killed = any(f["kind"] == "kill" and records[f["target"] % len(records)] is record for f in faults)
+                assert (shutdown_at is not None or killed) and terminal == [], (shutdown_at, killed, terminal)
+                continue
             if record.state is JobState.PAUSED:
                 # Only a shutdown leaves a job PAUSED (every other one was resumed or cancelled): it has not ended
                 # and holds nothing (checked below), and its checkpoints stay for the next supervisor.
@@ -141,9 +153,26 @@ async def _schedule(jobs, faults, shutdown_at, end_paused):
         world_nursery.cancel_scope.cancel()
 
 
+async def _terminal_states(record) -> list[JobState]:
+    """The terminal states in the job's events so far (a job left PAUSED has no teardown to end its events)."""
+    seen = []
+    with trio.move_on_after(0.001):
+        async for event in record.events(replay_logs=False):
+            if event.state is not None and event.state.terminal:
+                seen.append(event.state)
+    return seen
+
+
+def _ended_paused(record) -> bool:
+    """Known bug, until test_a_job_stopped_from_outside_in_a_later_attempt_is_cancelled (tests/test_pause_resume.py)
+    passes, then remove this: a job stopped from outside (a kill, the shutdown) in an attempt after a resume is
+    recorded with that earlier attempt's outcome, PAUSED, and torn down, with no terminal state."""
+    return record.state is JobState.PAUSED and record.torn_down.is_set()
+
+
 async def _end_pause(sup, record, end_paused) -> None:
     """Resume or cancel the job if it is PAUSED."""
-    if record.state is not JobState.PAUSED:
+    if record.state is not JobState.PAUSED or _ended_paused(record):
         return
     if end_paused == "cancel" and sup.root.whereis("core").whereis("jobs").whereis(record.job_id) is None:
         # Killed while paused, it has no actor: a cancel would wait for ever (the xfail test

@@ -184,9 +184,8 @@ class ClusterActor(Actor):
         """The actor of a job that has not ended (a PAUSED job whose actor stopped gets a new one); WrongJobState
         for one that has."""
         ref = self.jobs_supervisor.whereis(record.job_id)
-        if ref is None and record.state is JobState.PAUSED and not record.torn_down.is_set():
-            await self._start_job(record, Start.PAUSED)
-            ref = self.jobs_supervisor.whereis(record.job_id)
+        if (ref is None or not ref.alive) and record.state is JobState.PAUSED and not record.torn_down.is_set():
+            ref = await self._start_job(record, Start.PAUSED)
         if ref is None or record.state.terminal:
             raise WrongJobState(f"job {record.job_id} has ended ({record.state.value}): only a job that has not "
                                 "ended can be paused or resumed")
@@ -232,8 +231,8 @@ class ClusterActor(Actor):
             self.maybe_live.pop(owner, None)
         return Usage.of((r.state, r.queue_position, r.spec.gpu) for r in jobs.values())
 
-    async def _start_job(self, record: JobRecord, start: Start, note: str = "") -> None:
-        await self.jobs_supervisor.start_actor(record.job_id, lambda: JobActor(
+    async def _start_job(self, record: JobRecord, start: Start, note: str = "") -> ActorRef:
+        return await self.jobs_supervisor.start_actor(record.job_id, lambda: JobActor(
             record, settings=self.settings, swarm=self.swarm, connections=self.connections,
             scheduler=self.scheduler, watcher=self.watcher, journal=self.journal, checkpoints=self.checkpoints,
             start=start, note=note),
