@@ -19,8 +19,7 @@ import trio
 
 from cumulus.config import Settings
 from cumulus.errors import RequestRejected
-from cumulus.resources import user_image
-from cumulus.resources import files, image_pull, job_network, partition, swarm, swarm_secrets
+from cumulus.resources import files, image_pull, job_network, partition, swarm, swarm_secrets, user_image
 from cumulus.resources.checkpoint_store import open_local_checkpoints
 from cumulus.resources.ssh import SshConnection, open_ssh_connection
 from cumulus.resources.swarm import NodeInfo, ServiceRequest, SwarmClient, TaskState
@@ -361,8 +360,7 @@ async def open_docker_swarm(settings: Settings) -> AsyncIterator[DockerSwarmBack
 
 @dataclass(frozen=True)
 class Backends:
-    """How the supervisor reaches the world: ``open_swarm(settings)``, ``connect_node(node, settings)`` and
-    ``open_checkpoints(settings)`` (a context manager of the jobs' checkpoint store)."""
+    """How the supervisor reaches the world: ``open_swarm``, ``connect_node``, ``open_checkpoints`` (the store)."""
 
     open_swarm: Any = open_docker_swarm
     connect_node: Any = connect_ssh_node

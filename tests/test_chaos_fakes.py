@@ -12,7 +12,6 @@ Marker `chaos`.
 
 from __future__ import annotations
 
-import collections
 import os
 
 import pytest
@@ -102,10 +101,6 @@ def _spec(params):
 async def _schedule(jobs, faults, shutdown_at, end_paused):
     records = []
     resumes: dict[str, int] = {}  # job id -> resumes asked so far (a pause's check holds only without one)
-    # Until ClusterActor survives an actor that stops during a PauseJob/ResumeJob call (the xfail test
-    # test_pausing_a_job_whose_actor_is_stopping_leaves_the_other_jobs_alone), no pause or resume of a job overlaps
-    # a kill of it (killing a job's actor is this test's own fault: nothing in the supervisor does it).
-    guards: dict[str, trio.Lock] = collections.defaultdict(trio.Lock)
     async with trio.open_nursery() as world_nursery:
         world = FakeWorld([fake_node(1), fake_node(2)], world_nursery)
         with trio.fail_after(3_000):  # virtual seconds (autojump): a stuck job fails the example fast
@@ -119,7 +114,7 @@ async def _schedule(jobs, faults, shutdown_at, end_paused):
                         for params in jobs:
                             records.append(await sup.submit(_spec(params)))
                         for f in faults:
-                            nursery.start_soon(_inject, sup, world, records, f, resumes, guards)
+                            nursery.start_soon(_inject, sup, world, records, f, resumes)
                     for hostname in ("fw1", "fw2"):
                         world.restore(hostname)
                     for record in records:  # no pause comes any more: each paused job is resumed, or cancelled
@@ -174,10 +169,6 @@ async def _end_pause(sup, record, end_paused) -> None:
     """Resume or cancel the job if it is PAUSED."""
     if record.state is not JobState.PAUSED or _ended_paused(record):
         return
-    if end_paused == "cancel" and sup.root.whereis("core").whereis("jobs").whereis(record.job_id) is None:
-        # Killed while paused, it has no actor: a cancel would wait for ever (the xfail test
-        # test_cancelling_a_paused_job_whose_actor_stopped_ends_it); a resume gives it a new one.
-        end_paused = "resume"
     if end_paused == "resume":
         await sup.resume(record.job_id)
     else:
@@ -202,29 +193,24 @@ async def _pause_and_check(sup, world, record, grace: float, resumes: dict[str, 
         assert held == [], f"paused {job_id} holds a reservation on {held}"
 
 
-async def _inject(sup, world, records, f, resumes, guards):
+async def _inject(sup, world, records, f, resumes):
     await trio.sleep(f["at"])
     record = records[f["target"] % len(records)]
     hostname = f"fw{f['target'] % 2 + 1}"
     try:
         match f["kind"]:
             case "pause":
-                async with guards[record.job_id]:
-                    await _pause_and_check(sup, world, record, f["grace"], resumes)
+                await _pause_and_check(sup, world, record, f["grace"], resumes)
             case "pause_resume":
-                async with guards[record.job_id]:
-                    await _pause_and_check(sup, world, record, f["grace"], resumes)
+                await _pause_and_check(sup, world, record, f["grace"], resumes)
                 await trio.sleep(f["grace"])
-                async with guards[record.job_id]:
-                    await _resume(sup, record, resumes)
+                await _resume(sup, record, resumes)
             case "resume":
-                async with guards[record.job_id]:
-                    await _resume(sup, record, resumes)
+                await _resume(sup, record, resumes)
             case "cancel":
                 await sup.cancel(record.job_id)
             case "kill":
-                async with guards[record.job_id]:
-                    await sup.root.whereis("core").whereis("jobs").terminate_child(record.job_id)
+                await sup.root.whereis("core").whereis("jobs").terminate_child(record.job_id)
             case "lose_partition":
                 for partition in list(world.partitions.values()):
                     if partition.job_id == record.job_id:
