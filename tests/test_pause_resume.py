@@ -500,7 +500,7 @@ async def test_a_paused_job_stays_paused_across_a_supervisor_restart(mock_clock,
             store = {job_id: list(kept) for job_id, kept in world.checkpoint_store.jobs.items()}
             world.frozen = True
         world.frozen = False
-        world.checkpoint_store.jobs = store  # and its checkpoint store (a stopping supervisor ends the job)
+        world.checkpoint_store.jobs = store  # and its checkpoint store, as the killed process left it
         assert world.partitions == {} and world.services == {} and world.job_dirs == set()
 
         async with supervisor_on(world, str(after_crash)) as sup:
@@ -573,8 +573,6 @@ async def test_pausing_a_job_whose_actor_is_stopping_leaves_the_other_jobs_alone
         await assert_nothing_left(sup, world, [record, bystander])
 
 
-@pytest.mark.xfail(strict=True, reason="JobActor._live keeps the previous attempt's outcome while the next attempt "
-                   "runs, and records it as the job's end when its actor is stopped from outside; see the report")
 @pytest.mark.parametrize("earlier", ["paused and resumed", "failed and retried"])
 async def test_a_job_stopped_from_outside_in_a_later_attempt_is_cancelled(autojump_clock, earlier):
     """A job in its second attempt (after a pause and resume, or after a retried failure) whose actor is stopped

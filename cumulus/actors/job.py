@@ -277,7 +277,7 @@ class JobActor(Actor):
                         paused, renumber = False, True
                     self._attempt_queued_at = (record.submitted_at if record.attempt == 1
                                                else None if adopt else time.time())
-                    step_before = record.checkpoint_step
+                    step_before, outcome = record.checkpoint_step, None  # stopped from outside: no outcome
                     outcome = await self._attempt(released, leaked, adopt=adopt)
                     adopt = False  # a retry after this attempt starts afresh
                     if self._stop_reason is not None:
@@ -299,9 +299,9 @@ class JobActor(Actor):
                     metrics.current().job_retries.labels(outcome.failure.value if outcome.failure else "").inc()
                     log.info("%s: attempt %d failed (%s); retrying in %g s", self.name, record.attempt - 1,
                              redact_credentials(outcome.reason), delay)  # may quote a requirement's URL
+                    self._backoff = trio.CancelScope()  # fresh: a pause asked before it must not cut it short
                     with self._backoff:
                         await trio.sleep(delay)
-                    self._backoff = trio.CancelScope()
                     if self._pausing:  # asked to pause while waiting: its next attempt waits for the resume
                         self._paused(Outcome.paused("paused before its next attempt", PauseCause.NOT_RUNNING))
                         paused, renumber = True, False
