@@ -36,6 +36,7 @@ make_fresh() {
   for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && installed+=("$p")
   done
+  dpkg --configure -a  # a run killed inside dpkg (this check's own, or anyone's) blocks every later apt run
   [ ${#installed[@]} = 0 ] || apt-get purge -y -q "${installed[@]}" >/dev/null
   apt-get clean
   id cumulus >/dev/null 2>&1 && userdel -r cumulus 2>/dev/null || true

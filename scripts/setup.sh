@@ -8,6 +8,7 @@ if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/d
   [ "$(id -u)" = 0 ] || { echo "setup: python3 with venv is missing: install python3-venv (as root)" >&2; exit 1; }
   echo "setup: installing python3 and python3-venv with apt" >&2
   export DEBIAN_FRONTEND=noninteractive
+  dpkg --configure -a  # finishes a dpkg run that was interrupted, which would refuse the install
   apt-get update -q && apt-get install -y -q --no-install-recommends python3 python3-venv python3-pip
 fi
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \

@@ -36,14 +36,25 @@ def missing_packages(pkgs: list[str]) -> list[str]:
     return [p for p in pkgs if p not in installed]
 
 
+def _dpkg_interrupted() -> bool:
+    """Whether dpkg has half-configured packages or pending triggers (what `dpkg --audit` reports)."""
+    proc = subprocess.run(["dpkg", "--audit"], capture_output=True, text=True)
+    return bool(proc.stdout.strip())
+
+
 def ensure_packages(on_line: Callable[[str], None] | None = None) -> str:
     """Install the Debian packages the cluster needs that are missing. An apt or dpkg run that an interrupted
-    `up` left behind is waited for (apt's lock timeout) and a half-configured dpkg is finished first."""
-    missing = missing_packages(APT_PACKAGES)
-    if not missing:
-        return "all present"
+    `up` left behind is waited for (apt's lock timeout) and a half-configured dpkg is finished first, also when
+    nothing is missing: an `up` interrupted while dpkg ran triggers leaves every package installed but dpkg
+    refusing all later apt runs, this machine's and its user's."""
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     wait_lock = ["-o", "DPkg::Lock::Timeout=600"]
+    missing = missing_packages(APT_PACKAGES)
+    if not missing:
+        if not _dpkg_interrupted():
+            return "all present"
+        children.run(["dpkg", "--configure", "-a"], env=env, timeout=900, on_line=on_line)
+        return "all present; finished an interrupted dpkg run"
     children.run(["apt-get", *wait_lock, "update", "-q"], env=env, timeout=900, on_line=on_line)
     children.run(["dpkg", "--configure", "-a"], env=env, timeout=900, on_line=on_line)
     children.run(["apt-get", *wait_lock, "install", "-y", "-q", "--no-install-recommends", *missing], env=env,
