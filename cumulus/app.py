@@ -126,10 +126,13 @@ class SupervisorApi:
         """The job's record and its history from the journal, oldest first."""
         return await self._cluster().call(DescribeJob(job_id, caller))
 
-    async def cancel(self, job_id: str, *, caller: Caller = LOCAL_ADMIN) -> tuple[JobRecord, bool]:
-        """Cancel a job and wait until its teardown finished; returns the record and whether it was still live."""
+    async def cancel(self, job_id: str, *, caller: Caller = LOCAL_ADMIN,
+                     until_stopped: bool = False) -> tuple[JobRecord, bool]:
+        """Cancel a job and wait until its teardown finished (its terminal state and teardown report are set);
+        returns the record and whether it was still live. ``until_stopped``: return as soon as its container is
+        stopped and its partition released (``record.halted``), while the removal of its service goes on."""
         record, was_live = await self._cluster().call(CancelJob(job_id, caller))
-        await record.torn_down.wait()
+        await (record.halted if until_stopped else record.torn_down).wait()
         return record, was_live
 
     async def pause(self, job_id: str, *, grace: float = 0.0, caller: Caller = LOCAL_ADMIN,

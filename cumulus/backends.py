@@ -18,14 +18,14 @@ from typing import Any, AsyncIterator, Iterator, Protocol
 import trio
 
 from cumulus.config import Settings
-from cumulus.errors import RequestRejected
-from cumulus.resources import files, image_pull, job_network, partition, swarm, swarm_secrets, user_image
+from cumulus.resources import files, image_pull, job_network, partition, swarm, swarm_secrets, user_image, warm
 from cumulus.resources.checkpoint_store import open_local_checkpoints
 from cumulus.resources.ssh import SshConnection, open_ssh_connection
 from cumulus.resources.swarm import NodeInfo, ServiceRequest, SwarmClient, TaskState
 from cumulus.resources.swarm_client import SwarmJoinInfo
 
 
+RUNNING_LOCK = ".running"  # worker_image/image/runner_warm.py: locked by the runner while the job runs
 LEASES_DIR = ".leases"  # <jobs_dir>/.leases/<job id>/{renew,expired}: a lease lives apart from its job dir
 
 
@@ -43,16 +43,18 @@ class NodeBackend(Protocol):
     isolation_problem: str  # why the worker may not run jobs ("" = it passed its isolation check)
 
     def open_partition(self, *, device: int, fraction: float, duration: float, job_id: str,
-                       replace_earlier: bool = False) -> AbstractAsyncContextManager[Any]: ...
+                       replace_earlier: bool = False, from_warm: str | None = None) -> AbstractAsyncContextManager[Any]: ...
     def adopt_partition(self, *, job_id: str, partition_id: str, device: int,
                         fraction: float) -> AbstractAsyncContextManager[Any]: ...
-    def open_job_files(self, *, job_id: str, package: bytes,
-                       restore: bytes | None = None) -> AbstractAsyncContextManager[Any]: ...
+    def open_job_files(self, *, job_id: str, package: bytes, restore: bytes | None = None,
+                       from_warm: str | None = None) -> AbstractAsyncContextManager[Any]: ...
+    def open_warm_dirs(self, warm_id: str) -> AbstractAsyncContextManager[Any]: ...
+    async def start_warm_job(self, job_id: str, message: bytes) -> None: ...
     def adopt_job_files(self, *, job_id: str) -> AbstractAsyncContextManager[Any]: ...
     def lease_dir(self, job_id: str) -> str | None: ...
     async def renew_leases(self) -> int: ...
     def fail_leases(self, reason: str) -> None: ...
-    async def stop_job(self, job_id: str) -> None: ...
+    async def stop_job(self, job_id: str) -> bool: ...
     async def find_orphans(self, job_prefix: str) -> NodeOrphans: ...
     async def kill_holder(self, pid: int) -> bool: ...
     async def reap_stale_locks(self) -> int: ...
@@ -63,6 +65,7 @@ class NodeBackend(Protocol):
 class SwarmBackend(Protocol):
     def open_service(self, request: ServiceRequest) -> AbstractAsyncContextManager[Any]: ...
     def adopt_service(self, service_id: str, job_id: str) -> AbstractAsyncContextManager[Any]: ...
+    def claim_service(self, service_id: str, name: str, task_key: str) -> AbstractAsyncContextManager[Any]: ...
     def follow_logs(self, service_id: str) -> AbstractAsyncContextManager[AsyncIterator[tuple[str, str]]]: ...
     async def task_states(self, labels: dict[str, str]) -> list[TaskState]: ...
     async def list_nodes(self) -> list[NodeInfo]: ...
@@ -106,9 +109,10 @@ class SshNodeBackend:
 
     @asynccontextmanager
     async def open_partition(self, *, device: int, fraction: float, duration: float, job_id: str,
-                             replace_earlier: bool = False):
+                             replace_earlier: bool = False, from_warm: str | None = None):
         """The job's partition (a detached, leased holder when leases are on). ``replace_earlier``: an earlier
-        attempt of the job may have left a holder here (a supervisor restart, a lost node); stop it first."""
+        attempt of the job may have left a holder here (a supervisor restart, a lost node); stop it first.
+        ``from_warm``: the lease directory is that warm service's, renamed (its container watches it already)."""
         lease_dir = self.lease_dir(job_id)
         timeout = self._settings.jobs.release_timeout / 3
         if lease_dir is None:
@@ -123,7 +127,9 @@ class SshNodeBackend:
         try:
             # A fresh lease dir: an earlier attempt's ``expired`` mark must not stop this one.
             quoted = shlex.quote(lease_dir)
-            await self.conn.run_to_completion(f"rm -rf {quoted} && mkdir -p {quoted}")
+            await self.conn.run_to_completion(
+                warm.take_over_command(posixpath.dirname(lease_dir), from_warm, lease_dir) if from_warm
+                else f"rm -rf {quoted} && mkdir -p {quoted}")
             async with partition.open_detached_partition_lease(
                 self.conn, device=device, fraction=fraction, duration=duration, job_id=job_id,
                 lease_dir=lease_dir, ttl=self._settings.lease.ttl, holder=self._settings.cluster.holder,
@@ -183,18 +189,32 @@ class SshNodeBackend:
             leases[job].mark_lost(partition.LeaseLoss.HOLDER_GONE, "holder gone or lease expired")
         return len(leases) - len(gone)
 
-    async def stop_job(self, job_id: str) -> None:
+    async def stop_job(self, job_id: str) -> bool:
         """Mark the job's lease stopped: the runner in its container kills the job within a fraction of a second
-        (no Docker access needed on the worker). A no-op without leases."""
+        (no Docker access needed on the worker); then wait, on the node, until no process of the job holds its
+        running lock (``output/.running``, :mod:`worker_image/image/runner_warm`) any more. Returns whether that
+        was seen (False: no lease, no lock yet, or not within 5 s: the caller asks the Swarm instead)."""
         lease_dir = self.lease_dir(job_id)
-        if lease_dir:
-            marker = posixpath.join(lease_dir, "expired")
-            await self.conn.run(f"[ -d {shlex.quote(lease_dir)} ] && echo stopped by the supervisor > "
-                                f"{shlex.quote(marker)}", check=False)
+        if not lease_dir:
+            return False
+        q = shlex.quote
+        lock = posixpath.join(self._settings.cluster.jobs_dir, files.check_job_id(job_id), "output", RUNNING_LOCK)
+        result = await self.conn.run(
+            f"[ -d {q(lease_dir)} ] && echo stopped by the supervisor > {q(posixpath.join(lease_dir, 'expired'))}"
+            f" && [ -e {q(lock)} ] && timeout 5 flock {q(lock)} true && echo stopped", check=False, timeout=10)
+        return result.stdout.strip() == "stopped"
 
-    def open_job_files(self, *, job_id: str, package: bytes, restore: bytes | None = None):
+    def open_job_files(self, *, job_id: str, package: bytes, restore: bytes | None = None,
+                       from_warm: str | None = None):
         return files.open_job_files(self.conn, jobs_dir=self._settings.cluster.jobs_dir, job_id=job_id,
-                                    package=package, restore=restore)
+                                    package=package, restore=restore, from_warm=from_warm)
+
+    def open_warm_dirs(self, warm_id: str):
+        return warm.open_warm_dirs(self.conn, jobs_dir=self._settings.cluster.jobs_dir, warm_id=warm_id,
+                                   lease_dir=self.lease_dir(warm_id))
+
+    async def start_warm_job(self, job_id: str, message: bytes) -> None:
+        await warm.start_warm_job(self.conn, posixpath.join(self._settings.cluster.jobs_dir, job_id), message)
 
     def adopt_job_files(self, *, job_id: str):
         return files.adopt_job_files(self.conn, jobs_dir=self._settings.cluster.jobs_dir, job_id=job_id)
@@ -288,6 +308,10 @@ class DockerSwarmBackend:
         return swarm.adopt_service(self.client, service_id, job_id,
                                    remove_timeout=self._settings.jobs.release_timeout)
 
+    def claim_service(self, service_id: str, name: str, task_key: str):
+        return swarm.claim_service(self.client, service_id, name, task_key,
+                                   remove_timeout=self._settings.jobs.release_timeout)
+
     def follow_logs(self, service_id: str):
         return swarm.follow_logs(self.client, service_id)
 
@@ -368,33 +392,4 @@ class Backends:
     needs_asyncio: bool = True  # asyncssh runs on the asyncio bridge
 
 
-class WorkerUnavailable(RequestRejected):
-    """The worker is not healthy (node not Ready, or SSH down) and takes no new jobs now."""
-
-
-class NodeConnections:
-    """The open connection to each worker node, by node id: the door a job uses to reach its node.
-
-    Each entry is written only by the WorkerActor that owns that connection (:meth:`serving`, for as long as the
-    connection is up) and read by jobs (:meth:`get`). Like the Swarm client, a connection is shared by every job
-    on its node; only its owner opens, probes and closes it.
-    """
-
-    def __init__(self) -> None:
-        self._open: dict[str, NodeBackend] = {}
-
-    @contextmanager
-    def serving(self, node_id: str, backend: NodeBackend) -> Iterator[None]:
-        self._open[node_id] = backend
-        try:
-            yield
-        finally:
-            if self._open.get(node_id) is backend:
-                del self._open[node_id]
-
-    def get(self, node_id: str, hostname: str = "") -> NodeBackend:
-        """The node's connection; WorkerUnavailable while there is none."""
-        backend = self._open.get(node_id)
-        if backend is None:
-            raise WorkerUnavailable(f"worker {hostname or node_id} is not connected")
-        return backend
+from cumulus.node_connections import NodeConnections, WorkerUnavailable  # noqa: E402  - re-exported

@@ -229,6 +229,8 @@ class JobSettings:
     pause_grace: float = 60.0
     """Seconds a job asked to pause (``cumulus pause``) has to return before it is stopped, PAUSED at its last
     checkpoint (a pause request may give its own)."""
+    warm_per_device: int = 1
+    """Warm services each worker keeps per device: containers already started, each waiting to run one job (0: off)."""
 
     def validate(self) -> None:
         check_range("jobs.max_package_mb", self.max_package_mb, 1, 2048)
@@ -243,6 +245,7 @@ class JobSettings:
         check_range("jobs.max_checkpoint_mb", self.max_checkpoint_mb, 1, 16384)
         check_range("jobs.checkpoint_retention", self.checkpoint_retention, 1, 1000)
         check_range("jobs.pause_grace", self.pause_grace, 0, 86400)
+        check_range("jobs.warm_per_device", self.warm_per_device, 0, 8)
         for index, registry in enumerate(self.image_registries):
             problem = registry_problem(registry)
             if problem:

@@ -194,6 +194,7 @@ class JobRecord:
         self.ran_seconds = 0.0  # how long its paused attempts ran (a resumed attempt gets the rest of its duration)
         self.finished = trio.Event()  # the terminal state is set
         self.torn_down = trio.Event()  # teardown finished and reported; nothing of the job remains
+        self.halted = trio.Event()  # its container stopped and its partition released (the rest of the teardown follows)
         # Replay history: every non-log event, and the last LOG_HISTORY_LINES log lines, each with a sequence
         # number so that a late subscriber sees them in their original order.
         self._seq = itertools.count()
@@ -324,6 +325,7 @@ class JobRecord:
     def set_torn_down(self, report: TeardownReport) -> None:
         """Record the teardown outcome (separately from the terminal state) and end every event stream."""
         self.teardown = report
+        self.halted.set()
         self.torn_down.set()
         self._note("teardown", "teardown: released " + (", ".join(report.released) or "nothing")
                    + ("; leaked " + "; ".join(report.leaked) if report.leaked else ", nothing leaked"),

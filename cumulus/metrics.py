@@ -116,6 +116,13 @@ class Metrics:
                                    "attempts, by user and device kind (gpu or other)", ["user", "device_kind"], r)
         self.worker_joins = make(Counter, "cumulus_worker_joins", "Joining hosts' register and complete requests, "
                                  "by outcome (registered, joined, or why refused: expired, used, ...)", ["outcome"], r)
+        self.job_starts = make(Counter, "cumulus_job_starts", "Attempts started, by path: warm (a warm service took "
+                               "the job) or cold (a service created for it)", ["path"], r)
+        self.warm_services = make(Gauge, "cumulus_warm_services", "Idle warm services, by worker and whether "
+                                  "their container waits for a job (ready) or is starting", ["worker", "state"], r)
+        self.warm_failures = make(Counter, "cumulus_warm_service_failures", "Warm services lost before a job took "
+                                  "them (their container ended) or that did not take the job handed to them",
+                                  ["worker", "what"], r)
         # Read at scrape time (set_snapshot).
         self.ready = make(Gauge, "cumulus_ready", "1 while the supervisor serves (tree up, journal recovered)", [], r)
         self.jobs = make(Gauge, "cumulus_jobs", "Live jobs by state", ["state"], r)

@@ -138,8 +138,8 @@ async def _schedule(jobs, faults, shutdown_at, end_paused):
             assert terminal == [record.state]
             if record.state is JobState.COMPLETED:
                 assert record.result is not None
-        assert world.partitions == {} and world.job_dirs == set() and world.services == {}
-        assert world.running == set()
+        assert world.partitions == {} and world.job_dirs_left() == set() and world.job_services() == {}
+        assert world.running_jobs() == set()
         assert all(used <= 1.0 + 1e-9 for used in world.max_used.values())
         world_nursery.cancel_scope.cancel()
 

@@ -54,9 +54,9 @@ async def assert_nothing_left(sup, world: FakeWorld, records: list[JobRecord]) -
         terminal = [s async for s in _terminal_states(record)]
         assert len(terminal) == 1, terminal
     assert world.partitions == {}
-    assert world.job_dirs == set()
-    assert world.services == {}
-    assert world.running == set()
+    assert world.job_dirs_left() == set()
+    assert world.job_services() == {}
+    assert world.running_jobs() == set()
     for worker in await sup.list_workers():
         assert all(device.used_share == 0 for device in worker.devices), worker
 
@@ -150,7 +150,7 @@ async def test_a_log_the_engine_never_reads_is_given_up_and_the_job_still_ends(a
         assert messages.count(f"log stream: {ENGINE_PROBLEM}; following the log again") == LOG_REFOLLOW_ATTEMPTS
         assert f"log stream: {ENGINE_PROBLEM} (lines of the job may be missing)" in messages, messages
         assert record.state is JobState.COMPLETED and record.result is not None
-        assert not record.teardown.leaked and world.services == {} and world.partitions == {}
+        assert not record.teardown.leaked and world.job_services() == {} and world.partitions == {}
 
 
 async def test_a_finished_job_whose_process_lingers_is_completed_and_then_stopped(autojump_clock):
@@ -166,7 +166,7 @@ async def test_a_finished_job_whose_process_lingers_is_completed_and_then_stoppe
         assert record.state is JobState.COMPLETED and record.result is not None
         await record.torn_down.wait()
         assert trio.current_time() - completed_at < EXIT_AFTER_FINISH_SECONDS + 5
-        assert not record.teardown.leaked and world.services == {} and world.partitions == {}
+        assert not record.teardown.leaked and world.job_services() == {} and world.partitions == {}
 
 
 async def test_user_exception_fails_the_job_with_its_envelope(autojump_clock):
@@ -218,7 +218,7 @@ async def test_cancelled_state_is_written_only_after_the_container_stopped(autoj
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sup.cancel, record.job_id)
             await record.finished.wait()
-            assert world.running == set()  # the container was gone before CANCELLED was written
+            assert world.running_jobs() == set()  # the container was gone before CANCELLED was written
 
 
 async def test_killing_the_job_actor_task_releases_everything(autojump_clock):
@@ -351,7 +351,7 @@ async def test_supervisor_shutdown_tears_every_job_down(autojump_clock):
         for record in records:
             assert record.torn_down.is_set() and record.teardown.leaked == ()
             assert record.state is JobState.CANCELLED
-        assert world.partitions == {} and world.services == {} and world.job_dirs == set()
+        assert world.partitions == {} and world.job_services() == {} and world.job_dirs_left() == set()
         nursery.cancel_scope.cancel()
 
 

@@ -501,7 +501,7 @@ async def test_a_paused_job_stays_paused_across_a_supervisor_restart(mock_clock,
             world.frozen = True
         world.frozen = False
         world.checkpoint_store.jobs = store  # and its checkpoint store, as the killed process left it
-        assert world.partitions == {} and world.services == {} and world.job_dirs == set()
+        assert world.partitions == {} and world.job_services() == {} and world.job_dirs_left() == set()
 
         async with supervisor_on(world, str(after_crash)) as sup:
             recovered = await sup.get(record.job_id)

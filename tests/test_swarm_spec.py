@@ -148,3 +148,22 @@ def test_a_user_image_runs_by_digest_with_the_runner_volume_read_only_and_never_
     assert runner == [{"Target": "/opt/cumulus", "Source": RUNNER_VOLUME, "Type": "volume", "ReadOnly": True,
                        "VolumeOptions": {"NoCopy": True}}]
     assert env_of(spec)["PYTHONUNBUFFERED"] == "1"
+
+
+def test_a_warm_service_is_labelled_and_its_runner_told_to_wait():
+    spec = build_service_spec(request(warm=True))
+    assert spec["labels"]["cumulus.warm"] == "1" and env_of(spec)["CUMULUS_WARM"] == "1"
+    assert "cumulus.warm" not in build_service_spec(request())["labels"]
+    assert "CUMULUS_WARM" not in env_of(build_service_spec(request()))
+
+
+def test_the_create_time_key_is_what_a_container_keeps_from_its_creation():
+    key = request().create_time_key()
+    # What reaches a warm container with its job does not matter ...
+    assert request(job_id="job-2", partition_id="p9", env={"A": "1"}, code_dir="/x/code", output_dir="/x/out",
+                   warm=True).create_time_key() == key
+    # ... what is fixed at creation does.
+    for change in ({"memory_bytes": 1 << 30}, {"cpus": 1.0}, {"network": "internet"}, {"device_index": 1},
+                   {"image": "sha256:" + "1" * 64}, {"gpu_uuid": "GPU-1"}, {"deps_dir": "/deps"},
+                   {"lease_dir": "/l"}, {"stop_grace": 5.0}, {"node_id": "othernode0123"}):
+        assert request(**change).create_time_key() != key, change

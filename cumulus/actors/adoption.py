@@ -48,14 +48,15 @@ class AdoptedAttempt(Attempt):
         if files is not None:  # its checkpoints are copied on, as for a new attempt
             self.copier = await own(open_checkpoint_copy(ctx, files), what="checkpoint copy", same_task=True)
         self.node, self.files = node, files
-        updates = await own(self._task_watch(), what="task watch", same_task=True)
         if record.spec.secret_env:  # its Swarm secret goes after its service, as for a new attempt
             await own(ctx.swarm.adopt_secret_env(record.job_id), what="secret env", same_task=True)
         try:
             service = self.service = await own(ctx.swarm.adopt_service(record.service_id, record.job_id),
                                                what="service", same_task=True)
+            self.task_key = service.job_id  # a warm service's task keeps its warm id
         except CumulusError as error:
             lost = lost or error
+        updates = await own(self._task_watch(), what="task watch", same_task=True)
         if files is None or service is None:
             raise JobStopped(Outcome.failed(FailureReason.LOST,
                                             f"could not re-adopt after a supervisor restart: {lost}"))
@@ -74,7 +75,7 @@ class AdoptedAttempt(Attempt):
         """How a job ended whose partition lease expired while no supervisor watched it: completed (or failed
         with its own exception) if its task had ended with an outcome in its job dir; otherwise lost (stopped
         by its expired lease), which is retried only if the job itself asked for retries."""
-        tasks = await self.ctx.swarm.task_states({LABEL_JOB: self.record.job_id})
+        tasks = await self.ctx.swarm.task_states({LABEL_JOB: self.task_key})
         ended = [t for t in tasks if t.service_id == service.id and t.terminal]
         if ended:
             self.exited = True

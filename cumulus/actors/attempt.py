@@ -30,7 +30,9 @@ from cumulus.actors.ownership import ResourceOwner
 from cumulus.actors.requirements_step import job_requirements
 from cumulus.actors.result_fetch import MAX_RESULT_BYTES, fetch_result
 from cumulus.actors.scheduler import Granted, Queued, QueuePosition, Release, Reservation, Reserve
+from cumulus.actors.service_request import NO_PATH, job_service_request, warm_eligible
 from cumulus.actors.user_image_step import prepare_user_image
+from cumulus.actors.warm_step import claim_warm, start_warm
 from cumulus.actors.watcher import PollNow, Unwatch, Watch
 from cumulus.backends import NodeBackend, NodeConnections, SwarmBackend, WorkerUnavailable
 from cumulus.config import Settings
@@ -62,6 +64,7 @@ class JobContext:
     self_ref: Callable[[], ActorRef | None]
     journal: ActorRef | None = None  # where a retry finds the package again (it leaves memory once uploaded)
     checkpoints: CheckpointStore | None = None  # where its checkpoints are kept (None: no checkpoints)
+    workers: Callable[[str], ActorRef | None] | None = None  # a node's WorkerActor, which hands out warm services
 
 
 class Attempt:
@@ -83,6 +86,7 @@ class Attempt:
         self._grant: Reservation | None = None
         self._granted = trio.Event()
         self._moved = False  # a QueuePosition came for this attempt
+        self.task_key = ctx.record.job_id  # its task's job label (a warm service's keeps the warm id)
 
     def granted(self, message: Granted) -> None:
         if message.ticket == self.ticket and not self._granted.is_set():
@@ -195,7 +199,7 @@ class Attempt:
 
     @asynccontextmanager
     async def _task_watch(self) -> AsyncIterator[trio.MemoryReceiveChannel[TaskState]]:
-        watcher, job_id = self.ctx.watcher, self.record.job_id
+        watcher, job_id = self.ctx.watcher, self.task_key
         updates = await watcher.call(Watch(job_id))
         try:
             yield updates
@@ -219,17 +223,18 @@ class Attempt:
             if not self.exited and not (self.service is not None and self.service.node_unreachable):
                 with trio.move_on_after(STOP_WAIT_SECONDS, shield=True):
                     try:
-                        await node.stop_job(self.record.job_id)
-                        while not await self._task_ended():
-                            await trio.sleep(0.02)
-                        self.ctx.start_soon(node.kill_holder, lease.holder_pid)  # bounded, never raises
+                        if not await node.stop_job(self.record.job_id):  # not seen on the node: ask the Swarm
+                            while not await self._task_ended():
+                                await trio.sleep(0.02)
+                        await node.kill_holder(lease.holder_pid)  # bounded, never raises
+                        self.record.halted.set()  # a cancel returns now; the service's removal follows
                     except CumulusError as error:
                         # Only a shortcut: the service removal that follows stops the container anyway (and
                         # with the node unreachable, its lease expires by itself).
                         log.info("%s: stopping on the node failed (%s); Swarm removal will", self.ctx.name, error)
 
     async def _task_ended(self) -> bool:
-        tasks = await self.ctx.swarm.task_states({LABEL_JOB: self.record.job_id})
+        tasks = await self.ctx.swarm.task_states({LABEL_JOB: self.task_key})
         service_id = self.service.id if self.service is not None else None
         return all(task.terminal for task in tasks if service_id is None or task.service_id == service_id)
 
@@ -252,14 +257,21 @@ class Attempt:
         image = await prepare_user_image(ctx, reservation.node_id, spec, record.add_log) if spec.image else None
         restore = await restore_point(ctx)
         self.restored = restore[0] if restore else None
+        warm = await claim_warm(ctx, reservation.node_id, self._service_request(reservation, node)) \
+            if warm_eligible(ctx.settings, spec) else None
+        if warm is not None:  # its container waits already: owned from now on, removed like a job's own
+            self.service = await own(ctx.swarm.claim_service(warm.service_id, warm.name, warm.warm_id),
+                                     what="service", same_task=True)
+            self.task_key = warm.warm_id
+        metrics.current().job_starts.labels("cold" if warm is None else "warm").inc()
         # The partition and the upload go over the same SSH connection at once; they are still released in the
         # nested order (files, then partition).
         lease, files, *deps = await self.resources.own_together([
             (node.open_partition(device=reservation.device_indexes[0], fraction=reservation.share,
-                                 duration=self.duration, job_id=record.job_id,
-                                 replace_earlier=record.attempt > 1), "partition"),
+                                 duration=self.duration, job_id=record.job_id, replace_earlier=record.attempt > 1,
+                                 from_warm=warm and warm.warm_id), "partition"),
             (node.open_job_files(job_id=record.job_id, package=spec.package or await self._package(),
-                                 restore=restore[1] if restore else None), "files"),
+                                 restore=restore[1] if restore else None, from_warm=warm and warm.warm_id), "files"),
         ] + ([(job_requirements(ctx, node, reservation.node_id), "requirements")] if spec.requirements else []))
         if spec.package:  # uploaded: a retry reads it from the journal again
             record.spec = spec = replace(spec, package=b"")
@@ -270,35 +282,37 @@ class Attempt:
         self.node, self.files = node, files
         self.copier = await own(open_checkpoint_copy(ctx, files), what="checkpoint copy", same_task=True)
         updates = await own(self._task_watch(), what="task watch", same_task=True)
-        secret = await own(ctx.swarm.open_secret_env(record.job_id, record.attempt, spec.secret_env),
-                           what="secret env", same_task=True) if spec.secret_env else None  # removed after the service
-        request = replace(self._service_request(reservation, node, lease, files), deps_dir=deps[0] if deps else None,
-                          secret_env=secret, **({"image": image.reference, "runner_volume": image.runner_volume}
-                                                if image else {}))
-        service = self.service = await own(ctx.swarm.open_service(request), what="service", same_task=True)
+        request = self._service_request(reservation, node, lease, files)
+        if warm is None:
+            secret = await own(ctx.swarm.open_secret_env(record.job_id, record.attempt, spec.secret_env),
+                               what="secret env", same_task=True) if spec.secret_env else None  # after the service
+            request = replace(request, deps_dir=deps[0] if deps else None, secret_env=secret,
+                              **({"image": image.reference, "runner_volume": image.runner_volume} if image else {}))
+            self.service = await own(ctx.swarm.open_service(request), what="service", same_task=True)
+        service = self.service
         record.set_service(service.id)
         await own(self._stopped_on_its_node(node, lease), what="container stop", same_task=True)
+        if warm is not None:
+            await start_warm(node, request, reservation.worker)
+            record.set_state(JobState.RUNNING)
         with trio.move_on_after(self.duration) as deadline:
             exit_task = await self._follow(service, updates, lease, files)
         if deadline.cancelled_caught:
             raise JobStopped(self.timed_out())
         return await self._conclude(exit_task, files)
 
-    def _service_request(self, reservation: Reservation, node: NodeBackend, lease: Any, files: Any) -> ServiceRequest:
-        record, settings = self.record, self.ctx.settings
-        limits, spec = settings.containers, record.spec  # the job's own limits, else the defaults; never above max
-        return ServiceRequest(
-            user=node.job_user, network=spec.network or limits.network, pids_limit=limits.pids_limit,
-            memory_bytes=min(spec.memory_bytes or limits.memory_mb << 20, limits.max_memory_mb << 20),
-            cpus=min(spec.cpus or limits.cpus, limits.max_cpus), tmpfs_bytes=limits.tmpfs_mb << 20,
-            job_id=record.job_id, supervisor_id=settings.supervisor_id, node_id=reservation.node_id,
-            image=settings.cluster.image_for(spec.python), device_index=reservation.device_indexes[0],
-            partition_id=lease.partition_id, code_dir=files.code_dir, output_dir=files.output_dir,
-            env={**record.spec.env, "CUMULUS_GPU_FRACTION": repr(reservation.share), "CUMULUS_TRACE_ID": spec.trace_id,
+    def _service_request(self, reservation: Reservation, node: NodeBackend, lease: Any = None,
+                         files: Any = None) -> ServiceRequest:
+        """The job's service request (before its partition and files exist: to compare with warm services')."""
+        record, settings, spec = self.record, self.ctx.settings, self.record.spec
+        return job_service_request(
+            settings, spec, job_id=record.job_id, node_id=reservation.node_id,
+            device_index=reservation.device_indexes[0], gpu_uuid=reservation.gpu_uuids[0], job_user=node.job_user,
+            lease_dir=node.lease_dir(record.job_id), partition_id=lease.partition_id if lease else "pending",
+            code_dir=files.code_dir if files else NO_PATH, output_dir=files.output_dir if files else NO_PATH,
+            env={**spec.env, "CUMULUS_GPU_FRACTION": repr(reservation.share), "CUMULUS_TRACE_ID": spec.trace_id,
                  "CUMULUS_MAX_PACKAGE_BYTES": str(settings.jobs.max_package_mb * 2**20),
-                 **checkpoint_env(settings, self.restored, leases=node.lease_dir(record.job_id) is not None)},
-            gpu_uuid=reservation.gpu_uuids[0], stop_grace=settings.jobs.stop_grace,
-            lease_dir=node.lease_dir(record.job_id))
+                 **checkpoint_env(settings, self.restored, leases=node.lease_dir(record.job_id) is not None)})
 
     async def _follow(self, service: Any, updates: trio.MemoryReceiveChannel[TaskState], lease: Any,
                       files: Any) -> TaskState | None:

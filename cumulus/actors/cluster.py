@@ -235,7 +235,7 @@ class ClusterActor(Actor):
         return await self.jobs_supervisor.start_actor(record.job_id, lambda: JobActor(
             record, settings=self.settings, swarm=self.swarm, connections=self.connections,
             scheduler=self.scheduler, watcher=self.watcher, journal=self.journal, checkpoints=self.checkpoints,
-            start=start, note=note),
+            start=start, note=note, workers=self.worker_refs.get),
             shutdown=JOB_SHUTDOWN_RELEASES * self.settings.jobs.release_timeout + STOP_WAIT_SECONDS)
 
     async def _find_key(self, owner: str, key: str) -> JobRecord | None:
@@ -361,7 +361,8 @@ class ClusterActor(Actor):
             if ref is None or not ref.alive:
                 self.worker_refs[node_id] = await self.workers.start_actor(node_id, lambda node=node: WorkerActor(
                     node, self.settings, self.backends, connections=self.connections, scheduler=self.scheduler,
-                    cluster=self.ref, job_prefix=self.job_prefix, images=self.images))
+                    cluster=self.ref, job_prefix=self.job_prefix, images=self.images, swarm=self.swarm,
+                    watcher=self.watcher))
             elif self.nodes.get(node_id) != node:
                 await ref.cast(NodeUpdate(node))
         self.nodes = nodes
@@ -369,9 +370,11 @@ class ClusterActor(Actor):
 
     async def _reap_orphan_services(self) -> None:
         services = await self.swarm.list_services({LABEL_SUPERVISOR: self.settings.supervisor_id})
+        # A warm service a job took keeps its warm id as its label: the job's record knows it by its id.
+        taken = {r.service_id for r in self.jobs.values() if r.service_id and not r.torn_down.is_set()}
         for service in services:
             job_id = service.labels.get(LABEL_JOB, "")
-            if not self.is_live_job(job_id):
+            if not self.is_live_job(job_id) and service.id not in taken:
                 await self.swarm.remove_service(service.id)
                 self.reaped_services.append(service.id)
         if self.reaped_services:

@@ -29,7 +29,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
@@ -101,6 +101,7 @@ class JobActor(Actor):
         checkpoints: CheckpointStore | None = None,
         start: Start = Start.NEW,
         note: str = "",
+        workers: Callable[[str], ActorRef | None] | None = None,
     ) -> None:
         super().__init__(f"job:{record.job_id}")
         self.record = record
@@ -108,7 +109,7 @@ class JobActor(Actor):
         self.journal = journal
         self._start, self._note = start, note
         self._ctx = JobContext(record, settings, swarm, connections, scheduler, watcher, self.name,
-                               self.start_soon, lambda: self.ref, journal, checkpoints)
+                               self.start_soon, lambda: self.ref, journal, checkpoints, workers)
         self._tickets = itertools.count(1)
         self._life_scope = trio.CancelScope()
         self._stop_reason: Outcome | None = None

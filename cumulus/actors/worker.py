@@ -7,7 +7,8 @@ through it (:class:`~cumulus.backends.NodeConnections`) and the Scheduler is tol
 reported unhealthy with the check's reason, and checked again on each reconnect); when it drops, every lease held
 through it is lost (its jobs stop: node_lost) and the Scheduler is told at once. Once connected, the actor reaps
 orphans on its node: partition holders and job directories of this supervisor that no live job owns (it asks the
-cluster which jobs are live). Device shares are not kept here: the Scheduler owns them.
+cluster which jobs are live). Device shares are not kept here: the Scheduler owns them. While connected and
+taking jobs it keeps the node's warm services (:mod:`cumulus.actors.warm_pool`) and hands them to jobs.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from cumulus.actors.base import Actor, ActorRef
 from cumulus.actors.image_gate import WorkerImages
 from cumulus.actors.ownership import Leak
 from cumulus.actors.scheduler import WorkerHealth
-from cumulus.backends import Backends, NodeBackend, NodeConnections
+from cumulus.actors.warm_pool import ClaimWarm, WarmPool, warm_devices
+from cumulus.backends import Backends, NodeBackend, NodeConnections, SwarmBackend
 from cumulus.config import Settings
 from cumulus.errors import ActorDied
 from cumulus.devices import DeviceInfo
 from cumulus.resources.job_network import WorkerNotIsolated
+from cumulus.resources.warm import is_other_nodes_warm
 from cumulus.resources.swarm import NodeInfo
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,8 @@ class WorkerActor(Actor):
         cluster: ActorRef,
         job_prefix: str,
         images: WorkerImages | None = None,
+        swarm: SwarmBackend | None = None,
+        watcher: ActorRef | None = None,
     ) -> None:
         super().__init__(f"worker:{node.hostname}")
         self.node = node
@@ -95,6 +100,8 @@ class WorkerActor(Actor):
         self.job_prefix = job_prefix
         self.reaped: list[str] = []
         self.images = images  # the worker image gate (cumulus.actors.image_gate); None: off
+        self.warm = WarmPool(node.hostname, settings, swarm, watcher) \
+            if swarm is not None and watcher is not None and settings.jobs.warm_per_device else None
 
     async def on_start(self) -> None:
         self.start_soon(self._keep_connected)
@@ -104,6 +111,8 @@ class WorkerActor(Actor):
             case NodeUpdate(node):
                 self.node = node
                 return None
+            case ClaimWarm(key):
+                return await self.warm.claim(key) if self.warm is not None else None
         raise TypeError(f"{self.name}: unknown message {message!r}")
 
     async def _tell_health(self, connected: bool, reason: str = "", *, takes_jobs: bool = True) -> None:
@@ -162,6 +171,9 @@ class WorkerActor(Actor):
             self.node = await self.images.ensure(lambda: self.node, self._preparing) or self.node
         await self._tell_health(True)
         log.info("%s: connected (%s)", self.name, backend.label)
+        if self.warm is not None:
+            devices = warm_devices(parse_devices(self.node.labels), self.settings.cluster.allow_non_gpu_devices)
+            await self.warm.run(backend, self.node.id, devices)
 
     async def _preparing(self, reason: str) -> None:
         await self._tell_health(True, reason, takes_jobs=False)
@@ -193,8 +205,8 @@ class WorkerActor(Actor):
         live: frozenset[str] = await self.cluster.call(LiveJobs()) if (orphans.holders or orphans.job_dirs) \
             else frozenset()
 
-        def ours(job: str) -> bool:
-            return job in live
+        def ours(job: str) -> bool:  # another worker's warm directories (a shared filesystem) are its own
+            return job in live or is_other_nodes_warm(job, self.node.id)
 
         steps = [(f"holder:{job}", backend.kill_holder, pid)
                  for job, pids in orphans.holders.items() if not ours(job) for pid in pids]

@@ -67,7 +67,8 @@ class JobFiles:
 
 @asynccontextmanager
 async def open_job_files(
-    conn: SshConnection, *, jobs_dir: str, job_id: str, package: bytes, restore: bytes | None = None
+    conn: SshConnection, *, jobs_dir: str, job_id: str, package: bytes, restore: bytes | None = None,
+    from_warm: str | None = None,
 ) -> AsyncIterator[JobFiles]:
     """Create ``<jobs_dir>/<job_id>/{code,output,lease}``, upload ``package`` as ``code/package.zip`` (mode 0444, code
     dir then 0555; ``restore``, the checkpoint the attempt resumes from, as ``code/checkpoint.bin``), make ``output``
@@ -75,7 +76,8 @@ async def open_job_files(
     can read or write it; never 0777) and ``lease`` the SSH user's (0755: the detached partition holder writes there,
     the container only reads it); yield :class:`JobFiles`.
 
-    A leftover directory of the same job id is replaced. Raises :class:`InvalidRequest` for a bad job id and
+    ``from_warm``: the job takes that warm service's directory (:mod:`cumulus.resources.warm`), renamed to the
+    job's (a failure half-way removes the warm one too). A leftover directory of the same job id is replaced. Raises :class:`InvalidRequest` for a bad job id and
     :class:`SshError` if the worker refuses; a half-made directory is removed before the error propagates.
     Leaving the block removes the whole job directory: shielded, bounded (30 s), idempotent. A removal failure is
     raised as :class:`SshError` only when the block itself ended without an exception (otherwise the original
@@ -85,15 +87,21 @@ async def open_job_files(
     q = shlex.quote
     made = False
     try:
-        await conn.run_to_completion(
+        if from_warm is not None:
+            from cumulus.resources.warm import take_over_command  # noqa: PLC0415 - it imports this module
+
+            await conn.run_to_completion(take_over_command(_check_jobs_dir(jobs_dir), from_warm, files.job_dir),
+                                         timeout=15)
+        else:
             # What an earlier attempt left (its node was lost before it could clean up) goes first; its code/
             # is read-only, so it is made writable again before rm -rf.
+            await conn.run_to_completion(
             f"{{ ! [ -e {q(files.job_dir)} ] || {{ chmod -R u+w -- {q(files.job_dir)} 2>/dev/null;"
             f" rm -rf -- {q(files.job_dir)}; }}; }} && mkdir -m 0755 -- {q(files.job_dir)}"
             f" && mkdir -m 0755 -- {q(files.code_dir)} && mkdir -m 0700 -- {q(files.output_dir)}"
             f" && chmod 0700 -- {q(files.output_dir)} && mkdir -m 0755 -- {q(files.lease_dir)}",
             timeout=15,
-        )
+            )
         await conn.put_bytes(package, posixpath.join(files.code_dir, PACKAGE_NAME), 0o444)
         if restore is not None:
             await conn.put_bytes(restore, posixpath.join(files.code_dir, RESTORE_NAME), 0o444)
@@ -104,6 +112,8 @@ async def open_job_files(
             with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                 try:
                     await _remove(conn, files.job_dir)
+                    if from_warm is not None:
+                        await _remove(conn, posixpath.join(_check_jobs_dir(jobs_dir), check_job_id(from_warm)))
                 except SshError:
                     pass
     async with _removed_on_exit(conn, files):

@@ -132,8 +132,8 @@ async def kill_holder(conn: SshConnection, pid: int, *, timeout: float = 5.0, jo
     # names them after the creating pid, so no live process's lock matches).
     script = (
         f"{alive}{guard}kill -TERM {pid} 2>/dev/null || exit 0; i=0; while a; do"
-        f" i=$((i+1)); [ $i -eq {max(1, int(timeout * 10 / 2))} ] && kill -KILL {pid} 2>/dev/null;"
-        f" [ $i -gt {max(2, int(timeout * 10))} ] && exit 1; sleep 0.1; done;"
+        f" i=$((i+1)); [ $i -eq {max(1, int(timeout * 50 / 2))} ] && kill -KILL {pid} 2>/dev/null;"
+        f" [ $i -gt {max(2, int(timeout * 50))} ] && exit 1; sleep 0.02; done;"
         f" rm -f {CHRONOS_LOCK_DIR}/partition_{pid}_*.lock 2>/dev/null; exit 0"
     )
     with trio.move_on_after(timeout + 2, shield=True):

@@ -67,7 +67,8 @@ async def adopt_service(
     client: SwarmClient, service_id: str, job_id: str, *, remove_timeout: float = 20.0
 ) -> AsyncIterator[ServiceHandle]:
     """Take charge of a job's service that already exists (created by an earlier supervisor, e.g. before a
-    restart; found by its labels); yield its :class:`ServiceHandle`. ``service_id``: id or name.
+    restart; found by its labels); yield its :class:`ServiceHandle` (its ``job_id``: its task's job label, the warm
+    id for a warm service a job took). ``service_id``: id or name.
 
     Raises :class:`SwarmError` if there is no such service (or the manager cannot be asked). Leaving the block
     removes the service and waits until its task is gone, exactly as :func:`open_service` does.
@@ -76,7 +77,22 @@ async def adopt_service(
         info = await client._call(f"inspect service {service_id}", "inspect_service", service_id)
     except docker.errors.NotFound as exc:
         raise SwarmError(f"adopt service {service_id}: no such service") from exc
-    handle = ServiceHandle(info["ID"], (info.get("Spec") or {}).get("Name", ""), job_id)
+    spec = info.get("Spec") or {}
+    # Its task's job label: a warm service a job took keeps its warm id there.
+    task_key = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Labels", {}).get(LABEL_JOB, job_id)
+    handle = ServiceHandle(info["ID"], spec.get("Name", ""), task_key)
+    async with _removed_on_exit(client, handle, remove_timeout):
+        yield handle
+
+
+@asynccontextmanager
+async def claim_service(
+    client: SwarmClient, service_id: str, name: str, task_key: str, *, remove_timeout: float = 20.0
+) -> AsyncIterator[ServiceHandle]:
+    """Take charge of a service another owner created and handed over (a warm service a job took, known by its
+    id, name and the ``cumulus.job_id`` label of its task, ``task_key``); no Docker call. Leaving the block removes
+    it exactly as :func:`open_service` does."""
+    handle = ServiceHandle(service_id, name, task_key)
     async with _removed_on_exit(client, handle, remove_timeout):
         yield handle
 
@@ -86,16 +102,21 @@ async def _removed_on_exit(client: SwarmClient, handle: ServiceHandle, remove_ti
     try:
         yield
     finally:
-        with trio.move_on_after(remove_timeout, shield=True):
-            try:
-                await client.remove_service(handle.id)
-            except SwarmError as exc:
-                log.warning("remove service %s: %s", handle.name, exc)
-            handle.removal_confirmed = await client.wait_gone(
-                handle.id, handle.job_id, timeout=remove_timeout, give_up=lambda: handle.node_unreachable)
-        if not handle.removal_confirmed:
-            log.warning("service %s (%s): removal not confirmed %s", handle.name, handle.id,
-                        "(its node is unreachable)" if handle.node_unreachable else f"within {remove_timeout:.0f} s")
+        if not handle.handed_over:  # else its new owner removes it
+            await _remove_and_confirm(client, handle, remove_timeout)
+
+
+async def _remove_and_confirm(client: SwarmClient, handle: ServiceHandle, remove_timeout: float) -> None:
+    with trio.move_on_after(remove_timeout, shield=True):
+        try:
+            await client.remove_service(handle.id)
+        except SwarmError as exc:
+            log.warning("remove service %s: %s", handle.name, exc)
+        handle.removal_confirmed = await client.wait_gone(
+            handle.id, handle.job_id, timeout=remove_timeout, give_up=lambda: handle.node_unreachable)
+    if not handle.removal_confirmed:
+        log.warning("service %s (%s): removal not confirmed %s", handle.name, handle.id,
+                    "(its node is unreachable)" if handle.node_unreachable else f"within {remove_timeout:.0f} s")
 
 
 
@@ -103,5 +124,6 @@ __all__ = [
     "CODE_MOUNT", "DEFAULT_COMMAND", "LABEL_DEVICE", "LABEL_JOB", "LABEL_PARTITION", "LABEL_SUPERVISOR", "LEASE_MOUNT",
     "MAX_PENDING_LINES", "OUTPUT_MOUNT", "SERVICE_PREFIX", "TERMINAL_STATES", "NodeInfo", "ServiceHandle",
     "ServiceInfo", "ServiceRequest", "SwarmClient", "SwarmError", "TaskState", "adopt_service", "build_service_spec",
+    "claim_service",
     "follow_logs", "open_service",
 ]

@@ -50,6 +50,7 @@ class ServiceHandle:
     job_id: str
     removal_confirmed: bool = False
     node_unreachable: bool = False
+    handed_over: bool = False  # its ownership moved on (a warm service a job took): its old owner leaves it be
 
 
 @dataclass(frozen=True)

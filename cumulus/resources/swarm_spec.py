@@ -26,6 +26,7 @@ LABEL_JOB = "cumulus.job_id"
 LABEL_SUPERVISOR = "cumulus.supervisor_id"
 LABEL_PARTITION = "cumulus.partition_id"
 LABEL_DEVICE = "cumulus.device_index"
+LABEL_WARM = "cumulus.warm"  # a warm service (made before its job; its task keeps the warm id as its job id)
 CODE_MOUNT = "/cumulus/code"
 OUTPUT_MOUNT = "/cumulus/output"
 LEASE_MOUNT = "/cumulus/lease"
@@ -101,10 +102,19 @@ class ServiceRequest:
     pids_limit: int = 4096
     tmpfs_bytes: int = 1024 * MiB
     secret_env: SecretEnvRef | None = None
+    warm: bool = False  # a warm service: its runner waits for the job (cumulus.resources.warm)
 
     @property
     def service_name(self) -> str:
         return SERVICE_PREFIX + self.job_id
+
+    def create_time_key(self) -> tuple[Any, ...]:
+        """What a container gets at its creation and keeps: a job may take a warm service only if its own request
+        has the same key (the rest - its id, partition, share, env - reaches a warm container with its job)."""
+        return (self.node_id, self.image, self.device_index, self.gpu_uuid, self.network, self.user,
+                self.memory_bytes, self.cpus, self.pids_limit, self.tmpfs_bytes, self.stop_grace,
+                self.lease_dir is not None, self.deps_dir, self.runner_volume, self.secret_env,
+                tuple(self.command or ()))
 
 
 def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
@@ -136,28 +146,16 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
         raise InvalidRequest(f"invalid supervisor id {req.supervisor_id!r}")
     secrets = [_secret_reference(req.secret_env, req.user)] if req.secret_env is not None else None
 
-    env: dict[str, str] = {}
-    for key, value in req.env.items():
-        if not _ENV_KEY.fullmatch(str(key)):
-            raise InvalidRequest(f"invalid environment variable name {key!r}")
-        env[str(key)] = str(value)
-    # Cumulus's own variables win over the user's. The root filesystem is read-only: HOME and TMPDIR are the tmpfs.
-    env["HOME"] = TMP_MOUNT
-    env["TMPDIR"] = TMP_MOUNT
-    env["PYTHONUNBUFFERED"] = "1"  # the worker image sets these; a user image need not
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env["CUMULUS_JOB_ID"] = req.job_id
-    env["CUMULUS_PARTITION_ID"] = req.partition_id
-    env["CUMULUS_DEVICE_INDEX"] = str(int(req.device_index))
-    # Under the NVIDIA runtime, expose exactly the leased GPU, or none at all.
-    env["NVIDIA_VISIBLE_DEVICES"] = req.gpu_uuid if req.gpu_uuid else "void"
-
+    env = container_env(req)
     labels = {
         LABEL_JOB: req.job_id,
         LABEL_SUPERVISOR: req.supervisor_id,
         LABEL_PARTITION: req.partition_id,
         LABEL_DEVICE: str(int(req.device_index)),
     }
+    if req.warm:
+        env["CUMULUS_WARM"] = "1"
+        labels[LABEL_WARM] = "1"
     mounts = [
         Mount(target=CODE_MOUNT, source=req.code_dir, type="bind", read_only=True),
         Mount(target=OUTPUT_MOUNT, source=req.output_dir, type="bind", read_only=False),
@@ -203,6 +201,28 @@ def build_service_spec(req: ServiceRequest) -> dict[str, Any]:
     }
 
 
+def container_env(req: ServiceRequest) -> dict[str, str]:
+    """The job's environment in its container: its own variables, then Cumulus's, which win. A warm container
+    gets it with its job (``start.json``). Raises :class:`InvalidRequest` for a bad variable name."""
+    env: dict[str, str] = {}
+    for key, value in req.env.items():
+        if not _ENV_KEY.fullmatch(str(key)):
+            raise InvalidRequest(f"invalid environment variable name {key!r}")
+        env[str(key)] = str(value)
+    # Cumulus's own variables win over the user's. The root filesystem is read-only: HOME and TMPDIR are the tmpfs.
+    env["HOME"] = TMP_MOUNT
+    env["TMPDIR"] = TMP_MOUNT
+    env["PYTHONUNBUFFERED"] = "1"  # the worker image sets these; a user image need not
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["CUMULUS_JOB_ID"] = req.job_id
+    env["CUMULUS_PARTITION_ID"] = req.partition_id
+    env["CUMULUS_DEVICE_INDEX"] = str(int(req.device_index))
+    # Under the NVIDIA runtime, expose exactly the leased GPU, or none at all.
+    env["NVIDIA_VISIBLE_DEVICES"] = req.gpu_uuid if req.gpu_uuid else "void"
+
+    return env
+
+
 def _secret_reference(ref: SecretEnvRef, user: str | None) -> SecretReference:
     """The job's secret env as a file of the container, readable by the job's user only (checked by the caller)."""
     if not _SECRET_ID.fullmatch(ref.id) or not _SECRET_NAME.fullmatch(ref.name):
@@ -225,7 +245,7 @@ def _check_hardening(req: ServiceRequest) -> None:
 
 
 __all__ = [
-    "CODE_MOUNT", "DEFAULT_COMMAND", "DEPS_MOUNT", "LABEL_DEVICE", "LABEL_JOB", "LABEL_PARTITION", "LABEL_SUPERVISOR", "LEASE_MOUNT",
+    "CODE_MOUNT", "DEFAULT_COMMAND", "DEPS_MOUNT", "LABEL_DEVICE", "LABEL_WARM", "container_env", "LABEL_JOB", "LABEL_PARTITION", "LABEL_SUPERVISOR", "LEASE_MOUNT",
     "OUTPUT_MOUNT", "SECRET_ENV_FILE", "SERVICE_PREFIX", "SecretEnvRef", "ServiceRequest", "build_service_spec",
     "JOB_NETWORK", "NETWORKS", "TMP_MOUNT",
 ]

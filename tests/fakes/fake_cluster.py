@@ -12,6 +12,7 @@ time, so that cancellations can land in the middle of each one. Nothing here tal
 from __future__ import annotations
 
 import itertools
+import json
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Iterator
@@ -26,6 +27,7 @@ from cumulus.resources.ssh import SshError
 from cumulus.resources.swarm import ServiceHandle, SwarmError
 from cumulus.resources.swarm import LABEL_JOB, LABEL_SUPERVISOR, NodeInfo, ServiceRequest, TaskState
 from cumulus.resources.swarm_client import SwarmJoinInfo
+from cumulus.resources.warm import WarmDirs, WarmServiceGone
 
 DELAY = 0.05
 
@@ -54,6 +56,8 @@ class FakeContainer:
     stop: trio.Event = field(default_factory=trio.Event)
     gone: trio.Event = field(default_factory=trio.Event)
     engine_messages_sent: int = 0
+    warm_start: trio.Event | None = None  # a warm service's: set when a job is handed to it (its env then merged)
+    killed: trio.Event = field(default_factory=trio.Event)  # `docker kill` of a warm container: it fails, stays
 
 
 @dataclass
@@ -136,6 +140,8 @@ class FakeWorld:
         self.pause_requests: set[str] = set()  # job ids whose pause file exists
         self.steps_run: dict[str, list[int]] = {}  # job id -> every step its training loops ran, in order
         self.checkpoint_store = FakeCheckpointStore()
+        self.warm_taken: dict[str, str] = {}  # job id -> the warm id whose directories it took
+        self.warm_jobs: dict[str, list[str]] = {}  # warm service id -> the job ids handed to it (never more than 1)
         self._ids = itertools.count(1)
 
     def backends(self) -> Backends:
@@ -184,6 +190,23 @@ class FakeWorld:
     def restore(self, hostname: str) -> None:
         self.unreachable.discard(hostname)
 
+    def _idle_warm(self, service_id: str) -> bool:
+        label = self.services_labels.get(service_id, {}).get(LABEL_JOB, "")
+        return "-warm-" in label and service_id not in self.warm_jobs
+
+    def job_services(self) -> dict[str, FakeContainer]:
+        """The services left but the idle warm ones (a warm service that took a job counts as the job's). Checks
+        on the way that no warm container was ever handed a second job."""
+        assert all(len(jobs) == 1 for jobs in self.warm_jobs.values()), self.warm_jobs
+        return {sid: c for sid, c in self.services.items() if not self._idle_warm(sid)}
+
+    def job_dirs_left(self) -> set[tuple[str, str]]:
+        """The job directories left but the idle warm services' ones (a job that took one renamed it)."""
+        return {(node, name) for node, name in self.job_dirs if "-warm-" not in name}
+
+    def running_jobs(self) -> set[str]:
+        return {sid for sid in self.running if not self._idle_warm(sid)}
+
     def used_share(self, node: str, device: int) -> float:
         return sum(p.fraction for p in self.partitions.values() if p.node == node and p.device == device)
 
@@ -213,14 +236,23 @@ class FakeWorld:
         return 0
 
     async def run_container(self, container: FakeContainer) -> None:
-        runtime = float(container.env.get("FAKE_RUNTIME", "1"))
-        exit_code = int(container.env.get("FAKE_EXIT", "0"))
         await trio.sleep(DELAY * 2)
         if container.stop.is_set():
             container.state = "shutdown"
             return
         container.state = "running"
         self.running.add(container.service_id)
+        if container.warm_start is not None:  # a warm runner: waits for its one job, or is stopped first
+            with trio.CancelScope() as waiting:
+                self.nursery.start_soon(_cancel_when, container.stop, waiting)
+                self.nursery.start_soon(_cancel_when, container.killed, waiting)
+                await container.warm_start.wait()
+            if not container.warm_start.is_set():
+                self.running.discard(container.service_id)
+                container.state, container.exit_code = ("failed", 137) if container.killed.is_set() else ("shutdown", 143)
+                return
+        runtime = float(container.env.get("FAKE_RUNTIME", "1"))
+        exit_code = int(container.env.get("FAKE_EXIT", "0"))
         try:
             container.logs.append(("stdout", f"hello from {container.job_id}"))
             container.log_event.set()
@@ -264,7 +296,8 @@ class FakeSwarm:
         world = self.world
         await trio.sleep(DELAY)
         service_id = f"svc{next(world._ids)}"
-        container = FakeContainer(service_id, request.job_id, request.node_id, dict(request.env))
+        container = FakeContainer(service_id, request.job_id, request.node_id, dict(request.env),
+                                  warm_start=trio.Event() if request.warm else None)
         world.services[service_id] = container
         world.services_labels[service_id] = {LABEL_JOB: request.job_id, LABEL_SUPERVISOR: request.supervisor_id}
         world.nursery.start_soon(self._lifecycle, container)
@@ -273,7 +306,7 @@ class FakeSwarm:
             yield handle
         finally:
             with trio.move_on_after(10, shield=True):
-                if not world.frozen:  # a killed supervisor releases nothing
+                if not world.frozen and not handle.handed_over:  # a killed supervisor releases nothing
                     await self.remove_service(service_id)
                     await container.gone.wait()
             handle.removal_confirmed = container.gone.is_set()
@@ -292,6 +325,9 @@ class FakeSwarm:
                     await self.remove_service(service_id)
                     await container.gone.wait()
             handle.removal_confirmed = container.gone.is_set()
+
+    def claim_service(self, service_id: str, name: str, task_key: str):
+        return self.adopt_service(service_id, task_key)
 
     async def _lifecycle(self, container: FakeContainer) -> None:
         try:
@@ -330,7 +366,8 @@ class FakeSwarm:
         tasks = []
         for service_id, container in list(self.world.services.items()):
             if all(self.world.services_labels.get(service_id, {}).get(k) == v for k, v in labels.items()):
-                tasks.append(TaskState(service_id, container.job_id, f"task-{service_id}", container.state,
+                label = self.world.services_labels[service_id][LABEL_JOB]  # a warm one's stays its warm id
+                tasks.append(TaskState(service_id, label, f"task-{service_id}", container.state,
                                        "running", container.exit_code, None, None, None, container.node_id, None))
         return tasks
 
@@ -477,7 +514,7 @@ class FakeNode:
 
     @asynccontextmanager
     async def open_partition(self, *, device: int, fraction: float, duration: float, job_id: str,
-                             replace_earlier: bool = False):
+                             replace_earlier: bool = False, from_warm: str | None = None):
         world = self.world
         await trio.sleep(DELAY)
         if self.node.hostname in world.unreachable:
@@ -512,13 +549,14 @@ class FakeNode:
             if not self.world.frozen:
                 self.world.partitions.pop(partition.partition_id, None)
 
-    async def stop_job(self, job_id: str) -> None:
+    async def stop_job(self, job_id: str) -> bool:
         await trio.sleep(DELAY / 5)
         if self.world.frozen:
-            return
+            return False
         for container in self.world.services.values():
             if container.job_id == job_id:
                 container.stop.set()
+        return False  # not confirmed on the node: the attempt asks the (fake) Swarm
 
     def fail_leases(self, reason: str) -> None:
         for partition in self.leases.values():
@@ -543,9 +581,15 @@ class FakeNode:
         return renewed
 
     @asynccontextmanager
-    async def open_job_files(self, *, job_id: str, package: bytes, restore: bytes | None = None):
+    async def open_job_files(self, *, job_id: str, package: bytes, restore: bytes | None = None,
+                             from_warm: str | None = None):
         world = self.world
         await trio.sleep(DELAY)
+        if from_warm is not None:  # renamed: the warm directories become the job's
+            if (self.node.hostname, from_warm) not in world.job_dirs:
+                raise SshError(self.node.hostname, "take warm dirs", f"no directory {from_warm}")
+            world.job_dirs.discard((self.node.hostname, from_warm))
+            world.warm_taken[job_id] = from_warm
         world.job_dirs.add((self.node.hostname, job_id))
         world.uploads.append((job_id, package))
         world.checkpoint_files[job_id] = {}
@@ -590,6 +634,37 @@ class FakeNode:
         async with self._files_held(job_id, Files()) as files:
             yield files
 
+    @asynccontextmanager
+    async def open_warm_dirs(self, warm_id: str):
+        await trio.sleep(DELAY / 5)
+        if self.node.hostname in self.world.unreachable:
+            raise SshError(self.node.hostname, "warm dirs", "connection lost")
+        self.world.job_dirs.add((self.node.hostname, warm_id))
+        dirs = WarmDirs(f"/var/lib/cumulus/jobs/{warm_id}", f"/var/lib/cumulus/jobs/{warm_id}/code",
+                        f"/var/lib/cumulus/jobs/{warm_id}/output", self.lease_dir(warm_id))
+        try:
+            yield dirs
+        finally:
+            if not dirs.handed_over and not self.world.frozen:
+                self.world.job_dirs.discard((self.node.hostname, warm_id))
+
+    async def start_warm_job(self, job_id: str, message: bytes) -> None:
+        await trio.sleep(DELAY / 5)
+        if self.node.hostname in self.world.unreachable:
+            raise SshError(self.node.hostname, "start warm job", "connection lost")
+        warm_id = self.world.warm_taken.get(job_id)
+        for container in self.world.services.values():
+            if self.world.services_labels.get(container.service_id, {}).get(LABEL_JOB) == warm_id \
+                    and container.warm_start is not None and container.state == "running" \
+                    and not container.warm_start.is_set() and not container.stop.is_set() \
+                    and not container.killed.is_set():
+                container.env.update(json.loads(message)["env"])
+                container.job_id = job_id
+                self.world.warm_jobs.setdefault(container.service_id, []).append(job_id)
+                container.warm_start.set()
+                return
+        raise WarmServiceGone(f"the warm container of {job_id} did not take its job")
+
     @staticmethod
     def job_id_checked(job_id: str) -> str:
         return job_id
@@ -629,6 +704,11 @@ class FakeNode:
     async def is_alive(self) -> bool:
         await trio.sleep(0)
         return self.node.hostname not in self.world.unreachable
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 __all__ = ["FakeWorld", "fake_node"]

@@ -14,6 +14,7 @@ Formats: docs/job-format.md.
 Exit status: 0 success; 1 the job's code raised (or its result could not be pickled); 2 infrastructure failure
 (bad package, requirement install failed, output not writable) - the envelope's exc_type says which; 3 paused
 (the job acknowledged the supervisor's pause request and returned: no envelope; runner_checkpoint.py).
+A warm service's runner (``CUMULUS_WARM=1``) first waits for its one job: runner_warm.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import time
 import traceback
 
 from runner_checkpoint import EXIT_PAUSED, JOBAPI_DIR, job_paused  # checkpoints and pause (the stdlib only)
+# Warm services (wait for the job) and fast stops (the running lock): the stdlib only.
+from runner_warm import RUNNING_LOCK, NoJob, hold_running_lock, is_warm, wait_for_job
 
 T0 = time.monotonic()
 # First the runner's own cloudpickle and msgpack (the client's versions: in a user image the only ones, and the
@@ -358,7 +361,16 @@ def main() -> int:
         pass
     code_dir = os.path.abspath(os.environ.get("CUMULUS_CODE_DIR", "/cumulus/code"))
     out_dir = os.path.abspath(os.environ.get("CUMULUS_OUTPUT_DIR", "/cumulus/output"))
-    start_lease_watchdog()  # before anything of the job runs (extraction and pip included)
+    running_lock = hold_running_lock(out_dir)  # noqa: F841 - held until the runner's end
+    start_lease_watchdog()  # before anything of the job runs (extraction and pip included); a warm one's too
+    if is_warm():  # a warm service's container: started before its job, it waits for it here
+        try:
+            os.environ.update(wait_for_job(code_dir))
+        except (NoJob, OSError) as exc:
+            log(f"warm container: no job to run ({type(exc).__name__}: {exc})")
+            return EXIT_INFRA
+        global T0
+        T0 = time.monotonic()
     work = tempfile.mkdtemp(prefix="cumulus-job-", dir=os.environ.get("CUMULUS_WORK_DIR") or None)
     cwd = os.getcwd()
     try:
@@ -389,6 +401,7 @@ def main() -> int:
     finally:
         try:
             os.chdir(cwd)
+            os.unlink(os.path.join(out_dir, RUNNING_LOCK))  # its lock stays held until the runner's exit
         except OSError:
             pass
         if os.environ.get("CUMULUS_KEEP_WORK_DIR") != "1":
