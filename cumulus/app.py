@@ -56,7 +56,7 @@ from cumulus.index_credentials import (DeleteCredentials, IndexCredentialsInfo, 
 from cumulus.devices import WorkerInfo
 from cumulus.jobs import JobRecord, JobSpec, JobState
 from cumulus.join_table import JoinTokenInfo
-from cumulus.journal import Journal
+from cumulus.journal import Flush, Journal
 from cumulus.journal_rows import SecretBox
 from cumulus.resources.checkpoint_store import CheckpointStore
 from cumulus.resources.image_store import ImageStore
@@ -115,8 +115,13 @@ class SupervisorApi:
 
         Raises :class:`~cumulus.errors.AlreadyExists` when the caller used that key for a different request, and
         :class:`~cumulus.errors.QuotaExceeded` when the job is over one of the caller's limits (the message names
-        the limit, the use, and when to retry)."""
-        return await self._cluster().call(Submit(replace(spec, owner=caller.name), caller))
+        the limit, the use, and when to retry). Returns once the job is in the journal (a submission that returned
+        survives a crash of the supervisor), and not later: its placement goes on meanwhile."""
+        record = await self._cluster().call(Submit(replace(spec, owner=caller.name), caller))
+        # The job's row was queued to the journal before the cluster answered: this commits it, with whatever
+        # else waits (concurrent submissions share the transaction).
+        await self._core("journal").call(Flush())
+        return record
 
     async def get(self, job_id: str, *, caller: Caller = LOCAL_ADMIN) -> JobRecord:
         """The job's record (for its status, events, logs and result); NotFound if the caller may not see it."""

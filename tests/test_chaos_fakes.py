@@ -1,7 +1,8 @@
 """Random fault schedules on the in-memory fakes: cancels, actor kills, lost partitions, nodes cut off and back,
-pauses and resumes, and supervisor shutdowns, at random moments of random jobs (some of them fake training loops
+pauses and resumes, idle warm containers killed, and supervisor shutdowns, at random moments of random jobs (some of them fake training loops
 that save checkpoints and return at a pause request, or ignore it). After each schedule: nothing held anywhere,
-exactly one terminal state per job, every completed job's result kept, every share back to zero; and each time a
+exactly one terminal state per job, every completed job's result kept, every share back to zero, no warm container
+that ran two jobs, no warm service left after the supervisor stopped; and each time a
 pause returns with the job PAUSED, nothing of that job is held (no partition, service, job dir or reservation).
 
 6,000 schedules by default (about 7 minutes on 2 cores in CI); CUMULUS_CHAOS_EXAMPLES=N for more or fewer. Every run,
@@ -38,7 +39,7 @@ COUNTS = {"schedules": 0, "faults": 0, "leaks": 0, "pauses": 0, "resumes": 0}
 fault = st.fixed_dictionaries({
     "at": st.floats(0, 4),
     "kind": st.sampled_from(["cancel", "kill", "lose_partition", "cut_node", "restore_node", "pause", "pause_resume",
-                             "resume"]),
+                             "resume", "kill_warm"]),
     "target": st.integers(0, 7),
     "grace": st.sampled_from([0.2, 1.0, 3.0]),  # a pause's grace period, and how long a pause_resume waits
 })
@@ -64,6 +65,12 @@ job = st.fixed_dictionaries({
          + [{"at": 0.0, "kind": "pause_resume", "target": 5, "grace": 0.2},
             {"at": 1.0, "kind": "kill", "target": 5, "grace": 0.2}],
          shutdown_at=None, end_paused="resume")
+# Found once: a cancel that arrived as the job's attempt returned paused left the job torn down but PAUSED.
+@example(jobs=[PLAIN, {**PLAIN, "training": {"FAKE_STEPS": "5", "FAKE_SAVE_EVERY": "1", "FAKE_IGNORE_PAUSE": "0"}}],
+         faults=[{"at": 0.0, "kind": "cancel", "target": 0, "grace": 0.2},
+                 {"at": 0.25, "kind": "cancel", "target": 1, "grace": 0.2},
+                 {"at": 0.125, "kind": "pause", "target": 1, "grace": 0.2}],
+         shutdown_at=None, end_paused="cancel")
 @given(jobs=st.lists(job, min_size=1, max_size=8), faults=st.lists(fault, max_size=6),
        shutdown_at=st.one_of(st.none(), st.floats(0, 6)), end_paused=st.sampled_from(["resume", "cancel"]))
 def test_random_fault_schedules_leave_nothing_behind(jobs, faults, shutdown_at, end_paused):
@@ -138,8 +145,9 @@ async def _schedule(jobs, faults, shutdown_at, end_paused):
             assert terminal == [record.state]
             if record.state is JobState.COMPLETED:
                 assert record.result is not None
-        assert world.partitions == {} and world.job_dirs_left() == set() and world.job_services() == {}
-        assert world.running_jobs() == set()
+        # The supervisor is gone: its pools removed their idle warm services too. No warm container ran two jobs.
+        assert world.partitions == {} and world.job_dirs == set() and world.job_services() == {}
+        assert world.services == {} and world.running == set()
         assert all(used <= 1.0 + 1e-9 for used in world.max_used.values())
         world_nursery.cancel_scope.cancel()
 
@@ -197,7 +205,13 @@ async def _inject(sup, world, records, f, resumes):
             case "resume":
                 await _resume(sup, record, resumes)
             case "cancel":
-                await sup.cancel(record.job_id)
+                await sup.cancel(record.job_id, until_stopped=f["grace"] > 0.5)
+            case "kill_warm":  # `docker kill` of an idle warm container on the node
+                for container in list(world.services.values()):
+                    if container.warm_start is not None and not container.warm_start.is_set() \
+                            and container.node_id == world.nodes[f["target"] % 2].id:
+                        container.killed.set()
+                        break
             case "kill":
                 await sup.root.whereis("core").whereis("jobs").terminate_child(record.job_id)
             case "lose_partition":

@@ -294,6 +294,7 @@ class Attempt:
         await own(self._stopped_on_its_node(node, lease), what="container stop", same_task=True)
         if warm is not None:
             await start_warm(node, request, reservation.worker)
+            record.add_message(f"started in the warm service {warm.name}")
             record.set_state(JobState.RUNNING)
         with trio.move_on_after(self.duration) as deadline:
             exit_task = await self._follow(service, updates, lease, files)

@@ -319,7 +319,8 @@ class JobActor(Actor):
     async def _end(self, outcome: Outcome | None, released: list[str], leaked: list[str]) -> None:
         """Record the job's end: its terminal state (once), usage, checkpoints removed, the teardown report."""
         record = self.record
-        if outcome is None or self._life_scope.cancelled_caught:
+        if outcome is None or self._life_scope.cancelled_caught or outcome.state is JobState.PAUSED:
+            # A cancel that came as its attempt returned paused: the job ends cancelled, not paused for good.
             outcome = self._stop_reason or Outcome.cancelled("supervisor stopped the job")
         if outcome.result is not None:
             record.set_result(outcome.result)

@@ -55,14 +55,24 @@ def _docker(socket_path: str):
 
 
 # ------------------------------------------------------------------------------------------ blocking probes
-def swarm_services(sid: str, desc: dict | None = None) -> list[str]:
-    """Names of the manager's services labelled with supervisor id ``sid``."""
+def swarm_services(sid: str, desc: dict | None = None, *, idle_warm: bool = True) -> list[str]:
+    """Names of the manager's services labelled with supervisor id ``sid``. ``idle_warm=False`` leaves out the warm
+    services of a running supervisor's pools that no job took (their warm directory is still there: a job renames
+    it); a stopped supervisor must have left none at all."""
     desc = desc or cluster_description()
+    jobs_dir = desc.get("jobs_dir", "/var/lib/cumulus/jobs")
     client = _docker(desc["manager_socket"])
     try:
-        return [s.name for s in client.services.list(filters={"label": f"cumulus.supervisor_id={sid}"})]
+        services = client.api.services(filters={"label": f"cumulus.supervisor_id={sid}"})
     finally:
         client.close()
+
+    def idle(spec: dict) -> bool:
+        labels = spec.get("Labels") or {}
+        return labels.get("cumulus.warm") == "1" and os.path.isdir(os.path.join(jobs_dir, labels.get(
+            "cumulus.job_id", "-")))
+
+    return [s["Spec"]["Name"] for s in services if idle_warm or not idle(s["Spec"])]
 
 
 def worker_containers(job_ids: Iterable[str], desc: dict | None = None) -> list[str]:
@@ -85,6 +95,37 @@ def worker_containers(job_ids: Iterable[str], desc: dict | None = None) -> list[
         finally:
             client.close()
     return found
+
+
+def taken_warm_containers(sid: str, desc: dict | None = None) -> list[str]:
+    """Containers of warm services of ``sid`` that a job took (their warm directory was renamed to the job's) and
+    that are still there after ``EXITED_CONTAINER_GRACE``: their task keeps the warm id as its job label, so
+    :func:`worker_containers` of the job ids cannot see them."""
+    desc = desc or cluster_description()
+    jobs_dir = desc.get("jobs_dir", "/var/lib/cumulus/jobs")
+
+    def taken() -> list[str]:
+        found = []
+        for node in desc["nodes"]:
+            if node["role"] != "worker":
+                continue
+            client = _docker(node["docker_socket"])
+            try:
+                for c in client.api.containers(all=True, filters={"label": ["cumulus.warm=1",
+                                                                            f"cumulus.supervisor_id={sid}"]}):
+                    warm_id = (c.get("Labels") or {}).get("cumulus.job_id", "-")
+                    if not os.path.isdir(os.path.join(jobs_dir, warm_id)):
+                        found.append(f"{node['name']}: {(c.get('Names') or ['?'])[0].lstrip('/')} ({c.get('State')})")
+            finally:
+                client.close()
+        return found
+
+    deadline = time.monotonic() + EXITED_CONTAINER_GRACE
+    containers = taken()
+    while containers and time.monotonic() < deadline:
+        time.sleep(0.1)
+        containers = taken()
+    return containers
 
 
 def lingering_containers(job_ids: Iterable[str], desc: dict | None = None) -> list[str]:
@@ -209,8 +250,9 @@ async def _accounting_problems(sup: Any) -> list[str]:
 
 
 def _external_problems(sid: str, job_ids: list[str], records: list[JobRecord], desc: dict) -> list[str]:
-    problems = [f"service left: {s}" for s in swarm_services(sid, desc)]
+    problems = [f"service left: {s}" for s in swarm_services(sid, desc, idle_warm=False)]
     problems += [f"container left: {c}" for c in lingering_containers(job_ids, desc)]
+    problems += [f"warm container left: {c}" for c in taken_warm_containers(sid, desc)]
     problems += [f"holder process left: {p}" for p in holder_processes(job_ids)]
     problems += [f"chronos lock left: {lock}" for lock in stale_locks(records)]
     problems += [f"job dir left: {d}" for d in job_dirs(job_ids, desc.get("jobs_dir", "/var/lib/cumulus/jobs"))]
@@ -262,5 +304,5 @@ async def wait_workers_healthy(sup: Any, count: int, timeout: float = 30.0) -> l
 
 
 __all__ = ["assert_nothing_left", "find_leftovers", "holder_processes", "lingering_containers", "lock_files",
-           "share_problems", "stale_locks", "swarm_services", "terminal_state_events", "wait_workers_healthy",
+           "share_problems", "stale_locks", "swarm_services", "taken_warm_containers", "terminal_state_events", "wait_workers_healthy",
            "worker_containers"]

@@ -40,7 +40,7 @@ import pytest
 
 from tests.credentials import security_yaml
 from helpers import (cluster_description, holder_processes, job_dirs, lingering_containers, stale_locks,
-                     swarm_services)
+                     swarm_services, taken_warm_containers)
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_JSON = "/var/lib/cumulus-local/cluster.json"
@@ -197,8 +197,9 @@ class SupervisorProcess:
                                             f"{device.used_share}, free_share {device.free_share}")
                     if worker.running_jobs:
                         problems.append(f"{worker.hostname}: running_jobs {worker.running_jobs}")
-                problems += [f"service left: {s}" for s in swarm_services(self.sid, desc)]
+                problems += [f"service left: {s}" for s in swarm_services(self.sid, desc, idle_warm=False)]
                 problems += [f"container left: {c}" for c in lingering_containers(job_ids, desc)]
+                problems += [f"warm container left: {c}" for c in taken_warm_containers(self.sid, desc)]
                 problems += [f"holder process left: {p}" for p in holder_processes(job_ids)]
                 problems += [f"chronos lock left: {lock}" for lock in stale_locks(records)]
                 problems += [f"job dir left: {d}"

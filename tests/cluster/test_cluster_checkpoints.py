@@ -78,7 +78,7 @@ def attempts_logged(ref: Any) -> list[list[int]]:
 def held_by(sup: Any, client: Any, job_id: str) -> list[str]:
     """What of a job exists outside the supervisor: services, containers, partition holders, job dirs, shares."""
     desc = cluster_description()
-    held = [f"service {s}" for s in swarm_services(sup.sid, desc)]
+    held = [f"service {s}" for s in swarm_services(sup.sid, desc, idle_warm=False)]
     held += [f"container {c}" for c in lingering_containers([job_id], desc)]
     held += [f"holder {p}" for p in holder_processes([job_id])]
     held += [f"job dir {d}" for d in job_dirs([job_id], desc.get("jobs_dir", "/var/lib/cumulus/jobs"))]

@@ -166,7 +166,7 @@ def test_a_killed_supervisor_container_is_replaced_and_the_waiting_client_gets_i
         assert any("re-adopting after a supervisor restart" in t for t in texts), texts
         assert not torn_down_problems(client, ref.job_id, 30.0)
 
-    problems = (swarm_services(d.supervisor_id) + lingering_containers([ref.job_id])
+    problems = (swarm_services(d.supervisor_id, idle_warm=False) + lingering_containers([ref.job_id])
                 + holder_processes([ref.job_id]) + job_dirs([ref.job_id], state.JOBS_DIR))
     assert not problems, problems
     assert serving_after < 30.0, f"the new supervisor served {serving_after:.1f}s after the kill (lease.ttl 30 s)"
