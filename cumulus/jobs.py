@@ -306,11 +306,13 @@ class JobRecord:
             self._note("queue", f"queue position {position} (was {previous})",
                        data={"position": position, "previous": previous})
 
-    def set_service(self, service_id: str) -> None:
-        """The attempt's Swarm service exists: a ``service`` history event (its time is the timeline's), and the
-        record is journaled at once, so a restarted supervisor finds (and re-adopts) it even before RUNNING."""
+    def set_service(self, service_id: str, warm_name: str = "") -> None:
+        """The attempt's Swarm service exists (``warm_name``: a warm service it took): a ``service`` history event
+        (its time is the timeline's), and the record is journaled at once, so a restarted supervisor finds (and
+        re-adopts) it even before RUNNING."""
         self.service_id = service_id
-        self._note("service", f"service {service_id} created", data={"service_id": service_id})
+        text = f"took the warm service {warm_name} ({service_id})" if warm_name else f"service {service_id} created"
+        self._note("service", text, data={"service_id": service_id, "warm": bool(warm_name)})
         self.persist()
 
     def persist(self) -> None:

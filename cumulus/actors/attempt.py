@@ -290,11 +290,10 @@ class Attempt:
                               **({"image": image.reference, "runner_volume": image.runner_volume} if image else {}))
             self.service = await own(ctx.swarm.open_service(request), what="service", same_task=True)
         service = self.service
-        record.set_service(service.id)
+        record.set_service(service.id, warm.name if warm is not None else "")
         await own(self._stopped_on_its_node(node, lease), what="container stop", same_task=True)
         if warm is not None:
             await start_warm(node, request, reservation.worker)
-            record.add_message(f"started in the warm service {warm.name}")
             record.set_state(JobState.RUNNING)
         with trio.move_on_after(self.duration) as deadline:
             exit_task = await self._follow(service, updates, lease, files)

@@ -123,15 +123,24 @@ class WarmPool:
         async with backend.open_warm_dirs(warm_id) as dirs:
             request = replace(request, code_dir=dirs.code_dir, output_dir=dirs.output_dir)
             updates = await self.watcher.call(Watch(warm_id))
+            taken = False
             try:
                 async with self.swarm.open_service(request) as handle:
+                    # Idle, it holds nothing: its removal need not wait for its container's end (the worker's
+                    # dockerd stops it), which on a lost node no one could report anyway. A job that takes it
+                    # owns it through a handle of its own.
+                    handle.confirm_removal = False
                     idle = self._idle[warm_id] = _Idle(request.create_time_key(), handle, dirs)
                     self.made += 1
                     self._publish()
-                    await self._follow(idle, updates)
+                    try:
+                        await self._follow(idle, updates)
+                    finally:
+                        taken = handle.handed_over
+                        self._idle.pop(warm_id, None)
+                        self._publish()
             finally:
-                if self._idle.pop(warm_id, None) is not None:  # not taken by a job: its watch is still ours
-                    self._publish()
+                if not taken:  # a job that took it has the watch of its task now (claim ended ours)
                     with trio.move_on_after(5, shield=True):
                         try:
                             await self.watcher.call(Unwatch(warm_id))

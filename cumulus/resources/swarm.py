@@ -112,6 +112,8 @@ async def _remove_and_confirm(client: SwarmClient, handle: ServiceHandle, remove
             await client.remove_service(handle.id)
         except SwarmError as exc:
             log.warning("remove service %s: %s", handle.name, exc)
+        if not handle.confirm_removal:
+            return
         handle.removal_confirmed = await client.wait_gone(
             handle.id, handle.job_id, timeout=remove_timeout, give_up=lambda: handle.node_unreachable)
     if not handle.removal_confirmed:

@@ -51,6 +51,7 @@ class ServiceHandle:
     removal_confirmed: bool = False
     node_unreachable: bool = False
     handed_over: bool = False  # its ownership moved on (a warm service a job took): its old owner leaves it be
+    confirm_removal: bool = True  # False: its removal does not wait for its container's end (it holds nothing)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from cumulus.resources.ssh import SshConnection, SshError
 FIFO_NAME = "start.fifo"  # worker_image/image/runner_warm.py
 MAX_START_BYTES = 64 * 1024  # the start message goes on a command line; a job with a bigger env starts cold
 START_TIMEOUT = 3.0  # a waiting runner opens the FIFO at once; one that does not within this is gone
-CLEANUP_TIMEOUT = 15.0
+CLEANUP_TIMEOUT = 5.0  # idle warm directories: what is left is an orphan, reaped at the next connection
 WARM_MARK = "-warm-"
 
 

@@ -64,6 +64,12 @@ def idle_warm(sid: str) -> dict[str, dict]:
     return found
 
 
+def wait_pool_full(sid: str, count: int) -> None:
+    """Until ``count`` idle warm containers run, and the supervisor heard so (its task watcher polls every 0.1 s)."""
+    wait_for("every device's warm service", lambda: len(idle_warm(sid)) >= count)
+    time.sleep(0.5)
+
+
 def devices_per_worker(client: Any) -> int:
     return sum(len(w.devices) for w in client.list_workers())
 
@@ -77,7 +83,7 @@ def sup(remote_supervisor):  # noqa: F811
 def test_jobs_take_warm_services_each_runs_one_and_the_pool_refills(sup):
     with sup.client() as client:
         per_pool = devices_per_worker(client)
-        wait_for("every device's warm service", lambda: len(idle_warm(sup.sid)) >= per_pool)
+        wait_pool_full(sup.sid, per_pool)
         seen: set[str] = set()
         job_ids = []
         for i in range(3):
@@ -85,14 +91,15 @@ def test_jobs_take_warm_services_each_runs_one_and_the_pool_refills(sup):
             ref = client.submit_call(add, (i, i), gpu=0.25, duration=120)
             assert ref.result(timeout=JOB_TIMEOUT) == 2 * i
             texts = [e.text for e in client.describe(ref.job_id).events]
-            started = [t for t in texts if t.startswith("started in the warm service")]
+            started = [t for t in texts if t.startswith("took the warm service")]
             assert len(started) == 1, texts
-            name = started[0].rsplit(" ", 1)[1]
+            name = started[0].split()[4]
             assert name not in seen  # never the same warm container twice
             seen.add(name)
             job_ids.append(ref.job_id)
             wait_for("the pool to refill", lambda: len(idle_warm(sup.sid)) >= per_pool
                      and set(idle_warm(sup.sid)) != before)
+            time.sleep(0.5)
         sup.assert_nothing_left(job_ids, expect={j: "COMPLETED" for j in job_ids})
 
 
@@ -108,6 +115,7 @@ def test_a_warm_container_killed_while_idle_is_replaced(sup):
             worker.close()
         wait_for("the killed one replaced", lambda: victim_id not in idle_warm(sup.sid)
                  and len(idle_warm(sup.sid)) >= per_pool, timeout=60)
+        time.sleep(0.5)
         wait_for("its service removed", lambda: victim["service"] not in swarm_services(sup.sid))
         ref = client.submit_call(add, (2, 3), gpu=0.25, duration=120)
         assert ref.result(timeout=JOB_TIMEOUT) == 5
@@ -117,10 +125,10 @@ def test_a_warm_container_killed_while_idle_is_replaced(sup):
 def test_a_cancelled_warm_job_leaves_nothing(sup):
     with sup.client() as client:
         per_pool = devices_per_worker(client)
-        wait_for("warm services", lambda: len(idle_warm(sup.sid)) >= per_pool)
+        wait_pool_full(sup.sid, per_pool)
         ref = client.submit_call(sleeper, (60,), gpu=0.25, duration=120)
         wait_for("RUNNING", lambda: client.status(ref.job_id).state == "RUNNING", timeout=JOB_TIMEOUT)
-        assert any(e.text.startswith("started in the warm service") for e in client.describe(ref.job_id).events)
+        assert any(e.text.startswith("took the warm service") for e in client.describe(ref.job_id).events)
         report = ref.cancel()
         assert report.state == "CANCELLED" and not report.leaked
         sup.assert_nothing_left([ref.job_id], expect={ref.job_id: "CANCELLED"}, teardown_timeout=0.1)
@@ -135,7 +143,7 @@ def test_a_supervisor_killed_while_its_pools_refill_is_replaced_cleanly(cluster,
     try:
         with first.client() as client:
             per_pool = devices_per_worker(client)
-            wait_for("warm services", lambda: len(idle_warm(sid)) >= per_pool)
+            wait_pool_full(sid, per_pool)
             old_idle = set(idle_warm(sid))
             ref = client.submit_call(sleeper, (6,), gpu=0.25, duration=120)
             wait_for("RUNNING", lambda: client.status(ref.job_id).state == "RUNNING", timeout=JOB_TIMEOUT)
