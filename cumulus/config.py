@@ -229,8 +229,7 @@ class JobSettings:
     pause_grace: float = 60.0
     """Seconds a job asked to pause (``cumulus pause``) has to return before it is stopped, PAUSED at its last
     checkpoint (a pause request may give its own)."""
-    warm_per_device: int = 1
-    """Warm services each worker keeps per device: containers already started, each waiting to run one job (0: off)."""
+    warm_per_device: int = 1  # warm services per device of each worker: started containers, one job each (0: off)
 
     def validate(self) -> None:
         check_range("jobs.max_package_mb", self.max_package_mb, 1, 2048)

@@ -22,13 +22,13 @@ import trio
 
 from cumulus import metrics
 from cumulus.actors.base import ActorRef
-from cumulus.actors.checkpoint_step import (RUNNER_EXIT_PAUSED, CheckpointCopier, checkpoint_env,
+from cumulus.actors.checkpoint_step import (CheckpointCopier, checkpoint_env,
                                             open_checkpoint_copy, request_pause, restore_point)
 from cumulus.actors.log_relay import LogRelay
-from cumulus.actors.outcome import COMPLETED, JobStopped, Outcome, PauseCause
+from cumulus.actors.outcome import JobStopped, Outcome, PauseCause
 from cumulus.actors.ownership import ResourceOwner
 from cumulus.actors.requirements_step import job_requirements
-from cumulus.actors.result_fetch import MAX_RESULT_BYTES, fetch_result
+from cumulus.actors.result_fetch import MAX_RESULT_BYTES, conclude, fetch_result
 from cumulus.actors.scheduler import Granted, Queued, QueuePosition, Release, Reservation, Reserve
 from cumulus.actors.service_request import NO_PATH, job_service_request, warm_eligible
 from cumulus.actors.user_image_step import prepare_user_image
@@ -385,25 +385,8 @@ class Attempt:
             self.fail(Outcome.failed(FailureReason.PARTITION_LOST, lease.lost_reason or ""))
 
     async def _conclude(self, task: TaskState | None, files: Any) -> Outcome:
-        """How a job that ended by itself ended. A completed job is recorded at once (its result reaches the
-        caller before teardown); a failure is left to the retry policy."""
-        record = self.record
-        if record.state is JobState.COMPLETED:  # concluded on the runner's last line already
-            return COMPLETED
-        envelope = await fetch_result(files, self.ctx.settings)
-        assert task is not None  # only a COMPLETED job may be concluded without its task's end
-        if task.exit_code == RUNNER_EXIT_PAUSED and envelope is None:  # it returned after it was asked to pause
-            return Outcome.paused("returned after the pause request", PauseCause.RETURNED)
-        if task.state == "complete" and task.exit_code == 0 and envelope is not None:
-            record.set_result(envelope)
-            record.set_state(JobState.COMPLETED)
-            return COMPLETED
-        if envelope is not None and task.exit_code == 1:
-            return Outcome.failed(FailureReason.USER_EXCEPTION, result=envelope)
-        detail = task.error or task.message or ""
-        return Outcome.failed(FailureReason.CONTAINER_FAILED,
-                              f"{task.state} (exit code {task.exit_code})" + (f": {detail}" if detail else ""),
-                              result=envelope, retry=envelope is None)
+        """How a job that ended by itself ended (:func:`~cumulus.actors.result_fetch.conclude`)."""
+        return await conclude(self.record, task, files, self.ctx.settings)
 
 
 __all__ = ["Attempt", "EXIT_AFTER_FINISH_SECONDS", "JobContext", "MAX_RESULT_BYTES", "STOP_WAIT_SECONDS"]

@@ -1,11 +1,8 @@
 """JobActor: one per job. The only writer of its :class:`~cumulus.jobs.JobRecord`; runs the job's attempts and
 decides on retries; journals the record and its history.
 
-Each attempt (``cumulus/actors/attempt.py``) owns, nested, everything it holds outside the process::
-
-    reservation (Scheduler)  >  partition lease + job files (worker)  >  task watch  >  service
-
-and releases it in reverse, so **killing a JobActor at any point of its life - cancel request, cancelled task,
+Each attempt (``cumulus/actors/attempt.py``) owns, nested, everything it holds outside the process (reservation >
+partition lease + job files > task watch > service) and releases it in reverse, so **killing a JobActor at any point of its life - cancel request, cancelled task,
 crash - releases its partition and removes its service**; a release that fails is recorded in the teardown report,
 never hidden.
 

@@ -1,4 +1,5 @@
-"""A job's result as its attempt fetches it from the worker: the size limit (what one gRPC message can deliver
+"""A job's result as its attempt fetches it from the worker, and how a job that ended by itself ended
+(:func:`conclude`): the size limit (what one gRPC message can deliver
 to the caller), and what the job left in the result's place that is no result, as a typed outcome
 (``FailureReason.INVALID_RESULT``, never retried: the job itself made it so).
 
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from cumulus.actors.outcome import JobStopped, Outcome
+from cumulus.actors.checkpoint_step import RUNNER_EXIT_PAUSED
+from cumulus.actors.outcome import COMPLETED, JobStopped, Outcome, PauseCause
 from cumulus.config import Settings
-from cumulus.jobs import FailureReason
+from cumulus.jobs import FailureReason, JobRecord, JobState
 from cumulus.resources.files import RESULT_NAME
 from cumulus.resources.ssh import NotARegularFile, RemoteFileRefused, RemoteFileTooLarge
+from cumulus.resources.swarm import TaskState
 
 MAX_RESULT_BYTES = 256 * 1024 * 1024
 RESULT_MESSAGE_ROOM = 64 * 1024  # what the gRPC message that carries a result needs around it
@@ -51,4 +54,25 @@ async def fetch_result(files: Any, settings: Settings) -> bytes | None:
     raise JobStopped(Outcome.failed(FailureReason.INVALID_RESULT, detail, retry=False))
 
 
-__all__ = ["MAX_RESULT_BYTES", "RESULT_MESSAGE_ROOM", "fetch_result", "result_limit"]
+
+async def conclude(record: JobRecord, task: TaskState | None, files: Any, settings: Settings) -> Outcome:
+    """How a job that ended by itself ended, from its task's end and what it left. A completed job is recorded at
+    once (its result reaches the caller before teardown); a failure is left to the retry policy."""
+    if record.state is JobState.COMPLETED:  # concluded on the runner's last line already
+        return COMPLETED
+    envelope = await fetch_result(files, settings)
+    assert task is not None  # only a COMPLETED job may be concluded without its task's end
+    if task.exit_code == RUNNER_EXIT_PAUSED and envelope is None:  # it returned after it was asked to pause
+        return Outcome.paused("returned after the pause request", PauseCause.RETURNED)
+    if task.state == "complete" and task.exit_code == 0 and envelope is not None:
+        record.set_result(envelope)
+        record.set_state(JobState.COMPLETED)
+        return COMPLETED
+    if envelope is not None and task.exit_code == 1:
+        return Outcome.failed(FailureReason.USER_EXCEPTION, result=envelope)
+    detail = task.error or task.message or ""
+    return Outcome.failed(FailureReason.CONTAINER_FAILED,
+                          f"{task.state} (exit code {task.exit_code})" + (f": {detail}" if detail else ""),
+                          result=envelope, retry=envelope is None)
+
+__all__ = ["conclude", "MAX_RESULT_BYTES", "RESULT_MESSAGE_ROOM", "fetch_result", "result_limit"]

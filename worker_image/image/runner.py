@@ -20,7 +20,6 @@ A warm service's runner (``CUMULUS_WARM=1``) first waits for its one job: runner
 from __future__ import annotations
 
 import collections
-import json
 import os
 import re
 import shutil
@@ -46,11 +45,10 @@ import cloudpickle  # noqa: E402  - imported before the job's requirements can s
 import msgpack  # noqa: E402
 
 from runner_package import (CALL, FORMAT, PACKAGE_NAME, RESULT_NAME, InfraFailure, extract,  # noqa: E402
-                            files_area, job_env)  # the job format: its copy of cumulus.jobformat, and extraction
+                            files_area, job_env, read_secret_env)  # the job format: its copy of cumulus.jobformat, and extraction
 
 PIP_TIMEOUT_S = float(os.environ.get("CUMULUS_PIP_TIMEOUT", "900"))
 DEPS_MOUNT = "/cumulus/deps"  # cumulus.resources.swarm_spec.DEPS_MOUNT: requirements installed by the supervisor
-SECRET_ENV_FILE = "/run/secrets/cumulus-secret-env"  # cumulus.resources.swarm_spec.SECRET_ENV_FILE, as Swarm mounts it
 
 EXIT_OK, EXIT_USER, EXIT_INFRA = 0, 1, 2
 STDOUT_END_MARKER = "[cumulus] end of stdout"  # cumulus.actors.log_relay.STDOUT_END_MARKER
@@ -146,31 +144,6 @@ def install_requirements(reqs: list, work: str) -> str | None:
                            "\n".join(tail))
     log(f"requirements installed in {time.monotonic() - t0:.1f} s")
     return target
-
-
-# ----------------------------------------------------------------------------------------------- secret env
-
-def read_secret_env() -> dict:
-    """The job's secret env: the JSON object Swarm put in ``$CUMULUS_SECRET_ENV_FILE`` (default
-    /run/secrets/cumulus-secret-env; none there: ``{}``), filtered like the manifest's env. Never printed: a file
-    that cannot be read or decoded is an InfraFailure that names the file only, not what is in it."""
-    path = os.environ.get("CUMULUS_SECRET_ENV_FILE") or SECRET_ENV_FILE
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise InfraFailure("cumulus.SecretEnvUnreadable", f"cannot read the job's secret env {path}: "
-                                                          f"{exc.strerror or type(exc).__name__}") from None
-    try:
-        values = json.loads(data.decode("utf-8", "surrogatepass"))
-    except ValueError:
-        values = None
-    if not isinstance(values, dict):
-        raise InfraFailure("cumulus.SecretEnvUnreadable", f"the job's secret env {path} is not a JSON object "
-                                                          f"(contents not shown)")
-    return job_env(values)
 
 
 # ----------------------------------------------------------------------------------------------- partition

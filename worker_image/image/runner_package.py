@@ -2,8 +2,8 @@
 
 Standalone like the runner (the stdlib only; nothing from ``cumulus``): a copy of the names, the limits, the
 member-name rule and the reserved env prefix of ``cumulus.jobformat`` (tests/test_jobformat_runner_copy.py checks
-that the copies agree: change both together), the extraction of a package, which checks every member again, and
-where the job's working directory (the files area) is.
+that the copies agree: change both together), the extraction of a package, which checks every member again,
+where the job's working directory (the files area) is, and the job's env (the manifest's, and its secret env).
 """
 
 from __future__ import annotations
@@ -154,3 +154,29 @@ def files_area(work: str) -> str:
                                                      f"(the name is the files area's)")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+SECRET_ENV_FILE = "/run/secrets/cumulus-secret-env"  # cumulus.resources.swarm_spec.SECRET_ENV_FILE, as Swarm mounts it
+
+
+def read_secret_env() -> dict:
+    """The job's secret env: the JSON object Swarm put in ``$CUMULUS_SECRET_ENV_FILE`` (default
+    /run/secrets/cumulus-secret-env; none there: ``{}``), filtered like the manifest's env. Never printed: a file
+    that cannot be read or decoded is an InfraFailure that names the file only, not what is in it."""
+    path = os.environ.get("CUMULUS_SECRET_ENV_FILE") or SECRET_ENV_FILE
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise InfraFailure("cumulus.SecretEnvUnreadable", f"cannot read the job's secret env {path}: "
+                                                          f"{exc.strerror or type(exc).__name__}") from None
+    try:
+        values = json.loads(data.decode("utf-8", "surrogatepass"))
+    except ValueError:
+        values = None
+    if not isinstance(values, dict):
+        raise InfraFailure("cumulus.SecretEnvUnreadable", f"the job's secret env {path} is not a JSON object "
+                                                          f"(contents not shown)")
+    return job_env(values)
