@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import shlex
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator, Protocol
 

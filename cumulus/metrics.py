@@ -120,6 +120,7 @@ class Metrics:
                                "the job) or cold (a service created for it)", ["path"], r)
         self.warm_services = make(Gauge, "cumulus_warm_services", "Idle warm services, by worker and whether "
                                   "their container waits for a job (ready) or is starting", ["worker", "state"], r)
+        self.warm_made = make(Counter, "cumulus_warm_services_made", "Warm services created", ["worker"], r)
         self.warm_failures = make(Counter, "cumulus_warm_service_failures", "Warm services lost before a job took "
                                   "them (their container ended) or that did not take the job handed to them",
                                   ["worker", "what"], r)

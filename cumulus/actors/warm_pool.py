@@ -132,6 +132,7 @@ class WarmPool:
                     handle.confirm_removal = False
                     idle = self._idle[warm_id] = _Idle(request.create_time_key(), handle, dirs)
                     self.made += 1
+                    metrics.current().warm_made.labels(self.worker).inc()
                     self._publish()
                     try:
                         await self._follow(idle, updates)

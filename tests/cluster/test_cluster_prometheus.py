@@ -157,7 +157,12 @@ def test_prometheus_counts_what_the_supervisor_did(supervisor, prometheus):
     eventually(prometheus, 'count(cumulus_workers{state="ready"} > 0)', 1)
     assert query(prometheus, 'sum(cumulus_rpcs_total{method="SubmitJob",code="OK"})') >= COMPLETING + 2
     assert query(prometheus, 'sum(cumulus_ssh_command_seconds_count{ok="true"})') > 0
-    assert query(prometheus, 'sum(cumulus_docker_api_seconds_count{call="create_service"})') == COMPLETING + 2
+    assert query(prometheus, "sum(cumulus_job_starts_total)") == COMPLETING + 2
+    # A service is created for each cold start, and for each warm service (which a warm start then takes).
+    assert query(prometheus, 'sum(cumulus_docker_api_seconds_count{call="create_service"})') == (
+        query(prometheus, 'sum(cumulus_job_starts_total{path="cold"})') or 0) + query(
+        prometheus, "sum(cumulus_warm_services_made_total)")
+    assert query(prometheus, 'sum(cumulus_job_starts_total{path="warm"})') >= 1
     assert (query(prometheus, "sum(cumulus_leaks_found_total)") or 0) == 0
 
 
