@@ -1,6 +1,7 @@
 """``python -m bench``: run every benchmark and write bench/RESULTS.md (figures as ratios against baselines
-measured in the same run). Needs root and the local cluster (`cumulus local up`) for P1/P2/P4/P7; `--no-cluster`
-skips those. `--quick` runs fewer rounds. P7's burst size: `--p7-jobs N` (default $CUMULUS_BENCH_P7_JOBS or 100)."""
+measured in the same run). Needs root and the local cluster (`cumulus local up`, its supervisor running) for
+P1/P2/P4/P7; `--no-cluster` skips those. `--quick` runs fewer rounds. P7's burst size: `--p7-jobs N` (default
+$CUMULUS_BENCH_P7_JOBS or 100). Besides the table, RESULTS.md gets P1's per-phase tables (where the time goes)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,15 @@ def fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
+def ratio_cell(row: dict) -> str:
+    """The ratio, with the spread of the per-run ratios where the row has it (P4)."""
+    text = f"{row['ratio']:.2f}x"
+    if "ratio_spread" in row:
+        lo, mid, hi = row["ratio_spread"]
+        text += f" (per run: min {lo:.2f} / median {mid:.2f} / max {hi:.2f}, {len(row['run_ratios'])} runs)"
+    return text
+
+
 def goal_met(row: dict) -> bool:
     """Whether the row meets its goal: "<= 1.1x" / ">= 0.8x" compare the ratio; "<= 100 KB/job" or ">= 1000/s"
     compare the Cumulus figure itself."""
@@ -61,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         import lifecycle
 
         rows += lifecycle.main(["--runs", "3" if args.quick else "7"])
+        import warm_start
+
+        rows += warm_start.main(["--runs", "3" if args.quick else "7"])
         import log_relay
 
         rows += log_relay.main(["--runs", "3", "--lines", "5000"] if args.quick else ["--runs", "5"])
@@ -81,7 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         unit = row.get("unit", "s")
         lines.append(f"| {row['metric']} | {fmt(row['cumulus'])} {unit} | {fmt(row['baseline'])} {unit} | "
-                     f"{row['ratio']:.2f}x | {row['goal']} | {'yes' if goal_met(row) else '**no**'} |")
+                     f"{ratio_cell(row)} | {row['goal']} | {'yes' if goal_met(row) else '**no**'} |")
+    notes = [f"- {row['metric']}: baseline = {row['baseline_name']}" + (
+        f"; {row['warm_runs']} of {row['runs']} timed runs took a warm service" if row.get("warm_known") else "")
+        for row in rows if row.get("baseline_name")]
+    if notes:
+        lines += ["", "Baselines (bench/README.md has the details):", "", *notes]
+    phase_rows = [row for row in rows if row.get("phases")]
+    if phase_rows:
+        import phases
+
+        lines += ["", "## Where P1's time goes", "",
+                  "Per phase of the Cumulus side, from each timed job's status history (`phases.py`).", ""]
+        for row in phase_rows:
+            lines += phases.markdown(row["phases_title"], row["phases"])
     out = ROOT / "bench" / "RESULTS.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")

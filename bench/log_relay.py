@@ -16,7 +16,9 @@ lines/s = (lines received - 1) / (arrival of the last line - arrival of the firs
 checks that each of the N lines arrived exactly once, intact and in order, and that the job returned N; a run that
 lost, duplicated or reordered a line raises (no figure is reported). Runs alternate between the two sides (the
 order flips every run) after one untimed warm-up of each. Ratio = Cumulus / baseline, higher is better; goal
->= 0.8x. :func:`main` returns the row for an aggregating ``python -m bench``.
+>= 0.8x. The spread of the per-run ratios (each run's Cumulus figure over the baseline run next to it: min /
+median / max) is printed and kept in the row (``ratio_spread``). :func:`main` returns the row for an aggregating
+``python -m bench``.
 """
 
 from __future__ import annotations
@@ -217,9 +219,12 @@ def measure(runs: int, n: int, address: str) -> dict:
         client.close()
         raw.close()
     c, b = statistics.median(cumulus_all), statistics.median(baseline_all)
+    # Each run's own ratio (the pair of runs next to each other): how far the machine's noise moves the figure.
+    run_ratios = [ours / theirs for ours, theirs in zip(cumulus_all, baseline_all)]
     return {"metric": "P4 log relay lines/s", "cumulus": c, "baseline": b, "ratio": c / b, "goal": f">= {GOAL:g}x",
             "met": c / b >= GOAL, "unit": "lines/s", "runs": runs, "lines": n, "cumulus_all": cumulus_all,
-            "baseline_all": baseline_all}
+            "baseline_all": baseline_all, "run_ratios": run_ratios,
+            "ratio_spread": (min(run_ratios), statistics.median(run_ratios), max(run_ratios))}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -234,6 +239,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"P4 log relay ({args.lines:,} lines): Cumulus SDK {r['cumulus']:9,.0f} lines/s   docker-py "
           f"{r['baseline']:9,.0f} lines/s   ratio {r['ratio']:.2f}x (goal {r['goal']})"
           f"{'' if r['met'] else '  (not met)'}")
+    lo, mid, hi = r["ratio_spread"]
+    print(f"  per-run ratio over {args.runs} runs: min {lo:.2f}x / median {mid:.2f}x / max {hi:.2f}x "
+          f"({', '.join(f'{x:.2f}' for x in r['run_ratios'])}); lines/s per run: Cumulus "
+          f"{[round(x) for x in r['cumulus_all']]}, docker-py {[round(x) for x in r['baseline_all']]}")
     return [r]
 
 

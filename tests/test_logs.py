@@ -230,7 +230,8 @@ async def fake_cluster():
 
     settings = load_settings(environ={}, overrides={
         "supervisor_id": "logs", "cluster.docker_host": "unix:///fake", "cluster.image": "sha256:fake",
-        "cluster.poll_interval": 0.1, "journal.path": ":memory:", **security_overrides()})
+        "cluster.poll_interval": 0.1, "journal.path": ":memory:", "jobs.warm_per_device": 0,  # cold: env at create
+        **security_overrides()})
     async with trio.open_nursery() as nursery:
         world = FakeWorld([fake_node(1, 1)], nursery)
         async with open_supervisor(settings, backends=world.backends(), serve_rpc=False) as sup:

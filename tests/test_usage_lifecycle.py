@@ -65,7 +65,7 @@ async def test_prices_from_the_config_price_each_device_model(autojump_clock):
         assert report.total.unpriced_device_seconds == 0
 
 
-async def test_each_attempt_of_a_retried_job_is_one_row(tmp_path, autojump_clock):
+async def test_each_attempt_of_a_retried_job_is_one_row(tmp_path):  # real time: the journal writes in a thread
     path = tmp_path / "journal.sqlite3"
     async with fake_cluster(**{"journal.path": str(path)}) as (sup, world):
         record = await sup.submit(spec(gpu=0.5, runtime=3))

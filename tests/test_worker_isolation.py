@@ -60,7 +60,7 @@ async def test_the_container_request_has_the_job_identity_limits_and_network(aut
     monkeypatch.setattr(fakes.FakeSwarm, "open_service", recording)
     overrides = {"containers.memory_mb": 1024, "containers.max_memory_mb": 2048, "containers.cpus": 1.0,
                  "containers.max_cpus": 3.0, "containers.pids_limit": 300, "containers.tmpfs_mb": 64,
-                 "containers.network": "none"}
+                 "containers.network": "none", "jobs.warm_per_device": 0}  # every request made for its job
     async with supervisor_with({}, **overrides) as (sup, world):
         with trio.fail_after(60):
             while not (ws := await sup.list_workers()) or not all(w.healthy for w in ws):
