@@ -145,8 +145,9 @@ async def _schedule(jobs, faults, shutdown_at, end_paused):
             assert terminal == [record.state]
             if record.state is JobState.COMPLETED:
                 assert record.result is not None
-        # The supervisor is gone: its pools removed their idle warm services too. No warm container ran two jobs.
-        assert world.partitions == {} and world.job_dirs_left() == set() and world.job_services() == {}
+        # The supervisor is gone: its pools removed their idle warm services and dirs too. No warm container ran
+        # two jobs.
+        assert world.partitions == {} and world.job_dirs == set() and world.job_services() == {}
         assert world.services == {} and world.running == set()
         assert all(used <= 1.0 + 1e-9 for used in world.max_used.values())
         world_nursery.cancel_scope.cancel()

@@ -129,3 +129,41 @@ async def test_cancel_of_a_warm_job_returns_when_stopped_and_releases_everything
         assert world.running_jobs() == set()
         await assert_nothing_left(sup, world, [record])
         assert record.state is JobState.CANCELLED
+
+
+def slow_warm_unwatch(monkeypatch) -> trio.Event:
+    """Make a claim's end of the warm service's task watch take a second; the event is set when one begins."""
+    from cumulus.actors.watcher import TaskWatcher, Unwatch
+
+    original, claiming = TaskWatcher.handle, trio.Event()
+
+    async def handle(self, message):
+        if isinstance(message, Unwatch) and "-warm-" in message.job_id and not claiming.is_set():
+            claiming.set()
+            await trio.sleep(1)
+        return await original(self, message)
+
+    monkeypatch.setattr(TaskWatcher, "handle", handle)
+    return claiming
+
+
+async def test_a_job_killed_while_it_claims_a_warm_service_removes_it(autojump_clock, monkeypatch):
+    claiming = slow_warm_unwatch(monkeypatch)
+    async with fake_cluster(workers=1) as (sup, world):
+        await pool_ready(world, 1)
+        record = await sup.submit(spec(runtime=100))
+        await claiming.wait()
+        await sup.root.whereis("core").whereis("jobs").terminate_child(record.job_id)
+        await record.torn_down.wait()
+        assert world.warm_jobs == {}  # it never started there, and its warm service went with it
+        await assert_nothing_left(sup, world, [record])
+    assert world.services == {} and world.job_dirs == set()
+
+
+async def test_a_supervisor_stopping_while_a_job_claims_a_warm_service_leaves_none(autojump_clock, monkeypatch):
+    claiming = slow_warm_unwatch(monkeypatch)
+    async with fake_cluster(workers=1) as (sup, world):
+        await pool_ready(world, 1)
+        await sup.submit(spec(runtime=100))
+        await claiming.wait()
+    assert world.services == {} and world.partitions == {} and world.job_dirs == set()

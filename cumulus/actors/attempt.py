@@ -32,7 +32,7 @@ from cumulus.actors.result_fetch import MAX_RESULT_BYTES, conclude, fetch_result
 from cumulus.actors.scheduler import Granted, Queued, QueuePosition, Release, Reservation, Reserve
 from cumulus.actors.service_request import NO_PATH, job_service_request, warm_eligible
 from cumulus.actors.user_image_step import prepare_user_image
-from cumulus.actors.warm_step import claim_warm, start_warm
+from cumulus.actors.warm_step import start_warm, take_warm
 from cumulus.actors.watcher import PollNow, Unwatch, Watch
 from cumulus.backends import NodeBackend, NodeConnections, SwarmBackend, WorkerUnavailable
 from cumulus.config import Settings
@@ -257,12 +257,11 @@ class Attempt:
         image = await prepare_user_image(ctx, reservation.node_id, spec, record.add_log) if spec.image else None
         restore = await restore_point(ctx)
         self.restored = restore[0] if restore else None
-        warm = await claim_warm(ctx, reservation.node_id, self._service_request(reservation, node)) \
+        taken = await take_warm(ctx, own, node, reservation.node_id, self._service_request(reservation, node)) \
             if warm_eligible(ctx.settings, spec) else None
-        if warm is not None:  # its container waits already: owned from now on, removed like a job's own
-            self.service = await own(ctx.swarm.claim_service(warm.service_id, warm.name, warm.warm_id),
-                                     what="service", same_task=True)
-            self.task_key = warm.warm_id
+        warm = taken.warm if taken is not None else None
+        if taken is not None:  # its container waits already, owned now, removed like a job's own
+            self.service, self.task_key = taken.service, taken.warm.warm_id
         metrics.current().job_starts.labels("cold" if warm is None else "warm").inc()
         # The partition and the upload go over the same SSH connection at once; they are still released in the
         # nested order (files, then partition).
@@ -273,6 +272,8 @@ class Attempt:
             (node.open_job_files(job_id=record.job_id, package=spec.package or await self._package(),
                                  restore=restore[1] if restore else None, from_warm=warm and warm.warm_id), "files"),
         ] + ([(job_requirements(ctx, node, reservation.node_id), "requirements")] if spec.requirements else []))
+        if taken is not None:  # renamed to the job's: released with its files and partition
+            taken.dirs.handed_over = True
         if spec.package:  # uploaded: a retry reads it from the journal again
             record.spec = spec = replace(spec, package=b"")
         record.partition_id = lease.partition_id

@@ -32,6 +32,7 @@ from cumulus.resources.warm import new_warm_id
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # a slot whose warm service could not be made waits this long
+CLAIM_SECONDS = 30.0  # the longest a claim may take: it waits on the watcher, and the caller shields it
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class _Idle:
     handle: Any  # the ServiceHandle
     dirs: Any  # the WarmDirs
     ready: bool = False  # its task runs: the runner waits on its FIFO (or is about to)
+    claim_settled: trio.Event | None = None  # a claim took it from the pool; set once it is handed over, or not
 
 
 class WarmPool:
@@ -78,17 +80,26 @@ class WarmPool:
 
     async def claim(self, key: tuple[Any, ...]) -> WarmService | None:
         """Hand a ready warm service whose key is ``key`` to the caller, or ``None``. Its task watch ends here,
-        before the answer, so the job's own watch of that task is never cut by it."""
+        before the answer, so the job's own watch of that task is never cut by it.
+
+        Cancellation: a claim cancelled before it answers hands nothing over (the slot removes the service).
+        Once it answers, the service is the caller's, who must receive the answer: callers shield the call
+        (:func:`cumulus.actors.warm_step.take_warm`)."""
         warm_id = next((w for w, idle in self._idle.items() if idle.ready and idle.key == key), None)
         if warm_id is None:
             return None
         idle = self._idle.pop(warm_id)
-        idle.handle.handed_over = idle.dirs.handed_over = True
+        idle.claim_settled = trio.Event()
         self._publish()
         try:
-            await self.watcher.call(Unwatch(warm_id))
-        except ActorDied:
-            pass
+            try:
+                await self.watcher.call(Unwatch(warm_id))
+            except ActorDied:
+                pass
+            # No checkpoint from here to the caller's answer: handed over means the answer is delivered.
+            idle.handle.handed_over = idle.dirs.handed_over = True
+        finally:  # a claim cancelled before this point leaves it to its slot, which removes it
+            idle.claim_settled.set()
         return WarmService(idle.handle.id, idle.handle.name, warm_id)
 
     async def run(self, backend: NodeBackend, node_id: str, devices: list[DeviceInfo]) -> None:
@@ -137,6 +148,9 @@ class WarmPool:
                     try:
                         await self._follow(idle, updates)
                     finally:
+                        if idle.claim_settled is not None:  # the watch ended because a claim took it
+                            with trio.move_on_after(CLAIM_SECONDS, shield=True):
+                                await idle.claim_settled.wait()
                         taken = handle.handed_over
                         self._idle.pop(warm_id, None)
                         self._publish()

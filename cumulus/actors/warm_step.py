@@ -1,15 +1,18 @@
-"""A job's attempt and a warm service: taking one from its worker's pool (:func:`claim_warm`) and handing it the
+"""A job's attempt and a warm service: taking one from its worker's pool (:func:`take_warm`) and handing it the
 job (:func:`start_warm`). The pool is :mod:`cumulus.actors.warm_pool`; the files' side, :mod:`cumulus.resources.warm`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
+
+import trio
 
 from cumulus import metrics
 from cumulus.actors.outcome import JobStopped, Outcome
-from cumulus.actors.warm_pool import ClaimWarm, WarmService
+from cumulus.actors.warm_pool import CLAIM_SECONDS, ClaimWarm, WarmService
 from cumulus.backends import NodeBackend
 from cumulus.errors import ActorDied
 from cumulus.jobs import FailureReason
@@ -19,16 +22,39 @@ from cumulus.resources.warm import WarmServiceGone, start_message
 log = logging.getLogger(__name__)
 
 
-async def claim_warm(ctx: Any, node_id: str, request: ServiceRequest) -> WarmService | None:
-    """A warm service of the job's worker whose container is what the job's own ``request`` would create, now the
-    caller's to own; ``None``: none is ready (the job starts cold). Its env must fit a start message."""
+@dataclass(frozen=True)
+class TakenWarm:
+    """A warm service a job's attempt took and owns: its service handle, and its directories on the worker, held
+    (removed on release) until the attempt has renamed them to its own and sets ``dirs.handed_over``."""
+
+    warm: WarmService
+    service: Any  # the ServiceHandle
+    dirs: Any  # the WarmDirs
+
+
+async def take_warm(ctx: Any, own: Any, node: NodeBackend, node_id: str, request: ServiceRequest) -> TakenWarm | None:
+    """Take a warm service of the job's worker whose container is what the job's own ``request`` would create,
+    and own it and its directories with ``own`` (the attempt's owner: leaving it removes them like the job's own);
+    ``None``: none is ready (the job starts cold). Its env must fit a start message.
+
+    Cancellation: the claim runs shielded (bounded), and what it hands over is owned before the next checkpoint,
+    so a warm service is never dropped between the pool and the attempt."""
     worker = ctx.workers(node_id) if ctx.workers is not None else None
     if worker is None or start_message(container_env(request)) is None:
         return None
-    try:
-        return await worker.call(ClaimWarm(request.create_time_key()))
-    except ActorDied:  # the worker is going: cold, like any job placed there now
+    warm = None
+    with trio.move_on_after(CLAIM_SECONDS + 5, shield=True):
+        try:
+            warm = await worker.call(ClaimWarm(request.create_time_key()))
+        except ActorDied:  # the worker is going: cold, like any job placed there now
+            pass
+    if warm is None:
         return None
+    # Entering these does not checkpoint: a cancel pending now is delivered once both are owned.
+    service = await own(ctx.swarm.claim_service(warm.service_id, warm.name, warm.warm_id), what="service",
+                        same_task=True)
+    dirs = await own(node.open_warm_dirs(warm.warm_id, claimed=True), what="warm dirs", same_task=True)
+    return TakenWarm(warm, service, dirs)
 
 
 async def start_warm(node: NodeBackend, request: ServiceRequest, worker: str) -> None:
@@ -43,4 +69,4 @@ async def start_warm(node: NodeBackend, request: ServiceRequest, worker: str) ->
         raise JobStopped(Outcome.failed(FailureReason.INFRASTRUCTURE, str(gone), retry=True)) from None
 
 
-__all__ = ["claim_warm", "start_warm"]
+__all__ = ["TakenWarm", "start_warm", "take_warm"]

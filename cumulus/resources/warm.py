@@ -73,12 +73,14 @@ class WarmDirs:
 
 
 @asynccontextmanager
-async def open_warm_dirs(conn: SshConnection, *, jobs_dir: str, warm_id: str,
-                         lease_dir: str | None) -> AsyncIterator[WarmDirs]:
+async def open_warm_dirs(conn: SshConnection, *, jobs_dir: str, warm_id: str, lease_dir: str | None,
+                         claimed: bool = False) -> AsyncIterator[WarmDirs]:
     """Make ``<jobs_dir>/<warm id>/{code,output}`` with the FIFO ``code/start.fifo`` (0600: only the job user, the
-    SSH user's uid, reads it; the supervisor writes) and the lease directory; yield their paths.
+    SSH user's uid, reads it; the supervisor writes) and the lease directory; yield their paths. ``claimed``: they
+    exist already, and a job that took the warm service holds them until it has renamed them (it sets
+    ``handed_over`` then).
 
-    Leaving the block removes them (shielded, bounded, idempotent) unless they were handed over to a job. Raises
+    Leaving the block removes them (shielded, bounded, idempotent) unless they were handed over. Raises
     :class:`SshError` if the worker refuses."""
     check_job_id(warm_id)
     job_dir = posixpath.join(jobs_dir, warm_id)
@@ -86,10 +88,11 @@ async def open_warm_dirs(conn: SshConnection, *, jobs_dir: str, warm_id: str,
     q = shlex.quote
     lease = f" && rm -rf -- {q(lease_dir)} && mkdir -p -- {q(lease_dir)}" if lease_dir else ""
     try:
-        await conn.run_to_completion(
-            f"rm -rf -- {q(job_dir)} && mkdir -m 0755 -- {q(job_dir)} {q(dirs.code_dir)}"
-            f" {q(posixpath.join(job_dir, 'lease'))} && mkdir -m 0700 -- {q(dirs.output_dir)} && mkfifo -m 0600 -- {q(posixpath.join(dirs.code_dir, FIFO_NAME))}"
-            + lease, timeout=15)
+        if not claimed:
+            await conn.run_to_completion(
+                f"rm -rf -- {q(job_dir)} && mkdir -m 0755 -- {q(job_dir)} {q(dirs.code_dir)}"
+                f" {q(posixpath.join(job_dir, 'lease'))} && mkdir -m 0700 -- {q(dirs.output_dir)}"
+                f" && mkfifo -m 0600 -- {q(posixpath.join(dirs.code_dir, FIFO_NAME))}" + lease, timeout=15)
         yield dirs
     finally:
         if not dirs.handed_over:

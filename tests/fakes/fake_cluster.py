@@ -635,11 +635,12 @@ class FakeNode:
             yield files
 
     @asynccontextmanager
-    async def open_warm_dirs(self, warm_id: str):
-        await trio.sleep(DELAY / 5)
-        if self.node.hostname in self.world.unreachable:
-            raise SshError(self.node.hostname, "warm dirs", "connection lost")
-        self.world.job_dirs.add((self.node.hostname, warm_id))
+    async def open_warm_dirs(self, warm_id: str, *, claimed: bool = False):
+        if not claimed:
+            await trio.sleep(DELAY / 5)
+            if self.node.hostname in self.world.unreachable:
+                raise SshError(self.node.hostname, "warm dirs", "connection lost")
+            self.world.job_dirs.add((self.node.hostname, warm_id))
         dirs = WarmDirs(f"/var/lib/cumulus/jobs/{warm_id}", f"/var/lib/cumulus/jobs/{warm_id}/code",
                         f"/var/lib/cumulus/jobs/{warm_id}/output", self.lease_dir(warm_id))
         try:
