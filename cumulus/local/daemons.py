@@ -221,7 +221,12 @@ def wait_sshd(node: state.Node, timeout: float = 20) -> None:
         except OSError:
             pass
         time.sleep(0.1)
-    raise LocalClusterError(f"sshd of {node.name} not answering on {node.address}:22 (see {node.sshd_log})")
+    pid = sshd_pid(node)
+    log_tail = node.sshd_log.read_text(errors="replace").strip().splitlines()[-5:] if node.sshd_log.exists() else []
+    raise LocalClusterError(
+        f"sshd of {node.name} not answering on {node.address}:22 within {timeout:.0f} s "
+        f"({f'its process {pid} runs' if pid else 'its process is gone'}); the end of {node.sshd_log}: "
+        + (" | ".join(log_tail) or "(empty)"))
 
 
 def stop_sshd(node: state.Node) -> None:

@@ -62,9 +62,12 @@ def ensure_netns(node: state.Node) -> bool:
     if not _link_exists("eth0", ns):
         if _link_exists(node.veth_host):
             run(["ip", "link", "del", node.veth_host])
-        run(["ip", "link", "add", node.veth_host, "type", "veth", "peer", "name", node.veth_peer])
+        run(["ip", "link", "add", node.veth_host, "type", "veth", "peer", "name", node.veth_peer,
+             "address", node.mac])
         run(["ip", "link", "set", node.veth_peer, "netns", ns])
         run(["ip", "-n", ns, "link", "set", node.veth_peer, "name", "eth0"])
+        # What the host learnt of an earlier node at this address (one made before MACs were fixed) goes too.
+        subprocess.run(["ip", "neigh", "del", node.address, "dev", state.BRIDGE], capture_output=True)
         changed = True
     master = run(["ip", "-o", "link", "show", node.veth_host]).stdout
     if f"master {state.BRIDGE}" not in master:

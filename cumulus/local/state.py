@@ -87,6 +87,13 @@ class Node:
         return f"{VETH_PREFIX}{self.index}p"
 
     @property
+    def mac(self) -> str:
+        """The node's own MAC (locally administered, fixed per index): a node made again at the same address keeps
+        it, so the neighbour caches of the host and the other nodes stay right (a new random one would leave them
+        sending to a MAC that is gone until their entries time out, some 10-50 s)."""
+        return f"02:cb:13:00:{self.index >> 8:02x}:{self.index & 0xff:02x}"
+
+    @property
     def netns_path(self) -> str:
         return f"/var/run/netns/{self.name}"
 
