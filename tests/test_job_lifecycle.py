@@ -74,8 +74,9 @@ async def test_a_job_runs_through_every_state_and_leaves_nothing(autojump_clock)
                                         JobState.RUNNING, JobState.COMPLETED]
         assert record.state is JobState.COMPLETED
         assert record.result == f"ok:{record.job_id}".encode()
-        assert record.teardown.released == ("container stop", "service", "task watch", "checkpoint copy", "files",
-                                            "partition", "reservation")
+        # Its service was made first (it starts while the partition and files are made): released after them.
+        assert record.teardown.released == ("container stop", "task watch", "checkpoint copy", "files", "partition",
+                                            "service", "warm dirs", "reservation")
         await assert_nothing_left(sup, world, [record])
 
 

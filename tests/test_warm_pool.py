@@ -4,6 +4,8 @@ job, the pool refills, jobs that need something made at create time start cold, 
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 
@@ -63,17 +65,20 @@ async def test_every_warm_container_runs_exactly_one_job(autojump_clock):
 async def test_a_job_that_needs_its_own_container_starts_cold(autojump_clock, options):
     async with fake_cluster(workers=1) as (sup, world):
         await pool_ready(world, 1)
-        before = starts("cold")
+        pooled, before = set(warm_services(world)), starts("cold")
         record = await sup.submit(spec(**options))
         await record.torn_down.wait()
-        assert starts("cold") == before + 1 and world.warm_jobs == {}
+        assert starts("cold") == before + 1 and not pooled & set(world.warm_jobs)
 
 
 async def test_warm_services_off(autojump_clock):
     async with fake_cluster(workers=1, **{"jobs.warm_per_device": 0}) as (sup, world):
+        await trio.sleep(5)
+        assert warm_services(world, ready_only=False) == {}  # no pool
         record = await sup.submit(spec(runtime=0.5))
         await record.torn_down.wait()
-        assert record.state is JobState.COMPLETED and world.services == {} and world.warm_jobs == {}
+        assert record.state is JobState.COMPLETED and world.services == {}
+        assert list(world.warm_jobs.values()) == [[record.job_id]]  # its own service, made for it
 
 
 async def test_a_warm_container_that_dies_idle_is_replaced(autojump_clock):
@@ -99,13 +104,13 @@ async def test_a_warm_container_gone_before_its_start_is_retried_never_run_twice
         original = fakes.FakeNode.start_warm_job
         killed: list[str] = []
 
-        async def die_first(self, job_id, message):  # the container dies between the hand-over and the start
+        async def die_first(self, job_id, message, timeout=3.0):  # the container dies between the hand-over and the start
             if not killed:
                 for container in warm_services(world).values():
                     container.killed.set()
                     killed.append(container.service_id)
                 await trio.sleep(0.05)
-            return await original(self, job_id, message)
+            return await original(self, job_id, message, timeout)
 
         monkeypatch.setattr(fakes.FakeNode, "start_warm_job", die_first)
         record = await sup.submit(spec(runtime=0.5))
@@ -167,3 +172,46 @@ async def test_a_supervisor_stopping_while_a_job_claims_a_warm_service_leaves_no
         await sup.submit(spec(runtime=100))
         await claiming.wait()
     assert world.services == {} and world.partitions == {} and world.job_dirs == set()
+
+
+async def test_a_job_without_a_warm_service_has_its_own_made_before_its_partition(autojump_clock, monkeypatch):
+    from tests.fakes import fake_cluster as fakes
+
+    original, seen = fakes.FakeNode.open_partition, []
+
+    def open_partition(self, **kw):  # what exists of the job's own service when its partition is asked for
+        seen.append([c.state for c in world.services.values() if c.warm_start is not None])
+        return original(self, **kw)
+
+    monkeypatch.setattr(fakes.FakeNode, "open_partition", open_partition)
+    async with fake_cluster(workers=1, **{"jobs.warm_per_device": 0}) as (sup, world):
+        before = starts("cold")
+        record = await sup.submit(spec(runtime=0.5))
+        await record.torn_down.wait()
+        assert record.state is JobState.COMPLETED and starts("cold") == before + 1
+        assert seen == [["pending"]]  # made, and still being started by the Swarm
+        await assert_nothing_left(sup, world, [record])
+
+
+async def test_a_jobs_own_container_that_ends_before_its_start_is_retried_at_once(autojump_clock, monkeypatch):
+    from tests.fakes import fake_cluster as fakes
+
+    original, killed = fakes.FakeSwarm.open_service, []
+
+    @asynccontextmanager
+    async def dies_at_start(self, request):  # the first job container fails as it starts
+        async with original(self, request) as handle:
+            if not killed:
+                killed.append(handle.id)
+                self.world.services[handle.id].killed.set()
+            yield handle
+
+    monkeypatch.setattr(fakes.FakeSwarm, "open_service", dies_at_start)
+    async with fake_cluster(workers=1, **{"jobs.warm_per_device": 0}) as (sup, world):
+        started = trio.current_time()
+        record = await sup.submit(spec(runtime=0.5, retries=0))
+        await record.torn_down.wait()
+        assert record.state is JobState.COMPLETED and record.attempt == 2
+        assert trio.current_time() - started < 30  # its task's end was seen: the hand-over did not wait it out
+        assert killed[0] not in world.warm_jobs
+        await assert_nothing_left(sup, world, [record])

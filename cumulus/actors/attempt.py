@@ -30,9 +30,9 @@ from cumulus.actors.ownership import ResourceOwner
 from cumulus.actors.requirements_step import job_requirements
 from cumulus.actors.result_fetch import MAX_RESULT_BYTES, conclude, fetch_result
 from cumulus.actors.scheduler import Granted, Queued, QueuePosition, Release, Reservation, Reserve
-from cumulus.actors.service_request import NO_PATH, job_service_request, warm_eligible
+from cumulus.actors.service_request import NO_PATH, job_service_request, starts_early, warm_eligible
 from cumulus.actors.user_image_step import prepare_user_image
-from cumulus.actors.warm_step import start_warm, take_warm
+from cumulus.actors.warm_step import make_early, start_warm, take_warm
 from cumulus.actors.watcher import PollNow, Unwatch, Watch
 from cumulus.backends import NodeBackend, NodeConnections, SwarmBackend, WorkerUnavailable
 from cumulus.config import Settings
@@ -257,12 +257,15 @@ class Attempt:
         image = await prepare_user_image(ctx, reservation.node_id, spec, record.add_log) if spec.image else None
         restore = await restore_point(ctx)
         self.restored = restore[0] if restore else None
-        taken = await take_warm(ctx, own, node, reservation.node_id, self._service_request(reservation, node)) \
-            if warm_eligible(ctx.settings, spec) else None
+        ahead = self._service_request(reservation, node)  # what the job's container will be, made ahead of it
+        taken = await take_warm(ctx, own, node, reservation.node_id, ahead) if warm_eligible(ctx.settings, spec) \
+            else None
+        metrics.current().job_starts.labels("cold" if taken is None else "warm").inc()
+        if taken is None and starts_early(spec):  # Swarm starts it while the partition and the upload are made
+            taken = await make_early(ctx, own, node, ahead)
         warm = taken.warm if taken is not None else None
-        if taken is not None:  # its container waits already, owned now, removed like a job's own
+        if taken is not None:  # its container waits (or will), owned now, removed like a job's own
             self.service, self.task_key = taken.service, taken.warm.warm_id
-        metrics.current().job_starts.labels("cold" if warm is None else "warm").inc()
         # The partition and the upload go over the same SSH connection at once; they are still released in the
         # nested order (files, then partition).
         lease, files, *deps = await self.resources.own_together([
@@ -291,10 +294,10 @@ class Attempt:
                               **({"image": image.reference, "runner_volume": image.runner_volume} if image else {}))
             self.service = await own(ctx.swarm.open_service(request), what="service", same_task=True)
         service = self.service
-        record.set_service(service.id, warm.name if warm is not None else "")
+        record.set_service(service.id, taken.warm.name if taken is not None and not taken.early else "")
         await own(self._stopped_on_its_node(node, lease), what="container stop", same_task=True)
-        if warm is not None:
-            await start_warm(node, request, reservation.worker)
+        if taken is not None:
+            await start_warm(node, request, reservation.worker, taken, updates)
             record.set_state(JobState.RUNNING)
         with trio.move_on_after(self.duration) as deadline:
             exit_task = await self._follow(service, updates, lease, files)

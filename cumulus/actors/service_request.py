@@ -31,11 +31,16 @@ def job_service_request(settings: Settings, spec: JobSpec | None, *, job_id: str
         warm=spec is None)
 
 
+def starts_early(spec: JobSpec) -> bool:
+    """Whether a job's container can be made before its partition and files (and then wait for them like a warm
+    one): nothing of it must be made before its container (a user image, requirements, a secret env) and it asks
+    for a share of one device, not whole devices."""
+    return not spec.image and not spec.requirements and not spec.secret_env and spec.gpu < 1
+
+
 def warm_eligible(settings: Settings, spec: JobSpec) -> bool:
-    """Whether a job could take a warm service at all: nothing of it must be made for it before its container
-    (a user image, requirements, a secret env) and it asks for a share of one device, not whole devices."""
-    return (settings.jobs.warm_per_device > 0 and not spec.image and not spec.requirements and not spec.secret_env
-            and spec.gpu < 1)
+    """Whether a job could take a warm service at all: the pool is on and the job could start early."""
+    return settings.jobs.warm_per_device > 0 and starts_early(spec)
 
 
-__all__ = ["NO_PATH", "job_service_request", "warm_eligible"]
+__all__ = ["NO_PATH", "job_service_request", "starts_early", "warm_eligible"]

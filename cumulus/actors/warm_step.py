@@ -1,11 +1,12 @@
-"""A job's attempt and a warm service: taking one from its worker's pool (:func:`take_warm`) and handing it the
-job (:func:`start_warm`). The pool is :mod:`cumulus.actors.warm_pool`; the files' side, :mod:`cumulus.resources.warm`.
+"""A job's attempt and a waiting service: taking a warm one from its worker's pool (:func:`take_warm`), or making
+the job's own the same way before its partition and files (:func:`make_early`), and handing it the job
+(:func:`start_warm`). The pool is :mod:`cumulus.actors.warm_pool`; the files' side, :mod:`cumulus.resources.warm`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -16,8 +17,9 @@ from cumulus.actors.warm_pool import CLAIM_SECONDS, ClaimWarm, WarmService
 from cumulus.backends import NodeBackend
 from cumulus.errors import ActorDied
 from cumulus.jobs import FailureReason
+from cumulus.resources.swarm import TaskState
 from cumulus.resources.swarm_spec import ServiceRequest, container_env
-from cumulus.resources.warm import WarmServiceGone, start_message
+from cumulus.resources.warm import EARLY_START_TIMEOUT, START_TIMEOUT, WarmServiceGone, new_warm_id, start_message
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class TakenWarm:
     warm: WarmService
     service: Any  # the ServiceHandle
     dirs: Any  # the WarmDirs
+    early: bool = False  # made for this job just now (its container may still be starting), not from the pool
 
 
 async def take_warm(ctx: Any, own: Any, node: NodeBackend, node_id: str, request: ServiceRequest) -> TakenWarm | None:
@@ -57,16 +60,53 @@ async def take_warm(ctx: Any, own: Any, node: NodeBackend, node_id: str, request
     return TakenWarm(warm, service, dirs)
 
 
-async def start_warm(node: NodeBackend, request: ServiceRequest, worker: str) -> None:
-    """Hand the job (whose partition and files are in place, ``request`` complete) to its warm container. One that
-    does not take it ends the attempt as an infrastructure failure, retried: the job never started there."""
+async def make_early(ctx: Any, own: Any, node: NodeBackend, request: ServiceRequest) -> TakenWarm:
+    """The job's own service, made before its partition and files and waiting for them like a warm one: Swarm
+    schedules and starts its container (the cold path's longest step) while the partition is made and the package
+    uploaded. Owned with ``own`` like a taken warm service (its directories until the attempt renamed them)."""
+    warm_id = new_warm_id(ctx.settings.supervisor_id, request.node_id)
+    dirs = await own(node.open_warm_dirs(warm_id), what="warm dirs", same_task=True)
+    early = replace(request, job_id=warm_id, warm=True, env={}, code_dir=dirs.code_dir, output_dir=dirs.output_dir,
+                    lease_dir=node.lease_dir(warm_id))
+    service = await own(ctx.swarm.open_service(early), what="service", same_task=True)
+    return TakenWarm(WarmService(service.id, service.name, warm_id), service, dirs, early=True)
+
+
+async def start_warm(node: NodeBackend, request: ServiceRequest, worker: str, taken: TakenWarm,
+                     updates: trio.MemoryReceiveChannel[TaskState]) -> None:
+    """Hand the job (whose partition and files are in place, ``request`` complete) to its warm container, waiting
+    for it to be up if it was made just now (its task's end meanwhile is the container's failure). One that does
+    not take it ends the attempt as an infrastructure failure, retried: the job never started there."""
     message = start_message(container_env(request))
-    assert message is not None  # checked when it was claimed; the partition id is all that changed
-    try:
-        await node.start_warm_job(request.job_id, message)
-    except WarmServiceGone as gone:
+    assert message is not None  # checked when it was claimed or made; the partition id is all that changed
+    failure, ended = None, []
+    async with trio.open_nursery() as nursery:
+        if taken.early:
+            nursery.start_soon(_watch_for_end, updates, taken.service.id, ended, nursery.cancel_scope)
+        try:
+            await node.start_warm_job(request.job_id, message,
+                                      timeout=EARLY_START_TIMEOUT if taken.early else START_TIMEOUT)
+        except WarmServiceGone as gone:
+            failure = str(gone)
+        nursery.cancel_scope.cancel()
+    if ended:
+        task = ended[0]
+        failure = (f"its container ended before it took the job: {task.state}"
+                   f"{f' ({task.error or task.message})' if task.error or task.message else ''}")
+    if failure is not None:
         metrics.current().warm_failures.labels(worker, "start").inc()
-        raise JobStopped(Outcome.failed(FailureReason.INFRASTRUCTURE, str(gone), retry=True)) from None
+        raise JobStopped(Outcome.failed(FailureReason.INFRASTRUCTURE, failure, retry=True))
 
 
-__all__ = ["TakenWarm", "start_warm", "take_warm"]
+async def _watch_for_end(updates: trio.MemoryReceiveChannel[TaskState], service_id: str, ended: list[TaskState],
+                         handing: trio.CancelScope) -> None:
+    """Until cancelled: the service's task ending (a container that failed to start) stops the hand-over. The
+    states read here before that are not missed: the job is RUNNING from its hand-over on."""
+    async for task in updates:
+        if task.service_id == service_id and task.terminal:
+            ended.append(task)
+            handing.cancel()
+            return
+
+
+__all__ = ["TakenWarm", "make_early", "start_warm", "take_warm"]

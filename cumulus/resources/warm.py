@@ -34,6 +34,7 @@ from cumulus.resources.ssh import SshConnection, SshError
 FIFO_NAME = "start.fifo"  # worker_image/image/runner_warm.py
 MAX_START_BYTES = 64 * 1024  # the start message goes on a command line; a job with a bigger env starts cold
 START_TIMEOUT = 3.0  # a waiting runner opens the FIFO at once; one that does not within this is gone
+EARLY_START_TIMEOUT = 120.0  # a job's own service made just before: its container is still being scheduled, started
 CLEANUP_TIMEOUT = 5.0  # idle warm directories: what is left is an orphan, reaped at the next connection
 WARM_MARK = "-warm-"
 
@@ -119,18 +120,18 @@ def start_message(env: dict[str, str]) -> bytes | None:
     return message if len(message) <= MAX_START_BYTES else None
 
 
-async def start_warm_job(conn: SshConnection, job_dir: str, message: bytes) -> None:
+async def start_warm_job(conn: SshConnection, job_dir: str, message: bytes, timeout: float = START_TIMEOUT) -> None:
     """Hand the warm container whose directory is now ``job_dir`` its job: write ``message`` (:func:`start_message`)
-    to its FIFO. Opening the FIFO for writing blocks until the runner has it open, which a waiting one has; raises
-    :class:`WarmServiceGone` if none opens it within :data:`START_TIMEOUT`, :class:`SshError` if the worker cannot
-    be asked."""
+    to its FIFO. Opening the FIFO for writing blocks until the runner has it open, which a waiting one has (a
+    container still starting opens it when its runner is up: nothing polls); raises :class:`WarmServiceGone` if none
+    opens it within ``timeout`` seconds, :class:`SshError` if the worker cannot be asked."""
     fifo = shlex.quote(posixpath.join(job_dir, "code", FIFO_NAME))
     encoded = base64.b64encode(message).decode()
-    result = await conn.run(f"printf %s {encoded} | base64 -d | timeout {START_TIMEOUT:g} dd of={fifo} status=none",
-                            check=False, timeout=START_TIMEOUT + 5)
+    result = await conn.run(f"printf %s {encoded} | base64 -d | timeout {timeout:g} dd of={fifo} status=none",
+                            check=False, timeout=timeout + 5)
     if result.exit_status != 0:
         raise WarmServiceGone(f"the warm container of {posixpath.basename(job_dir)} did not take its job within "
-                              f"{START_TIMEOUT:g} s")
+                              f"{timeout:g} s")
 
 
 __all__ = ["FIFO_NAME", "MAX_START_BYTES", "start_message", "WarmDirs", "WarmServiceGone", "is_other_nodes_warm", "new_warm_id",

@@ -173,8 +173,8 @@ class FakeWorld:
             await trio.sleep(1)
             if trio.current_time() - partition.renewed_at > self.lease_ttl:
                 self.partitions.pop(partition.partition_id, None)
-                for container in self.services.values():
-                    if container.job_id == partition.job_id:
+                for container in self.services.values():  # a container that ended already stays, like its service
+                    if container.job_id == partition.job_id and container.state not in ("complete", "failed"):
                         container.stop.set()
                 return
 
@@ -316,7 +316,8 @@ class FakeSwarm:
         container = self.world.services.get(service_id)
         if container is None:
             raise SwarmError(f"no service {service_id}")
-        handle = ServiceHandle(service_id, f"cumulus-{job_id}", job_id)
+        task_key = self.world.services_labels.get(service_id, {}).get(LABEL_JOB, job_id)  # like the real one's
+        handle = ServiceHandle(service_id, f"cumulus-{task_key}", task_key)
         try:
             yield handle
         finally:
@@ -649,21 +650,28 @@ class FakeNode:
             if not dirs.handed_over and not self.world.frozen:
                 self.world.job_dirs.discard((self.node.hostname, warm_id))
 
-    async def start_warm_job(self, job_id: str, message: bytes) -> None:
+    async def start_warm_job(self, job_id: str, message: bytes, timeout: float = 3.0) -> None:
+        """Like the real one: blocks until the warm container's runner waits (it may still be starting), or until
+        ``timeout`` (one that is gone never opens its FIFO)."""
         await trio.sleep(DELAY / 5)
         if self.node.hostname in self.world.unreachable:
             raise SshError(self.node.hostname, "start warm job", "connection lost")
         warm_id = self.world.warm_taken.get(job_id)
-        for container in self.world.services.values():
-            if self.world.services_labels.get(container.service_id, {}).get(LABEL_JOB) == warm_id \
-                    and container.warm_start is not None and container.state == "running" \
-                    and not container.warm_start.is_set() and not container.stop.is_set() \
-                    and not container.killed.is_set():
-                container.env.update(json.loads(message)["env"])
-                container.job_id = job_id
-                self.world.warm_jobs.setdefault(container.service_id, []).append(job_id)
-                container.warm_start.set()
-                return
+        with trio.move_on_after(timeout):
+            while True:
+                container = next((c for c in self.world.services.values() if c.warm_start is not None
+                                  and self.world.services_labels.get(c.service_id, {}).get(LABEL_JOB) == warm_id),
+                                 None)
+                if container is not None and container.state == "running" and not container.stop.is_set() \
+                        and not container.killed.is_set() and not container.warm_start.is_set():
+                    container.env.update(json.loads(message)["env"])
+                    container.job_id = job_id
+                    self.world.warm_jobs.setdefault(container.service_id, []).append(job_id)
+                    container.warm_start.set()
+                    return
+                await trio.sleep(DELAY / 5)
+                if self.node.hostname in self.world.unreachable:
+                    raise SshError(self.node.hostname, "start warm job", "connection lost")
         raise WarmServiceGone(f"the warm container of {job_id} did not take its job")
 
     @staticmethod
@@ -694,6 +702,8 @@ class FakeNode:
         return 0
 
     async def kill_holder(self, pid: int) -> bool:
+        if self.world.frozen:  # a killed supervisor stops nothing
+            return False
         for pid_key, p in list(self.world.partitions.items()):
             if hash(p.partition_id) % 100000 == pid and p.node == self.node.hostname:
                 self.world.partitions.pop(pid_key)
