@@ -189,6 +189,17 @@ def test_result_timeout_and_cancel():
     assert not again.was_running
 
 
+def test_cancel_until_stopped_reaches_the_supervisor(server):
+    ref = sleepy.remote(60)
+    with pytest.raises(TimeoutError):
+        ref.result(timeout=0.2)
+    report = ref.cancel(until_stopped=True)
+    assert report.was_running and report.state == "CANCELLED"
+    assert server.api.cancels_until_stopped[-1] is True
+    with pytest.raises(cumulus.JobCancelled):
+        ref.result(10)
+
+
 def test_status_logs_and_client_run_with_options_and_kwargs():
     client = CumulusClient(log_to_driver=False)
     assert client.run(sleepy, 0, value="v", gpu_memory=0.5, duration=30) == "v"

@@ -247,9 +247,12 @@ class CumulusClient:
         position changes, retries, teardown report, progress messages; never its output). NotFound if unknown."""
         return JobDescription.from_pb(self._call("DescribeJob", pb.DescribeJobRequest(job_id=job_id)))
 
-    def cancel(self, job_id: str, *, timeout: float = CANCEL_TIMEOUT) -> CancelResult:
-        """Cancel a job; returns once its resources are released, saying what was (and what leaked)."""
-        return CancelResult.from_pb(self._call("CancelJob", pb.CancelJobRequest(job_id=job_id), timeout=timeout))
+    def cancel(self, job_id: str, *, until_stopped: bool = False, timeout: float = CANCEL_TIMEOUT) -> CancelResult:
+        """Cancel a job; returns once its resources are released, saying what was (and what leaked).
+        ``until_stopped``: return as soon as its container is stopped and its partition released (the removal of
+        its service follows; the result then has no teardown report)."""
+        request = pb.CancelJobRequest(job_id=job_id, until_stopped=until_stopped)
+        return CancelResult.from_pb(self._call("CancelJob", request, timeout=timeout))
 
     def pause(self, job_id: str, *, grace: float = 0, timeout: float | None = None) -> PauseResult:
         """Ask a job to pause; returns once it is PAUSED (its share released) or has ended. ``grace``: seconds it

@@ -148,9 +148,10 @@ class JobRef(Generic[T_co]):
         """Ask the supervisor for the job's current status (state, worker, device, times, teardown)."""
         return self.client.status(self.job_id)
 
-    def cancel(self) -> CancelResult:
-        """Cancel the job; returns once its resources are released (what was released and what leaked)."""
-        result = self.client.cancel(self.job_id)
+    def cancel(self, *, until_stopped: bool = False) -> CancelResult:
+        """Cancel the job; returns once its resources are released (what was released and what leaked), or with
+        ``until_stopped`` as soon as its container is stopped and its partition released."""
+        result = self.client.cancel(self.job_id, until_stopped=until_stopped)
         if result.state in TERMINAL_STATES and not self._done.is_set():
             self._finish(result.state, result.status.reason if result.status else "")
         return result

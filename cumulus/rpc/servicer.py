@@ -162,7 +162,7 @@ class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
     @_unary
     async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.CancelJobResponse:
         record, was_running = await call_trio(functools.partial(self._api.cancel, _job_id(request.job_id),
-                                                                caller=_caller()))
+                                                                caller=_caller(), until_stopped=request.until_stopped))
         reply = pb.CancelJobResponse(status=convert.status_to_pb(record), was_running=was_running)
         if record.teardown is not None:
             reply.teardown.CopyFrom(convert.teardown_to_pb(record.teardown))

@@ -90,6 +90,7 @@ class FakeSupervisorApi:
         self._by_key: dict[str, str] = {}
         self._ids = itertools.count(1)
         self.calls: list[str] = []
+        self.cancels_until_stopped: list[bool] = []  # each cancel's until_stopped, as the servicer passed it
         self.usage_records: list[UsageRecord] = []  # one per job that ran (tests may add their own)
 
     # ---- the API ------------------------------------------------------------------------------------------
@@ -132,8 +133,9 @@ class FakeSupervisorApi:
         record = await self.get(job_id)
         return record, list(self.history[job_id])
 
-    async def cancel(self, job_id: str, caller: Any = None) -> tuple[JobRecord, bool]:
+    async def cancel(self, job_id: str, caller: Any = None, until_stopped: bool = False) -> tuple[JobRecord, bool]:
         self.calls.append("cancel")
+        self.cancels_until_stopped.append(until_stopped)
         job = self.jobs.get(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r} (fake supervisor)")
@@ -141,7 +143,7 @@ class FakeSupervisorApi:
         if was_running:
             job.cancelled_by_user = True
             job.scope.cancel()
-        await job.record.torn_down.wait()
+        await (job.record.halted if until_stopped else job.record.torn_down).wait()
         return job.record, was_running
 
     async def pause(self, job_id: str, grace: float = 0.0, caller: Any = None) -> tuple[JobRecord, bool]:

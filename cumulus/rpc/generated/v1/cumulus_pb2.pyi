@@ -269,10 +269,12 @@ class JobStatus(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., worker: _Optional[str] = ..., device_index: _Optional[int] = ..., gpu: _Optional[float] = ..., partition_id: _Optional[str] = ..., service_id: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., has_result: _Optional[bool] = ..., queue_position: _Optional[int] = ..., owner: _Optional[str] = ..., trace_id: _Optional[str] = ..., python: _Optional[str] = ..., image: _Optional[str] = ..., checkpoint_step: _Optional[int] = ..., checkpoints: _Optional[int] = ..., ran_seconds: _Optional[float] = ...) -> None: ...
 
 class CancelJobRequest(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "until_stopped")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_STOPPED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    until_stopped: bool
+    def __init__(self, job_id: _Optional[str] = ..., until_stopped: _Optional[bool] = ...) -> None: ...
 
 class PauseJobRequest(_message.Message):
     __slots__ = ("job_id", "grace_seconds")

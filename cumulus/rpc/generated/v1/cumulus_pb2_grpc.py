@@ -144,7 +144,8 @@ class OrchestratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Returns once the job's resources are torn down; says what was released.
+        """Returns once the job's resources are torn down; says what was released. With until_stopped, returns as soon
+        as its container is stopped and its partition released (its service's removal follows; no teardown report).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
