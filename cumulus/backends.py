@@ -128,7 +128,8 @@ class SshNodeBackend:
             # A fresh lease dir: an earlier attempt's ``expired`` mark must not stop this one.
             quoted = shlex.quote(lease_dir)
             await self.conn.run_to_completion(
-                warm.take_over_command(posixpath.dirname(lease_dir), from_warm, lease_dir) if from_warm
+                f"find {quoted} -mindepth 1 -delete" if from_warm == job_id  # made early, already mounted
+                else warm.take_over_command(posixpath.dirname(lease_dir), from_warm, lease_dir) if from_warm
                 else f"rm -rf {quoted} && mkdir -p {quoted}")
             async with partition.open_detached_partition_lease(
                 self.conn, device=device, fraction=fraction, duration=duration, job_id=job_id,

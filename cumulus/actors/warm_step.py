@@ -19,7 +19,7 @@ from cumulus.errors import ActorDied
 from cumulus.jobs import FailureReason
 from cumulus.resources.swarm import TaskState
 from cumulus.resources.swarm_spec import ServiceRequest, container_env
-from cumulus.resources.warm import EARLY_START_TIMEOUT, START_TIMEOUT, WarmServiceGone, new_warm_id, start_message
+from cumulus.resources.warm import EARLY_START_TIMEOUT, START_TIMEOUT, WarmServiceGone, start_message
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,14 @@ async def take_warm(ctx: Any, own: Any, node: NodeBackend, node_id: str, request
 async def make_early(ctx: Any, own: Any, node: NodeBackend, request: ServiceRequest) -> TakenWarm:
     """The job's own service, made before its partition and files and waiting for them like a warm one: Swarm
     schedules and starts its container (the cold path's longest step) while the partition is made and the package
-    uploaded. Owned with ``own`` like a taken warm service (its directories until the attempt renamed them)."""
-    warm_id = new_warm_id(ctx.settings.supervisor_id, request.node_id)
-    dirs = await own(node.open_warm_dirs(warm_id), what="warm dirs", same_task=True)
-    early = replace(request, job_id=warm_id, warm=True, env={}, code_dir=dirs.code_dir, output_dir=dirs.output_dir,
-                    lease_dir=node.lease_dir(warm_id))
+    uploaded into its directories, which are made first (the job's own, with the FIFO). Owned with ``own`` like a
+    taken warm service (its directories until the files and partition steps hold them)."""
+    # Under the job's own name: the container mounts them when it starts, after the files step filled them (a
+    # rename, as a warm service's take, would leave it a missing mount source).
+    dirs = await own(node.open_warm_dirs(request.job_id), what="warm dirs", same_task=True)
+    early = replace(request, warm=True, env={}, code_dir=dirs.code_dir, output_dir=dirs.output_dir)
     service = await own(ctx.swarm.open_service(early), what="service", same_task=True)
-    return TakenWarm(WarmService(service.id, service.name, warm_id), service, dirs, early=True)
+    return TakenWarm(WarmService(service.id, service.name, request.job_id), service, dirs, early=True)
 
 
 async def start_warm(node: NodeBackend, request: ServiceRequest, worker: str, taken: TakenWarm,

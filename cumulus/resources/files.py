@@ -77,7 +77,7 @@ async def open_job_files(
     the container only reads it); yield :class:`JobFiles`.
 
     ``from_warm``: the job takes that warm service's directory (:mod:`cumulus.resources.warm`), renamed to the
-    job's (a failure half-way removes the warm one too). A leftover directory of the same job id is replaced. Raises :class:`InvalidRequest` for a bad job id and
+    job's (a failure half-way removes the warm one too); the job's own id: they were made for it already. A leftover directory of the same job id is replaced. Raises :class:`InvalidRequest` for a bad job id and
     :class:`SshError` if the worker refuses; a half-made directory is removed before the error propagates.
     Leaving the block removes the whole job directory: shielded, bounded (30 s), idempotent. A removal failure is
     raised as :class:`SshError` only when the block itself ended without an exception (otherwise the original
@@ -87,7 +87,9 @@ async def open_job_files(
     q = shlex.quote
     made = False
     try:
-        if from_warm is not None:
+        if from_warm == job_id:
+            pass  # made for this job already (a service made early mounts them)
+        elif from_warm is not None:
             from cumulus.resources.warm import take_over_command  # noqa: PLC0415 - it imports this module
 
             await conn.run_to_completion(take_over_command(_check_jobs_dir(jobs_dir), from_warm, files.job_dir),

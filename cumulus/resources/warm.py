@@ -91,7 +91,7 @@ async def open_warm_dirs(conn: SshConnection, *, jobs_dir: str, warm_id: str, le
     try:
         if not claimed:
             await conn.run_to_completion(
-                f"rm -rf -- {q(job_dir)} && mkdir -m 0755 -- {q(job_dir)} {q(dirs.code_dir)}"
+                f"{{ chmod -R u+w -- {q(job_dir)} 2>/dev/null; rm -rf -- {q(job_dir)}; }} && mkdir -m 0755 -- {q(job_dir)} {q(dirs.code_dir)}"
                 f" {q(posixpath.join(job_dir, 'lease'))} && mkdir -m 0700 -- {q(dirs.output_dir)}"
                 f" && mkfifo -m 0600 -- {q(posixpath.join(dirs.code_dir, FIFO_NAME))}" + lease, timeout=15)
         yield dirs
@@ -107,9 +107,12 @@ async def open_warm_dirs(conn: SshConnection, *, jobs_dir: str, warm_id: str, le
 
 def take_over_command(jobs_dir: str, warm_id: str, target: str) -> str:
     """The shell command that renames a warm service's directory ``<jobs_dir>/<warm id>`` (or its lease directory,
-    when ``jobs_dir`` is the leases directory) to ``target``, replacing what an earlier attempt left there."""
+    when ``jobs_dir`` is the leases directory) to ``target``, replacing what an earlier attempt left there (none
+    when it is ``target`` already)."""
     q = shlex.quote
     source = posixpath.join(jobs_dir, check_job_id(warm_id))
+    if source == target:  # a job's own service made early: its directories have the job's name already
+        return "true"
     return (f"{{ ! [ -e {q(target)} ] || {{ chmod -R u+w -- {q(target)} 2>/dev/null; rm -rf -- {q(target)}; }}; }}"
             f" && mv -T -- {q(source)} {q(target)}")
 

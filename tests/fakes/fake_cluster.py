@@ -58,6 +58,7 @@ class FakeContainer:
     engine_messages_sent: int = 0
     warm_start: trio.Event | None = None  # a warm service's: set when a job is handed to it (its env then merged)
     killed: trio.Event = field(default_factory=trio.Event)  # `docker kill` of a warm container: it fails, stays
+    mount_dir: str = ""  # the name of the job directory its code and output are bind-mounted from
 
 
 @dataclass
@@ -240,6 +241,10 @@ class FakeWorld:
         if container.stop.is_set():
             container.state = "shutdown"
             return
+        hostname = next(n.hostname for n in self.nodes if n.id == container.node_id)
+        if (hostname, container.mount_dir) not in self.job_dirs:  # like Docker: a bind source must exist
+            container.state = "rejected"
+            return
         container.state = "running"
         self.running.add(container.service_id)
         if container.warm_start is not None:  # a warm runner: waits for its one job, or is stopped first
@@ -297,7 +302,8 @@ class FakeSwarm:
         await trio.sleep(DELAY)
         service_id = f"svc{next(world._ids)}"
         container = FakeContainer(service_id, request.job_id, request.node_id, dict(request.env),
-                                  warm_start=trio.Event() if request.warm else None)
+                                  warm_start=trio.Event() if request.warm else None,
+                                  mount_dir=request.code_dir.rstrip("/").rsplit("/", 2)[-2])
         world.services[service_id] = container
         world.services_labels[service_id] = {LABEL_JOB: request.job_id, LABEL_SUPERVISOR: request.supervisor_id}
         world.nursery.start_soon(self._lifecycle, container)
