@@ -53,10 +53,11 @@ async def take_warm(ctx: Any, own: Any, node: NodeBackend, node_id: str, request
             pass
     if warm is None:
         return None
-    # Entering these does not checkpoint: a cancel pending now is delivered once both are owned.
+    # Entering these does not checkpoint: a cancel pending now is delivered once both are owned. In the order of
+    # a service made early (its directories first): the service is removed before them.
+    dirs = await own(node.open_warm_dirs(warm.warm_id, claimed=True), what="warm dirs", same_task=True)
     service = await own(ctx.swarm.claim_service(warm.service_id, warm.name, warm.warm_id), what="service",
                         same_task=True)
-    dirs = await own(node.open_warm_dirs(warm.warm_id, claimed=True), what="warm dirs", same_task=True)
     return TakenWarm(warm, service, dirs)
 
 

@@ -229,8 +229,9 @@ async def test_stop_a_live_job(sup, how, state):
     assert record.result is None
     if state is JobState.RUNNING:
         assert record.placement is not None and record.partition_id and record.service_id
-        assert record.teardown.released == ("container stop", "service", "task watch", "checkpoint copy", "files",
-                                            "partition", "reservation")
+        # Its service, made first (early or warm), goes after its files and partition; the stop step before them.
+        assert record.teardown.released == ("container stop", "task watch", "checkpoint copy", "files", "partition",
+                                            "service", "warm dirs", "reservation")
     await assert_nothing_left(sup, SID, [record.job_id], expect={record.job_id: JobState.CANCELLED})
 
 
@@ -242,8 +243,8 @@ async def test_stop_during_teardown_keeps_the_terminal_state(sup, how):
     assert ended_before
     assert record.state is JobState.COMPLETED and record.reason == ""
     assert decode_result(record.result).value == 4
-    assert record.teardown.released == ("container stop", "service", "task watch", "checkpoint copy", "files",
-                                            "partition", "reservation")
+    assert record.teardown.released == ("container stop", "task watch", "checkpoint copy", "files", "partition",
+                                        "service", "warm dirs", "reservation")
     await assert_nothing_left(sup, SID, [record.job_id], expect={record.job_id: JobState.COMPLETED})
 
 
