@@ -215,3 +215,15 @@ async def test_a_jobs_own_container_that_ends_before_its_start_is_retried_at_onc
         assert trio.current_time() - started < 30  # its task's end was seen: the hand-over did not wait it out
         assert killed[0] not in world.warm_jobs
         await assert_nothing_left(sup, world, [record])
+
+
+async def test_a_job_whose_env_does_not_fit_a_start_message_starts_the_plain_cold_way(autojump_clock):
+    from cumulus.resources.warm import MAX_START_BYTES
+
+    async with fake_cluster(workers=1) as (sup, world):
+        await pool_ready(world, 1)
+        record = await sup.submit(spec(runtime=0.5, env={"BIG": "x" * MAX_START_BYTES}))
+        await record.torn_down.wait()
+        assert record.state is JobState.COMPLETED
+        assert record.job_id not in [job for jobs in world.warm_jobs.values() for job in jobs]
+        await assert_nothing_left(sup, world, [record])

@@ -61,11 +61,14 @@ async def take_warm(ctx: Any, own: Any, node: NodeBackend, node_id: str, request
     return TakenWarm(warm, service, dirs)
 
 
-async def make_early(ctx: Any, own: Any, node: NodeBackend, request: ServiceRequest) -> TakenWarm:
+async def make_early(ctx: Any, own: Any, node: NodeBackend, request: ServiceRequest) -> TakenWarm | None:
     """The job's own service, made before its partition and files and waiting for them like a warm one: Swarm
     schedules and starts its container (the cold path's longest step) while the partition is made and the package
     uploaded into its directories, which are made first (the job's own, with the FIFO). Owned with ``own`` like a
-    taken warm service (its directories until the files and partition steps hold them)."""
+    taken warm service (its directories until the files and partition steps hold them). ``None``: its env does not
+    fit a start message (the job's service is then made after its partition and files, with its env)."""
+    if start_message(container_env(request)) is None:
+        return None
     # Under the job's own name: the container mounts them when it starts, after the files step filled them (a
     # rename, as a warm service's take, would leave it a missing mount source).
     dirs = await own(node.open_warm_dirs(request.job_id), what="warm dirs", same_task=True)
