@@ -78,6 +78,7 @@ class Attempt:
         self.failure: Outcome | None = None  # set by a watcher of the attempt (lost lease) before cancelling it
         self.scope = trio.CancelScope()
         self.exited = False  # the container has exited
+        self.only_waits = False  # its container (warm, or made early) waits for its job, not handed it yet
         self.service: Any = None  # the service handle, once created
         self.node: NodeBackend | None = None  # its worker and job files, once made
         self.files: Any = None
@@ -216,11 +217,13 @@ class Attempt:
         runner acts on within 0.05 s) and wait until the Swarm task has ended. Removing the service through Swarm
         alone takes seconds; this way the container is stopped first and the removal has nothing to wait for.
         Once the container is stopped nothing uses the partition any more, so its holder is told to release it
-        meanwhile (the partition's own release, after the service's, then only confirms it)."""
+        meanwhile (the partition's own release, after the service's, then only confirms it). A container that only
+        waits for its job (never sent it) runs nothing: the service's removal ends it."""
         try:
             yield
         finally:
-            if not self.exited and not (self.service is not None and self.service.node_unreachable):
+            if not self.exited and not self.only_waits \
+                    and not (self.service is not None and self.service.node_unreachable):
                 with trio.move_on_after(STOP_WAIT_SECONDS, shield=True):
                     try:
                         if not await node.stop_job(self.record.job_id):  # not seen on the node: ask the Swarm
@@ -265,7 +268,7 @@ class Attempt:
             taken = await make_early(ctx, own, node, ahead)
         warm = taken.warm if taken is not None else None
         if taken is not None:  # its container waits (or will), owned now, removed like a job's own
-            self.service, self.task_key = taken.service, taken.warm.warm_id
+            self.service, self.task_key, self.only_waits = taken.service, taken.warm.warm_id, True
         # The partition and the upload go over the same SSH connection at once; they are still released in the
         # nested order (files, then partition).
         lease, files, *deps = await self.resources.own_together([
@@ -297,6 +300,7 @@ class Attempt:
         record.set_service(service.id, taken.warm.name if taken is not None and not taken.early else "")
         await own(self._stopped_on_its_node(node, lease), what="container stop", same_task=True)
         if taken is not None:
+            self.only_waits = False  # from the start message on, the job may run: a stop must stop it
             await start_warm(node, request, reservation.worker, taken, updates)
             record.set_state(JobState.RUNNING)
         with trio.move_on_after(self.duration) as deadline:
