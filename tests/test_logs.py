@@ -248,9 +248,12 @@ async def test_a_jobs_actor_logs_with_its_trace_id_and_the_container_gets_it(aut
         async with fake_cluster() as (sup, world):
             run_container = world.run_container
 
-            async def spy(container):
-                envs.append(dict(container.env))
-                await run_container(container)
+            async def spy(container):  # its env as it ran its job (a warm or early one gets it with the job)
+                try:
+                    await run_container(container)
+                finally:
+                    if container.job_id in (given.job_id, made.job_id):
+                        envs.append(dict(container.env))
 
             world.run_container = spy
             given = await sup.submit(JobSpec(package=b"zip", gpu=0.5, duration=600, trace_id=TRACE,
