@@ -47,13 +47,14 @@ def settings(metrics: bool = True):
         "supervisor_id": "bench", "cluster.docker_host": "unix:///fake", "cluster.image": "sha256:fake",
         "cluster.poll_interval": 0.05, "journal.path": ":memory:", "jobs.max_queue": 1_000_000,
         "lease.renew_interval": 5, "lease.ttl": 30, "metrics.enabled": metrics,
+        "jobs.max_jobs_per_device": 100,  # P5's 1,000 live jobs on a single worker (16 devices) must all run
     })
 
 
 async def _with_cluster(workers: int, body, metrics: bool = True):
     fake_cluster.DELAY = 0.0
     async with trio.open_nursery() as nursery:
-        world = FakeWorld([fake_node(i + 1, devices=8) for i in range(workers)], nursery)
+        world = FakeWorld([fake_node(i + 1, devices=16) for i in range(workers)], nursery)
         async with open_supervisor(settings(metrics), backends=world.backends(), serve_rpc=False) as sup:
             while not (ws := await sup.list_workers()) or not all(w.healthy for w in ws):
                 await trio.sleep(0.01)

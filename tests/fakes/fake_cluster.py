@@ -663,11 +663,13 @@ class FakeNode:
         if self.node.hostname in self.world.unreachable:
             raise SshError(self.node.hostname, "start warm job", "connection lost")
         warm_id = self.world.warm_taken.get(job_id)
+        container = None
         with trio.move_on_after(timeout):
             while True:
-                container = next((c for c in self.world.services.values() if c.warm_start is not None
-                                  and self.world.services_labels.get(c.service_id, {}).get(LABEL_JOB) == warm_id),
-                                 None)
+                if container is None or container.service_id not in self.world.services:
+                    container = next((c for c in self.world.services.values() if c.warm_start is not None and
+                                      self.world.services_labels.get(c.service_id, {}).get(LABEL_JOB) == warm_id),
+                                     None)
                 if container is not None and container.state == "running" and not container.stop.is_set() \
                         and not container.killed.is_set() and not container.warm_start.is_set():
                     container.env.update(json.loads(message)["env"])
