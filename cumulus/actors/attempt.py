@@ -278,7 +278,7 @@ class Attempt:
             (node.open_job_files(job_id=record.job_id, package=spec.package or await self._package(),
                                  restore=restore[1] if restore else None, from_warm=warm and warm.warm_id), "files"),
         ] + ([(job_requirements(ctx, node, reservation.node_id), "requirements")] if spec.requirements else []))
-        if taken is not None:  # renamed to the job's: released with its files and partition
+        if taken is not None:  # the job's now (renamed, or filled in place): released with its files and partition
             taken.dirs.handed_over = True
         if spec.package:  # uploaded: a retry reads it from the journal again
             record.spec = spec = replace(spec, package=b"")

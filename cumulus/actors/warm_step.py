@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TakenWarm:
     """A warm service a job's attempt took and owns: its service handle, and its directories on the worker, held
-    (removed on release) until the attempt has renamed them to its own and sets ``dirs.handed_over``."""
+    (removed on release) until its files and partition steps hold them and it sets ``dirs.handed_over``."""
 
     warm: WarmService
     service: Any  # the ServiceHandle
