@@ -50,6 +50,7 @@ from cumulus.backends import Backends, NodeConnections
 from cumulus.config import Settings, apply_cluster_description
 from cumulus.errors import InvalidRequest, PermissionDenied, SupervisorUnavailable
 from cumulus.history import HistoryEvent
+from cumulus.instance_api import InstanceCallsApi
 from cumulus.identity import LOCAL_ADMIN, Caller, Limits, TokenInfo
 from cumulus.index_credentials import (DeleteCredentials, IndexCredentialsInfo, ListCredentials, StoreCredentials,
                                        check_allowed, check_credential, normalised_url)
@@ -77,7 +78,7 @@ class Health:
     jobs_active: int = 0
 
 
-class SupervisorApi:
+class SupervisorApi(InstanceCallsApi):
     """What clients can ask of a running supervisor. Every method is a Trio coroutine.
 
     Errors: :class:`~cumulus.errors.RequestRejected` subclasses for bad or unsatisfiable requests,
@@ -86,7 +87,8 @@ class SupervisorApi:
     Users: every job method takes the ``caller`` (:class:`~cumulus.identity.Caller`, resolved from the RPC's token;
     :data:`~cumulus.identity.LOCAL_ADMIN`, who sees every job and has no limits, when omitted). A job belongs to
     the caller who submitted it; another user's job is :class:`~cumulus.errors.NotFound`, with the same message as
-    an unknown id, for every method (admins see all). See :class:`~cumulus.actors.cluster.ClusterActor`.
+    an unknown id, for every method (admins see all). See :class:`~cumulus.actors.cluster.ClusterActor`. Method
+    calls on class instances: :class:`~cumulus.instance_api.InstanceCallsApi`.
     """
 
     def __init__(self, settings: Settings) -> None:

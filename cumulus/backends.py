@@ -20,6 +20,7 @@ import trio
 from cumulus.config import Settings
 from cumulus.resources import files, image_pull, job_network, partition, swarm, swarm_secrets, user_image, warm
 from cumulus.resources.checkpoint_store import open_local_checkpoints
+from cumulus.resources.instance_channel import SOCKET_NAME, open_instance_channel
 from cumulus.resources.ssh import SshConnection, open_ssh_connection
 from cumulus.resources.swarm import NodeInfo, ServiceRequest, SwarmClient, TaskState
 from cumulus.resources.swarm_client import SwarmJoinInfo
@@ -50,6 +51,7 @@ class NodeBackend(Protocol):
                        from_warm: str | None = None) -> AbstractAsyncContextManager[Any]: ...
     def open_warm_dirs(self, warm_id: str, *, claimed: bool = False) -> AbstractAsyncContextManager[Any]: ...
     async def start_warm_job(self, job_id: str, message: bytes, timeout: float = ...) -> None: ...
+    def open_instance_channel(self, output_dir: str, *, max_frame: int) -> AbstractAsyncContextManager[Any]: ...
     def adopt_job_files(self, *, job_id: str) -> AbstractAsyncContextManager[Any]: ...
     def lease_dir(self, job_id: str) -> str | None: ...
     async def renew_leases(self) -> int: ...
@@ -217,6 +219,10 @@ class SshNodeBackend:
     async def start_warm_job(self, job_id: str, message: bytes, timeout: float = warm.START_TIMEOUT) -> None:
         await warm.start_warm_job(self.conn, posixpath.join(self._settings.cluster.jobs_dir, job_id), message, timeout)
 
+    def open_instance_channel(self, output_dir: str, *, max_frame: int):  # to a class instance serving there
+        return open_instance_channel(self.conn.asyncssh_connection, posixpath.join(output_dir, SOCKET_NAME),
+                                     label=self.label, max_frame=max_frame)
+
     def adopt_job_files(self, *, job_id: str):
         return files.adopt_job_files(self.conn, jobs_dir=self._settings.cluster.jobs_dir, job_id=job_id)
 
@@ -245,10 +251,7 @@ class SshNodeBackend:
             'done; echo $n'
         )
         result = await self.conn.run(script, check=False)
-        try:
-            return int(result.stdout.strip() or 0)
-        except ValueError:
-            return 0
+        return int(result.stdout.strip()) if result.stdout.strip().isdigit() else 0
 
     async def remove_job_dir(self, job_id: str) -> None:
         """Remove the job's directory and its lease directory (either may already be gone)."""

@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Callable
 
 import trio
 
+from cumulus.calls import CallStats
 from cumulus.identity import Limits
 from cumulus.history import MAX_QUEUE_EVENTS, HistoryEvent, scrub, secrets_of
 
@@ -87,12 +88,9 @@ class JobSpec:
     retry_exceptions: bool = False
     priority: int = 0
     max_queue_seconds: int = 0
-    memory_bytes: int = 0
-    """Container memory limit; 0 = ``containers.memory_mb``."""
-    cpus: float = 0.0
-    """Container CPU limit in cores; 0 = ``containers.cpus``."""
-    network: str = ""
-    """``internet`` (filtered egress) or ``none``; empty = ``containers.network``."""
+    memory_bytes: int = 0  # container memory limit; 0 = ``containers.memory_mb``
+    cpus: float = 0.0  # container CPU limit in cores; 0 = ``containers.cpus``
+    network: str = ""  # ``internet`` (filtered egress) or ``none``; empty = ``containers.network``
     secret_env: dict[str, str] = field(default_factory=dict, repr=False)
     """Like ``env`` for the job, but never stored in clear (the journal keeps it encrypted) nor logged."""
     owner: str = ""
@@ -115,6 +113,8 @@ class JobSpec:
     python: str = ""
     """The client's Python minor version (``3.13``, from the package's manifest): the job runs on the worker image
     for it (``cluster.images``); empty for a job journaled before versions were kept (the default image)."""
+    instance: bool = False  # a class instance: it serves method calls (cumulus/calls.py) until it is stopped
+    max_restarts: int = 0  # an instance: how often it is made again after it died (instead of ``retries``)
 
     @property
     def whole_devices(self) -> int:
@@ -192,6 +192,7 @@ class JobRecord:
         self.checkpoint_step: int | None = None  # the step of its newest checkpoint in the supervisor's store
         self.checkpoints = 0  # how many of its checkpoints the store keeps
         self.ran_seconds = 0.0  # how long its paused attempts ran (a resumed attempt gets the rest of its duration)
+        self.calls = CallStats()  # an instance's method calls (counted by its actor)
         self.finished = trio.Event()  # the terminal state is set
         self.torn_down = trio.Event()  # teardown finished and reported; nothing of the job remains
         self.halted = trio.Event()  # its container stopped and its partition released (the rest of the teardown follows)

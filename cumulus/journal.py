@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     owner           TEXT NOT NULL DEFAULT '',  -- the name of the token that submitted the job
     secret_env      BLOB,                   -- sealed (journal_rows.SecretBox), never clear text
     running_at      REAL,                   -- when the current attempt reached RUNNING (re-adoption's usage)
-    ran_seconds     REAL NOT NULL DEFAULT 0 -- how long its paused attempts ran (counts against its duration)
+    ran_seconds     REAL NOT NULL DEFAULT 0, -- how long its paused attempts ran (counts against its duration)
+    calls           TEXT                    -- an instance's calls per method, JSON (calls.CallStats.to_row)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS tokens (
@@ -133,7 +134,7 @@ class LoadEvents:
 
 # Columns added after the first release: a journal written before them gets them on open.
 ADDED_COLUMNS = {"owner": "TEXT NOT NULL DEFAULT ''", "secret_env": "BLOB", "running_at": "REAL",
-                 "ran_seconds": "REAL NOT NULL DEFAULT 0"}
+                 "ran_seconds": "REAL NOT NULL DEFAULT 0", "calls": "TEXT"}
 INDEXES = """
 DROP INDEX IF EXISTS jobs_idempotency;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_idempotency ON jobs(owner, idempotency_key)

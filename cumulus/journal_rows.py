@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
+from cumulus.calls import CallStats
 from cumulus.errors import ConfigError
 from cumulus.identity import Limits
 from cumulus.jobs import JobRecord, JobSpec, JobState, Placement, TeardownReport
@@ -81,6 +82,7 @@ def row_of(record: JobRecord, *, with_package: bool) -> dict[str, Any]:
             {"released": record.teardown.released, "leaked": record.teardown.leaked}),
         "submitted_at": record.submitted_at, "started_at": record.started_at, "finished_at": record.finished_at,
         "running_at": record.running_at, "ran_seconds": record.ran_seconds,
+        "calls": json.dumps(record.calls.to_row()) if record.spec.instance else None,
     }
     if with_package:
         row.update({
@@ -92,7 +94,8 @@ def row_of(record: JobRecord, *, with_package: bool) -> dict[str, Any]:
                                 "memory_bytes": spec.memory_bytes, "cpus": spec.cpus, "network": spec.network,
                                 "limits": asdict(spec.limits), "trace_id": spec.trace_id,
                                 "python": spec.python, "image": spec.image, "index_url": spec.index_url,
-                                "resume_on_timeout": spec.resume_on_timeout}),
+                                "resume_on_timeout": spec.resume_on_timeout, "instance": spec.instance,
+                                "max_restarts": spec.max_restarts}),
         })
     return row
 
@@ -111,7 +114,8 @@ def record_of(row: Mapping[str, Any]) -> JobRecord:
                    secret_env=dict(row.get("secret_env") or {}), owner=row.get("owner") or "",
                    limits=Limits(**meta.get("limits", {})), trace_id=meta.get("trace_id", ""),
                    python=meta.get("python", ""), image=meta.get("image", ""),
-                   index_url=meta.get("index_url", ""), resume_on_timeout=meta.get("resume_on_timeout", False))
+                   index_url=meta.get("index_url", ""), resume_on_timeout=meta.get("resume_on_timeout", False),
+                   instance=meta.get("instance", False), max_restarts=meta.get("max_restarts", 0))
     record = JobRecord(row["job_id"], spec)
     record.state = JobState(row["state"])
     record.reason = row["reason"]
@@ -127,6 +131,7 @@ def record_of(row: Mapping[str, Any]) -> JobRecord:
     # A journal from before ``running_at``: the first attempt's RUNNING is the job's start.
     record.running_at = row.get("running_at") or (row["started_at"] if row["attempt"] == 1 else None)
     record.ran_seconds = row.get("ran_seconds") or 0.0
+    record.calls = CallStats.from_row(json.loads(row["calls"]) if row.get("calls") else None)
     record.announce()
     if record.state.terminal:
         record.finished.set()

@@ -13,6 +13,7 @@ def test_contract_has_the_promised_rpcs_and_states():
     assert set(service.methods_by_name) == {
         "SubmitJob", "WatchJob", "GetJobStatus", "DescribeJob", "CancelJob", "ListWorkers", "ListJobs",
         "HealthCheck", "CreateToken", "ListTokens", "RevokeToken", "RotateToken", "GetUsage", "PauseJob", "ResumeJob",
+        "CallInstance",
     }
     assert service.methods_by_name["SubmitJob"].server_streaming
     assert service.methods_by_name["WatchJob"].server_streaming

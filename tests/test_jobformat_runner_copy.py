@@ -4,8 +4,8 @@ The runner (worker_image/image/runner.py with runner_package.py beside it) runs 
 imports nothing from ``cumulus``, so runner_package.py keeps its own copy of the member-name rule, the reserved
 env prefix and the limits. This file imports both (the runner's files by path) and checks that the copies agree:
 equal constants, and the same answer (same words) for the same member name or env name, including names generated
-by hypothesis. The supervisor's own copies of the job directory's file names and of the runner's end-of-stdout
-marker are tied here too.
+by hypothesis. The supervisor's own copies of the job directory's file names, of the runner's end-of-stdout
+marker and of the result size limit (runner_instance.py's, for a class instance's replies) are tied here too.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from cumulus import jobformat
 from cumulus.config import JobSettings
 
 IMAGE = Path(__file__).resolve().parents[1] / "worker_image" / "image"
-SIBLINGS = ("runner_package", "runner_checkpoint")  # what runner.py imports from its directory
+SIBLINGS = ("runner_package", "runner_checkpoint", "runner_warm", "runner_instance")  # what runner.py imports
+# from its directory
 
 
 def _load(name: str) -> ModuleType:
@@ -51,14 +52,15 @@ def _load(name: str) -> ModuleType:
 
 runner_copy = _load("runner_package")
 runner_checkpoint = _load("runner_checkpoint")
+runner_instance = _load("runner_instance")
 runner = _load("runner")
 
 SAME_CONSTANTS = ["FORMAT", "MANIFEST", "CALL", "PACKAGE_NAME", "RESULT_NAME", "MiB", "MAX_PACKAGE_MB",
                   "UNCOMPRESSED_FACTOR", "MAX_MEMBERS", "MAX_MANIFEST_BYTES", "RESERVED_ENV_PREFIX"]
 
 
-@pytest.mark.parametrize("module", [runner, runner_copy, runner_checkpoint],
-                         ids=["runner", "runner_package", "runner_checkpoint"])
+@pytest.mark.parametrize("module", [runner, runner_copy, runner_checkpoint, runner_instance],
+                         ids=["runner", "runner_package", "runner_checkpoint", "runner_instance"])
 def test_the_runner_stays_standalone(module):
     source = Path(module.__file__).read_text()
     assert "import cumulus" not in source and "from cumulus" not in source
@@ -120,6 +122,13 @@ def test_the_supervisors_copies_of_the_file_names_and_the_end_marker():
 
     assert (files.PACKAGE_NAME, files.RESULT_NAME) == (jobformat.PACKAGE_NAME, jobformat.RESULT_NAME)
     assert runner.STDOUT_END_MARKER == STDOUT_END_MARKER
+
+
+def test_an_instances_replies_have_the_supervisors_result_limit():
+    from cumulus.actors.result_fetch import MAX_RESULT_BYTES
+
+    assert runner_instance.MAX_RESULT_BYTES == MAX_RESULT_BYTES
+    assert runner.serve_instance.__module__ == "runner_instance"
 
 
 # ---- the member-name rule -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable
 
@@ -24,6 +24,7 @@ from cumulus import metrics
 from cumulus.actors.base import ActorRef
 from cumulus.actors.checkpoint_step import (CheckpointCopier, checkpoint_env,
                                             open_checkpoint_copy, request_pause, restore_point)
+from cumulus.actors.instance_calls import InstanceCalls, serve_instance
 from cumulus.actors.log_relay import LogRelay
 from cumulus.actors.outcome import JobStopped, Outcome, PauseCause
 from cumulus.actors.ownership import ResourceOwner
@@ -65,6 +66,7 @@ class JobContext:
     journal: ActorRef | None = None  # where a retry finds the package again (it leaves memory once uploaded)
     checkpoints: CheckpointStore | None = None  # where its checkpoints are kept (None: no checkpoints)
     workers: Callable[[str], ActorRef | None] | None = None  # a node's WorkerActor, which hands out warm services
+    calls: InstanceCalls | None = None  # a class instance's method calls (its JobActor's), served while it runs
 
 
 class Attempt:
@@ -133,10 +135,9 @@ class Attempt:
         return float(spec.duration) if spec.resume_on_timeout else max(spec.duration - self.record.ran_seconds, 1.0)
 
     def timed_out(self) -> Outcome:
-        if self.record.spec.resume_on_timeout:
-            return Outcome.failed(FailureReason.TIMEOUT, f"ran {self.duration:g} s: it runs again from its last "
-                                  "checkpoint (resume_on_timeout)")
-        return Outcome.failed(FailureReason.TIMEOUT, retry=False)
+        return Outcome.failed(FailureReason.TIMEOUT, f"ran {self.duration:g} s: it runs again from its last "
+                              "checkpoint (resume_on_timeout)") if self.record.spec.resume_on_timeout else \
+            Outcome.failed(FailureReason.TIMEOUT, retry=False)
 
     # ---- resources --------------------------------------------------------------------------------------------
     @asynccontextmanager
@@ -205,11 +206,8 @@ class Attempt:
         try:
             yield updates
         finally:
-            with trio.move_on_after(5, shield=True):
-                try:
-                    await watcher.call(Unwatch(job_id))
-                except ActorDied:
-                    pass
+            with trio.move_on_after(5, shield=True), suppress(ActorDied):
+                await watcher.call(Unwatch(job_id))
 
     @asynccontextmanager
     async def _stopped_on_its_node(self, node: NodeBackend, lease: Any) -> AsyncIterator[None]:
@@ -344,6 +342,8 @@ class Attempt:
                 nursery.start_soon(self._complete_when_finished, relay.finished, files, waiting)
                 if copier is not None:
                     nursery.start_soon(copier.run)
+                if self.ctx.calls is not None and self.node is not None:
+                    nursery.start_soon(serve_instance, self.node, files.output_dir, self.ctx.calls)
                 async for task in updates:
                     if task.service_id != service.id:
                         continue  # an earlier attempt's task, reported late (e.g. by a node that came back)
@@ -377,10 +377,8 @@ class Attempt:
 
     def _poll_now(self) -> None:
         """The runner wrote its last line: the container's exit follows, so have its task's state read at once."""
-        try:
+        with suppress(ActorDied, trio.WouldBlock):
             self.ctx.watcher.cast_nowait(PollNow())
-        except (ActorDied, trio.WouldBlock):
-            pass
 
     async def _watch_lease(self, lease: Any) -> None:
         await lease.lost.wait()

@@ -128,13 +128,26 @@ class ActorRef:
         Cancellation: if the caller is cancelled, the call is abandoned; a message already delivered may still be
         handled, and its answer is dropped.
         """
+        return await (await self.ask(message))()
+
+    async def ask(self, message: Any) -> Callable[[], Awaitable[Any]]:
+        """:meth:`call` in two steps: return once ``message`` is in the mailbox, with the wait for its answer.
+
+        Messages asked one after another from one task are handled in that order, while their answers are awaited
+        at once (by other tasks). The wait (at most one) raises as :meth:`call` does. Cancellation: cancelled
+        while delivering, nothing was sent; a wait that is cancelled abandons the answer.
+        """
         reply = _Reply()
         await self._deliver(_Envelope(message, reply))
-        answer = await reply.wait()
-        if answer is _CLOSED:
-            raise ActorDied(self.name, self._life.reason)
-        if isinstance(answer, _Failure):
-            raise answer.error
+
+        async def answer() -> Any:
+            value = await reply.wait()
+            if value is _CLOSED:
+                raise ActorDied(self.name, self._life.reason)
+            if isinstance(value, _Failure):
+                raise value.error
+            return value
+
         return answer
 
     async def cast(self, message: Any) -> None:
@@ -164,6 +177,26 @@ class ActorRef:
             raise ActorDied(self.name, self._life.reason) from None
 
 
+class DeferredReply:
+    """The answer to one call, given later by the actor that took it (OTP's ``noreply`` then
+    ``gen_server:reply``): see :meth:`Actor.reply_later`. Answered at most once; once its actor has stopped, an
+    answer is dropped (its caller already got ``ActorDied``)."""
+
+    __slots__ = ("_reply", "_pending")
+
+    def __init__(self, reply: _Reply, pending: set[DeferredReply]) -> None:
+        self._reply, self._pending = reply, pending
+        pending.add(self)
+
+    def answer(self, value: Any) -> None:
+        self._pending.discard(self)
+        self._reply.answer(value)
+
+    def fail(self, error: BaseException) -> None:
+        """The caller's wait raises ``error``."""
+        self.answer(_Failure(error))
+
+
 class Actor:
     """Base class for actors. Override :meth:`handle`, and :meth:`on_start` to acquire what the actor owns.
 
@@ -174,7 +207,9 @@ class Actor:
       in reverse order of acquisition;
     * ``self.start_soon(fn, *args)`` runs a background task that lives no longer than the actor; if it raises,
       the actor crashes;
-    * ``self.stop()`` ends the actor normally once the current message is handled.
+    * ``self.stop()`` ends the actor normally once the current message is handled;
+    * ``self.reply_later()``, in a handler, answers the call being handled later (the actor goes on with its next
+      message meanwhile).
     """
 
     mailbox_size: int = 64
@@ -192,6 +227,8 @@ class Actor:
         self._stopping = False
         self._handling = False
         self._pending_tasks: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] = []
+        self._envelope: _Envelope | None = None  # the message being handled
+        self._deferred: set[DeferredReply] = set()
 
     async def on_start(self) -> None:
         """Acquire owned resources (``await self.owner.own(...)``) and schedule background tasks
@@ -213,6 +250,16 @@ class Actor:
             self._pending_tasks.append((fn, args))
         else:
             self._nursery.start_soon(fn, *args)
+
+    def reply_later(self) -> DeferredReply:
+        """In :meth:`handle`, for a ``call``: its answer is given later with the returned
+        :class:`DeferredReply` (from any task of this actor), not by the handler's return value. If the actor
+        stops first, the caller gets ``ActorDied``. Raises RuntimeError outside the handling of a call."""
+        envelope = self._envelope
+        if envelope is None or envelope.reply is None:
+            raise RuntimeError("reply_later() is for the handler of a call")
+        reply, envelope.reply = envelope.reply, None
+        return DeferredReply(reply, self._deferred)
 
     def stop(self) -> None:
         """Stop this actor normally after the message being handled (at once if it is idle).
@@ -261,7 +308,7 @@ async def run_actor(actor: Actor, *, task_status: trio.TaskStatus[ActorRef] = tr
                 raise crash
             finally:
                 # Callers learn at once, before the (bounded) release of what the actor owns.
-                _retire(life, mailbox_receive, mailbox_send, current)
+                _retire(life, mailbox_receive, mailbox_send, current, actor._deferred)
                 actor._nursery = None
     finally:
         life.stopped.set()
@@ -284,7 +331,7 @@ async def _serve(actor: Actor, mailbox: trio.MemoryReceiveChannel, current: list
             envelope = await mailbox.receive()
             burst = 0
         current.append(envelope)
-        actor._handling = True
+        actor._handling, actor._envelope = True, envelope
         try:
             answer = await actor.handle(envelope.message)
         except RequestRejected as rejection:
@@ -294,7 +341,7 @@ async def _serve(actor: Actor, mailbox: trio.MemoryReceiveChannel, current: list
             current.clear()
             raise
         finally:
-            actor._handling = False
+            actor._handling, actor._envelope = False, None
         _answer(envelope, answer)
         current.clear()
 
@@ -309,6 +356,7 @@ def _retire(
     mailbox: trio.MemoryReceiveChannel,
     mailbox_send: trio.MemorySendChannel,
     current: list[_Envelope],
+    deferred: set[DeferredReply],
 ) -> None:
     """Mark the actor dead and close every reply channel it will never answer, then the mailbox itself.
 
@@ -316,6 +364,8 @@ def _retire(
     waiting on a full mailbox are handed over by ``receive_nowait`` and failed here; later ones see the close.
     """
     life.alive = False
+    for later in list(deferred):
+        later.answer(_CLOSED)
     for envelope in current:
         if envelope.reply is not None:
             envelope.reply.close()
@@ -338,4 +388,4 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-__all__ = ["Actor", "ActorRef", "run_actor"]
+__all__ = ["Actor", "ActorRef", "DeferredReply", "run_actor"]

@@ -34,7 +34,7 @@ from cumulus.resources.swarm_spec import CODE_MOUNT, LEASE_MOUNT, OUTPUT_MOUNT
 if TYPE_CHECKING:
     from cumulus.actors.attempt import JobContext
     from cumulus.config import Settings
-    from cumulus.resources.checkpoint_store import StoredCheckpoint
+    from cumulus.resources.checkpoint_store import CheckpointStore, StoredCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,33 @@ async def open_checkpoint_copy(ctx: JobContext, files: Any) -> AsyncIterator[Che
                 ctx.record.add_message("its last checkpoint could not be copied from its worker in time")
 
 
-__all__ = ["CHECKPOINTS_DIR", "RUNNER_EXIT_PAUSED", "CheckpointCopier", "checkpoint_env", "open_checkpoint_copy",
-           "request_pause",
-           "restore_point"]
+async def load_checkpoint_info(store: CheckpointStore | None, record: Any) -> None:
+    """After a supervisor restart: what the store keeps of the job's checkpoints (its status shows them)."""
+    if store is None:
+        return
+    try:
+        stored = await store.list(record.job_id)
+    except OSError as error:
+        log.warning("job %s: its checkpoints cannot be listed: %s", record.job_id, error)
+        return
+    if stored:
+        record.checkpoint_step, record.checkpoints = stored[-1].step, len(stored)
+
+
+async def remove_checkpoints(store: CheckpointStore | None, record: Any, timeout: float, released: list[str],
+                             leaked: list[str]) -> None:
+    """The job ended: its checkpoints leave the store (shielded, within ``timeout``), said in its teardown."""
+    if store is None:
+        return
+    with trio.move_on_after(timeout, shield=True) as bounded:
+        try:
+            if await store.remove_job(record.job_id):
+                released.append("checkpoints")
+        except OSError as error:
+            leaked.append(f"checkpoints: {error}")
+    if bounded.cancelled_caught:
+        leaked.append("checkpoints: not removed in time")
+
+
+__all__ = ["CHECKPOINTS_DIR", "RUNNER_EXIT_PAUSED", "CheckpointCopier", "checkpoint_env", "load_checkpoint_info",
+           "open_checkpoint_copy", "remove_checkpoints", "request_pause", "restore_point"]

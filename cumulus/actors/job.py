@@ -2,9 +2,9 @@
 decides on retries; journals the record and its history.
 
 Each attempt (``cumulus/actors/attempt.py``) owns, nested, everything it holds outside the process (reservation >
-partition lease + job files > task watch > service) and releases it in reverse, so **killing a JobActor at any point of its life - cancel request, cancelled task,
-crash - releases its partition and removes its service**; a release that fails is recorded in the teardown report,
-never hidden.
+partition lease + job files > task watch > service) and releases it in reverse, so **killing a JobActor at any point
+of its life - cancel request, cancelled task, crash - releases its partition and removes its service**; a release
+that fails is recorded in the teardown report, never hidden.
 
 States: QUEUED -> SCHEDULING -> CREATING_PARTITION -> RUNNING -> COMPLETED | FAILED | CANCELLED, and PAUSED (from any
 state before the end, on :class:`Pause`; back to QUEUED on :class:`Resume`). The terminal state is written once. A
@@ -15,8 +15,9 @@ COMPLETED/FAILED as soon as its exit and result are known; a job that is stopped
 infrastructure failure) gets its terminal state only after teardown, so it is never reported ended while its container
 still runs. The teardown outcome is recorded separately (``record.teardown``); then every event stream of it ends.
 
-Messages: :class:`Cancel`, :class:`Pause`, :class:`Resume` (from the cluster), and the Scheduler's ``Granted`` and
-``QueuePosition`` for the attempt waiting in its queue.
+Messages: :class:`Cancel`, :class:`Pause`, :class:`Resume` (from the cluster), the Scheduler's ``Granted`` and
+``QueuePosition`` for the attempt waiting in its queue, and a class instance's ``MethodCall`` (answered when the call
+ends) and ``CancelCall`` (``cumulus/actors/instance_calls.py``; an instance is made again ``max_restarts`` times).
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ from cumulus import metrics
 from cumulus.actors.adoption import AdoptedAttempt
 from cumulus.actors.attempt import Attempt, JobContext
 from cumulus.actors.base import Actor, ActorRef
-from cumulus.actors.outcome import JobStopped, Outcome, PauseCause, should_retry
+from cumulus.actors.checkpoint_step import load_checkpoint_info, remove_checkpoints
+from cumulus.actors.instance_calls import InstanceCalls
+from cumulus.actors.result_fetch import MAX_RESULT_BYTES
+from cumulus.actors.outcome import JobStopped, Outcome, PauseCause, should_restart, should_retry
 from cumulus.actors.scheduler import Granted, QueuePosition
 from cumulus.backends import NodeConnections, SwarmBackend
+from cumulus.calls import CancelCall, MethodCall
 from cumulus.config import Settings
 from cumulus.errors import ActorDied, CumulusError, WrongJobState
 from cumulus.history import HistoryEvent
@@ -105,8 +110,9 @@ class JobActor(Actor):
         self.settings = settings
         self.journal = journal
         self._start, self._note = start, note
+        self.calls = InstanceCalls(record, MAX_RESULT_BYTES) if record.spec.instance else None
         self._ctx = JobContext(record, settings, swarm, connections, scheduler, watcher, self.name,
-                               self.start_soon, lambda: self.ref, journal, checkpoints, workers)
+                               self.start_soon, lambda: self.ref, journal, checkpoints, workers, self.calls)
         self._tickets = itertools.count(1)
         self._life_scope = trio.CancelScope()
         self._stop_reason: Outcome | None = None
@@ -167,6 +173,10 @@ class JobActor(Actor):
                 return None
             case QueuePosition():
                 return None
+            case MethodCall() if self.calls is not None:
+                return self.calls.take(message, self.reply_later())
+            case CancelCall(_, key) if self.calls is not None:
+                return self.calls.cancel(key)
         raise TypeError(f"{self.name}: unknown message {message!r}")
 
     # ---- the journal (the record's hooks) ---------------------------------------------------------------------
@@ -231,32 +241,6 @@ class JobActor(Actor):
         self.record.attempt += 1 if renumber else 0
         self.record.add_message(f"resumed: attempt {self.record.attempt}")
 
-    async def _load_checkpoint_info(self) -> None:
-        """After a supervisor restart: what the store keeps of the job's checkpoints (its status shows them)."""
-        store, record = self._ctx.checkpoints, self.record
-        if store is None or self._start is Start.NEW:
-            return
-        try:
-            stored = await store.list(record.job_id)
-        except OSError as error:
-            log.warning("%s: its checkpoints cannot be listed: %s", self.name, error)
-            return
-        if stored:
-            record.checkpoint_step, record.checkpoints = stored[-1].step, len(stored)
-
-    async def _remove_checkpoints(self, released: list[str], leaked: list[str]) -> None:
-        store = self._ctx.checkpoints
-        if store is None:
-            return
-        with trio.move_on_after(self.settings.jobs.release_timeout, shield=True) as bounded:
-            try:
-                if await store.remove_job(self.record.job_id):
-                    released.append("checkpoints")
-            except OSError as error:
-                leaked.append(f"checkpoints: {error}")
-        if bounded.cancelled_caught:
-            leaked.append("checkpoints: not removed in time")
-
     # ---- the job's life ---------------------------------------------------------------------------------------
 
     async def _live(self) -> None:
@@ -268,7 +252,8 @@ class JobActor(Actor):
         paused, renumber = self._start is Start.PAUSED, True
         try:
             with self._life_scope:
-                await self._load_checkpoint_info()
+                if self._start is not Start.NEW:
+                    await load_checkpoint_info(self._ctx.checkpoints, record)
                 while True:
                     if paused:
                         await self._wait_for_resume(renumber=renumber)
@@ -277,6 +262,8 @@ class JobActor(Actor):
                                                else None if adopt else time.time())
                     step_before, outcome = record.checkpoint_step, None  # stopped from outside: no outcome
                     outcome = await self._attempt(released, leaked, adopt=adopt)
+                    if self.calls is not None:  # its calls in flight may have run: they end, never sent again
+                        self.calls.lost(f"attempt {record.attempt}: {outcome.reason or outcome.state.value}")
                     adopt = False  # a retry after this attempt starts afresh
                     if self._stop_reason is not None:
                         break
@@ -323,7 +310,10 @@ class JobActor(Actor):
             record.set_result(outcome.result)
         record.set_state(outcome.state, outcome.reason, failure=outcome.failure)  # once: may have ended
         self._record_usage(record.finished_at)  # the last attempt ends when the job does, as its status says
-        await self._remove_checkpoints(released, leaked)
+        await remove_checkpoints(self._ctx.checkpoints, record, self.settings.jobs.release_timeout, released, leaked)
+        if self.calls is not None:  # every call left, and each later one, ends INSTANCE_DIED
+            self.calls.close(f"instance {record.job_id} ended ({record.state.value}{': ' if record.reason else ''}"
+                             f"{record.reason})")
         record.set_torn_down(TeardownReport(released=tuple(released), leaked=tuple(leaked)))
         count_end(record)
         # The failure's kind, not the reason's text: that may quote the job's own exception message.
@@ -383,8 +373,10 @@ class JobActor(Actor):
             log.error("%s: could not journal the usage of attempt %d: %s", self.name, usage.attempt, error)
 
     def _should_retry(self, outcome: Outcome) -> bool:
-        spec = self.record.spec
-        return should_retry(outcome, attempt=self.record.attempt - self._uncounted, retries=spec.retries,
+        spec, counted = self.record.spec, self.record.attempt - self._uncounted
+        if spec.instance:
+            return should_restart(outcome, attempt=counted, max_restarts=spec.max_restarts)
+        return should_retry(outcome, attempt=counted, retries=spec.retries,
                             default_retries=self.settings.jobs.default_retries,
                             retry_exceptions=spec.retry_exceptions, resume_on_timeout=spec.resume_on_timeout)
 

@@ -92,4 +92,15 @@ def should_retry(outcome: Outcome, *, attempt: int, retries: int, default_retrie
     return outcome.retry and failure.infrastructure
 
 
-__all__ = ["COMPLETED", "JobStopped", "Outcome", "PauseCause", "should_retry"]
+def should_restart(outcome: Outcome, *, attempt: int, max_restarts: int) -> bool:
+    """Whether a class instance whose attempt ``attempt`` ended with ``outcome`` is made again: it died (its
+    process ended, its node or partition was lost, the supervisor lost it) and it has restarts left. An instance
+    whose constructor raised, that timed out, or was never placed is not."""
+    failure = outcome.failure
+    if outcome.state is not JobState.FAILED or failure is None or attempt > max_restarts:
+        return False
+    return failure not in (FailureReason.USER_EXCEPTION, FailureReason.TIMEOUT, FailureReason.QUEUE_TIMEOUT,
+                           FailureReason.INTERNAL, FailureReason.IMAGE_UNAVAILABLE, FailureReason.INVALID_RESULT)
+
+
+__all__ = ["COMPLETED", "JobStopped", "Outcome", "PauseCause", "should_restart", "should_retry"]

@@ -94,6 +94,10 @@ class SshConnection:
     def label(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def asyncssh_connection(self) -> Any:  # for channels of other kinds (cumulus.resources.instance_channel)
+        return self._conn
+
     async def _aio(self, fn: Callable[..., Awaitable[T]], *args: Any, what: str, timeout: float | None = None,
                    command_timeout: float = 0.0, label: str = "", **kwargs: Any) -> T:
         """Await an asyncssh coroutine; asyncssh/OS errors become :class:`SshError`, and so does ``timeout``

@@ -119,6 +119,11 @@ def status_to_pb(record: JobRecord) -> pb.JobStatus:
         checkpoints=record.checkpoints,
         ran_seconds=record.ran_seconds,
     )
+    if record.spec.instance:
+        calls = record.calls
+        msg.instance, msg.calls, msg.failed_calls = True, calls.calls, calls.failed
+        msg.methods.extend(pb.MethodCalls(method=name, calls=m.calls, failed=m.failed, seconds=m.seconds)
+                           for name, m in sorted(calls.methods.items()))
     if record.teardown is not None:
         msg.teardown.CopyFrom(teardown_to_pb(record.teardown))
     return msg

@@ -32,6 +32,7 @@ from cumulus.identity import Caller, Limits, TokenInfo
 from cumulus.rpc import convert
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.auth import NO_TOKEN, current_caller
+from cumulus.rpc.instance_stream import serve_instance_calls
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
 from cumulus.rpc.status import status_for
 from cumulus.tracing import TRACE_ID_REPLY_KEY, TRACEPARENT_KEY, trace_id_from
@@ -240,6 +241,13 @@ class OrchestratorServicer(cumulus_pb2_grpc.OrchestratorServiceServicer):
         _admin()
         info = await call_trio(self._api.revoke_token, request.name)
         return pb.RevokeTokenResponse(token=convert.token_to_pb(info))
+
+    async def CallInstance(self, requests: AsyncIterator[pb.InstanceCall], context: Any
+                           ) -> AsyncIterator[pb.InstanceReply]:
+        """Method calls on class instances (:mod:`cumulus.rpc.instance_stream`); each call ends with one reply."""
+        async with aclosing(serve_instance_calls(self._api, requests, _caller(), MAX_JOB_ID_LEN)) as replies:
+            async for reply in replies:
+                yield reply
 
     @_unary
     async def RotateToken(self, request: pb.RotateTokenRequest, context: Any) -> pb.RotateTokenResponse:

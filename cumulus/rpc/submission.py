@@ -53,6 +53,7 @@ def spec_from_submission(request: pb.JobSubmission, settings: Any, *, trace_id: 
             f"requirements {requirements} differ from the package's requirements.txt {info.requirements}; "
             f"the worker installs the package's list: build the package with the same requirements "
             f"(cumulus.client.packaging.build_package(..., requirements=...)) or leave the field empty")
+    check_instance(request, info.manifest)
     image = check_user_image(request.image, jobs.image_registries)
     index_url = check_package_index(request.index_url, jobs.package_indexes)
     # A user image brings its own python3 (the runner checks its version); requirements are installed with the
@@ -73,6 +74,8 @@ def spec_from_submission(request: pb.JobSubmission, settings: Any, *, trace_id: 
         name=name,
         idempotency_key=key,
         retries=request.retries,
+        instance=request.instance,
+        max_restarts=request.max_restarts,
         retry_exceptions=request.retry_exceptions,
         resume_on_timeout=request.resume_on_timeout,
         priority=request.priority,
@@ -83,6 +86,23 @@ def spec_from_submission(request: pb.JobSubmission, settings: Any, *, trace_id: 
         secret_env=secret_env,
         trace_id=trace_id,
     )
+
+
+def check_instance(request: pb.JobSubmission, manifest: dict[str, Any]) -> None:
+    """A class instance says so in the request and in its package's manifest alike; ``max_restarts`` is its own
+    (0..MAX_RETRIES), and the options of function jobs that rerun a job (retries, retry_exceptions,
+    resume_on_timeout) are not."""
+    packaged = manifest.get("instance") is True
+    if request.instance != packaged:
+        raise InvalidRequest(f"instance={request.instance} but the package's manifest says "
+                             f"{'a class instance' if packaged else 'a function job'}: build the package with "
+                             f"build_package(..., instance={packaged}) and send the same")
+    _check_range("max_restarts", request.max_restarts, 0, MAX_RETRIES)
+    if request.max_restarts and not request.instance:
+        raise InvalidRequest("max_restarts is for class instances; a function job uses retries")
+    if request.instance and (request.retries or request.retry_exceptions or request.resume_on_timeout):
+        raise InvalidRequest("retries, retry_exceptions and resume_on_timeout are for function jobs; an instance "
+                             "is made again after it died with max_restarts")
 
 
 def check_container_options(request: pb.JobSubmission, containers: Any) -> tuple[int, float, str]:

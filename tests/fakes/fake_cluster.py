@@ -7,21 +7,29 @@ a failure envelope), ``FAKE_NO_RESULT=1`` (exits without an envelope). A trainin
 every ``FAKE_SAVE_EVERY`` steps (default 1; its bytes say the step), stopping at a pause request (exit 3, as the runner)
 unless ``FAKE_IGNORE_PAUSE=1``; its result is ``ok:<job id>:<last step>``. Every operation takes a little (virtual)
 time, so that cancellations can land in the middle of each one. Nothing here talks to Docker or SSH.
+
+A class instance's channel (:class:`FakeInstanceChannel`) serves while its job's container runs: a call's reply
+envelope is ok with the call's own args as its value (the supervisor never unpickles it), or not ok for the method
+``fail``; ``slow`` answers after a second; ``crash`` ends the container (exit 137, as if it died); the world counts
+each job's calls that ran (``instance_calls``).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import json
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Iterator
 
 import docker.errors
+import msgpack
 import trio
 
 from cumulus.backends import Backends, NodeOrphans
 from cumulus.resources.checkpoint_store import StoredCheckpoint
+from cumulus.resources.instance_channel import InstanceChannelLost, InstanceNotServing
 from cumulus.resources.partition import LeaseLoss
 from cumulus.resources.ssh import SshError
 from cumulus.resources.swarm import ServiceHandle, SwarmError
@@ -127,6 +135,7 @@ class FakeWorld:
         self.services_labels: dict[str, dict[str, str]] = {}
         self.running: set[str] = set()  # service ids whose container process is alive
         self.unreachable: set[str] = set()  # hostnames whose SSH is cut
+        self.instance_calls: dict[str, list[str]] = {}  # an instance's job id -> the methods its calls ran
         self.not_isolated: dict[str, str] = {}  # hostname -> why its job isolation check fails
         self.max_used: dict[tuple[str, int], float] = {}
         self.frozen = False  # set when the supervisor "dies": nothing it owned gets released
@@ -264,8 +273,12 @@ class FakeWorld:
             if "FAKE_STEPS" in container.env:
                 exit_code = await self.run_training(container)
             else:
-                with trio.move_on_after(runtime):
+                with trio.move_on_after(runtime) as running:
+                    self.nursery.start_soon(_cancel_when, container.killed, running)
                     await container.stop.wait()
+            if container.killed.is_set():  # it died (an instance's ``crash``): it fails, its service stays
+                container.state, container.exit_code = "failed", 137
+                return
             if container.stop.is_set():
                 await trio.sleep(DELAY)  # SIGTERM -> init -> exit
                 container.state, container.exit_code = "shutdown", 143
@@ -656,6 +669,24 @@ class FakeNode:
             if not dirs.handed_over and not self.world.frozen:
                 self.world.job_dirs.discard((self.node.hostname, warm_id))
 
+    @asynccontextmanager
+    async def open_instance_channel(self, output_dir: str, *, max_frame: int) -> AsyncIterator[Any]:
+        await trio.sleep(DELAY / 10)
+        if self.label in self.world.unreachable:
+            raise InstanceChannelLost(f"{self.label}: connection lost")
+        job_id = output_dir.rstrip("/").split("/")[-2]
+        dirs = {job_id, self.world.warm_taken.get(job_id)}  # a warm container's mount keeps the warm name
+        running = [c for c in self.world.services.values() if c.mount_dir in dirs and c.state == "running"
+                   and (c.warm_start is None or c.warm_start.is_set())]
+        if not running:
+            raise InstanceNotServing(f"{self.label}: nothing listens for {job_id}")
+        channel = FakeInstanceChannel(self.world, self.label, running[0], job_id)
+        self.world.nursery.start_soon(channel.run)
+        try:
+            yield channel
+        finally:
+            channel.scope.cancel()
+
     async def start_warm_job(self, job_id: str, message: bytes, timeout: float = 3.0) -> None:
         """Like the real one: blocks until the warm container's runner waits (it may still be starting), or until
         ``timeout`` (one that is gone never opens its FIFO)."""
@@ -731,3 +762,46 @@ async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
 
 
 __all__ = ["FakeWorld", "fake_node"]
+
+
+class FakeInstanceChannel:
+    """A FAKE channel to a class instance (see the module's docstring): calls run one at a time, in order."""
+
+    def __init__(self, world: FakeWorld, label: str, container: FakeContainer, job_id: str) -> None:
+        self.world, self.label, self.container, self.job_id = world, label, container, job_id
+        self._calls_send, self._calls = trio.open_memory_channel[dict](math.inf)
+        self._replies_send, self._replies = trio.open_memory_channel[bytes](math.inf)
+        self.scope = trio.CancelScope()
+
+    def _broken(self) -> bool:
+        return self.container.state != "running" or self.label in self.world.unreachable
+
+    async def send(self, frames: list[bytes]) -> None:
+        await trio.sleep(0)
+        if self._broken():
+            raise InstanceChannelLost(f"{self.label}: the instance is gone")
+        for frame in frames:
+            self._calls_send.send_nowait(msgpack.unpackb(frame, raw=False))
+
+    async def receive(self) -> bytes:
+        while not self._broken():
+            with trio.move_on_after(DELAY):
+                return await self._replies.receive()
+        raise InstanceChannelLost(f"{self.label}: the instance closed its socket")
+
+    async def run(self) -> None:
+        with self.scope:
+            await self._serve()
+
+    async def _serve(self) -> None:
+        async for call in self._calls:
+            method = call["method"]
+            await trio.sleep(1.0 if method == "slow" else DELAY / 10)
+            if method == "crash":
+                self.container.killed.set()
+                return
+            if self._broken():
+                return
+            self.world.instance_calls.setdefault(self.job_id, []).append(method)
+            envelope = msgpack.packb({"format": 1, "ok": method != "fail", "value": call["args"]}, use_bin_type=True)
+            self._replies_send.send_nowait(msgpack.packb({"id": call["id"], "envelope": envelope}, use_bin_type=True))

@@ -14,7 +14,8 @@ Formats: docs/job-format.md.
 Exit status: 0 success; 1 the job's code raised (or its result could not be pickled); 2 infrastructure failure
 (bad package, requirement install failed, output not writable) - the envelope's exc_type says which; 3 paused
 (the job acknowledged the supervisor's pause request and returned: no envelope; runner_checkpoint.py).
-A warm service's runner (``CUMULUS_WARM=1``) first waits for its one job: runner_warm.py.
+A warm service's runner (``CUMULUS_WARM=1``) first waits for its one job: runner_warm.py. A class job (manifest
+``"instance": true``) constructs the instance as a function is called, then serves its methods: runner_instance.py.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import msgpack  # noqa: E402
 
 from runner_package import (CALL, FORMAT, PACKAGE_NAME, RESULT_NAME, InfraFailure, extract,  # noqa: E402
                             files_area, job_env, read_secret_env)  # the job format: its copy of cumulus.jobformat, and extraction
+from runner_instance import serve_instance  # noqa: E402 - a class job's instance (it imports cloudpickle, msgpack)
 
 PIP_TIMEOUT_S = float(os.environ.get("CUMULUS_PIP_TIMEOUT", "900"))
 DEPS_MOUNT = "/cumulus/deps"  # cumulus.resources.swarm_spec.DEPS_MOUNT: requirements installed by the supervisor
@@ -273,7 +275,7 @@ def write_envelope(out_dir: str, envelope: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------- main
 
-def run_job(code_dir: str, work: str) -> tuple[int, dict | None]:
+def run_job(code_dir: str, work: str, out_dir: str) -> tuple[int, dict | None]:
     manifest = extract(os.path.join(code_dir, PACKAGE_NAME), work)
     fn = manifest.get("function", "?")
     want_cp, have_cp = str(manifest.get("cloudpickle", "")), cloudpickle_version()
@@ -314,6 +316,9 @@ def run_job(code_dir: str, work: str) -> tuple[int, dict | None]:
         tb = "".join(traceback.format_exception(type(exc), exc, tb_obj))
         sys.stderr.write(tb)
         return EXIT_USER, failure(type_name(type(exc)), str(exc), tb, pickle_exception(exc))
+    if manifest.get("instance") is True:  # func was a class and value its instance: serve it until stopped
+        return serve_instance(value, out_dir, started=T0, failure=failure, pickle_exception=pickle_exception,
+                              type_name=type_name)
     if job_paused():  # no envelope: the supervisor resumes the job from its last checkpoint
         return EXIT_PAUSED, None
     try:
@@ -348,7 +353,7 @@ def main() -> int:
     cwd = os.getcwd()
     try:
         try:
-            code, envelope = run_job(code_dir, work)
+            code, envelope = run_job(code_dir, work, out_dir)
         except InfraFailure as exc:
             log(f"{exc.exc_type}: {exc.message}")
             code, envelope = EXIT_INFRA, failure(exc.exc_type, exc.message, exc.detail)

@@ -22,6 +22,14 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANCELLED: _ClassVar[JobState]
     PAUSED: _ClassVar[JobState]
 
+class CallEnd(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CALL_END_UNSPECIFIED: _ClassVar[CallEnd]
+    CALL_RETURNED: _ClassVar[CallEnd]
+    CALL_INSTANCE_DIED: _ClassVar[CallEnd]
+    CALL_CANCELLED: _ClassVar[CallEnd]
+    CALL_REFUSED: _ClassVar[CallEnd]
+
 class UsageGroup(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     USAGE_GROUP_UNSPECIFIED: _ClassVar[UsageGroup]
@@ -37,13 +45,18 @@ COMPLETED: JobState
 FAILED: JobState
 CANCELLED: JobState
 PAUSED: JobState
+CALL_END_UNSPECIFIED: CallEnd
+CALL_RETURNED: CallEnd
+CALL_INSTANCE_DIED: CallEnd
+CALL_CANCELLED: CallEnd
+CALL_REFUSED: CallEnd
 USAGE_GROUP_UNSPECIFIED: UsageGroup
 BY_USER: UsageGroup
 BY_JOB: UsageGroup
 BY_WORKER: UsageGroup
 
 class JobSubmission(_message.Message):
-    __slots__ = ("code_package", "requirements", "gpu", "duration_seconds", "env", "idempotency_key", "name", "retries", "retry_exceptions", "priority", "max_queue_seconds", "memory_bytes", "cpus", "network", "secret_env", "image", "index_url", "resume_on_timeout")
+    __slots__ = ("code_package", "requirements", "gpu", "duration_seconds", "env", "idempotency_key", "name", "retries", "retry_exceptions", "priority", "max_queue_seconds", "memory_bytes", "cpus", "network", "secret_env", "image", "index_url", "resume_on_timeout", "instance", "max_restarts")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +89,8 @@ class JobSubmission(_message.Message):
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     INDEX_URL_FIELD_NUMBER: _ClassVar[int]
     RESUME_ON_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     code_package: bytes
     requirements: _containers.RepeatedScalarFieldContainer[str]
     gpu: float
@@ -94,7 +109,9 @@ class JobSubmission(_message.Message):
     image: str
     index_url: str
     resume_on_timeout: bool
-    def __init__(self, code_package: _Optional[bytes] = ..., requirements: _Optional[_Iterable[str]] = ..., gpu: _Optional[float] = ..., duration_seconds: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., priority: _Optional[int] = ..., max_queue_seconds: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., network: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., index_url: _Optional[str] = ..., resume_on_timeout: _Optional[bool] = ...) -> None: ...
+    instance: bool
+    max_restarts: int
+    def __init__(self, code_package: _Optional[bytes] = ..., requirements: _Optional[_Iterable[str]] = ..., gpu: _Optional[float] = ..., duration_seconds: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., priority: _Optional[int] = ..., max_queue_seconds: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., network: _Optional[str] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., index_url: _Optional[str] = ..., resume_on_timeout: _Optional[bool] = ..., instance: _Optional[bool] = ..., max_restarts: _Optional[int] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("stream", "text")
@@ -219,7 +236,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "name", "state", "reason", "worker", "device_index", "gpu", "partition_id", "service_id", "submitted_at", "started_at", "finished_at", "attempt", "teardown", "has_result", "queue_position", "owner", "trace_id", "python", "image", "checkpoint_step", "checkpoints", "ran_seconds")
+    __slots__ = ("job_id", "name", "state", "reason", "worker", "device_index", "gpu", "partition_id", "service_id", "submitted_at", "started_at", "finished_at", "attempt", "teardown", "has_result", "queue_position", "owner", "trace_id", "python", "image", "checkpoint_step", "checkpoints", "ran_seconds", "instance", "calls", "failed_calls", "methods")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +260,10 @@ class JobStatus(_message.Message):
     CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     RAN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: JobState
@@ -266,7 +287,51 @@ class JobStatus(_message.Message):
     checkpoint_step: int
     checkpoints: int
     ran_seconds: float
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., worker: _Optional[str] = ..., device_index: _Optional[int] = ..., gpu: _Optional[float] = ..., partition_id: _Optional[str] = ..., service_id: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., has_result: _Optional[bool] = ..., queue_position: _Optional[int] = ..., owner: _Optional[str] = ..., trace_id: _Optional[str] = ..., python: _Optional[str] = ..., image: _Optional[str] = ..., checkpoint_step: _Optional[int] = ..., checkpoints: _Optional[int] = ..., ran_seconds: _Optional[float] = ...) -> None: ...
+    instance: bool
+    calls: int
+    failed_calls: int
+    methods: _containers.RepeatedCompositeFieldContainer[MethodCalls]
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., worker: _Optional[str] = ..., device_index: _Optional[int] = ..., gpu: _Optional[float] = ..., partition_id: _Optional[str] = ..., service_id: _Optional[str] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., teardown: _Optional[_Union[TeardownReport, _Mapping]] = ..., has_result: _Optional[bool] = ..., queue_position: _Optional[int] = ..., owner: _Optional[str] = ..., trace_id: _Optional[str] = ..., python: _Optional[str] = ..., image: _Optional[str] = ..., checkpoint_step: _Optional[int] = ..., checkpoints: _Optional[int] = ..., ran_seconds: _Optional[float] = ..., instance: _Optional[bool] = ..., calls: _Optional[int] = ..., failed_calls: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodCalls, _Mapping]]] = ...) -> None: ...
+
+class MethodCalls(_message.Message):
+    __slots__ = ("method", "calls", "failed", "seconds")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    calls: int
+    failed: int
+    seconds: float
+    def __init__(self, method: _Optional[str] = ..., calls: _Optional[int] = ..., failed: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class InstanceCall(_message.Message):
+    __slots__ = ("job_id", "call_id", "method", "args", "cancel")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    call_id: int
+    method: str
+    args: bytes
+    cancel: bool
+    def __init__(self, job_id: _Optional[str] = ..., call_id: _Optional[int] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., cancel: _Optional[bool] = ...) -> None: ...
+
+class InstanceReply(_message.Message):
+    __slots__ = ("call_id", "end", "envelope", "message", "code")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    end: CallEnd
+    envelope: bytes
+    message: str
+    code: int
+    def __init__(self, call_id: _Optional[int] = ..., end: _Optional[_Union[CallEnd, str]] = ..., envelope: _Optional[bytes] = ..., message: _Optional[str] = ..., code: _Optional[int] = ...) -> None: ...
 
 class CancelJobRequest(_message.Message):
     __slots__ = ("job_id", "until_stopped")

@@ -109,6 +109,11 @@ class OrchestratorServiceStub:
                 request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.CallInstance = channel.stream_stream(
+                '/cumulus.v1.OrchestratorService/CallInstance',
+                request_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.InstanceCall.SerializeToString,
+                response_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.InstanceReply.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -223,6 +228,15 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CallInstance(self, request_iterator, context):
+        """Method calls on class instances (jobs submitted with JobSubmission.instance). One stream carries any number of
+        calls, to any instances the caller owns; calls to one instance on one stream run in the order they were sent.
+        Each call gets exactly one InstanceReply (in the order they end, not necessarily the order sent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -300,6 +314,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetUsageRequest.FromString,
                     response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'CallInstance': grpc.stream_stream_rpc_method_handler(
+                    servicer.CallInstance,
+                    request_deserializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.InstanceCall.FromString,
+                    response_serializer=cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.InstanceReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -707,6 +726,33 @@ class OrchestratorService:
             '/cumulus.v1.OrchestratorService/GetUsage',
             cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetUsageRequest.SerializeToString,
             cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CallInstance(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cumulus.v1.OrchestratorService/CallInstance',
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.InstanceCall.SerializeToString,
+            cumulus_dot_rpc_dot_generated_dot_v1_dot_cumulus__pb2.InstanceReply.FromString,
             options,
             channel_credentials,
             insecure,
