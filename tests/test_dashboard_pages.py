@@ -257,3 +257,26 @@ async def test_the_job_page_pauses_and_resumes_its_job():
         assert running.state is not JobState.PAUSED
         await d.api.cancel(running.job_id, caller=ALICE)
         await alice.aclose()
+
+
+async def test_a_class_instance_shows_its_calls_on_the_jobs_and_job_pages():
+    from cumulus.calls import CallKey, MethodCall
+
+    async with dashboard() as d:
+        record = await d.api.submit(spec(runtime=600, instance=True, max_restarts=2), caller=ALICE)
+        for i, method in enumerate(["predict"] * 3 + ["fail"]):
+            waiter = await d.api.send_call(MethodCall(record.job_id, method, b"x", CallKey(1, i)), caller=ALICE)
+            await waiter()
+        alice = await d.signed_in("alice")
+        row = parse((await alice.get("/jobs")).text).by_id("jobs").find_all("tr", data_job_id=record.job_id)[0]
+        assert "instance · 4 calls" in row.text
+        fields = parse((await alice.get(f"/jobs/{record.job_id}")).text).by_id("job-fields")
+        assert fields.find_all(id="kind")[0].text.startswith("class instance (max_restarts 2)")
+        assert fields.find_all(id="attempts")[0].text == "1 of at most 3"
+        calls = fields.find_all(id="calls")[0]
+        assert (calls.attrs["data-calls"], calls.attrs["data-failed"]) == ("4", "1")
+        rows = {tr.attrs["data-method"]: [td.text for td in tr.find_all("td")]
+                for tr in calls.find_all("tr", data_method=None)}
+        assert [rows["predict"][1], rows["fail"][1], rows["fail"][2]] == ["3", "1", "1"]
+        await d.api.cancel(record.job_id)
+        await alice.aclose()
