@@ -1,7 +1,9 @@
 """Random fault schedules on the in-memory fakes: cancels, actor kills, lost partitions, nodes cut off and back,
-pauses and resumes, idle warm containers killed, and supervisor shutdowns, at random moments of random jobs (some of them fake training loops
-that save checkpoints and return at a pause request, or ignore it). After each schedule: nothing held anywhere,
-exactly one terminal state per job, every completed job's result kept, every share back to zero, no warm container
+pauses and resumes, idle warm containers killed, method calls on class instances (some crashing the instance), and
+supervisor shutdowns, at random moments of random jobs (some of them fake training loops that save checkpoints and
+return at a pause request, or ignore it; some class instances, made again after they died). After each schedule: nothing held anywhere,
+exactly one terminal state per job, every completed job's result kept, every share back to zero, every method call
+ended exactly once, no warm container
 that ran two jobs, no warm service left after the supervisor stopped; and each time a
 pause returns with the job PAUSED, nothing of that job is held (no partition, service, job dir or reservation).
 
@@ -23,6 +25,7 @@ from hypothesis import strategies as st
 
 from cumulus.actors.scheduler import NodeJobs
 from cumulus.app import open_supervisor
+from cumulus.calls import CallEnd, CallKey, MethodCall
 from cumulus.errors import CumulusError
 from cumulus.jobs import JobState
 from tests.fakes.fake_cluster import FakeWorld, fake_node
@@ -32,14 +35,14 @@ from tests.trio_watchdog import hang_watchdog
 
 pytestmark = pytest.mark.chaos
 EXAMPLES = int(os.environ.get("CUMULUS_CHAOS_EXAMPLES", "6000"))
-PLAIN = {"gpu": 0.2, "runtime": 0.1, "exit_code": 0, "retries": 0, "training": None}
+PLAIN = {"gpu": 0.2, "runtime": 0.1, "exit_code": 0, "retries": 0, "training": None, "instance": False}
 TRAINING = {**PLAIN, "training": {"FAKE_STEPS": "20", "FAKE_SAVE_EVERY": "1", "FAKE_IGNORE_PAUSE": "0"}}
-COUNTS = {"schedules": 0, "faults": 0, "leaks": 0, "pauses": 0, "resumes": 0}
+COUNTS = {"schedules": 0, "faults": 0, "leaks": 0, "pauses": 0, "resumes": 0, "calls": 0}
 
 fault = st.fixed_dictionaries({
     "at": st.floats(0, 4),
     "kind": st.sampled_from(["cancel", "kill", "lose_partition", "cut_node", "restore_node", "pause", "pause_resume",
-                             "resume", "kill_warm"]),
+                             "resume", "kill_warm", "calls"]),
     "target": st.integers(0, 7),
     "grace": st.sampled_from([0.2, 1.0, 3.0]),  # a pause's grace period, and how long a pause_resume waits
 })
@@ -55,6 +58,7 @@ job = st.fixed_dictionaries({
     "exit_code": st.sampled_from([0, 0, 0, 1]),
     "retries": st.sampled_from([0, 1]),
     "training": training,
+    "instance": st.sampled_from([False, False, True]),  # a class instance: its ``calls`` faults call it
 })
 
 
@@ -71,6 +75,10 @@ job = st.fixed_dictionaries({
                  {"at": 0.25, "kind": "cancel", "target": 1, "grace": 0.2},
                  {"at": 0.125, "kind": "pause", "target": 1, "grace": 0.2}],
          shutdown_at=None, end_paused="cancel")
+# Found once: calls to an instance paused before it ran wait for its resume (the check waited for them first).
+@example(jobs=[{**PLAIN, "instance": True}, PLAIN], faults=[{"at": 0.0, "kind": "pause", "target": 0, "grace": 0.2},
+                                                           {"at": 2.0, "kind": "calls", "target": 0, "grace": 3.0}],
+         shutdown_at=None, end_paused="resume")
 @given(jobs=st.lists(job, min_size=1, max_size=8), faults=st.lists(fault, max_size=6),
        shutdown_at=st.one_of(st.none(), st.floats(0, 6)), end_paused=st.sampled_from(["resume", "cancel"]))
 def test_random_fault_schedules_leave_nothing_behind(jobs, faults, shutdown_at, end_paused):
@@ -84,7 +92,8 @@ def CHAOS_SUMMARY() -> str:  # noqa: N802 - read by tests/conftest.py for the ru
     if not COUNTS["schedules"]:
         return ""
     return (f"chaos (fakes): {COUNTS['schedules']} schedules, {COUNTS['faults']} faults injected "
-            f"({COUNTS['pauses']} jobs paused, {COUNTS['resumes']} resumed), {COUNTS['leaks']} leaks found")
+            f"({COUNTS['pauses']} jobs paused, {COUNTS['resumes']} resumed, {COUNTS['calls']} instance calls "
+            f"ended), {COUNTS['leaks']} leaks found")
 
 
 def teardown_module():
@@ -99,15 +108,19 @@ async def _watched_schedule(jobs, faults, shutdown_at, end_paused):
 
 
 def _spec(params):
-    """The job's spec: a plain fake job, or a training loop (with the job's retries and duration)."""
+    """The job's spec: a plain fake job, a training loop (with the job's retries and duration), or a class
+    instance (its retries are its max_restarts)."""
     params = dict(params)
     env = params.pop("training")
+    if params.pop("instance", False):
+        params.update(instance=True, max_restarts=params.pop("retries"), runtime=params["runtime"] * 10)
     return spec(**params, duration=30, env=env or {})
 
 
 async def _schedule(jobs, faults, shutdown_at, end_paused):
     records = []
     resumes: dict[str, int] = {}  # job id -> resumes asked so far (a pause's check holds only without one)
+    calls: list = []  # the waits for the replies of the calls sent to instances
     async with trio.open_nursery() as world_nursery:
         world = FakeWorld([fake_node(1), fake_node(2)], world_nursery)
         with trio.fail_after(3_000):  # virtual seconds (autojump): a stuck job fails the example fast
@@ -121,13 +134,18 @@ async def _schedule(jobs, faults, shutdown_at, end_paused):
                         for params in jobs:
                             records.append(await sup.submit(_spec(params)))
                         for f in faults:
-                            nursery.start_soon(_inject, sup, world, records, f, resumes)
+                            nursery.start_soon(_inject, sup, world, records, f, resumes, calls)
                     for hostname in ("fw1", "fw2"):
                         world.restore(hostname)
                     for record in records:  # no pause comes any more: each paused job is resumed, or cancelled
                         await _end_pause(sup, record, end_paused)
                     for record in records:
                         await record.torn_down.wait()
+                    for waiter in calls:  # every job has ended: each of its calls has its one reply
+                        with trio.fail_after(1):
+                            reply = await waiter()
+                        assert reply.end in (CallEnd.RETURNED, CallEnd.INSTANCE_DIED), reply
+                        COUNTS["calls"] += 1
                     for worker in await sup.list_workers():
                         assert all(d.used_share == 0 for d in worker.devices), worker
         leaks = [r.teardown.leaked for r in records if r.teardown and r.teardown.leaked]
@@ -191,7 +209,7 @@ async def _pause_and_check(sup, world, record, grace: float, resumes: dict[str, 
         assert held == [], f"paused {job_id} holds a reservation on {held}"
 
 
-async def _inject(sup, world, records, f, resumes):
+async def _inject(sup, world, records, f, resumes, calls):
     await trio.sleep(f["at"])
     record = records[f["target"] % len(records)]
     hostname = f"fw{f['target'] % 2 + 1}"
@@ -220,6 +238,14 @@ async def _inject(sup, world, records, f, resumes):
                     if partition.job_id == record.job_id:
                         partition.lost_reason = "partition expired"
                         partition.lost.set()
+            case "calls":  # three calls: quick ones, slow ones, or one that crashes the instance first
+                method = {0.2: "work", 1.0: "slow", 3.0: "crash"}[f["grace"]]
+                instances = [r for r in records if r.spec.instance]
+                record = instances[f["target"] % len(instances)] if instances else record
+                for i in range(3):  # each must end exactly once: checked once every job has ended
+                    key = CallKey(id(f), i)
+                    calls.append(await sup.send_call(MethodCall(record.job_id, method if i == 0 else "work",
+                                                                b"x", key)))
             case "cut_node":
                 world.cut(hostname)
             case _:

@@ -136,3 +136,39 @@ def test_killing_its_node_raises_actor_died_in_the_caller(sup, cluster):
     sup.wait_workers(sup.worker_hostnames, timeout=90)
     problems = sup.leftovers([handle.job_id], settle=60)
     assert [p for p in problems if "teardown leaked" not in p] == [], problems
+
+
+class Durable:
+    """Keeps its count in checkpoints: an instance made again after it died starts from the last one."""
+
+    def __init__(self) -> None:
+        import cumulus
+
+        self.count = cumulus.checkpoint.load() or 0
+
+    def incr(self) -> int:
+        import cumulus
+
+        self.count += 1
+        cumulus.checkpoint.save(self.count)
+        return self.count
+
+    def crash(self) -> None:
+        os._exit(1)
+
+
+def test_a_crashed_instance_is_made_again_from_its_last_checkpoint(sup):
+    handle = cumulus.remote(Durable).options(address=sup.address, gpu=0.25, duration=300, max_restarts=1).remote()
+    assert [handle.incr.remote().result(CALL_TIMEOUT) for _ in range(5)] == [1, 2, 3, 4, 5]
+    with sup.client() as client:
+        deadline = time.monotonic() + 60
+        while client.status(handle.job_id).checkpoint_step != 4:  # the newest reached the supervisor's store
+            assert time.monotonic() < deadline, client.status(handle.job_id)
+            time.sleep(0.1)
+        with pytest.raises(cumulus.ActorDied):
+            handle.crash.remote().result(CALL_TIMEOUT)
+        assert handle.incr.remote().result(CALL_TIMEOUT) == 6  # the new instance, from the checkpoint of 5
+        status = client.status(handle.job_id)
+        assert status.attempt == 2 and status.state == "RUNNING", status
+        cumulus.kill(handle)
+    sup.assert_nothing_left([handle.job_id], expect={handle.job_id: "CANCELLED"})
