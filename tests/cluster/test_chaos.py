@@ -8,7 +8,9 @@ loopback port and journal; ``lease: {renew_interval: 1, ttl: 6}``) and talks to 
 (b) a worker node killed mid-job (``cumulus local kill-node 1``), revived afterwards;
 (c) a worker's network cut (its host-side veth down) for longer than the lease TTL while a job runs there;
 (d) 50 cancels at random moments of 50 short jobs;
-(e) 12 jobs that checkpoint every step, each paused at a random moment (running or queued), then resumed.
+(e) 12 jobs that checkpoint every step, each paused at a random moment (running or queued), then resumed;
+(f) three class instances taking calls through a supervisor SIGKILL (re-adopted, their state kept) and a crash of
+    one (made again), then killed.
 
 After each: exactly one terminal state per job (a paused one holds nothing while it is paused), every COMPLETED job's result retrievable through a new client and
 correct, no job ran more often than its attempts, and nothing left (no labelled service, container, holder,
@@ -431,4 +433,86 @@ def test_pauses_and_resumes_at_random_moments(tmp_path, two_workers):
         finish(counts, sup, ids, settle=15, args=args)
         for job_id, info in infos.items():
             assert info.state == "COMPLETED", (job_id, info.state, info.reason)
+        assert sup.stop() == 0, sup.log_tail()
+
+
+# ------------------------------------------------------------------------------ (f) class instances
+class Tally:
+    """A class instance for (f): its count survives the supervisor (the instance keeps running), not its own
+    death (a new instance starts from 0: it saves no checkpoint)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def incr(self) -> int:
+        self.count += 1
+        return self.count
+
+    def value(self) -> int:
+        return self.count
+
+    def crash(self) -> None:
+        import os
+
+        os._exit(1)
+
+
+def test_class_instances_through_a_supervisor_sigkill_and_a_crash(tmp_path, two_workers):
+    """Three instances take calls; the supervisor is SIGKILLed and restarted within the lease TTL (each instance
+    is re-adopted and keeps its state: calls whose reply the kill lost may have run, never twice); one instance
+    crashes and is made again (max_restarts=1); then every instance is killed: nothing is left."""
+    import cumulus
+
+    rng = rng_for("f")
+    counts = Counts("f: class instances")
+    sup = SupervisorProcess(tmp_path / "f", f"chaos-f-{secrets.token_hex(3)}", ttl=TTL)
+    with sup:
+        sup.wait_workers(2)
+        remote_tally = cumulus.remote(Tally).options(address=sup.address, gpu=0.1, duration=300, max_restarts=1,
+                                                     log_to_driver=False)
+        handles = [remote_tally.remote() for _ in range(3)]
+        ids = [h.job_id for h in handles]
+        answered = {h.job_id: 0 for h in handles}
+        for h in handles:
+            values = cumulus.get([h.incr.remote() for _ in range(20)], timeout=120)
+            assert values == list(range(1, 21)), values
+            answered[h.job_id] = 20
+        in_flight = [h.incr.remote() for h in handles for _ in range(rng.randint(0, 5))]
+        time.sleep(rng.uniform(0, 0.3))
+        sup.kill()
+        counts.fault(f"SIGKILL supervisor with {len(in_flight)} calls sent")
+        time.sleep(rng.uniform(0.5, 2.5))
+        sup.start()
+        lost = 0
+        for ref in in_flight:  # each ended once: returned before the kill, or failed with the stream
+            try:
+                ref.result(60)
+            except Exception as error:  # noqa: BLE001 - the supervisor went away mid-call
+                assert not isinstance(error, cumulus.ActorDied), error
+                lost += 1
+        counts.note(f"{lost} of {len(in_flight)} calls in flight lost with the supervisor")
+        sent = {h.job_id: 20 + sum(1 for r in in_flight if r.job_id == h.job_id) for h in handles}
+        for h in handles:  # re-adopted: the same instance, its state kept
+            value = retry(lambda h=h: h.value.remote().result(60), timeout=60, what="a call after the restart")
+            assert 20 <= value <= sent[h.job_id], (h.job_id, value, sent[h.job_id])
+            assert h.incr.remote().result(60) == value + 1
+        victim = rng.choice(handles)
+        with pytest.raises(cumulus.ActorDied):
+            victim.crash.remote().result(120)
+        counts.fault(f"crashed instance {victim.job_id}")
+        assert retry(lambda: victim.incr.remote().result(120), timeout=90, what="the new instance") == 1
+        client = sup.client()
+        assert client.status(victim.job_id).attempt == 2
+        for h in handles:
+            cumulus.kill(h)
+            with pytest.raises(cumulus.ActorDied):
+                h.value.remote().result(60)
+        infos = wait_terminal(client, ids, timeout=60)
+        assert all(info.state == "CANCELLED" for info in infos.values()), infos
+        problems = leftovers(sup, ids, settle=30)
+        counts.leaks += len(problems)
+        report(counts)
+        assert not problems, "left behind:\n  " + "\n  ".join(problems)
+        for job_id in ids:
+            assert terminal_events(client, job_id) == ["CANCELLED"], job_id
         assert sup.stop() == 0, sup.log_tail()
