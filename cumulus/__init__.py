@@ -8,6 +8,9 @@
 
     print(cumulus.get(add.remote(2, 2)))     # 4
 
+``@cumulus.remote`` on a class runs its instance as one job: ``h = Counter.remote()``, then
+``cumulus.get(h.incr.remote())``; ``cumulus.kill(h)`` stops it, ``cumulus.instance(job_id)`` is a handle from an id.
+
 Inside a job, ``cumulus.checkpoint.save(obj)`` / ``cumulus.checkpoint.load()`` and ``cumulus.should_pause()``
 (:mod:`cumulus.checkpoint`; harmless outside a job) keep a long job's progress across retries and pauses.
 
@@ -25,10 +28,16 @@ if TYPE_CHECKING:
     from cumulus import checkpoint as checkpoint
     from cumulus.checkpoint import should_pause as should_pause
     from cumulus.client.client import CumulusClient as CumulusClient
+    from cumulus.client.callref import CallRef as CallRef
     from cumulus.client.client import JobRef as JobRef
     from cumulus.client.remote import get as get
     from cumulus.client.remote import remote as remote
     from cumulus.client.remote import wait as wait
+    from cumulus.client.remote_class import InstanceHandle as InstanceHandle
+    from cumulus.client.remote_class import instance as instance
+    from cumulus.client.remote_class import kill as kill
+    from cumulus.errors import ActorDied as ActorDied
+    from cumulus.errors import CallCancelled as CallCancelled
     from cumulus.errors import JobCancelled as JobCancelled
     from cumulus.errors import JobFailed as JobFailed
     from cumulus.errors import RemoteError as RemoteError
@@ -42,6 +51,12 @@ _SDK = {
     "JobFailed": "cumulus.client.types",
     "JobCancelled": "cumulus.client.types",
     "RemoteError": "cumulus.errors",
+    "kill": "cumulus.client.remote_class",
+    "instance": "cumulus.client.remote_class",
+    "InstanceHandle": "cumulus.client.remote_class",
+    "CallRef": "cumulus.client.callref",
+    "ActorDied": "cumulus.errors",
+    "CallCancelled": "cumulus.errors",
     "should_pause": "cumulus.checkpoint",
 }
 _SUBMODULES = {"checkpoint": "cumulus.checkpoint"}  # `import cumulus` then `cumulus.checkpoint.save(...)`

@@ -78,13 +78,16 @@ class ActorDied(CumulusError):
     """The actor stopped (crashed, was cancelled, or exited) before it answered.
 
     ``reason`` is the exception that ended the actor, or ``None`` if it stopped normally or was cancelled.
+    ``message``, when given, is the whole text instead of the default one. The SDK raises it as
+    ``cumulus.ActorDied`` for a method call whose class instance (``actor``: its job id) ended before the call
+    returned (cancelled, timed out, its node lost): the call may or may not have run.
     """
 
-    def __init__(self, actor: str, reason: BaseException | None = None) -> None:
+    def __init__(self, actor: str, reason: BaseException | None = None, *, message: str | None = None) -> None:
         self.actor = actor
         self.reason = reason
         why = f": {type(reason).__name__}: {reason}" if reason is not None else ""
-        super().__init__(f"actor {actor!r} is not running{why}")
+        super().__init__(message if message is not None else f"actor {actor!r} is not running{why}")
 
 
 class SupervisorGaveUp(CumulusError):
@@ -130,6 +133,18 @@ class JobFailed(CumulusError):
 
 class JobCancelled(JobFailed):
     """The job was cancelled before it produced a result."""
+
+
+class CallCancelled(JobCancelled):
+    """A method call on a class instance was withdrawn (``CallRef.cancel()``) before it ran. ``job_id`` is the
+    instance's job (which goes on serving), ``method`` and ``call_id`` name the call."""
+
+    def __init__(self, job_id: str, method: str, call_id: int, detail: str = "") -> None:
+        self.method = method
+        self.call_id = call_id
+        super().__init__(job_id, "CANCELLED", "call cancelled", detail)
+        self.args = (f"call {method}() (#{call_id}) on instance {job_id} was cancelled"
+                     + (f": {detail}" if detail else ""),)
 
 
 class RemoteError(CumulusError):

@@ -162,7 +162,7 @@ async def test_an_old_journal_without_the_events_table_opens_and_records_history
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.executescript(OLD_SCHEMA)
         row = row_of(old, with_package=True)
-        for newer_column in ("owner", "secret_env", "running_at", "ran_seconds"):  # added on open
+        for newer_column in ("owner", "secret_env", "running_at", "ran_seconds", "calls"):  # added on open
             del row[newer_column]
         db.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join(':' + c for c in row)})", row)
 

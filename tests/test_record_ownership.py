@@ -14,7 +14,8 @@ from cumulus.jobs import JobRecord
 ROOT = Path(cumulus.__file__).parent
 #: The JobActor and the parts that run in its tasks; the record's own module; the journal's row -> record.
 WRITERS = {"actors/job.py", "actors/attempt.py", "actors/result_fetch.py", "actors/adoption.py",
-           "actors/checkpoint_step.py", "actors/log_relay.py", "actors/requirements_step.py", "jobs.py", "journal_rows.py"}
+           "actors/checkpoint_step.py", "actors/log_relay.py", "actors/requirements_step.py", "actors/instance_calls.py",
+           "jobs.py", "journal_rows.py"}
 READ_METHODS = {"events", "__init__"}
 WRITE_METHODS = {name for name, _ in inspect.getmembers(JobRecord, inspect.isfunction)
                  if not name.startswith("_") and name not in READ_METHODS}

@@ -3,7 +3,9 @@ call as a job, decoding its result, and the CLI job commands. The supervisor nev
 both sides share (the job format) is :mod:`cumulus.jobformat`.
 
 Modules: ``remote`` (``@remote``, ``get``, ``wait``), ``client`` (``CumulusClient``: connection and RPCs),
-``jobref`` (``JobRef``), ``aio`` (the SDK from asyncio or Trio code), ``options`` (``normalize_options``),
+``job_request`` (the JobSubmission of a call), ``jobref`` (``JobRef``), ``remote_class`` (``@remote`` on a class:
+``RemoteClass``, ``InstanceHandle``), ``callref`` (``CallRef``, a method call's future), ``call_stream`` (the
+stream that carries method calls), ``aio`` (the SDK from asyncio or Trio code), ``options`` (``normalize_options``),
 ``packaging`` (building a package), ``collect`` (which modules are the caller's), ``runtime_env`` (what
 ``py_modules``, ``working_dir`` and ``files`` ship), ``results`` (decoding a job's outcome), ``types`` (what the RPCs
 return), ``cli``/``cli_submit``/``cli_flags``/``cli_output``/``health`` (the CLI job commands). Submodules are imported lazily, so that
@@ -16,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # real names for type checkers; loaded on first use at run time
     from cumulus.client.client import CumulusClient, client_for
+    from cumulus.client.callref import CallRef
     from cumulus.client.jobref import JobRef
+    from cumulus.client.remote_class import InstanceHandle, RemoteClass, instance, kill
     from cumulus.client.remote import RemoteFunction, get, remote, wait
     from cumulus.client.types import (CancelResult, JobCancelled, JobDescription, JobFailed, JobHistoryEvent, JobInfo,
                                       JobUpdate, WorkerStatus)
@@ -26,6 +30,11 @@ _EXPORTS = {
     "get": "cumulus.client.remote",
     "wait": "cumulus.client.remote",
     "RemoteFunction": "cumulus.client.remote",
+    "RemoteClass": "cumulus.client.remote_class",
+    "InstanceHandle": "cumulus.client.remote_class",
+    "instance": "cumulus.client.remote_class",
+    "kill": "cumulus.client.remote_class",
+    "CallRef": "cumulus.client.callref",
     "CumulusClient": "cumulus.client.client",
     "JobRef": "cumulus.client.jobref",
     "client_for": "cumulus.client.client",

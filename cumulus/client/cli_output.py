@@ -94,6 +94,8 @@ def job_fields(info: Any, now: float | None = None) -> list[tuple[str, str | Non
     """The ``cumulus status`` block of a :class:`~cumulus.client.types.JobInfo` (None: not shown)."""
     return [
         ("job", info.job_id), ("owner", getattr(info, "owner", "") or None), ("name", info.name or "-"),
+        ("kind", "class instance" if getattr(info, "instance", False) else None),
+        ("calls", _calls(info) if getattr(info, "instance", False) else None),
         ("state", info.state + (f" ({info.reason})" if info.reason else "")),
         ("queue position", str(info.queue_position) if info.state == "QUEUED" and info.queue_position else None),
         ("gpu", f"{info.gpu:g}"),
@@ -112,6 +114,17 @@ def job_fields(info: Any, now: float | None = None) -> list[tuple[str, str | Non
     ]
 
 
+def _calls(info: Any) -> str:
+    """An instance's calls that returned, and how many of them raised."""
+    return f"{info.calls}" + (f" ({info.failed_calls} failed)" if info.failed_calls else "")
+
+
+def _name(job: Any) -> str:
+    """The NAME column: a class instance's says so (its name is its class's)."""
+    name = job.name or "-"
+    return f"{name} (instance)" if getattr(job, "instance", False) else name
+
+
 def _checkpoint(info: Any) -> str | None:
     step = getattr(info, "checkpoint_step", None)
     if step is None:
@@ -123,17 +136,26 @@ def _checkpoint(info: Any) -> str | None:
 
 def jobs_table(jobs: list[Any], now: float | None = None) -> str:
     """``cumulus jobs``: one row per job; an OWNER column when any job has an owner (a supervisor with tokens, seen
-    by an admin or by its user)."""
+    by an admin or by its user); a CALLS column when any job is a class instance (its method calls so far)."""
     owners = any(getattr(j, "owner", "") for j in jobs)
-    rows = [[j.job_id, *([j.owner or "-"] if owners else []), j.name or "-",
+    instances = any(getattr(j, "instance", False) for j in jobs)
+    rows = [[j.job_id, *([j.owner or "-"] if owners else []), _name(j),
              j.state + (f" ({j.reason})" if j.reason else ""), f"{j.gpu:g}",
+             *([_calls(j) if getattr(j, "instance", False) else "-"] if instances else []),
              f"{j.worker}/{j.device_index}" if j.worker else "-", age(j.submitted_at, now)] for j in jobs]
-    return table(["JOB", *(["OWNER"] if owners else []), "NAME", "STATE", "GPU", "WORKER/DEV", "SUBMITTED"], rows)
+    return table(["JOB", *(["OWNER"] if owners else []), "NAME", "STATE", "GPU", *(["CALLS"] if instances else []),
+                  "WORKER/DEV", "SUBMITTED"], rows)
 
 
 def describe_text(desc: Any, now: float | None = None) -> str:
-    """kubectl-describe style: the job's fields, then its events (absolute time, time since the first event)."""
+    """kubectl-describe style: the job's fields, a class instance's calls per method, then its events (absolute
+    time, time since the first event)."""
     out = [fields((key.capitalize(), value) for key, value in job_fields(desc.info, now))]
+    methods = getattr(desc.info, "methods", ())
+    if methods:
+        out.append("Methods:")
+        out.append(table(["METHOD", "CALLS", "FAILED", "SECONDS"],
+                         [[m.method, str(m.calls), str(m.failed), f"{m.seconds:.3f}"] for m in methods], indent="  "))
     events = sorted(desc.events, key=lambda e: e.at)
     if not events:
         out.append("Events:  <none>")

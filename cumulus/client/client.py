@@ -4,8 +4,9 @@
 Design: plain blocking gRPC (grpc's sync API); nothing here needs an event loop, so it works the same from a
 script, from Trio code and from asyncio code (Jupyter). Submitting blocks only until the supervisor has accepted
 the job (validation included: a bad request raises here, at once) and returns a :class:`JobRef`
-(:mod:`cumulus.client.jobref`); the options are checked by :mod:`cumulus.client.options` and the call packed by
-:mod:`cumulus.client.packaging`. Disconnecting never cancels a job; :meth:`JobRef.cancel` does.
+(:mod:`cumulus.client.jobref`); the options are checked by :mod:`cumulus.client.options` and the request built by
+:mod:`cumulus.client.job_request`. Disconnecting never cancels a job; :meth:`JobRef.cancel` does. Method calls on
+class instances go over one stream per client (:mod:`cumulus.client.call_stream`), not through this class.
 
 ``JobRef``, ``RemoteOptions`` and ``normalize_options`` are re-exported here (their home before the split).
 """
@@ -18,14 +19,12 @@ import os
 import queue
 import threading
 import types
-import uuid
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar, Unpack
 
 import grpc
 
-from cumulus.client import packaging
-from cumulus.client.collect import function_name
+from cumulus.client import job_request
 from cumulus.client.connection import ClientConfig, load_client_config, open_channel
 from cumulus.client.tokens import TokenStatus
 from cumulus.client.jobref import RECONNECT_SECONDS, JobRef
@@ -94,7 +93,8 @@ class CumulusClient:
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connection. Jobs keep running; JobRefs of this client stop following them."""
+        """Close the connection. Jobs keep running; JobRefs of this client stop following them; method calls of
+        its instance handles that have not returned fail (their stream closes with the channel)."""
         self._closed = True
         self._channel.close()
 
@@ -160,7 +160,7 @@ class CumulusClient:
 
     def submit_call(self, func: Callable[..., R], args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
                     *, on_event: Callable[[JobUpdate], None] | None = None, traceparent: str | None = None,
-                    **options: Unpack[RemoteOptions]) -> JobRef[R]:
+                    instance: bool = False, **options: Unpack[RemoteOptions]) -> JobRef[R]:
         """Submit ``func(*args, **kwargs)`` with ``options`` (see :func:`cumulus.remote`) given apart from the call.
 
         ``on_event`` is called (from the JobRef's thread) with each :class:`JobUpdate`. Relative paths of
@@ -171,44 +171,20 @@ class CumulusClient:
         ``traceparent`` if given (an invalid one raises :class:`~cumulus.errors.InvalidRequest`), else that of
         ``$CUMULUS_TRACEPARENT`` if it holds a valid one, else a new trace per submission. The job keeps its trace
         id (``JobRef.trace_id``, ``cumulus describe``, ``$CUMULUS_TRACE_ID`` in the job), and every supervisor log
-        line about the job carries it.
+        line about the job carries it. ``instance``: ``func`` is a class to make and serve (``@remote`` on a class).
         """
         given: Mapping[str, Any] = options
         base = getattr(func, "_cumulus_options", None)
         if base is not None:  # a @remote function: its options are the defaults
             given = {**base, **options}
             func = func._cumulus_function  # type: ignore[attr-defined]
-        opts = normalize_options(given)
+        opts = normalize_options(given, for_class=instance)
         opts.pop("address", None)
         log_to_driver = opts.pop("log_to_driver", None)
         log_to_driver = self.log_to_driver if log_to_driver is None else bool(log_to_driver)
         timeout = opts.pop("timeout", None)
-        requirements = list(opts.get("requirements", ()))
-        env = dict(opts.get("env") or {})
-        package = packaging.build_package(func, tuple(args), dict(kwargs or {}), requirements=requirements,
-                                          env=env, project_root=opts.get("project_root"),
-                                          max_bytes=max_package_bytes(), py_modules=opts.get("py_modules", ()),
-                                          working_dir=opts.get("working_dir"), files=opts.get("files", ()))
-        request = pb.JobSubmission(
-            code_package=package,
-            requirements=requirements,
-            gpu=float(opts.get("gpu", DEFAULT_GPU)),
-            duration_seconds=int(opts.get("duration", 0)),
-            env=env,
-            idempotency_key=opts.get("idempotency_key") or f"sdk-{uuid.uuid4().hex}",
-            name=opts.get("name") or function_name(func).removeprefix("__main__."),
-            retries=int(opts.get("retries", 0)),
-            retry_exceptions=bool(opts.get("retry_exceptions", False)),
-            resume_on_timeout=bool(opts.get("resume_on_timeout", False)),
-            priority=int(opts.get("priority", 0)),
-            max_queue_seconds=int(opts.get("max_queue_seconds", 0)),
-            memory_bytes=int(opts.get("memory", 0)),  # 0, "", 0.0: the supervisor's containers defaults
-            cpus=float(opts.get("cpus", 0.0)),
-            network=opts.get("network", ""),
-            image=opts.get("image") or "",
-            index_url=opts.get("index_url") or "",
-            secret_env=opts.get("secret_env") or {},  # in the request only: never in the package or its manifest
-        )
+        request = job_request.submission(func, args, kwargs, opts, max_bytes=max_package_bytes(),
+                                         instance=instance)  # the package and the request: job_request.py
         sent = _submission_traceparent(traceparent)
         stream = self._stub.SubmitJob(request, metadata=((TRACEPARENT_KEY, sent.header()),))
         try:

@@ -30,8 +30,12 @@ OPTION_NAMES = frozenset({
     "gpu", "gpu_memory", "duration", "requirements", "env", "retries", "retry_exceptions", "timeout", "name",
     "priority", "max_queue_seconds", "idempotency_key", "log_to_driver", "address", "project_root",
     "memory", "cpus", "network", "secret_env", "py_modules", "working_dir", "files", "image", "index_url",
-    "resume_on_timeout",
+    "resume_on_timeout", "max_restarts",
 })
+CLASS_ONLY = frozenset({"max_restarts"})
+"""Options of ``@remote`` on a class only (a class instance is made again after it died, up to this often)."""
+FUNCTION_ONLY = frozenset({"retries", "retry_exceptions", "resume_on_timeout"})
+"""Options of ``@remote`` on a function only: an instance is not re-run from the start, it is restarted."""
 NETWORKS = ("internet", "none")
 MIN_MEMORY_MIB = 16  # the supervisor's floor too (containers.memory_mb); its ceiling is its own setting
 MAX_CPUS = 4096.0  # a sanity bound; the supervisor's containers.max_cpus is the real one
@@ -70,9 +74,10 @@ class RemoteOptions(TypedDict, total=False):
     files: Sequence[str | os.PathLike[str]] | None
     image: str | None
     index_url: str | None
+    max_restarts: int | None
 
 
-def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
+def normalize_options(options: Mapping[str, Any], *, for_class: bool = False) -> dict[str, Any]:
     """The options checked and in canonical form (``None`` values dropped, ``gpu_memory`` folded into ``gpu``,
     ``requirements`` a tuple of stripped strings, ``duration`` an int, ``memory`` in bytes (given in MiB as an
     int, or as a string like ``"512MiB"`` / ``"8GiB"``), ``cpus`` a float, ``network`` ``internet`` or ``none``,
@@ -81,6 +86,9 @@ def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
     tuple of str, ``working_dir`` a str: their shapes only, the paths are looked at when the call is packed, see
     :mod:`cumulus.client.runtime_env`; ``image`` a normalised image reference and ``index_url`` a normalised URL,
     see :mod:`cumulus.jobformat.sources`: the supervisor says which registries and indexes it allows).
+    ``for_class``: the options of ``@remote`` on a class, whose instance is one long job serving method calls:
+    ``max_restarts`` (an int >= 0) is allowed there only, and ``retries``, ``retry_exceptions`` and
+    ``resume_on_timeout`` are refused there (a restarted instance is made anew, not its calls re-run).
 
     Raises :class:`~cumulus.errors.InvalidRequest` naming the option, the value given and what is allowed (never a
     value of ``secret_env``: its messages name the variable only).
@@ -119,7 +127,8 @@ def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(opts["secret_env"], dict):
             raise InvalidRequest(f"secret_env must be a dict of str to str, got {type(opts['secret_env']).__name__}")
         opts["secret_env"] = check_secret_env(opts["secret_env"], opts.get("env") or {})
-    for key in ("retries", "priority", "max_queue_seconds"):
+    _check_kind(opts, for_class)
+    for key in ("retries", "priority", "max_queue_seconds", "max_restarts"):
         value = opts.get(key)
         if key in opts and (isinstance(value, bool) or not isinstance(value, int)
                             or (value < 0 and key != "priority")):
@@ -155,6 +164,21 @@ def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(f"network={opts['network']!r}: give 'internet' (filtered egress: no private, "
                              f"link-local or cluster addresses) or 'none' (no network at all)")
     return opts
+
+
+def _check_kind(opts: Mapping[str, Any], for_class: bool) -> None:
+    """The options that only a class, or only a function, takes (given as None they were dropped already)."""
+    if for_class:
+        wrong = sorted(FUNCTION_ONLY & set(opts))
+        if wrong:
+            raise InvalidRequest(f"{', '.join(wrong)}: not for a class: its instance is one job that serves calls, "
+                                 f"not a call to re-run; use max_restarts=N to make it again (up to N times) after "
+                                 f"it died")
+        return
+    wrong = sorted(CLASS_ONLY & set(opts))
+    if wrong:
+        raise InvalidRequest(f"{', '.join(wrong)}: only for @remote on a class (how often its instance is made "
+                             f"again after it died); a function job takes retries=N instead")
 
 
 def memory_bytes(memory: Any) -> int:

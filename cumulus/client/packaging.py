@@ -62,7 +62,8 @@ def cloudpickle_version() -> str:
 def build_package(func: Callable[..., Any], args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
                   requirements: Iterable[str] = (), env: dict[str, str] | None = None,
                   project_root: Path | str | None = None, max_bytes: int = MAX_PACKAGE_BYTES,
-                  py_modules: Iterable[Any] = (), working_dir: Any = None, files: Iterable[Any] = ()) -> bytes:
+                  py_modules: Iterable[Any] = (), working_dir: Any = None, files: Iterable[Any] = (),
+                  instance: bool = False) -> bytes:
     """Pack ``func(*args, **kwargs)`` as a job package (zip bytes).
 
     The caller's modules that ``func``, its closure, its arguments, and - transitively - those modules reference
@@ -75,6 +76,8 @@ def build_package(func: Callable[..., Any], args: Iterable[Any] = (), kwargs: di
     area, in a format-2 package). Raises :class:`PackageTooLarge` when the archive would exceed ``max_bytes`` and
     :class:`InvalidRequest` for bad requirements, env, or runtime-env paths (the rules of
     :mod:`cumulus.jobformat.request`, the same the supervisor applies: an empty requirement is refused).
+    ``instance``: ``func`` is a class whose instance the job makes and then serves method calls on (``@remote`` on a
+    class); the manifest says ``"instance": true`` (only then, so a function's package is unchanged).
     """
     if not callable(func):
         raise InvalidRequest(f"the job function must be callable, got {type(func).__name__}")
@@ -110,6 +113,8 @@ def build_package(func: Callable[..., Any], args: Iterable[Any] = (), kwargs: di
         manifest["files"] = sorted(data)
     if skipped:
         manifest["skipped"] = skipped
+    if instance:
+        manifest["instance"] = True
     buf = io.BytesIO()
     try:
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:

@@ -12,23 +12,33 @@
 
     ref = await train.remote_async(3)           # from asyncio or Trio code: the loop keeps running
     value = await ref.result_async(timeout=60)
+
+On a class, ``@remote`` makes a :class:`~cumulus.client.remote_class.RemoteClass`: ``Model.remote(...)`` starts one
+job holding the instance and returns its handle; ``handle.method.remote(...)`` returns a ``CallRef``, which
+``get`` and ``wait`` take like a JobRef.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, Unpack, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, Unpack, cast, overload
 
 from cumulus.client.aio import run_blocking
+from cumulus.client.callref import CallRef
 from cumulus.client.client import client_for
 from cumulus.client.jobref import JobRef
 from cumulus.client.options import RemoteOptions, normalize_options
+from cumulus.client.remote_class import RemoteClass
 
 P = ParamSpec("P")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
+C = TypeVar("C")
+Ref = JobRef[R] | CallRef[R]  # what get() and wait() take: a job's or a method call's future
+_REFS = (JobRef, CallRef)
 
 
 class RemoteFunction(Generic[P, R_co]):
@@ -130,55 +140,69 @@ def _shown(option: str, value: Any) -> str:
 
 
 class RemoteDecorator(Protocol):
-    """What ``remote(**options)`` returns: a decorator that makes a :class:`RemoteFunction`."""
+    """What ``remote(**options)`` returns: a decorator that makes a :class:`RemoteFunction` (or, for a class, a
+    :class:`~cumulus.client.remote_class.RemoteClass`)."""
 
+    @overload
+    def __call__(self, func: type[C], /) -> RemoteClass[C]: ...  # type: ignore[overload-overlap]
+    @overload
     def __call__(self, func: Callable[P, R], /) -> RemoteFunction[P, R]: ...
 
 
+@overload
+def remote(func: type[C], /) -> RemoteClass[C]: ...  # type: ignore[overload-overlap]
 @overload
 def remote(func: Callable[P, R], /) -> RemoteFunction[P, R]: ...
 @overload
 def remote(func: None = None, /, **options: Unpack[RemoteOptions]) -> RemoteDecorator: ...
 
 
-def remote(func: Callable[P, R] | None = None, /, **options: Unpack[RemoteOptions]
-           ) -> RemoteFunction[P, R] | RemoteDecorator:
-    """Make a function runnable as a Cumulus job: ``@remote`` or ``@remote(gpu=0.25, duration=600, ...)``.
+def remote(func: Callable[P, R] | type[C] | None = None, /, **options: Unpack[RemoteOptions]
+           ) -> RemoteFunction[P, R] | RemoteClass[C] | RemoteDecorator:
+    """Make a function runnable as a Cumulus job: ``@remote`` or ``@remote(gpu=0.25, duration=600, ...)``; on a
+    class, make its instances run as jobs (:class:`~cumulus.client.remote_class.RemoteClass`).
 
-    See :class:`RemoteFunction` for the options. Calling the decorated function directly runs it locally; use
-    ``f.remote(...)`` to submit it.
+    See :class:`RemoteFunction` for the options (a class adds ``max_restarts`` and refuses ``retries``,
+    ``retry_exceptions`` and ``resume_on_timeout``: checked when the decorator is applied, as the decorator does
+    not know before whether it gets a function or a class). Calling the decorated function (class) directly runs
+    it locally; use ``f.remote(...)`` to submit it.
     """
     if func is None:
-        normalize_options(options)
-        return _decorator(options)
+        normalize_options({k: v for k, v in options.items() if k != "max_restarts"})  # a class's: checked later
+        return cast(RemoteDecorator, _decorator(options))
     if options:
         raise TypeError("use @remote(option=...) or @remote, not remote(func, option=...)")
+    if inspect.isclass(func):
+        return RemoteClass(cast("type[C]", func))
     return RemoteFunction(func)
 
 
-def _decorator(options: Mapping[str, Any]) -> RemoteDecorator:
-    def decorate(func: Callable[P, R], /) -> RemoteFunction[P, R]:
+def _decorator(options: Mapping[str, Any]) -> Callable[[Any], Any]:
+    def decorate(func: Any, /) -> Any:
+        if inspect.isclass(func):
+            return RemoteClass(func, options)
         return RemoteFunction(func, options)
 
     return decorate
 
 
 @overload
-def get(refs: JobRef[R], timeout: float | None = None) -> R: ...
+def get(refs: JobRef[R] | CallRef[R], timeout: float | None = None) -> R: ...
 @overload
-def get(refs: Sequence[JobRef[R]], timeout: float | None = None) -> list[R]: ...
+def get(refs: Sequence[JobRef[R] | CallRef[R]], timeout: float | None = None) -> list[R]: ...
 
 
-def get(refs: JobRef[R] | Sequence[JobRef[R]], timeout: float | None = None) -> R | list[R]:
-    """The value of one JobRef, or the list of values of a list of JobRefs (blocking; ``timeout`` in total).
+def get(refs: Ref[R] | Sequence[Ref[R]], timeout: float | None = None) -> R | list[R]:
+    """The value of one JobRef (or CallRef: a method call on a class instance), or the list of values of a list of
+    them (blocking; ``timeout`` in total).
 
-    Raises the first failed job's exception (original type, remote traceback as ``__cause__``) or
+    Raises the first failed job's (call's) exception (original type, remote traceback as ``__cause__``) or
     ``TimeoutError``.
     """
-    if isinstance(refs, JobRef):
+    if isinstance(refs, _REFS):
         return refs.result(timeout)
-    if not isinstance(refs, Sequence) or not all(isinstance(r, JobRef) for r in refs):
-        raise TypeError(f"cumulus.get takes a JobRef or a list of JobRefs, got {type(refs).__name__}")
+    if not isinstance(refs, Sequence) or not all(isinstance(r, _REFS) for r in refs):
+        raise TypeError(f"cumulus.get takes a JobRef or CallRef, or a list of them, got {type(refs).__name__}")
     deadline = None if timeout is None else time.monotonic() + timeout
     values: list[R] = []
     for ref in refs:
@@ -187,9 +211,13 @@ def get(refs: JobRef[R] | Sequence[JobRef[R]], timeout: float | None = None) -> 
     return values
 
 
-def wait(refs: Sequence[JobRef[R]], num_returns: int = 1, timeout: float | None = None
-         ) -> tuple[list[JobRef[R]], list[JobRef[R]]]:
-    """Wait until ``num_returns`` of ``refs`` are done (or ``timeout`` seconds passed): ``(ready, not_ready)``.
+RefT = TypeVar("RefT", bound=JobRef[Any] | CallRef[Any])
+
+
+def wait(refs: Sequence[RefT], num_returns: int = 1, timeout: float | None = None
+         ) -> tuple[list[RefT], list[RefT]]:
+    """Wait until ``num_returns`` of ``refs`` (JobRefs, CallRefs, or both) are done (or ``timeout`` seconds
+    passed): ``(ready, not_ready)``.
 
     ``ready`` holds at most ``num_returns`` refs, in the order given; a done ref may have failed (its
     ``result()`` raises). Never raises for a job's failure.
@@ -197,8 +225,8 @@ def wait(refs: Sequence[JobRef[R]], num_returns: int = 1, timeout: float | None 
     import threading
 
     refs = list(refs)
-    if not all(isinstance(r, JobRef) for r in refs):
-        raise TypeError("cumulus.wait takes a list of JobRefs")
+    if not all(isinstance(r, _REFS) for r in refs):
+        raise TypeError("cumulus.wait takes a list of JobRefs or CallRefs")
     if not 0 <= num_returns <= len(refs):
         raise ValueError(f"num_returns={num_returns} must be between 0 and len(refs)={len(refs)}")
     changed = threading.Event()

@@ -20,6 +20,18 @@ def _time(ts: Any) -> float | None:
 
 
 @dataclass(frozen=True)
+class MethodCalls:
+    """A class instance's calls of one method that returned (a value or the method's exception)."""
+
+    method: str
+    calls: int = 0
+    failed: int = 0
+    """Of ``calls``, those whose method raised."""
+    seconds: float = 0.0
+    """Their time, summed (from the supervisor sending each to the instance to its reply)."""
+
+
+@dataclass(frozen=True)
 class JobInfo:
     """One job's status (``cumulus status``, :meth:`JobRef.status`). Times are Unix seconds or None."""
 
@@ -54,6 +66,14 @@ class JobInfo:
     """How many of its checkpoints the store keeps."""
     ran_seconds: float = 0.0
     """How long its paused attempts ran (a resumed attempt gets its duration less this)."""
+    instance: bool = False
+    """A class instance (``@cumulus.remote`` on a class) serving method calls, not a function's job."""
+    calls: int = 0
+    """An instance: its method calls that returned (a value or the method's exception)."""
+    failed_calls: int = 0
+    """An instance: of ``calls``, those whose method raised."""
+    methods: tuple[MethodCalls, ...] = ()
+    """An instance: its calls per method."""
 
     @property
     def finished(self) -> bool:
@@ -69,12 +89,15 @@ class JobInfo:
             queue_position=msg.queue_position, released=tuple(msg.teardown.released),
             leaked=tuple(msg.teardown.leaked), owner=msg.owner, trace_id=msg.trace_id, python=msg.python,
             image=msg.image, checkpoint_step=None if msg.checkpoint_step < 0 else msg.checkpoint_step,
-            checkpoints=msg.checkpoints, ran_seconds=msg.ran_seconds,
+            checkpoints=msg.checkpoints, ran_seconds=msg.ran_seconds, instance=msg.instance, calls=msg.calls,
+            failed_calls=msg.failed_calls,
+            methods=tuple(MethodCalls(m.method, m.calls, m.failed, m.seconds) for m in msg.methods),
         )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["released"], data["leaked"] = list(self.released), list(self.leaked)
+        data["methods"] = [asdict(m) for m in self.methods]
         return data
 
 

@@ -11,6 +11,10 @@ checkpoint`` line of its stderr "copies" that checkpoint (kept in memory, a chec
 the pause file and stops the job after its grace period unless it returned first (the runner's exit 3), or pauses a
 job that does not run yet at once; :meth:`resume` runs it again with its last checkpoint to restore.
 
+Class instances (``JobSpec.instance``) run the real runner too, which serves the instance's methods on a socket;
+:meth:`send_call` and :meth:`cancel_call` queue and withdraw calls as :class:`tests.fakes.fake_instances.FakeInstance`
+says (one at a time, in order; INSTANCE_DIED once the job ended).
+
 :func:`running_fake_server` serves it with the real gRPC server (``cumulus.rpc.server.serve_grpc``) on loopback,
 in a background thread with its own ``trio.run``, so that blocking clients, Trio tests and asyncio tests can all
 talk to it.
@@ -29,16 +33,18 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import trio
 
 from cumulus.app import Health
+from cumulus.calls import CallKey, CallReply, MethodCall
 from cumulus.checkpoint import CHECKPOINT_LINE, checkpoint_name_step
 from cumulus.config import Settings
-from cumulus.errors import CapacityExhausted, InvalidRequest, NotFound, Unsatisfiable, WrongJobState
+from cumulus.errors import CapacityExhausted, InvalidRequest, NotFound, PermissionDenied, Unsatisfiable, WrongJobState
 from cumulus.history import HistoryEvent
 from tests.credentials import FixedCredentials, security_overrides
+from tests.fakes.fake_instances import FakeInstance
 from tests.trio_thread import serving_in_thread
 from cumulus.devices import DeviceInfo, WorkerInfo
 from cumulus.jobs import CheckpointNote, JobRecord, JobSpec, JobState, Placement, TeardownReport
@@ -92,6 +98,7 @@ class FakeSupervisorApi:
         self.calls: list[str] = []
         self.cancels_until_stopped: list[bool] = []  # each cancel's until_stopped, as the servicer passed it
         self.usage_records: list[UsageRecord] = []  # one per job that ran (tests may add their own)
+        self.instances: dict[str, FakeInstance] = {}  # the class instances' calls, by job id
 
     # ---- the API ------------------------------------------------------------------------------------------
 
@@ -115,6 +122,8 @@ class FakeSupervisorApi:
         record.announce()  # QUEUED, as the real supervisor does
         job = _Job(record)
         self.jobs[job_id] = job
+        if spec.instance:
+            self.instances[job_id] = FakeInstance(record)
         if spec.idempotency_key:
             self._by_key[spec.idempotency_key] = job_id
         self._nursery.start_soon(self._run, job)
@@ -216,6 +225,32 @@ class FakeSupervisorApi:
         return summarize(self.usage_records, by=by, prices=self.settings.usage.prices,
                          currency=self.settings.usage.currency, since=since, owner=owner)
 
+    async def send_call(self, call: MethodCall, *, caller: Any = None) -> Callable[[], Awaitable[CallReply]]:
+        """As the real API: queue a method call at its instance; the wait for its reply (never raises). NotFound,
+        PermissionDenied (another owner's job), InvalidRequest (a function's job) refuse it."""
+        self.calls.append("send_call")
+        await trio.lowlevel.checkpoint()
+        instance = self._instance(call.job_id, caller)
+        return instance.send(call)
+
+    async def cancel_call(self, job_id: str, key: CallKey, *, caller: Any = None) -> None:
+        """As the real API: withdraw a call not sent to the instance yet (it ends CANCELLED); else nothing."""
+        self.calls.append("cancel_call")
+        await trio.lowlevel.checkpoint()
+        self._instance(job_id, caller).cancel(key)
+
+    def _instance(self, job_id: str, caller: Any) -> FakeInstance:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r} (fake supervisor)")
+        owner = job.record.spec.owner
+        if owner and caller is not None and not caller.may_see(owner):
+            raise PermissionDenied(f"job {job_id} is not yours (fake supervisor)")
+        instance = self.instances.get(job_id)
+        if instance is None:
+            raise InvalidRequest(f"job {job_id} runs a function, not a class instance (fake supervisor)")
+        return instance
+
     async def health(self) -> Health:
         await trio.lowlevel.checkpoint()
         active = sum(1 for j in self.jobs.values() if not j.record.state.terminal)
@@ -253,6 +288,10 @@ class FakeSupervisorApi:
             record.add_message(f"fake supervisor error: {type(error).__name__}: {error}")
             record.set_state(JobState.FAILED, "infrastructure")
         finally:
+            instance = self.instances.get(record.job_id)
+            if instance is not None:
+                instance.die(f"instance {record.job_id} has ended ({record.state.value}"
+                             f"{': ' + record.reason if record.reason else ''})")
             usage = attempt_usage(record, started_at=record.running_at, ended_at=record.finished_at,
                                   queued_at=record.submitted_at)
             if usage is not None:
@@ -326,10 +365,15 @@ class FakeSupervisorApi:
         released.append("service")
         record.set_state(JobState.RUNNING)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._relay, record, process.stdout, "stdout")
-                nursery.start_soon(self._relay, record, process.stderr, "stderr", job, checkpoints)
-            code = await process.wait()
+            async with trio.open_nursery() as serving:
+                instance = self.instances.get(record.job_id)
+                if instance is not None:  # its calls go to the runner's socket while the process runs
+                    serving.start_soon(instance.serve, jobdir / "output")
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._relay, record, process.stdout, "stdout")
+                    nursery.start_soon(self._relay, record, process.stderr, "stderr", job, checkpoints)
+                code = await process.wait()
+                serving.cancel_scope.cancel()
         finally:
             if process.returncode is None:
                 process.kill()
