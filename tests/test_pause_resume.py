@@ -171,6 +171,19 @@ async def test_a_job_that_ignores_the_pause_is_stopped_after_the_grace_period_at
         await assert_nothing_left(sup, world, [record])
 
 
+async def test_a_job_whose_process_exits_with_3_unasked_failed_and_is_not_paused(autojump_clock):
+    """Exit status 3 without a result is the runner's for a job that returned at a pause request. A job's own
+    process exiting with 3 when nobody asked it to pause (``os._exit(3)``) crashed: FAILED, never PAUSED (a
+    paused job would wait for a resume that nobody knows to give)."""
+    async with fake_cluster() as (sup, world):
+        record = await sup.submit(JobSpec(package=b"zip", gpu=0.5, duration=600, env={"FAKE_EXIT": "3"}))
+        with trio.fail_after(600):
+            await record.torn_down.wait()
+        assert (record.state, record.failure) == (JobState.FAILED, FailureReason.CONTAINER_FAILED), record.reason
+        assert "exit code 3" in record.reason
+        await assert_nothing_left(sup, world, [record])
+
+
 async def test_pausing_a_queued_job_pauses_it_at_once_and_frees_its_queue_place(autojump_clock):
     """A job that waits for capacity is PAUSED at once (was_running False) and leaves the queue: a job submitted
     next is admitted to the (full) queue, and when capacity comes the paused job is not the one that gets it.

@@ -11,6 +11,7 @@ attempt still gives everything back; a failed release is a leak in the teardown 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -22,8 +23,8 @@ import trio
 
 from cumulus import metrics
 from cumulus.actors.base import ActorRef
-from cumulus.actors.checkpoint_step import (CheckpointCopier, checkpoint_env,
-                                            open_checkpoint_copy, request_pause, restore_point)
+from cumulus.actors.checkpoint_step import (CheckpointCopier, checkpoint_env, open_checkpoint_copy,
+                                            pause_was_requested, request_pause, restore_point)
 from cumulus.actors.instance_calls import InstanceCalls, serve_instance
 from cumulus.actors.log_relay import LogRelay
 from cumulus.actors.outcome import JobStopped, Outcome, PauseCause
@@ -392,7 +393,8 @@ class Attempt:
 
     async def _conclude(self, task: TaskState | None, files: Any) -> Outcome:
         """How a job that ended by itself ended (:func:`~cumulus.actors.result_fetch.conclude`)."""
-        return await conclude(self.record, task, files, self.ctx.settings)
+        asked = functools.partial(pause_was_requested, self.node, files, self.record.job_id)
+        return await conclude(self.record, task, files, self.ctx.settings, asked)
 
 
 __all__ = ["Attempt", "EXIT_AFTER_FINISH_SECONDS", "JobContext", "MAX_RESULT_BYTES", "STOP_WAIT_SECONDS"]

@@ -71,12 +71,24 @@ async def restore_point(ctx: JobContext) -> tuple[StoredCheckpoint, bytes] | Non
         raise CumulusError(f"the job's checkpoint store cannot be read: {error}") from error
 
 
+def pause_file(node: Any, files: Any, job_id: str) -> str:
+    """Where the job's pause file is on its worker: in its lease dir, or (no leases) in its output dir."""
+    lease_dir = node.lease_dir(job_id)
+    return (posixpath.join(lease_dir, PAUSE_IN_LEASE_DIR) if lease_dir
+            else posixpath.join(files.output_dir, PAUSE_IN_OUTPUT_DIR))
+
+
 async def request_pause(node: Any, files: Any, job_id: str) -> None:
     """Create the job's pause file on its worker (idempotent). Raises :class:`CumulusError` (SSH)."""
-    lease_dir = node.lease_dir(job_id)
-    path = (posixpath.join(lease_dir, PAUSE_IN_LEASE_DIR) if lease_dir
-            else posixpath.join(files.output_dir, PAUSE_IN_OUTPUT_DIR))
-    await files.conn.run(f"echo pause > {shlex.quote(path)}", timeout=15)
+    await files.conn.run(f"echo pause > {shlex.quote(pause_file(node, files, job_id))}", timeout=15)
+
+
+async def pause_was_requested(node: Any, files: Any, job_id: str) -> bool:
+    """Whether the job's pause file is on its worker, i.e. a supervisor asked it to pause (this one, or one before
+    a restart). The runner's exit status :data:`RUNNER_EXIT_PAUSED` means a pause only then: a job's own process
+    may exit with 3 too. Raises :class:`CumulusError` (SSH)."""
+    res = await files.conn.run(f"test -e {shlex.quote(pause_file(node, files, job_id))}", timeout=15, check=False)
+    return res.exit_status == 0
 
 
 class CheckpointCopier:
@@ -184,4 +196,5 @@ async def remove_checkpoints(store: CheckpointStore | None, record: Any, timeout
 
 
 __all__ = ["CHECKPOINTS_DIR", "RUNNER_EXIT_PAUSED", "CheckpointCopier", "checkpoint_env", "load_checkpoint_info",
-           "open_checkpoint_copy", "remove_checkpoints", "request_pause", "restore_point"]
+           "open_checkpoint_copy", "pause_file", "pause_was_requested", "remove_checkpoints", "request_pause",
+           "restore_point"]

@@ -9,7 +9,7 @@ symbolic link, size checked before anything is read, bounded, in an SSH session 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from cumulus.actors.checkpoint_step import RUNNER_EXIT_PAUSED
 from cumulus.actors.outcome import COMPLETED, JobStopped, Outcome, PauseCause
@@ -55,14 +55,16 @@ async def fetch_result(files: Any, settings: Settings) -> bytes | None:
 
 
 
-async def conclude(record: JobRecord, task: TaskState | None, files: Any, settings: Settings) -> Outcome:
+async def conclude(record: JobRecord, task: TaskState | None, files: Any, settings: Settings,
+                   pause_requested: Callable[[], Awaitable[bool]]) -> Outcome:
     """How a job that ended by itself ended, from its task's end and what it left. A completed job is recorded at
-    once (its result reaches the caller before teardown); a failure is left to the retry policy."""
+    once (its result reaches the caller before teardown); a failure is left to the retry policy. It paused if the
+    runner said so (exit status 3, no result) and ``pause_requested()`` (a job's own ``os._exit(3)`` is a crash)."""
     if record.state is JobState.COMPLETED:  # concluded on the runner's last line already
         return COMPLETED
     envelope = await fetch_result(files, settings)
     assert task is not None  # only a COMPLETED job may be concluded without its task's end
-    if task.exit_code == RUNNER_EXIT_PAUSED and envelope is None:  # it returned after it was asked to pause
+    if task.exit_code == RUNNER_EXIT_PAUSED and envelope is None and await pause_requested():
         return Outcome.paused("returned after the pause request", PauseCause.RETURNED)
     if task.state == "complete" and task.exit_code == 0 and envelope is not None:
         record.set_result(envelope)

@@ -490,7 +490,8 @@ class FakeResult:
 
 
 class FakeJobConnection:
-    """The few SSH commands a job's files are reached with: its checkpoints listed and read, its pause file made."""
+    """The few SSH commands a job's files are reached with: its checkpoints listed and read, its pause file made and
+    looked for."""
 
     def __init__(self, world: FakeWorld, hostname: str, job_id: str) -> None:
         self.world, self.label, self.job_id = world, hostname, job_id
@@ -505,6 +506,8 @@ class FakeJobConnection:
         if command.startswith("echo pause"):
             self.world.pause_requests.add(self.job_id)
             return FakeResult()
+        if command.startswith("test -e "):  # is its pause file there
+            return FakeResult(exit_status=0 if self.job_id in self.world.pause_requests else 1)
         if command.startswith("ls "):
             return FakeResult("\n".join(sorted(self.world.checkpoint_files.get(self.job_id, {}))))
         raise AssertionError(f"the fake worker does not know {command!r}")
