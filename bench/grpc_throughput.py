@@ -110,14 +110,20 @@ def serve_bare(_workers: int) -> None:
     async def main() -> None:
         server = grpc.aio.server()
         cumulus_pb2_grpc.add_OrchestratorServiceServicer_to_server(Bare(), server)
-        creds = run_credentials()
-        tls = grpc.ssl_server_credentials([(creds.server_key.read_bytes(), creds.server_cert.read_bytes())])
-        port = server.add_secure_port("127.0.0.1:0", tls)
-        await server.start()
-        print(f"LISTENING 127.0.0.1:{port}", flush=True)
-        await server.wait_for_termination()
+        await serve_with_tls(server)
 
     asyncio.run(main())
+
+
+async def serve_with_tls(server: grpc.aio.Server) -> None:
+    """Start ``server`` with TLS (the run's test certificates, as the supervisor has) on a free loopback port, print
+    ``LISTENING 127.0.0.1:<port>`` for the process that started this one, and serve until terminated."""
+    creds = run_credentials()
+    tls = grpc.ssl_server_credentials([(creds.server_key.read_bytes(), creds.server_cert.read_bytes())])
+    port = server.add_secure_port("127.0.0.1:0", tls)
+    await server.start()
+    print(f"LISTENING 127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
 
 
 class Server:

@@ -44,7 +44,7 @@ class Echo:
 
 # -------------------------------------------------------------------------------------------------- baseline
 def serve_bare() -> None:
-    from tests.credentials import run_credentials
+    from grpc_throughput import serve_with_tls
 
     echo = Echo()
 
@@ -56,12 +56,7 @@ def serve_bare() -> None:
         handler = grpc.method_handlers_generic_handler("bench.Echo", {
             "Ping": grpc.unary_unary_rpc_method_handler(ping)})
         server.add_generic_rpc_handlers((handler,))
-        creds = run_credentials()
-        tls = grpc.ssl_server_credentials([(creds.server_key.read_bytes(), creds.server_cert.read_bytes())])
-        port = server.add_secure_port("127.0.0.1:0", tls)
-        await server.start()
-        print(f"LISTENING 127.0.0.1:{port}", flush=True)
-        await server.wait_for_termination()
+        await serve_with_tls(server)
 
     asyncio.run(main())
 

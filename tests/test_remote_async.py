@@ -19,7 +19,7 @@ import trio
 import cumulus
 from cumulus.client.aio import async_library, run_blocking
 from cumulus.errors import InvalidRequest, Unsatisfiable
-from tests.fakes.fake_api import running_fake_server
+from tests.sdk_fixtures import address, server  # noqa: F401
 
 GATE_TIMEOUT = 20.0
 TICK = 0.01
@@ -27,16 +27,6 @@ TICKS_WHILE_BLOCKED = 5
 RESULT_TIMEOUT = 60
 
 
-@pytest.fixture(scope="module")
-def server():
-    with running_fake_server() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def address(server, monkeypatch):
-    monkeypatch.setenv("CUMULUS_ADDRESS", server.address)
-    return server.address
 
 
 @cumulus.remote(log_to_driver=False)

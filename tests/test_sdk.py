@@ -19,20 +19,10 @@ from cumulus.client.remote import RemoteFunction
 from cumulus.errors import InvalidRequest, PackageTooLarge, SupervisorUnavailable, Unsatisfiable
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from cumulus.rpc.generated.v1 import cumulus_pb2_grpc
-from tests.fakes.fake_api import free_port, running_fake_server
+from tests.fakes.fake_api import free_port
+from tests.sdk_fixtures import address, server  # noqa: F401
 
 
-@pytest.fixture(scope="module")
-def server():
-    with running_fake_server() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def address(server, monkeypatch):
-    monkeypatch.setenv("CUMULUS_ADDRESS", server.address)
-    monkeypatch.delenv("CUMULUS_QUIET_LOGS", raising=False)
-    return server.address
 
 
 class JobSpecificError(Exception):

@@ -29,19 +29,9 @@ from cumulus.errors import (ActorDied, CallCancelled, CumulusError, InvalidReque
 from cumulus.jobformat import validate_package
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
 from tests.fakes.fake_api import running_fake_server
+from tests.sdk_fixtures import address, server  # noqa: F401
 
 
-@pytest.fixture(scope="module")
-def server():
-    with running_fake_server() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def address(server, monkeypatch):
-    monkeypatch.setenv("CUMULUS_ADDRESS", server.address)
-    monkeypatch.delenv("CUMULUS_QUIET_LOGS", raising=False)
-    return server.address
 
 
 @cumulus.remote(gpu=0.25, log_to_driver=False)

@@ -8,13 +8,11 @@ of its own. It behaves like a :class:`~cumulus.client.jobref.JobRef` where both 
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from typing import TYPE_CHECKING, Any, Callable, Generator, Generic, TypeVar, cast
 
 import grpc
 
-from cumulus.client.aio import async_library
+from cumulus.client.aio import Completion, wait_done_async
 from cumulus.client.results import Outcome, decode_result
 from cumulus.errors import ActorDied, CallCancelled, CumulusError
 from cumulus.rpc.generated.v1 import cumulus_pb2 as pb
@@ -27,7 +25,7 @@ T_co = TypeVar("T_co", covariant=True)
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-class CallRef(Generic[T_co]):
+class CallRef(Completion, Generic[T_co]):
     """One method call on a class instance (``ref = h.method.remote(...)``): its outcome once it ended.
 
     ``ref.result(timeout)`` (or ``cumulus.get(ref)``) returns what the method returned, or raises:
@@ -54,9 +52,7 @@ class CallRef(Generic[T_co]):
         """Unique on its client's call stream (not across clients)."""
         self._stream = stream
         self._default_timeout = default_timeout
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._callbacks: list[Callable[[], None]] = []
+        super().__init__()
         self._reply: pb.InstanceReply | None = None
         self._error: BaseException | None = None
         self._outcome: Outcome | None = None
@@ -123,26 +119,10 @@ class CallRef(Generic[T_co]):
         self._end(error=error)
 
     def _end(self, reply: pb.InstanceReply | None = None, error: BaseException | None = None) -> None:
-        with self._lock:
-            if self._done.is_set():
-                return
+        def record() -> None:
             self._reply, self._error = reply, error
-            self._done.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            with contextlib.suppress(Exception):
-                callback()
 
-    def _add_done_callback(self, callback: Callable[[], None]) -> None:
-        with self._lock:
-            if not self._done.is_set():
-                self._callbacks.append(callback)
-                return
-        callback()
-
-    def _remove_done_callback(self, callback: Callable[[], None]) -> None:
-        with self._lock, contextlib.suppress(ValueError):
-            self._callbacks.remove(callback)
+        self._complete(record)
 
 
 def reply_error(reply: pb.InstanceReply, job_id: str, method: str) -> CumulusError:
@@ -161,47 +141,4 @@ def reply_error(reply: pb.InstanceReply, job_id: str, method: str) -> CumulusErr
                         f"({reply.end}): {reply.message}")
 
 
-async def wait_done_async(ref: Any, timeout: float | None) -> bool:
-    """Wait, without blocking the running Trio or asyncio loop, until ``ref`` (anything with ``_add_done_callback``
-    and ``_remove_done_callback``) is done; False if ``timeout`` seconds passed first."""
-    if async_library() == "trio":
-        import trio
-
-        token = trio.lowlevel.current_trio_token()
-        event = trio.Event()
-
-        def wake_trio() -> None:
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(event.set)
-
-        ref._add_done_callback(wake_trio)
-        try:
-            with trio.move_on_after(timeout) if timeout is not None else contextlib.nullcontext() as scope:
-                await event.wait()
-            return not (scope is not None and scope.cancelled_caught)
-        finally:
-            ref._remove_done_callback(wake_trio)
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
-
-    def resolve() -> None:
-        if not future.done():
-            future.set_result(None)
-
-    def wake_asyncio() -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(resolve)
-
-    ref._add_done_callback(wake_asyncio)
-    try:
-        await asyncio.wait_for(future, timeout)
-        return True
-    except asyncio.TimeoutError:
-        return False
-    finally:
-        ref._remove_done_callback(wake_asyncio)
-
-
-__all__ = ["CallRef", "reply_error", "wait_done_async"]
+__all__ = ["CallRef", "reply_error"]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator, Generic, Iterator, T
 
 import grpc
 
-from cumulus.client.aio import async_library
+from cumulus.client.aio import Completion, wait_done_async
 from cumulus.client.results import Outcome, decode_result
 from cumulus.client.types import (TERMINAL_STATES, CancelResult, JobCancelled, JobFailed, JobInfo, JobUpdate,
                                   PauseResult)
@@ -31,7 +31,7 @@ RECONNECT_SECONDS = 60.0  # how long a JobRef keeps trying to re-attach after it
 T_co = TypeVar("T_co", covariant=True)  # a job's value: a JobRef[int] is a JobRef[object]
 
 
-class JobRef(Generic[T_co]):
+class JobRef(Completion, Generic[T_co]):
     """A submitted job: its id, its outcome when it ends, and ways to look at it. ``JobRef[T]``: the job runs a
     function that returns ``T`` (``f.remote(...)`` of a ``@remote`` function ``f(...) -> T``).
 
@@ -51,9 +51,7 @@ class JobRef(Generic[T_co]):
         self.log_to_driver = log_to_driver
         self._on_event = on_event
         self._default_timeout = default_timeout
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._callbacks: list[Callable[[], None]] = []
+        super().__init__()
         self._state = "QUEUED"
         self._reason = ""
         self._messages: list[str] = []
@@ -98,47 +96,9 @@ class JobRef(Generic[T_co]):
     async def result_async(self, timeout: float | None = None) -> T_co:
         """:meth:`result` without blocking the event loop: works under asyncio (Jupyter) and under Trio."""
         timeout = self._default_timeout if timeout is None else timeout
-        if async_library() == "trio":
-            import trio
-
-            token = trio.lowlevel.current_trio_token()
-            event = trio.Event()
-
-            def wake() -> None:
-                with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(event.set)
-
-            self._add_done_callback(wake)
-            try:
-                with trio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
-                    await event.wait()
-            except trio.TooSlowError:
-                raise TimeoutError(f"job {self.job_id} has not finished after {timeout:g} s "
-                                   f"(state {self._state}); it keeps running") from None
-            finally:
-                self._remove_done_callback(wake)
-        else:
-            import asyncio
-
-            loop = asyncio.get_running_loop()
-            future: asyncio.Future[None] = loop.create_future()
-
-            def resolve() -> None:
-                if not future.done():
-                    future.set_result(None)
-
-            def wake() -> None:
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                    loop.call_soon_threadsafe(resolve)
-
-            self._add_done_callback(wake)
-            try:
-                await asyncio.wait_for(future, timeout)
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"job {self.job_id} has not finished after {timeout:g} s "
-                                   f"(state {self._state}); it keeps running") from None
-            finally:
-                self._remove_done_callback(wake)
+        if not await wait_done_async(self, timeout):
+            raise TimeoutError(f"job {self.job_id} has not finished after {timeout:g} s (state {self._state}); "
+                               f"it keeps running")
         return self._outcome_value()
 
     def __await__(self) -> Generator[Any, None, T_co]:
@@ -193,30 +153,14 @@ class JobRef(Generic[T_co]):
             raise JobFailed(self.job_id, self._state, self._reason or "no result", "the job left no result")
         raise JobFailed(self.job_id, self._state, self._reason, detail)
 
-    def _add_done_callback(self, callback: Callable[[], None]) -> None:
-        with self._lock:
-            if not self._done.is_set():
-                self._callbacks.append(callback)
-                return
-        callback()
-
-    def _remove_done_callback(self, callback: Callable[[], None]) -> None:
-        with self._lock, contextlib.suppress(ValueError):
-            self._callbacks.remove(callback)
-
     def _finish(self, state: str | None = None, reason: str = "", error: BaseException | None = None) -> None:
-        with self._lock:
-            if self._done.is_set():
-                return
+        def record() -> None:
             if state:
                 self._state, self._reason = state, reason or self._reason
             if error is not None:
                 self._error = error
-            self._done.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            with contextlib.suppress(Exception):
-                callback()
+
+        self._complete(record)
 
     def _handle_logs(self, ev: pb.JobEvent) -> None:
         """A ``logs`` batch: each line as if it had come alone (skipped if already seen before a re-attach)."""
