@@ -20,6 +20,8 @@ from cumulus.resources.swarm import LABEL_JOB
 class AdoptedAttempt(Attempt):
     """An attempt that owns again what a previous supervisor process made for it, and follows it to its end."""
 
+    adopted = True
+
     async def run(self) -> Outcome:
         """Take over a job that a previous supervisor process started and that still runs on its worker.
 

@@ -23,9 +23,11 @@ import trio
 
 from cumulus import metrics
 from cumulus.actors.base import ActorRef
+from cumulus.actors.call_routing import CallRouter
 from cumulus.actors.checkpoint_step import (CheckpointCopier, checkpoint_env, open_checkpoint_copy,
                                             pause_was_requested, request_pause, restore_point)
 from cumulus.actors.instance_calls import InstanceCalls, serve_instance
+from cumulus.actors.job_calls import JobCalls
 from cumulus.actors.log_relay import LogRelay
 from cumulus.actors.outcome import JobStopped, Outcome, PauseCause
 from cumulus.actors.ownership import ResourceOwner
@@ -68,10 +70,13 @@ class JobContext:
     checkpoints: CheckpointStore | None = None  # where its checkpoints are kept (None: no checkpoints)
     workers: Callable[[str], ActorRef | None] | None = None  # a node's WorkerActor, which hands out warm services
     calls: InstanceCalls | None = None  # a class instance's method calls (its JobActor's), served while it runs
+    router: CallRouter | None = None  # where the calls the job makes on instances go (handles passed to it)
 
 
 class Attempt:
     """Runs one attempt (:meth:`run`); the job's actor forwards the Scheduler's grant to :meth:`granted`."""
+
+    adopted = False  # it follows a job that a previous supervisor process started (AdoptedAttempt)
 
     def __init__(self, ctx: JobContext, ticket: int) -> None:
         self.ctx = ctx
@@ -156,13 +161,10 @@ class Attempt:
             yield answer
         finally:
             with trio.move_on_after(self.ctx.settings.jobs.release_timeout, shield=True) as releasing:
-                try:
+                with suppress(ActorDied):  # its accounting died with it
                     await scheduler.cast(Release(record.job_id))
-                except ActorDied:
-                    pass  # its accounting died with it
             if releasing.cancelled_caught:  # the Scheduler's mailbox stayed full: a leak, said as one
-                timeout = self.ctx.settings.jobs.release_timeout
-                raise CumulusError(f"the Scheduler took no Release within {timeout:g} s")
+                raise CumulusError(f"the Scheduler took no Release within {self.ctx.settings.jobs.release_timeout:g} s")
 
     async def _reserve_exactly(self) -> Reservation:
         """Re-adoption: the devices the job holds; its worker may still be connecting, so ask until the lease
@@ -323,17 +325,14 @@ class Attempt:
 
     async def _follow(self, service: Any, updates: trio.MemoryReceiveChannel[TaskState], lease: Any,
                       files: Any) -> TaskState | None:
-        """Relay logs while waiting for the task to end; return its terminal state. The attempt fails (its scope
-        is cancelled) if the partition is lost meanwhile.
-
-        The runner's last line says how the job ended; on "finished" the result is already written, so it is
-        fetched and the job recorded COMPLETED at once, without waiting for Swarm to report the task's end
-        (which takes a few hundred ms). That report still ends this wait, and the teardown follows it; a
-        container that does not exit within ``EXIT_AFTER_FINISH_SECONDS`` of that (a job that left a non-daemon
-        thread behind) is not waited for any longer: ``None`` is returned and the teardown stops it."""
-        record = self.record
-        copier = self.copier
-        relay = LogRelay(self.ctx.swarm, record, on_end_of_job=self._poll_now,
+        """Relay logs, and serve the job's calls on instances, while waiting for the task to end; return its
+        terminal state. The attempt fails (its scope is cancelled) if the partition is lost meanwhile. On the
+        runner's "finished" line the result is fetched and the job recorded COMPLETED at once; Swarm's report of
+        the task's end (a few hundred ms later) still ends this wait, but a container that does not exit within
+        ``EXIT_AFTER_FINISH_SECONDS`` of the line (a non-daemon thread left behind) is not waited for: ``None``
+        is returned and the teardown stops it."""
+        record, copier, job_calls = self.record, self.copier, JobCalls.of_attempt(self, files.output_dir)
+        relay = LogRelay(self.ctx.swarm, record, on_end_of_job=self._poll_now, on_calls_ready=job_calls.ready,
                          on_checkpoint=copier.saw if copier is not None else None)
         exit_task: TaskState | None = None
         async with trio.open_nursery() as nursery:
@@ -343,6 +342,7 @@ class Attempt:
                 nursery.start_soon(self._complete_when_finished, relay.finished, files, waiting)
                 if copier is not None:
                     nursery.start_soon(copier.run)
+                nursery.start_soon(job_calls.run)
                 if self.ctx.calls is not None and self.node is not None:
                     nursery.start_soon(serve_instance, self.node, files.output_dir, self.ctx.calls)
                 async for task in updates:

@@ -31,6 +31,7 @@ import trio
 from cumulus import metrics
 from cumulus.actors.attempt import STOP_WAIT_SECONDS
 from cumulus.actors.base import Actor, ActorRef
+from cumulus.actors.call_routing import CallRouter
 from cumulus.actors.cluster_messages import (CancelJob, DescribeJob, GetJob, ListJobs, PauseJob, ResumeJob, Submit,
                                              SyncNodes)
 from cumulus.actors.drain import DrainMessage, Drains, node_inventory
@@ -232,10 +233,12 @@ class ClusterActor(Actor):
         return Usage.of((r.state, r.queue_position, r.spec.gpu) for r in jobs.values())
 
     async def _start_job(self, record: JobRecord, start: Start, note: str = "") -> ActorRef:
+        assert self.ref is not None  # the actor runs
+        router = CallRouter(self.ref, self.jobs_supervisor)  # where the job's calls on instances go
         return await self.jobs_supervisor.start_actor(record.job_id, lambda: JobActor(
             record, settings=self.settings, swarm=self.swarm, connections=self.connections,
             scheduler=self.scheduler, watcher=self.watcher, journal=self.journal, checkpoints=self.checkpoints,
-            start=start, note=note, workers=self.worker_refs.get),
+            start=start, note=note, workers=self.worker_refs.get, router=router),
             shutdown=JOB_SHUTDOWN_RELEASES * self.settings.jobs.release_timeout + STOP_WAIT_SECONDS)
 
     async def _find_key(self, owner: str, key: str) -> JobRecord | None:

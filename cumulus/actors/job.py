@@ -35,6 +35,7 @@ from cumulus import metrics
 from cumulus.actors.adoption import AdoptedAttempt
 from cumulus.actors.attempt import Attempt, JobContext
 from cumulus.actors.base import Actor, ActorRef
+from cumulus.actors.call_routing import CallRouter
 from cumulus.actors.checkpoint_step import load_checkpoint_info, remove_checkpoints
 from cumulus.actors.instance_calls import InstanceCalls
 from cumulus.actors.result_fetch import MAX_RESULT_BYTES
@@ -104,6 +105,7 @@ class JobActor(Actor):
         start: Start = Start.NEW,
         note: str = "",
         workers: Callable[[str], ActorRef | None] | None = None,
+        router: CallRouter | None = None,
     ) -> None:
         super().__init__(f"job:{record.job_id}")
         self.record = record
@@ -112,7 +114,7 @@ class JobActor(Actor):
         self._start, self._note = start, note
         self.calls = InstanceCalls(record, MAX_RESULT_BYTES) if record.spec.instance else None
         self._ctx = JobContext(record, settings, swarm, connections, scheduler, watcher, self.name,
-                               self.start_soon, lambda: self.ref, journal, checkpoints, workers, self.calls)
+                               self.start_soon, lambda: self.ref, journal, checkpoints, workers, self.calls, router)
         self._tickets = itertools.count(1)
         self._life_scope = trio.CancelScope()
         self._stop_reason: Outcome | None = None

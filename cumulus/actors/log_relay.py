@@ -19,6 +19,7 @@ from typing import Callable
 import trio
 
 from cumulus import metrics
+from cumulus.actors.job_calls import CALLS_READY_LINE
 from cumulus.backends import SwarmBackend
 from cumulus.checkpoint import CHECKPOINT_LINE
 from cumulus.errors import CumulusError
@@ -40,14 +41,17 @@ LOG_REFOLLOW_BACKOFF_SECONDS = 0.5
 class LogRelay:
     """Relays one service's log into ``record``. ``on_end_of_job`` is called when the runner's last stderr line
     arrives (the container's exit follows it); ``on_checkpoint`` with the file name when the job's checkpoint line
-    (``cumulus.checkpoint.CHECKPOINT_LINE``) arrives, which is relayed too."""
+    (``cumulus.checkpoint.CHECKPOINT_LINE``) arrives, and ``on_calls_ready`` when the job's calls socket serves
+    (``cumulus.actors.job_calls.CALLS_READY_LINE``); both lines are relayed too."""
 
     def __init__(self, swarm: SwarmBackend, record: JobRecord, *, on_end_of_job: Callable[[], None],
-                 on_checkpoint: Callable[[str], None] | None = None) -> None:
+                 on_checkpoint: Callable[[str], None] | None = None,
+                 on_calls_ready: Callable[[], None] | None = None) -> None:
         self.swarm = swarm
         self.record = record
         self.on_end_of_job = on_end_of_job
         self.on_checkpoint = on_checkpoint
+        self.on_calls_ready = on_calls_ready
         self.done = trio.Event()  #: every line has been relayed (both end markers came), or relaying ended
         self.finished = trio.Event()  #: the runner said the job finished (its result is written)
         self.lines_relayed = 0
@@ -122,6 +126,8 @@ class LogRelay:
             self.record.add_log(stream, line)
             if stream == "stderr" and self.on_checkpoint is not None and (saved := CHECKPOINT_LINE.match(line)):
                 self.on_checkpoint(saved.group(1))
+            elif stream == "stderr" and self.on_calls_ready is not None and CALLS_READY_LINE.match(line):
+                self.on_calls_ready()
         if self._stdout_ended and self._stderr_ended:
             if self._job_finished:
                 self.finished.set()

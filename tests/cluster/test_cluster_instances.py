@@ -3,7 +3,8 @@ instance runs in its job's container on a partition, and its calls go SDK -> gRP
 connection -> the instance's Unix socket -> back. A counter keeps its state across 100 calls from two clients (one
 of them another process, holding the handle by id); a model-like class loads once in ``__init__`` and answers many
 calls; a method's exception comes back as itself and the instance goes on; killing the instance's node raises
-``ActorDied`` in the caller; ``cumulus.kill`` frees its share and leaves nothing.
+``ActorDied`` in the caller; ``cumulus.kill`` frees its share and leaves nothing; a handle passed into another
+job calls the same instance from there.
 """
 
 from __future__ import annotations
@@ -109,6 +110,29 @@ def test_a_model_loads_once_and_answers_many_calls_and_its_errors_come_back(sup)
         cumulus.kill(h)
     sup.assert_nothing_left([handle.job_id, counter.job_id],
                             expect={handle.job_id: "CANCELLED", counter.job_id: "CANCELLED"})
+
+
+def bump(handle, times: int) -> list[int]:
+    """Runs in a job: calls the instance it was given, through the job's calls socket."""
+    return [cumulus.get(handle.incr.remote(), timeout=CALL_TIMEOUT) for _ in range(times)]
+
+
+def fail_through(handle) -> None:
+    handle.fail.remote("raised two hops away").result(CALL_TIMEOUT)
+
+
+def test_a_handle_passed_into_another_job_calls_the_instance_from_there(sup):
+    """The job has no network: its calls go job -> its calls socket -> the node's SSH connection -> the
+    supervisor (as the job's owner) -> the instance, and back."""
+    counter = cumulus.remote(Counter).options(address=sup.address, gpu=0.25, duration=300).remote(10)
+    in_a_job = cumulus.remote(gpu=0.25, duration=300, address=sup.address)
+    assert in_a_job(bump).remote(counter, 5).result(CALL_TIMEOUT) == [11, 12, 13, 14, 15]
+    assert counter.incr.remote().result(CALL_TIMEOUT) == 16  # one instance, called from the job and from here
+    with pytest.raises(ValueError, match="raised two hops away"):
+        in_a_job(fail_through).remote(counter).result(CALL_TIMEOUT)
+    assert counter.value.remote().result(CALL_TIMEOUT) == 16
+    cumulus.kill(counter)
+    sup.assert_nothing_left([counter.job_id], expect={counter.job_id: "CANCELLED"})
 
 
 def test_killing_its_node_raises_actor_died_in_the_caller(sup, cluster):

@@ -673,10 +673,13 @@ class FakeNode:
                 self.world.job_dirs.discard((self.node.hostname, warm_id))
 
     @asynccontextmanager
-    async def open_instance_channel(self, output_dir: str, *, max_frame: int) -> AsyncIterator[Any]:
+    async def open_instance_channel(self, output_dir: str, *, max_frame: int,
+                                    socket: str = "instance.sock") -> AsyncIterator[Any]:
         await trio.sleep(DELAY / 10)
         if self.label in self.world.unreachable:
             raise InstanceChannelLost(f"{self.label}: connection lost")
+        if socket != "instance.sock":  # the fake jobs make no calls of their own (no calls.sock)
+            raise InstanceNotServing(f"{self.label}: nothing listens on {socket}")
         job_id = output_dir.rstrip("/").split("/")[-2]
         dirs = {job_id, self.world.warm_taken.get(job_id)}  # a warm container's mount keeps the warm name
         running = [c for c in self.world.services.values() if c.mount_dir in dirs and c.state == "running"
