@@ -152,3 +152,22 @@ async def test_a_link_that_breaks_withdraws_its_waiting_calls_and_a_bad_frame_br
         assert world.instance_calls[instance.job_id] == ["three"]  # the first link's calls were withdrawn
         await sup.cancel(instance.job_id)
         await assert_nothing_left(sup, world, [instance])
+
+
+async def test_the_job_closing_its_socket_ends_the_link_and_a_ready_line_opens_it_again(autojump_clock):
+    """The job ends (or its calls socket goes) while a call waits: the link ends without failing the attempt's
+    serving, the waiting call is withdrawn, and the next ready line opens a new link."""
+    async with fake_cluster(workers=1) as (sup, world):
+        instance = await sup.submit(instance_spec())
+        async with job_calls(sup, "") as job:
+            await job.call(1, instance.job_id, "one")  # waits at its actor: it is not constructed yet
+            await trio.sleep(0.01)
+            await job.to_supervisor.aclose()
+            with trio.fail_after(60):
+                await job.closed.wait()
+        async with job_calls(sup, "") as again:
+            await again.call(1, instance.job_id, "two")
+            assert returned(await again.reply()) == b"x"
+        assert world.instance_calls[instance.job_id] == ["two"]
+        await sup.cancel(instance.job_id)
+        await assert_nothing_left(sup, world, [instance])

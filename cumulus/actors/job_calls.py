@@ -31,9 +31,9 @@ import trio
 
 from cumulus.actors.call_routing import CallRouter
 from cumulus.calls import CallEnd, CallKey, CallReply, MethodCall, check_method_name
-from cumulus.errors import CumulusError, InvalidRequest, PackageTooLarge, RequestRejected
+from cumulus.errors import CumulusError, InvalidRequest, PackageTooLarge
 from cumulus.identity import Caller
-from cumulus.resources.instance_channel import InstanceNotServing
+from cumulus.resources.instance_channel import InstanceChannelLost, InstanceNotServing
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,12 @@ class _Link:
         self.calls, self.channel, self.stream = calls, channel, stream
         self.waiting: dict[int, str] = {}  # call id -> the instance it went to
         self._send_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
 
     async def serve(self) -> None:
+        """Until the channel breaks or the job sends a frame that is not a call; raises nothing else."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             try:
                 while True:
                     frame = msgpack.unpackb(await self.channel.receive(), raw=False)
@@ -106,6 +109,8 @@ class _Link:
                         await self._cancel(frame["cancel"])
                     else:
                         await self._call(frame, nursery)
+            except InstanceChannelLost as lost:  # the job ended, or made its socket again
+                log.info("the job's calls channel: %s", lost)
             except (ValueError, msgpack.UnpackException, InvalidRequest) as error:
                 log.warning("the job sent a frame that is not a call: %s; its calls channel is closed", error)
             finally:
@@ -118,7 +123,7 @@ class _Link:
         try:
             call = self._checked(frame, call_id)
             wait = await self.calls.router.send_call(call, caller=self.calls.caller)  # type: ignore[union-attr]
-        except RequestRejected as refused:
+        except CumulusError as refused:  # not a call, not the owner's instance, or the cluster is going away
             await self._reply(call_id, CallReply.refused(refused))
             return
         self.waiting[call_id] = call.job_id
@@ -148,7 +153,7 @@ class _Link:
             try:
                 await self.calls.router.cancel_call(  # type: ignore[union-attr]
                     job_id, CallKey(self.stream, call_id), caller=self.calls.caller)
-            except RequestRejected:  # the instance is gone: its reply says so
+            except CumulusError:  # the instance is gone: its reply says so
                 pass
 
     async def _reply(self, call_id: int, reply: CallReply) -> None:
@@ -159,8 +164,12 @@ class _Link:
             frame["message"] = reply.message
         if reply.error is not None:
             frame["error"] = type(reply.error).__name__
-        async with self._send_lock:
-            await self.channel.send([msgpack.packb(frame, use_bin_type=True)])
+        try:
+            async with self._send_lock:
+                await self.channel.send([msgpack.packb(frame, use_bin_type=True)])
+        except InstanceChannelLost:  # the reading side sees it too and ends the link
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
 
 
 __all__ = ["CALLS_READY_LINE", "CALLS_SOCKET_NAME", "JobCalls"]
