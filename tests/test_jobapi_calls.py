@@ -49,7 +49,7 @@ def out(**kw):
 def outcome(fn):
     try:
         return {"value": fn()}
-    except BaseException as e:
+    except Exception as e:  # the call's outcome, reported to the test
         return {"exc": type(e).__module__ + "." + type(e).__qualname__, "msg": str(e),
                 "cause": None if e.__cause__ is None else str(e.__cause__)}
 
